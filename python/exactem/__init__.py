@@ -1,0 +1,20 @@
+"""exactem: exact probability and exact EM learning for deep generative networks.
+
+A decoder that is a ReLU, leaky-ReLU or absolute-value MLP is affine on each region of a
+finite partition of latent space; exactem enumerates that partition exactly and builds exact
+likelihoods, posteriors and EM on it.
+"""
+
+from ._core import ExactemError, InternalError, NumericalError, RegionLimitError
+from .decoder import Decoder
+from .partition import Partition
+
+__all__ = [
+    "Decoder",
+    "Partition",
+    "ExactemError",
+    "RegionLimitError",
+    "NumericalError",
+    "InternalError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,17 @@
+//! exactem: exact likelihoods, posteriors and EM for deep generative networks whose decoder
+//! is continuous piecewise affine (ReLU, leaky-ReLU, absolute-value MLPs).
+//!
+//! The engine is pure Rust; the Python bindings live in `python/` behind the `python` feature.
+//! See `DESIGN.md` in the shared folder for the mathematics.
+
+pub mod cancel;
+pub mod error;
+pub mod model;
+pub mod partition;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use cancel::Cancel;
+pub use error::{Error, Result};
+pub use model::Decoder;

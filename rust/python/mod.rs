@@ -1,0 +1,93 @@
+//! pyo3 bindings: numpy in, numpy out. No logic lives here beyond conversion; every long call
+//! goes through [`run_released`], which releases the GIL, turns Ctrl-C into cancellation and
+//! keeps Rust panics from reaching Python.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt, PyValueError};
+use pyo3::prelude::*;
+
+use crate::cancel::Cancel;
+use crate::error::Error;
+
+mod model_py;
+mod partition_py;
+
+create_exception!(_core, ExactemError, PyException, "Base class of exactem's own errors.");
+create_exception!(
+    _core,
+    RegionLimitError,
+    ExactemError,
+    "The decoder has more linear regions than the max_regions limit allows."
+);
+create_exception!(
+    _core,
+    NumericalError,
+    ExactemError,
+    "A numerical routine could not produce a trustworthy answer."
+);
+create_exception!(_core, InternalError, ExactemError, "A bug in exactem: please report it.");
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        match err {
+            Error::InvalidInput(msg) => PyValueError::new_err(msg),
+            Error::RegionLimit { .. } => RegionLimitError::new_err(err.to_string()),
+            Error::Interrupted => PyKeyboardInterrupt::new_err("exactem computation interrupted"),
+            Error::Numerical(_) => NumericalError::new_err(err.to_string()),
+        }
+    }
+}
+
+/// Runs `work` on a worker thread with the GIL released. The calling thread polls for Python
+/// signals every 20 ms; on Ctrl-C it cancels the work, waits for it to stop, and raises
+/// KeyboardInterrupt. A panic in `work` becomes `InternalError`, never a Python-side abort.
+pub(crate) fn run_released<T, F>(py: Python<'_>, work: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce(&Cancel) -> crate::Result<T> + Send,
+{
+    let cancel = Cancel::new();
+    let outcome = py.detach(|| {
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(|| catch_unwind(AssertUnwindSafe(|| work(&cancel))));
+            let mut interrupt = None;
+            while !handle.is_finished() {
+                std::thread::park_timeout(Duration::from_millis(20));
+                if interrupt.is_none() {
+                    if let Err(err) = Python::attach(|py| py.check_signals()) {
+                        cancel.cancel();
+                        interrupt = Some(err);
+                    }
+                }
+            }
+            (handle.join(), interrupt)
+        })
+    });
+    match outcome {
+        (_, Some(signal_error)) => Err(signal_error),
+        (Ok(Ok(result)), None) => result.map_err(PyErr::from),
+        (Ok(Err(panic)), None) | (Err(panic), None) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(InternalError::new_err(format!("internal error in exactem's engine: {msg}")))
+        }
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("ExactemError", py.get_type::<ExactemError>())?;
+    m.add("RegionLimitError", py.get_type::<RegionLimitError>())?;
+    m.add("NumericalError", py.get_type::<NumericalError>())?;
+    m.add("InternalError", py.get_type::<InternalError>())?;
+    model_py::register(m)?;
+    partition_py::register(m)?;
+    Ok(())
+}
