@@ -82,6 +82,9 @@ impl Polyhedron {
 
     /// The sub-ball of the witness ball on the side `sign * (a . z + c) >= 0`.
     fn sub_ball(&self, a: &[f64], value: f64, sign: f64) -> Ball {
+        if sign * value >= self.radius {
+            return Ball { center: self.center.clone(), radius: self.radius };
+        }
         let radius = 0.5 * (self.radius + sign * value);
         let shift = sign * 0.5 * (self.radius - sign * value);
         Ball { center: self.center.iter().zip(a).map(|(z, ai)| z + shift * ai).collect(), radius }
