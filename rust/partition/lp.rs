@@ -60,31 +60,37 @@ impl<'a> Lp<'a> {
         if c_norm == 0.0 {
             return LpOutcome::Optimal { x: x0.to_vec(), value: 0.0 };
         }
-        let row_norms: Vec<f64> = (0..m).map(|i| dot(self.row(i), self.row(i)).sqrt()).collect();
         let mut x = x0.to_vec();
+        let mut row_norms = Vec::with_capacity(m);
+        let mut slack = Vec::with_capacity(m);
+        for i in 0..m {
+            let row = self.row(i);
+            row_norms.push(dot(row, row).sqrt());
+            slack.push(self.b[i] - dot(row, &x));
+        }
+        let mut is_active = vec![false; m];
         let mut active: Vec<usize> = Vec::with_capacity(n);
-        let mut basis: Vec<f64> = Vec::with_capacity(n * n);
+        // Q (orthonormal basis of the active rows, row by row) and R with A_W^T = Q R.
+        let mut basis = vec![0.0; n * n];
         let mut r = vec![0.0; n * n];
+        let mut v = vec![0.0; n];
         let mut d = vec![0.0; n];
-        let mut slack = vec![0.0; m];
+        let mut lambda = vec![0.0; n];
         let max_iter = 50 + 10 * (m + n);
-        for _ in 0..max_iter {
-            // Orthonormal basis of the active rows (modified Gram-Schmidt, re-orthogonalised),
-            // with A_W^T = Q R so that multipliers solve R lambda = Q^T c.
-            basis.clear();
+        'iterate: for _ in 0..max_iter {
             let mut k = 0;
-            let mut dependent = None;
-            for (j, &i) in active.iter().enumerate() {
-                let mut v = self.row(i).to_vec();
-                for _pass in 0..2 {
+            for j in 0..active.len() {
+                let i = active[j];
+                v.copy_from_slice(self.row(i));
+                for l in 0..k {
+                    r[l * n + j] = 0.0;
+                }
+                // Gram-Schmidt twice: once is not enough in floating point.
+                for _ in 0..2 {
                     for l in 0..k {
                         let q = &basis[l * n..(l + 1) * n];
                         let proj = dot(q, &v);
-                        if _pass == 0 {
-                            r[l * n + j] = proj;
-                        } else {
-                            r[l * n + j] += proj;
-                        }
+                        r[l * n + j] += proj;
                         for t in 0..n {
                             v[t] -= proj * q[t];
                         }
@@ -92,19 +98,19 @@ impl<'a> Lp<'a> {
                 }
                 let norm = dot(&v, &v).sqrt();
                 if norm <= 1e-11 * row_norms[i] {
-                    dependent = Some(j);
-                    break;
+                    // Numerically dependent on the rows before it: it adds no constraint.
+                    is_active[i] = false;
+                    active.remove(j);
+                    continue 'iterate;
                 }
                 r[k * n + j] = norm;
-                basis.extend(v.iter().map(|t| t / norm));
+                for t in 0..n {
+                    basis[k * n + t] = v[t] / norm;
+                }
                 k += 1;
             }
-            if let Some(j) = dependent {
-                active.remove(j);
-                continue;
-            }
             d.copy_from_slice(self.c);
-            for _pass in 0..2 {
+            for _ in 0..2 {
                 for l in 0..k {
                     let q = &basis[l * n..(l + 1) * n];
                     let proj = dot(q, &d);
@@ -114,13 +120,10 @@ impl<'a> Lp<'a> {
                 }
             }
             let d_norm = dot(&d, &d).sqrt();
-            for i in 0..m {
-                slack[i] = self.b[i] - dot(self.row(i), &x);
-            }
             if d_norm > 1e-12 * c_norm {
                 let mut best: Option<(usize, f64)> = None;
                 for i in 0..m {
-                    if active.contains(&i) {
+                    if is_active[i] {
                         continue;
                     }
                     let rate = dot(self.row(i), &d);
@@ -140,24 +143,23 @@ impl<'a> Lp<'a> {
                 for (xi, di) in x.iter_mut().zip(&d) {
                     *xi += t * di;
                 }
+                for i in 0..m {
+                    slack[i] -= t * dot(self.row(i), &d);
+                }
+                slack[enter] = 0.0;
+                is_active[enter] = true;
                 active.push(enter);
             } else {
-                // Back-substitution R lambda = Q^T c; Q^T c has entries q_l . c.
-                let mut lambda = vec![0.0; k];
+                // Multipliers: R lambda = Q^T c, by back-substitution.
                 for l in (0..k).rev() {
                     let q = &basis[l * n..(l + 1) * n];
-                    let mut v = dot(q, self.c);
+                    let mut value = dot(q, self.c);
                     for j in l + 1..k {
-                        v -= r[l * n + j] * lambda[j];
+                        value -= r[l * n + j] * lambda[j];
                     }
-                    lambda[l] = v / r[l * n + l];
+                    lambda[l] = value / r[l * n + l];
                 }
-                let leave = lambda
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &l)| l < -1e-11 * c_norm)
-                    .min_by_key(|(j, _)| active[*j])
-                    .map(|(j, _)| j);
+                let leave = (0..k).filter(|&j| lambda[j] < -1e-11 * c_norm).min_by_key(|&j| active[j]);
                 match leave {
                     None => {
                         let value = dot(self.c, &x);
@@ -167,6 +169,7 @@ impl<'a> Lp<'a> {
                         return LpOutcome::Optimal { x, value };
                     }
                     Some(j) => {
+                        is_active[active[j]] = false;
                         active.remove(j);
                     }
                 }

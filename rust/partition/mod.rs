@@ -78,6 +78,10 @@ pub trait Cell: Sized + Send + Sync {
     fn cut(&mut self, a: &[f64], c: f64, unit: usize, tol: &Tolerance) -> Cut<Self>;
     /// A point strictly inside, far from the boundary relative to the tolerance.
     fn interior_point(&self) -> Vec<f64>;
+    /// Called when a layer is done: before the next layer's units cut the cell (`more_cuts`),
+    /// or before it becomes a region. A cell may tighten its bookkeeping here (a better
+    /// witness point; a bounding box when more cuts follow).
+    fn settle(&mut self, _more_cuts: bool) {}
     fn into_shape(self) -> Shape;
 }
 
@@ -196,6 +200,7 @@ impl<'a> Enumeration<'a> {
                 return self.finish(cell, pattern, None);
             }
             if unit == map.p.nrows() {
+                cell.settle(layer + 1 < hidden_layers);
                 let post = self.post_activation(&map, layer, &pattern);
                 if layer + 1 == hidden_layers {
                     return self.finish(cell, pattern, Some(post));

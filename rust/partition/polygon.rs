@@ -46,17 +46,25 @@ fn is_ideal(r: &Ray) -> bool {
     r[2] == 0.0
 }
 
+#[inline]
+fn length(x: f64, y: f64) -> f64 {
+    // Coordinates here are far from overflow, so the plain formula is exact enough and
+    // several times cheaper than `hypot`.
+    (x * x + y * y).sqrt()
+}
+
+#[inline]
 fn ray_tolerance(r: &Ray, tol: &Tolerance) -> f64 {
     if is_ideal(r) {
         ANGLE_TOL
     } else {
-        tol.at(r[0].hypot(r[1]))
+        tol.at(length(r[0], r[1]))
     }
 }
 
 /// Scales a homogeneous point to `w = 1`, or a direction to unit length.
 fn normalise(r: Ray) -> Option<Ray> {
-    let xy = r[0].hypot(r[1]);
+    let xy = length(r[0], r[1]);
     if r[2] > 1e-14 * xy.max(1e-300) {
         Some([r[0] / r[2], r[1] / r[2], 1.0])
     } else if r[2] >= -1e-14 * xy && xy > 0.0 {
@@ -75,18 +83,26 @@ pub enum Polygon {
 }
 
 impl Polygon {
-    fn cut_cone(rays: &[Ray], edges: &[Option<Line>], line: Line, tol: &Tolerance) -> Option<(Polygon, Polygon)> {
+    fn cut_cone(rays: &[Ray], edges: &[Option<Line>], line: Line, tol: &Tolerance) -> Pieces {
+        // Most cuts miss the cell: decide that without allocating.
+        let (mut any_on, mut any_off) = (false, false);
+        for r in rays {
+            let (v, t) = (line.eval(r), ray_tolerance(r, tol));
+            any_on |= v > t;
+            any_off |= v < -t;
+        }
+        match (any_on, any_off) {
+            (true, false) => return Pieces::AllOn,
+            (false, true) => return Pieces::AllOff,
+            (false, false) => return Pieces::Undecided,
+            (true, true) => {}
+        }
         let values: Vec<f64> = rays.iter().map(|r| line.eval(r)).collect();
         let tols: Vec<f64> = rays.iter().map(|r| ray_tolerance(r, tol)).collect();
-        let any_on = values.iter().zip(&tols).any(|(v, t)| *v > *t);
-        let any_off = values.iter().zip(&tols).any(|(v, t)| *v < -*t);
-        if !(any_on && any_off) {
-            return None;
-        }
-        Some((
+        Pieces::Split(
             Self::clip(rays, edges, &values, &tols, 1.0, line),
             Self::clip(rays, edges, &values, &tols, -1.0, line.flipped()),
-        ))
+        )
     }
 
     /// Sutherland-Hodgman: the part of the cone where `sign * value >= 0`, bounded by `line`.
@@ -154,7 +170,7 @@ impl Polygon {
                     let t = ray_tolerance(&r, tol);
                     let feasible = planes.iter().all(|(p, _)| eval(p, &r) >= -t);
                     let duplicate = rays.iter().any(|s| {
-                        s[2] == r[2] && (s[0] - r[0]).hypot(s[1] - r[1]) <= t.max(ray_tolerance(s, tol))
+                        s[2] == r[2] && length(s[0] - r[0], s[1] - r[1]) <= t.max(ray_tolerance(s, tol))
                     });
                     if feasible && !duplicate {
                         rays.push(r);
@@ -190,9 +206,9 @@ impl Polygon {
         Polygon::Cone { rays, edges }
     }
 
-    fn cut_lineal(lines: &[Line], line: Line, tol: &Tolerance) -> Option<(Polygon, Polygon)> {
+    fn cut_lineal(lines: &[Line], line: Line, tol: &Tolerance) -> Pieces {
         let Some(first) = lines.first() else {
-            return Some((Polygon::Lineal(vec![line]), Polygon::Lineal(vec![line.flipped()])));
+            return Pieces::Split(Polygon::Lineal(vec![line]), Polygon::Lineal(vec![line.flipped()]));
         };
         let direction = [-first.n[1], first.n[0]];
         if (line.n[0] * direction[0] + line.n[1] * direction[1]).abs() > ANGLE_TOL {
@@ -201,7 +217,7 @@ impl Polygon {
                 all.push(l);
                 Self::cone_from_lines(&all, tol)
             };
-            return Some((with(line), with(line.flipped())));
+            return Pieces::Split(with(line), with(line.flipped()));
         }
         // Parallel: in the coordinate u = n0 . z the cell is an interval (lo, hi).
         let n0 = first.n;
@@ -218,7 +234,7 @@ impl Polygon {
         let position = -orientation * line.c;
         let margin = tol.at(position.abs());
         if !(position > lo + margin && position < hi - margin) {
-            return None;
+            return Pieces::Undecided;
         }
         // Each piece keeps the old line on its far side and gains the cut.
         let piece = |cut: Line| {
@@ -226,8 +242,17 @@ impl Polygon {
             kept.push(cut);
             Polygon::Lineal(kept)
         };
-        Some((piece(line), piece(line.flipped())))
+        Pieces::Split(piece(line), piece(line.flipped()))
     }
+}
+
+/// The outcome of cutting a polygon by a line.
+enum Pieces {
+    Split(Polygon, Polygon),
+    AllOn,
+    AllOff,
+    /// The line does not split the cell; its side is read at the interior point.
+    Undecided,
 }
 
 fn cross3(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
@@ -246,8 +271,10 @@ impl Cell for Polygon {
             Polygon::Cone { rays, edges } => Self::cut_cone(rays, edges, line, tol),
         };
         match pieces {
-            Some((on, off)) => Cut::Split { on, off },
-            None => {
+            Pieces::Split(on, off) => Cut::Split { on, off },
+            Pieces::AllOn => Cut::On,
+            Pieces::AllOff => Cut::Off,
+            Pieces::Undecided => {
                 let z = self.interior_point();
                 if line.eval(&[z[0], z[1], 1.0]) >= 0.0 {
                     Cut::On
@@ -281,7 +308,7 @@ impl Cell for Polygon {
                     centre[0] += r[0] / nf;
                     centre[1] += r[1] / nf;
                 }
-                let spread = finite.iter().map(|r| (r[0] - centre[0]).hypot(r[1] - centre[1])).fold(1.0f64, f64::max);
+                let spread = finite.iter().map(|r| length(r[0] - centre[0], r[1] - centre[1])).fold(1.0f64, f64::max);
                 let ideal: Vec<&Ray> = rays.iter().filter(|r| is_ideal(r)).collect();
                 let ni = ideal.len().max(1) as f64;
                 for r in ideal {
@@ -300,7 +327,7 @@ impl Cell for Polygon {
             }
             Polygon::Cone { rays, edges } => {
                 let k = rays.len();
-                let scale = rays.iter().filter(|r| !is_ideal(r)).map(|r| r[0].hypot(r[1])).fold(1.0f64, f64::max);
+                let scale = rays.iter().filter(|r| !is_ideal(r)).map(|r| length(r[0], r[1])).fold(1.0f64, f64::max);
                 let facets = edges
                     .iter()
                     .enumerate()

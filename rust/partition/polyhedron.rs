@@ -21,6 +21,10 @@ pub struct Polyhedron {
     radius: f64,
     /// `center`/`radius` are the capped Chebyshev optimum of this cell.
     optimal: bool,
+    /// A box containing the cell (infinite sides where unknown or unbounded); a hyperplane
+    /// that misses it cannot cut the cell, which saves an LP.
+    lo: Vec<f64>,
+    hi: Vec<f64>,
 }
 
 #[inline]
@@ -61,6 +65,8 @@ impl Polyhedron {
             center: ball.center,
             radius: ball.radius,
             optimal,
+            lo: self.lo.clone(),
+            hi: self.hi.clone(),
         };
         child.g.extend_from_slice(&self.g);
         child.g.extend_from_slice(row);
@@ -78,6 +84,63 @@ impl Polyhedron {
             self.radius = ball.radius;
         }
         self.optimal = true;
+    }
+
+    /// The tight bounding box, one LP per side (infinite where the cell is unbounded).
+    fn tighten_box(&mut self) {
+        let s = self.s;
+        let mut c = vec![0.0; s];
+        for j in 0..s {
+            for sign in [1.0, -1.0] {
+                c[j] = sign;
+                let extent = match (Lp { n: s, a: &self.g, b: &self.h, c: &c }).solve(&self.center) {
+                    LpOutcome::Optimal { value, .. } => sign * value,
+                    _ => sign * f64::INFINITY,
+                };
+                // Pad by the tolerance of the LP's feasibility so the box stays a superset.
+                let pad = 1e-9 * (1.0 + extent.abs());
+                if sign > 0.0 {
+                    self.hi[j] = self.hi[j].min(extent + pad);
+                } else {
+                    self.lo[j] = self.lo[j].max(extent - pad);
+                }
+            }
+            c[j] = 0.0;
+        }
+    }
+
+    /// Rows whose half-space contains the whole bounding box are redundant; dropping them keeps
+    /// the LPs of the next layer small.
+    fn drop_rows_the_box_satisfies(&mut self) {
+        let s = self.s;
+        let mut kept = 0;
+        for i in 0..self.h.len() {
+            let row = &self.g[i * s..(i + 1) * s];
+            let (_, high) = self.box_range(row, -self.h[i]);
+            if high < -1e-9 * (1.0 + self.h[i].abs()) {
+                continue;
+            }
+            self.g.copy_within(i * s..(i + 1) * s, kept * s);
+            self.h[kept] = self.h[i];
+            self.units[kept] = self.units[i];
+            kept += 1;
+        }
+        self.g.truncate(kept * s);
+        self.h.truncate(kept);
+        self.units.truncate(kept);
+    }
+
+    /// The range of `a . z + c` over the bounding box.
+    fn box_range(&self, a: &[f64], c: f64) -> (f64, f64) {
+        let (mut low, mut high) = (c, c);
+        for j in 0..self.s {
+            let (p, q) = (a[j] * self.lo[j], a[j] * self.hi[j]);
+            if a[j] != 0.0 {
+                low += p.min(q);
+                high += p.max(q);
+            }
+        }
+        (low, high)
     }
 
     /// The sub-ball of the witness ball on the side `sign * (a . z + c) >= 0`.
@@ -173,12 +236,40 @@ impl Polyhedron {
 
 impl Cell for Polyhedron {
     fn whole_space(s: usize) -> Self {
-        Polyhedron { s, g: Vec::new(), h: Vec::new(), units: Vec::new(), center: vec![0.0; s], radius: CAP, optimal: true }
+        Polyhedron {
+            s,
+            g: Vec::new(),
+            h: Vec::new(),
+            units: Vec::new(),
+            center: vec![0.0; s],
+            radius: CAP,
+            optimal: true,
+            lo: vec![f64::NEG_INFINITY; s],
+            hi: vec![f64::INFINITY; s],
+        }
+    }
+
+    fn settle(&mut self, more_cuts: bool) {
+        if !self.optimal {
+            self.recenter();
+        }
+        if more_cuts {
+            self.tighten_box();
+            self.drop_rows_the_box_satisfies();
+        }
     }
 
     fn cut(&mut self, a: &[f64], c: f64, unit: usize, tol: &Tolerance) -> Cut<Self> {
+        let (low, high) = self.box_range(a, c);
+        let eps = tol.at(norm(&self.center));
+        if low >= eps {
+            return Cut::On;
+        }
+        if high <= -eps {
+            return Cut::Off;
+        }
         let neg_a: Vec<f64> = a.iter().map(|v| -v).collect();
-        for attempt in 0..2 {
+        {
             let value = dot(a, &self.center) + c;
             let eps = tol.at(norm(&self.center));
             let on_ball = self.sub_ball(a, value, 1.0);
@@ -188,11 +279,6 @@ impl Cell for Polyhedron {
                     on: self.with_row(&neg_a, c, unit, on_ball, false),
                     off: self.with_row(a, -c, unit, off_ball, false),
                 };
-            }
-            if attempt == 0 && !self.optimal {
-                // A shrunken witness ball cannot vouch for either side; re-centre and retry.
-                self.recenter();
-                continue;
             }
             // The witness lies on the `near` side; one LP tells whether the far side is
             // full-dimensional too.
@@ -223,9 +309,12 @@ impl Cell for Polyhedron {
             let near_optimal = self.optimal && near_ball.radius >= self.radius;
             let near = self.with_row(&near_row, near_offset, unit, near_ball, near_optimal);
             let far = self.with_row(&far_row, far_offset, unit, far, true);
-            return if near_on { Cut::Split { on: near, off: far } } else { Cut::Split { on: far, off: near } };
+            if near_on {
+                Cut::Split { on: near, off: far }
+            } else {
+                Cut::Split { on: far, off: near }
+            }
         }
-        unreachable!("the second attempt always returns")
     }
 
     fn interior_point(&self) -> Vec<f64> {
