@@ -92,6 +92,25 @@ impl Decoder {
         Ok(Decoder { weights, biases, slopes, unit_offsets })
     }
 
+    /// A decoder with `torch.nn.Linear`'s default initialisation (weights and biases uniform on
+    /// `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`), the same negative slope in every hidden layer.
+    /// `widths` is `[S, D_1, ..., D]`. For tests, examples and benchmarks.
+    pub fn random_uniform(widths: &[usize], slope: f64, seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
+        if widths.len() < 2 || widths.contains(&0) {
+            return invalid(format!("widths must list at least two positive dimensions; got {widths:?}"));
+        }
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
+        let mut weights = Vec::new();
+        let mut biases = Vec::new();
+        for pair in widths.windows(2) {
+            let bound = 1.0 / (pair[0] as f64).sqrt();
+            weights.push(DMatrix::from_fn(pair[1], pair[0], |_, _| rng.random_range(-bound..bound)));
+            biases.push(DVector::from_fn(pair[1], |_, _| rng.random_range(-bound..bound)));
+        }
+        Decoder::new(weights, biases, vec![slope; widths.len() - 2])
+    }
+
     pub fn latent_dim(&self) -> usize {
         self.weights[0].ncols()
     }

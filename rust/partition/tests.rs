@@ -3,16 +3,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
 fn random_decoder(widths: &[usize], slope: f64, seed: u64) -> Arc<Decoder> {
-    let mut rng = Pcg64::seed_from_u64(seed);
-    let mut weights = Vec::new();
-    let mut biases = Vec::new();
-    for pair in widths.windows(2) {
-        let bound = 1.0 / (pair[0] as f64).sqrt();
-        weights.push(DMatrix::from_fn(pair[1], pair[0], |_, _| rng.random_range(-bound..bound)));
-        biases.push(DVector::from_fn(pair[1], |_, _| rng.random_range(-bound..bound)));
-    }
-    let slopes = vec![slope; widths.len() - 2];
-    Arc::new(Decoder::new(weights, biases, slopes).unwrap())
+    Arc::new(Decoder::random_uniform(widths, slope, seed).unwrap())
 }
 
 fn enumerate(decoder: &Arc<Decoder>) -> Partition {
@@ -84,7 +75,6 @@ fn deep_nets_cover_every_sampled_pattern() {
         (3, vec![3, 10, 6, 2], 0.0),
     ] {
         assert_eq!(widths[0], s);
-        eprintln!("checking {widths:?} slope {slope}");
         let dec = random_decoder(&widths, slope, 11 + s as u64);
         check_against_sampling(&dec, 30_000, 5);
     }
