@@ -7,6 +7,7 @@
 pub mod cancel;
 pub mod error;
 pub mod model;
+pub mod inference;
 pub mod partition;
 
 #[cfg(feature = "python")]

@@ -1,0 +1,307 @@
+//! Exact inference (DESIGN.md §3, §5): the marginal log-likelihood, the posterior over regions
+//! and the E-step statistics of a DGN `z ~ N(0, I)`, `x | z ~ N(g(z), Psi)`, `Psi` diagonal.
+//!
+//! Inside region q the joint density is `kappa_q(x) N(z; mu_q(x), Sigma_q)`, so
+//! `p(x) = sum_q kappa_q(x) Phi_q(x)` with `Phi_q` the mass of `N(mu_q, Sigma_q)` on the region.
+//! Everything independent of x (Sigma_q, its Cholesky factor, the whitened constraints) is
+//! prepared once per region; the x-dependent parts for a batch of points are two matrix
+//! products. Regions are visited in decreasing `kappa_q`, and the visit stops once
+//! `log kappa_q < best log(kappa Phi) - PRUNE_GAP`: as `Phi <= 1` the rest changes `log p(x)` by
+//! less than `R exp(-PRUNE_GAP)`.
+
+use std::sync::Arc;
+
+use nalgebra::{DMatrix, DMatrixView, DVector};
+use rayon::prelude::*;
+
+use crate::cancel::Cancel;
+use crate::error::{invalid, Result};
+use crate::partition::Partition;
+
+/// Regions whose `log kappa` is this far below the best `log(kappa Phi)` are skipped.
+pub const PRUNE_GAP: f64 = 40.0;
+
+const LOG_2PI: f64 = 1.837_877_066_409_345_5;
+
+/// The probability and moments of a Gaussian restricted to one region, as the polytope engine
+/// reports them for `N(mean, Sigma_q)`.
+#[derive(Clone, Debug)]
+pub struct RegionMoments {
+    pub log_mass: f64,
+    /// `E[z | z in region]`, length S.
+    pub mean: Vec<f64>,
+    /// `E[z z^T | z in region]`, S x S row-major.
+    pub second: Vec<f64>,
+}
+
+/// How inference integrates a Gaussian over a region. `region` indexes the partition; the
+/// implementation owns whatever it prepared for the region's covariance `Sigma_q`.
+pub trait RegionIntegrator: Send + Sync {
+    fn log_mass(&self, region: usize, mean: &[f64]) -> f64;
+    fn moments(&self, region: usize, mean: &[f64]) -> RegionMoments;
+}
+
+/// The per-region quantities that do not depend on x.
+pub struct RegionAlgebra {
+    s: usize,
+    d: usize,
+    /// `Psi^{-1} [A_1 | ... | A_R]`, `D x RS`, transposed for the batched product: `RS x D`.
+    at_psi: DMatrix<f64>,
+    /// `[b_1 | ... | b_R]^T Psi^{-1}`: `R x D`.
+    bt_psi: DMatrix<f64>,
+    /// `Sigma_q`, S x S row-major per region.
+    sigma: Vec<f64>,
+    /// `A_q^T Psi^{-1} b_q`, length S per region.
+    v: Vec<f64>,
+    /// `-D/2 log 2pi - 1/2 log det Psi + 1/2 log det Sigma_q - 1/2 b_q^T Psi^{-1} b_q`.
+    constant: Vec<f64>,
+    inv_psi: Vec<f64>,
+}
+
+fn cholesky_lower(m: &[f64], s: usize) -> Option<Vec<f64>> {
+    let chol = nalgebra::Cholesky::new(DMatrix::from_row_slice(s, s, m))?;
+    let l = chol.l();
+    Some((0..s * s).map(|k| l[(k / s, k % s)]).collect())
+}
+
+impl RegionAlgebra {
+    pub fn new(partition: &Partition, noise_var: &[f64]) -> Result<Self> {
+        let dec = partition.decoder();
+        let (s, d, r) = (dec.latent_dim(), dec.output_dim(), partition.len());
+        if noise_var.len() != d {
+            return invalid(format!("noise_var has {} entries but the decoder outputs {d}", noise_var.len()));
+        }
+        if noise_var.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return invalid("noise_var must be positive and finite");
+        }
+        let inv_psi: Vec<f64> = noise_var.iter().map(|v| 1.0 / v).collect();
+        let log_det_psi: f64 = noise_var.iter().map(|v| v.ln()).sum();
+        let mut at_psi = DMatrix::zeros(r * s, d);
+        let mut bt_psi = DMatrix::zeros(r, d);
+        let mut sigma = vec![0.0; r * s * s];
+        let mut v = vec![0.0; r * s];
+        let mut constant = vec![0.0; r];
+        for q in 0..r {
+            let (a, b) = (partition.a(q), partition.b(q));
+            // Precision I + A^T Psi^{-1} A, then Sigma by Cholesky inversion.
+            let mut precision = DMatrix::<f64>::identity(s, s);
+            for i in 0..d {
+                for j in 0..s {
+                    at_psi[(q * s + j, i)] = a[i * s + j] * inv_psi[i];
+                    for k in 0..s {
+                        precision[(j, k)] += a[i * s + j] * inv_psi[i] * a[i * s + k];
+                    }
+                }
+                bt_psi[(q, i)] = b[i] * inv_psi[i];
+            }
+            let chol = nalgebra::Cholesky::new(precision).expect("I + A^T Psi^-1 A is positive definite");
+            let log_det_precision: f64 = 2.0 * chol.l().diagonal().iter().map(|x| x.ln()).sum::<f64>();
+            let cov = chol.inverse();
+            for j in 0..s {
+                for k in 0..s {
+                    sigma[q * s * s + j * s + k] = 0.5 * (cov[(j, k)] + cov[(k, j)]);
+                }
+                v[q * s + j] = (0..d).map(|i| a[i * s + j] * inv_psi[i] * b[i]).sum();
+            }
+            let b_psi_b: f64 = (0..d).map(|i| b[i] * b[i] * inv_psi[i]).sum();
+            constant[q] = -0.5 * d as f64 * LOG_2PI - 0.5 * log_det_psi - 0.5 * log_det_precision - 0.5 * b_psi_b;
+        }
+        Ok(RegionAlgebra { s, d, at_psi, bt_psi, sigma, v, constant, inv_psi })
+    }
+
+    pub fn sigma(&self, q: usize) -> &[f64] {
+        &self.sigma[q * self.s * self.s..(q + 1) * self.s * self.s]
+    }
+
+    pub fn n_regions(&self) -> usize {
+        self.constant.len()
+    }
+
+    /// `log kappa_q(x)` and `mu_q(x)` for every region and every point of a batch
+    /// (`x` is `D x n`, a column per point): two matrix products, then O(S^2) per pair.
+    pub fn local_gaussians(&self, x: DMatrixView<f64>) -> LocalGaussians {
+        let (s, r, n) = (self.s, self.n_regions(), x.ncols());
+        let atx = &self.at_psi * x; // RS x n: A_q^T Psi^-1 x
+        let btx = &self.bt_psi * x; // R x n: b_q^T Psi^-1 x
+        let mut log_kappa = vec![0.0; n * r];
+        let mut mu = vec![0.0; n * r * s];
+        let mut u = vec![0.0; s];
+        for p in 0..n {
+            let xpx: f64 = (0..self.d).map(|i| x[(i, p)] * x[(i, p)] * self.inv_psi[i]).sum();
+            for q in 0..r {
+                for j in 0..s {
+                    u[j] = atx[(q * s + j, p)] - self.v[q * s + j];
+                }
+                let sig = self.sigma(q);
+                let mut quad = 0.0;
+                let m = &mut mu[(p * r + q) * s..(p * r + q + 1) * s];
+                for j in 0..s {
+                    let mut acc = 0.0;
+                    for k in 0..s {
+                        acc += sig[j * s + k] * u[k];
+                    }
+                    m[j] = acc;
+                    quad += u[j] * acc;
+                }
+                log_kappa[p * r + q] = self.constant[q] - 0.5 * xpx + btx[(q, p)] + 0.5 * quad;
+            }
+        }
+        LocalGaussians { s, r, log_kappa, mu }
+    }
+}
+
+/// `log kappa_q(x_n)` (`n x R`) and `mu_q(x_n)` (`n x R x S`) for a batch of points.
+pub struct LocalGaussians {
+    s: usize,
+    r: usize,
+    pub log_kappa: Vec<f64>,
+    pub mu: Vec<f64>,
+}
+
+impl LocalGaussians {
+    fn point(&self, p: usize) -> (&[f64], &[f64]) {
+        (&self.log_kappa[p * self.r..(p + 1) * self.r], &self.mu[p * self.r * self.s..(p + 1) * self.r * self.s])
+    }
+}
+
+pub fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
+    let max = values.clone().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + values.map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
+/// The terms `log(kappa_q Phi_q)` that matter for one point, in decreasing `kappa_q` order,
+/// with the bound-based stop of [`PRUNE_GAP`]. Calls `visit(q, log_kappa_q, mu_q)`, which
+/// returns `log(kappa_q Phi_q)`.
+fn visit_regions(log_kappa: &[f64], mu: &[f64], s: usize, mut visit: impl FnMut(usize, f64, &[f64]) -> f64) {
+    let mut order: Vec<usize> = (0..log_kappa.len()).collect();
+    order.sort_unstable_by(|&a, &b| log_kappa[b].total_cmp(&log_kappa[a]).then(a.cmp(&b)));
+    let mut best = f64::NEG_INFINITY;
+    for q in order {
+        if log_kappa[q] < best - PRUNE_GAP {
+            break;
+        }
+        let term = visit(q, log_kappa[q], &mu[q * s..(q + 1) * s]);
+        best = best.max(term);
+    }
+}
+
+/// Points per batch of the matrix products: keeps `n x R x S` buffers to tens of megabytes.
+fn batch_size(r: usize, s: usize) -> usize {
+    (2_000_000 / (r * (s + 1)).max(1)).clamp(1, 4096)
+}
+
+/// `log p(x_n)` for every column of `x` (`D x N`).
+pub fn log_likelihood<I: RegionIntegrator>(
+    algebra: &RegionAlgebra,
+    integrator: &I,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+) -> Result<Vec<f64>> {
+    let n = x.ncols();
+    let batch = batch_size(algebra.n_regions(), algebra.s);
+    let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
+    let parts: Result<Vec<Vec<f64>>> = chunks
+        .par_iter()
+        .map(|&(start, end)| {
+            cancel.check()?;
+            let local = algebra.local_gaussians(x.columns(start, end - start));
+            Ok((0..end - start)
+                .map(|p| {
+                    let (lk, mu) = local.point(p);
+                    let mut terms = Vec::new();
+                    visit_regions(lk, mu, algebra.s, |q, k, m| {
+                        let t = k + integrator.log_mass(q, m);
+                        terms.push(t);
+                        t
+                    });
+                    log_sum_exp(terms.iter().copied())
+                })
+                .collect())
+        })
+        .collect();
+    Ok(parts?.concat())
+}
+
+/// E-step statistics, stored by point (CSR): for point n, entries `indptr[n]..indptr[n+1]`
+/// hold the regions q that carry posterior mass, with `m0 = P(q | x_n)`,
+/// `m1 = E[z 1_q | x_n]` (S each) and `m2 = E[z z^T 1_q | x_n]` (S x S each, row-major).
+#[derive(Clone, Debug, Default)]
+pub struct EStep {
+    pub log_likelihood: Vec<f64>,
+    pub indptr: Vec<usize>,
+    pub region: Vec<usize>,
+    pub m0: Vec<f64>,
+    pub m1: Vec<f64>,
+    pub m2: Vec<f64>,
+}
+
+/// Posterior weights below this are not stored (they are below `exp(-PRUNE_GAP)` relative to
+/// the largest term, or underflow).
+const MIN_WEIGHT: f64 = 1e-300;
+
+pub fn e_step<I: RegionIntegrator>(
+    algebra: &RegionAlgebra,
+    integrator: &I,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+) -> Result<EStep> {
+    let (n, s) = (x.ncols(), algebra.s);
+    let batch = batch_size(algebra.n_regions(), s);
+    let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
+    type PointStats = (f64, Vec<(usize, f64, Vec<f64>, Vec<f64>)>);
+    let parts: Result<Vec<Vec<PointStats>>> = chunks
+        .par_iter()
+        .map(|&(start, end)| {
+            cancel.check()?;
+            let local = algebra.local_gaussians(x.columns(start, end - start));
+            Ok((0..end - start)
+                .map(|p| {
+                    let (lk, mu) = local.point(p);
+                    let mut terms: Vec<(usize, f64, RegionMoments)> = Vec::new();
+                    visit_regions(lk, mu, s, |q, k, m| {
+                        let moments = integrator.moments(q, m);
+                        let t = k + moments.log_mass;
+                        terms.push((q, t, moments));
+                        t
+                    });
+                    let log_p = log_sum_exp(terms.iter().map(|t| t.1));
+                    let mut kept: Vec<(usize, f64, Vec<f64>, Vec<f64>)> = terms
+                        .into_iter()
+                        .filter_map(|(q, t, m)| {
+                            let w = (t - log_p).exp();
+                            (w > MIN_WEIGHT).then(|| {
+                                (q, w, m.mean.iter().map(|v| w * v).collect(), m.second.iter().map(|v| w * v).collect())
+                            })
+                        })
+                        .collect();
+                    kept.sort_unstable_by_key(|e| e.0);
+                    (log_p, kept)
+                })
+                .collect())
+        })
+        .collect();
+    let mut out = EStep { indptr: vec![0], ..Default::default() };
+    for (log_p, kept) in parts?.into_iter().flatten() {
+        out.log_likelihood.push(log_p);
+        for (q, w, m1, m2) in kept {
+            out.region.push(q);
+            out.m0.push(w);
+            out.m1.extend(m1);
+            out.m2.extend(m2);
+        }
+        out.indptr.push(out.region.len());
+    }
+    Ok(out)
+}
+
+/// The DGN: a partition of its decoder and the per-region algebra for a noise variance.
+pub struct Model {
+    pub partition: Arc<Partition>,
+    pub algebra: RegionAlgebra,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+use super::*;
+use crate::model::Decoder;
+
+/// The mass and moments of N(mean, sigma^2) on an interval by composite Simpson quadrature: a
+/// slow, independent stand-in for the polytope engine in S = 1.
+struct Quadrature<'a> {
+    partition: &'a Partition,
+    algebra: &'a RegionAlgebra,
+}
+
+impl Quadrature<'_> {
+    fn interval(&self, q: usize) -> (f64, f64) {
+        let mut lo = f64::NEG_INFINITY;
+        let mut hi = f64::INFINITY;
+        for f in self.partition.facets(q) {
+            if f.normal[0] > 0.0 {
+                hi = hi.min(f.offset / f.normal[0]);
+            } else {
+                lo = lo.max(f.offset / f.normal[0]);
+            }
+        }
+        (lo, hi)
+    }
+
+    fn integrate(&self, q: usize, mean: f64) -> [f64; 3] {
+        let sd = self.algebra.sigma(q)[0].sqrt();
+        let (lo, hi) = self.interval(q);
+        let a = lo.max(mean - 40.0 * sd);
+        let b = hi.min(mean + 40.0 * sd);
+        if a >= b {
+            return [0.0, 0.0, 0.0];
+        }
+        let n = 20_000;
+        let h = (b - a) / n as f64;
+        let mut acc = [0.0; 3];
+        for i in 0..=n {
+            let z = a + i as f64 * h;
+            let w = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
+            let pdf = (-0.5 * ((z - mean) / sd).powi(2)).exp() / (sd * (2.0 * std::f64::consts::PI).sqrt());
+            acc[0] += w * pdf;
+            acc[1] += w * pdf * z;
+            acc[2] += w * pdf * z * z;
+        }
+        acc.map(|v| v * h / 3.0)
+    }
+}
+
+impl RegionIntegrator for Quadrature<'_> {
+    fn log_mass(&self, q: usize, mean: &[f64]) -> f64 {
+        self.integrate(q, mean[0])[0].ln()
+    }
+
+    fn moments(&self, q: usize, mean: &[f64]) -> RegionMoments {
+        let [m0, m1, m2] = self.integrate(q, mean[0]);
+        RegionMoments { log_mass: m0.ln(), mean: vec![m1 / m0], second: vec![m2 / m0] }
+    }
+}
+
+/// `p(x) = int N(x; g(z), Psi) N(z; 0, 1) dz` by brute-force quadrature over z.
+fn brute_force_log_p(dec: &Decoder, psi: &[f64], x: &[f64]) -> f64 {
+    let (lo, hi, n) = (-12.0, 12.0, 400_000);
+    let h = (hi - lo) / n as f64;
+    let zs = DMatrix::from_fn(1, n + 1, |_, i| lo + i as f64 * h);
+    let g = dec.forward_batch(zs.as_view());
+    let mut total = 0.0;
+    for i in 0..=n {
+        let z = zs[(0, i)];
+        let mut log = -0.5 * z * z - 0.5 * LOG_2PI;
+        for (j, (xj, pj)) in x.iter().zip(psi).enumerate() {
+            log += -0.5 * (xj - g[(j, i)]).powi(2) / pj - 0.5 * (LOG_2PI + pj.ln());
+        }
+        let w = if i == 0 || i == n { 0.5 } else { 1.0 };
+        total += w * log.exp();
+    }
+    (total * h).ln()
+}
+
+#[test]
+fn linear_decoder_gives_the_closed_form_marginal() {
+    // No hidden layer: one region, Phi = 1, p(x) = N(x; b, Psi + A A^T).
+    let w = DMatrix::from_row_slice(3, 2, &[1.0, 0.5, -0.3, 2.0, 0.7, 0.1]);
+    let b = DVector::from_vec(vec![0.2, -1.0, 0.5]);
+    let dec = Arc::new(Decoder::new(vec![w.clone()], vec![b.clone()], vec![]).unwrap());
+    let part = Partition::enumerate(dec, 10, &Cancel::new()).unwrap();
+    let psi = [0.3, 0.5, 0.2];
+    let algebra = RegionAlgebra::new(&part, &psi).unwrap();
+    struct Whole;
+    impl RegionIntegrator for Whole {
+        fn log_mass(&self, _: usize, _: &[f64]) -> f64 {
+            0.0
+        }
+        fn moments(&self, _: usize, mean: &[f64]) -> RegionMoments {
+            RegionMoments { log_mass: 0.0, mean: mean.to_vec(), second: vec![] }
+        }
+    }
+    let x = DMatrix::from_row_slice(3, 2, &[0.1, 3.0, -0.4, 2.0, 1.0, -5.0]);
+    let got = log_likelihood(&algebra, &Whole, x.as_view(), &Cancel::new()).unwrap();
+    let cov = DMatrix::from_diagonal(&DVector::from_row_slice(&psi)) + &w * w.transpose();
+    let chol = nalgebra::Cholesky::new(cov.clone()).unwrap();
+    for (p, got) in got.iter().enumerate() {
+        let r = x.column(p) - &b;
+        let quad = r.dot(&chol.solve(&r));
+        let log_det = 2.0 * chol.l().diagonal().iter().map(|v| v.ln()).sum::<f64>();
+        let expected = -0.5 * (3.0 * LOG_2PI + log_det + quad);
+        assert!((got - expected).abs() < 1e-12, "{got} vs {expected}");
+    }
+}
+
+#[test]
+fn deep_one_dimensional_net_matches_brute_force_quadrature() {
+    let dec = Arc::new(Decoder::random_uniform(&[1, 8, 8, 2], 0.1, 3).unwrap());
+    let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
+    let psi = [0.05, 0.2];
+    let algebra = RegionAlgebra::new(&part, &psi).unwrap();
+    let quad = Quadrature { partition: &part, algebra: &algebra };
+    let zs = DMatrix::from_row_slice(1, 4, &[-2.0, -0.3, 0.4, 1.7]);
+    let mut x = dec.forward_batch(zs.as_view());
+    x[(0, 3)] += 0.5;
+    let got = log_likelihood(&algebra, &quad, x.as_view(), &Cancel::new()).unwrap();
+    let stats = e_step(&algebra, &quad, x.as_view(), &Cancel::new()).unwrap();
+    for p in 0..4 {
+        let xp: Vec<f64> = x.column(p).iter().copied().collect();
+        let expected = brute_force_log_p(&dec, &psi, &xp);
+        assert!((got[p] - expected).abs() < 1e-7, "point {p}: {} vs {expected}", got[p]);
+        assert!((stats.log_likelihood[p] - got[p]).abs() < 1e-12);
+        let (a, b) = (stats.indptr[p], stats.indptr[p + 1]);
+        let total: f64 = stats.m0[a..b].iter().sum();
+        assert!((total - 1.0).abs() < 1e-10, "posterior weights sum to {total}");
+    }
+}
