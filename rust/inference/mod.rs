@@ -9,6 +9,8 @@
 //! `log kappa_q < best log(kappa Phi) - PRUNE_GAP`: as `Phi <= 1` the rest changes `log p(x)` by
 //! less than `R exp(-PRUNE_GAP)`.
 
+pub mod nearest;
+
 use std::sync::Arc;
 
 use nalgebra::{DMatrix, DMatrixView, DVector};
