@@ -10,6 +10,7 @@
 //! less than `R exp(-PRUNE_GAP)`.
 
 pub mod nearest;
+pub mod posterior;
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use crate::partition::Partition;
 /// Regions whose `log kappa` is this far below the best `log(kappa Phi)` are skipped.
 pub const PRUNE_GAP: f64 = 40.0;
 
-const LOG_2PI: f64 = 1.837_877_066_409_345_5;
+pub(crate) const LOG_2PI: f64 = 1.837_877_066_409_345_5;
 
 /// The probability and moments of a Gaussian restricted to one region, as the polytope engine
 /// reports them for `N(mean, Sigma_q)`.
@@ -53,6 +54,9 @@ pub struct RegionAlgebra {
     bt_psi: DMatrix<f64>,
     /// `Sigma_q`, S x S row-major per region.
     sigma: Vec<f64>,
+    /// Lower Cholesky factor `L_q` of `Sigma_q` (S x S row-major) and `log det Sigma_q`.
+    chol: Vec<f64>,
+    log_det_sigma: Vec<f64>,
     /// `A_q^T Psi^{-1} b_q`, length S per region.
     v: Vec<f64>,
     /// `-D/2 log 2pi - 1/2 log det Psi + 1/2 log det Sigma_q - 1/2 b_q^T Psi^{-1} b_q`.
@@ -81,6 +85,8 @@ impl RegionAlgebra {
         let mut at_psi = DMatrix::zeros(r * s, d);
         let mut bt_psi = DMatrix::zeros(r, d);
         let mut sigma = vec![0.0; r * s * s];
+        let mut chol_sigma = vec![0.0; r * s * s];
+        let mut log_det_sigma = vec![0.0; r];
         let mut v = vec![0.0; r * s];
         let mut constant = vec![0.0; r];
         for q in 0..r {
@@ -105,14 +111,29 @@ impl RegionAlgebra {
                 }
                 v[q * s + j] = (0..d).map(|i| a[i * s + j] * inv_psi[i] * b[i]).sum();
             }
+            let l = cholesky_lower(&sigma[q * s * s..(q + 1) * s * s], s).expect("Sigma_q is positive definite");
+            chol_sigma[q * s * s..(q + 1) * s * s].copy_from_slice(&l);
+            log_det_sigma[q] = -log_det_precision;
             let b_psi_b: f64 = (0..d).map(|i| b[i] * b[i] * inv_psi[i]).sum();
             constant[q] = -0.5 * d as f64 * LOG_2PI - 0.5 * log_det_psi - 0.5 * log_det_precision - 0.5 * b_psi_b;
         }
-        Ok(RegionAlgebra { s, d, at_psi, bt_psi, sigma, v, constant, inv_psi })
+        Ok(RegionAlgebra { s, d, at_psi, bt_psi, sigma, chol: chol_sigma, log_det_sigma, v, constant, inv_psi })
     }
 
     pub fn sigma(&self, q: usize) -> &[f64] {
         &self.sigma[q * self.s * self.s..(q + 1) * self.s * self.s]
+    }
+
+    pub fn chol(&self, q: usize) -> &[f64] {
+        &self.chol[q * self.s * self.s..(q + 1) * self.s * self.s]
+    }
+
+    pub fn log_det_sigma(&self, q: usize) -> f64 {
+        self.log_det_sigma[q]
+    }
+
+    pub fn latent_dim(&self) -> usize {
+        self.s
     }
 
     pub fn n_regions(&self) -> usize {
@@ -161,7 +182,7 @@ pub struct LocalGaussians {
 }
 
 impl LocalGaussians {
-    fn point(&self, p: usize) -> (&[f64], &[f64]) {
+    pub fn point(&self, p: usize) -> (&[f64], &[f64]) {
         (&self.log_kappa[p * self.r..(p + 1) * self.r], &self.mu[p * self.r * self.s..(p + 1) * self.r * self.s])
     }
 }
@@ -177,7 +198,7 @@ pub fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
 /// The terms `log(kappa_q Phi_q)` that matter for one point, in decreasing `kappa_q` order,
 /// with the bound-based stop of [`PRUNE_GAP`]. Calls `visit(q, log_kappa_q, mu_q)`, which
 /// returns `log(kappa_q Phi_q)`.
-fn visit_regions(log_kappa: &[f64], mu: &[f64], s: usize, mut visit: impl FnMut(usize, f64, &[f64]) -> f64) {
+pub(crate) fn visit_regions(log_kappa: &[f64], mu: &[f64], s: usize, mut visit: impl FnMut(usize, f64, &[f64]) -> f64) {
     let mut order: Vec<usize> = (0..log_kappa.len()).collect();
     order.sort_unstable_by(|&a, &b| log_kappa[b].total_cmp(&log_kappa[a]).then(a.cmp(&b)));
     let mut best = f64::NEG_INFINITY;

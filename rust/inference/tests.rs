@@ -128,3 +128,40 @@ fn deep_one_dimensional_net_matches_brute_force_quadrature() {
         assert!((total - 1.0).abs() < 1e-10, "posterior weights sum to {total}");
     }
 }
+
+#[test]
+fn one_dimensional_posterior_density_map_and_samples() {
+    let dec = Arc::new(Decoder::random_uniform(&[1, 8, 8, 2], -1.0, 5).unwrap());
+    let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
+    let psi = [0.1, 0.1];
+    let algebra = RegionAlgebra::new(&part, &psi).unwrap();
+    let quad = Quadrature { partition: &part, algebra: &algebra };
+    let x = dec.forward_batch(DMatrix::from_element(1, 1, 0.8).as_view()).column(0).into_owned();
+    let post = posterior::PointPosterior::new(&part, &algebra, &quad, x.as_slice());
+    assert!((post.weights.iter().sum::<f64>() - 1.0).abs() < 1e-10);
+    // The density integrates to one and its grid argmax is the MAP.
+    let (lo, hi, n) = (-8.0, 8.0, 160_000);
+    let h = (hi - lo) / n as f64;
+    let (mut total, mut first, mut argmax, mut best) = (0.0, 0.0, 0.0, f64::NEG_INFINITY);
+    for i in 0..=n {
+        let z = lo + i as f64 * h;
+        let ld = post.log_density(&[z]);
+        let w = if i == 0 || i == n { 0.5 } else { 1.0 };
+        total += w * ld.exp() * h;
+        first += w * ld.exp() * h * z;
+        if ld > best {
+            best = ld;
+            argmax = z;
+        }
+    }
+    assert!((total - 1.0).abs() < 1e-6, "density integrates to {total}");
+    assert!((first - post.mean[0]).abs() < 1e-6, "mean {} vs quadrature {first}", post.mean[0]);
+    let map = post.map();
+    assert!((map[0] - argmax).abs() < 2.0 * h, "MAP {} vs grid argmax {argmax}", map[0]);
+    // Sample mean within 4 standard errors of the exact mean.
+    let samples = post.sample(20_000, 1).unwrap();
+    let sd = (post.second[0] - post.mean[0] * post.mean[0]).sqrt();
+    let sample_mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    assert!((sample_mean - post.mean[0]).abs() < 4.0 * sd / (samples.len() as f64).sqrt());
+    assert_eq!(post.sample(5, 7).unwrap(), post.sample(5, 7).unwrap());
+}

@@ -1,0 +1,185 @@
+//! The exact posterior `p(z | x)` of one point: a mixture over regions of Gaussians
+//! `N(mu_q, Sigma_q)` truncated to the regions, with weights `kappa_q Phi_q / p(x)`.
+
+use nalgebra::DMatrixView;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use rand_pcg::Pcg64;
+
+use super::nearest::nearest_point;
+use super::{log_sum_exp, visit_regions, RegionAlgebra, RegionIntegrator, RegionMoments, LOG_2PI};
+use crate::error::{Error, Result};
+use crate::partition::Partition;
+
+/// Proposals tried per posterior sample before giving up (the acceptance rate of the tilted
+/// proposal is bounded below for regions of positive width; this only guards slivers).
+const MAX_PROPOSALS: usize = 1_000_000;
+
+pub struct PointPosterior<'a> {
+    partition: &'a Partition,
+    algebra: &'a RegionAlgebra,
+    pub log_likelihood: f64,
+    /// `log kappa_q(x)` for every region.
+    pub log_kappa: Vec<f64>,
+    /// `mu_q(x)` for every region, `R x S`.
+    pub mu: Vec<f64>,
+    /// Posterior probability of every region (zero where pruned).
+    pub weights: Vec<f64>,
+    /// `E[z | x]` and `E[z z^T | x]`.
+    pub mean: Vec<f64>,
+    pub second: Vec<f64>,
+}
+
+/// The region's constraints in whitened coordinates `w = L^{-1}(z - mu)`: `F w <= e` with
+/// `F = G L`, `e = h - G mu`.
+fn whitened_constraints(partition: &Partition, algebra: &RegionAlgebra, q: usize, mu: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let s = algebra.latent_dim();
+    let l = algebra.chol(q);
+    let facets = partition.facets(q);
+    let mut f = Vec::with_capacity(facets.len() * s);
+    let mut e = Vec::with_capacity(facets.len());
+    for facet in facets {
+        for j in 0..s {
+            f.push((0..s).map(|k| facet.normal[k] * l[k * s + j]).sum::<f64>());
+        }
+        e.push(facet.offset - facet.normal.iter().zip(mu).map(|(g, m)| g * m).sum::<f64>());
+    }
+    (f, e)
+}
+
+/// `L^{-1} (z - mu)` by forward substitution.
+fn whiten(l: &[f64], s: usize, z: &[f64], mu: &[f64]) -> Vec<f64> {
+    let mut w = vec![0.0; s];
+    for i in 0..s {
+        let mut v = z[i] - mu[i];
+        for k in 0..i {
+            v -= l[i * s + k] * w[k];
+        }
+        w[i] = v / l[i * s + i];
+    }
+    w
+}
+
+fn unwhiten(l: &[f64], s: usize, w: &[f64], mu: &[f64]) -> Vec<f64> {
+    (0..s).map(|i| mu[i] + (0..=i).map(|k| l[i * s + k] * w[k]).sum::<f64>()).collect()
+}
+
+impl<'a> PointPosterior<'a> {
+    pub fn new<I: RegionIntegrator>(partition: &'a Partition, algebra: &'a RegionAlgebra, integrator: &I, x: &[f64]) -> Self {
+        let s = algebra.latent_dim();
+        let r = algebra.n_regions();
+        let local = algebra.local_gaussians(DMatrixView::from_slice(x, x.len(), 1));
+        let (lk, mu) = local.point(0);
+        let mut terms: Vec<(usize, f64, RegionMoments)> = Vec::new();
+        visit_regions(lk, mu, s, |q, k, m| {
+            let moments = integrator.moments(q, m);
+            let t = k + moments.log_mass;
+            terms.push((q, t, moments));
+            t
+        });
+        let log_likelihood = log_sum_exp(terms.iter().map(|t| t.1));
+        let mut weights = vec![0.0; r];
+        let mut mean = vec![0.0; s];
+        let mut second = vec![0.0; s * s];
+        for (q, t, m) in &terms {
+            let w = (t - log_likelihood).exp();
+            weights[*q] = w;
+            if w > 0.0 {
+                for j in 0..s {
+                    mean[j] += w * m.mean[j];
+                }
+                for j in 0..s * s {
+                    second[j] += w * m.second[j];
+                }
+            }
+        }
+        PointPosterior { partition, algebra, log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, second }
+    }
+
+    fn mu(&self, q: usize) -> &[f64] {
+        let s = self.algebra.latent_dim();
+        &self.mu[q * s..(q + 1) * s]
+    }
+
+    /// `log p(z | x)` at a latent point.
+    pub fn log_density(&self, z: &[f64]) -> f64 {
+        let s = self.algebra.latent_dim();
+        let q = self.partition.locate(z);
+        let w = whiten(self.algebra.chol(q), s, z, self.mu(q));
+        let log_normal = -0.5 * (s as f64 * LOG_2PI + self.algebra.log_det_sigma(q) + w.iter().map(|v| v * v).sum::<f64>());
+        self.log_kappa[q] + log_normal - self.log_likelihood
+    }
+
+    /// The most probable latent point: each region's constrained maximum, visiting regions in
+    /// decreasing order of their unconstrained peak and stopping when no peak can win.
+    pub fn map(&self) -> Vec<f64> {
+        let s = self.algebra.latent_dim();
+        let r = self.algebra.n_regions();
+        let peak = |q: usize| self.log_kappa[q] - 0.5 * (s as f64 * LOG_2PI + self.algebra.log_det_sigma(q));
+        let mut order: Vec<usize> = (0..r).collect();
+        order.sort_unstable_by(|&a, &b| peak(b).total_cmp(&peak(a)).then(a.cmp(&b)));
+        let mut best = (f64::NEG_INFINITY, vec![0.0; s]);
+        for q in order {
+            if peak(q) <= best.0 {
+                break;
+            }
+            let (f, e) = whitened_constraints(self.partition, self.algebra, q, self.mu(q));
+            let l = self.algebra.chol(q);
+            let start = whiten(l, s, self.partition.interior_point(q), self.mu(q));
+            let w = nearest_point(&f, &e, s, &vec![0.0; s], &start);
+            let value = peak(q) - 0.5 * w.iter().map(|v| v * v).sum::<f64>();
+            if value > best.0 {
+                best = (value, unwhiten(l, s, &w, self.mu(q)));
+            }
+        }
+        best.1
+    }
+
+    /// `n` exact independent samples (`n x S` row-major): a region drawn by posterior weight,
+    /// then the truncated Gaussian in it by accept-reject from `N(w*, I)` in whitened
+    /// coordinates, `w*` the region's point nearest the mean; the acceptance probability
+    /// `exp(-(y - w*) . w*)` is at most one on the region, which is convex.
+    pub fn sample(&self, n: usize, seed: u64) -> Result<Vec<f64>> {
+        let s = self.algebra.latent_dim();
+        let mut rng = Pcg64::seed_from_u64(seed);
+        let total: f64 = self.weights.iter().sum();
+        let mut out = Vec::with_capacity(n * s);
+        let mut prepared: std::collections::HashMap<usize, (Vec<f64>, Vec<f64>, Vec<f64>)> = Default::default();
+        for _ in 0..n {
+            let mut u = rng.random::<f64>() * total;
+            let mut q = self.weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
+            for (i, w) in self.weights.iter().enumerate() {
+                if u < *w {
+                    q = i;
+                    break;
+                }
+                u -= w;
+            }
+            let (f, e, centre) = prepared.entry(q).or_insert_with(|| {
+                let (f, e) = whitened_constraints(self.partition, self.algebra, q, self.mu(q));
+                let start = whiten(self.algebra.chol(q), s, self.partition.interior_point(q), self.mu(q));
+                let centre = nearest_point(&f, &e, s, &vec![0.0; s], &start);
+                (f, e, centre)
+            });
+            let m = e.len();
+            let mut accepted = None;
+            for _ in 0..MAX_PROPOSALS {
+                let y: Vec<f64> = centre.iter().map(|c| c + rng.sample::<f64, _>(StandardNormal)).collect();
+                let inside = (0..m).all(|i| (0..s).map(|j| f[i * s + j] * y[j]).sum::<f64>() <= e[i]);
+                if !inside {
+                    continue;
+                }
+                let tilt: f64 = y.iter().zip(centre.iter()).map(|(yi, ci)| (yi - ci) * ci).sum();
+                if rng.random::<f64>() < (-tilt).exp() {
+                    accepted = Some(y);
+                    break;
+                }
+            }
+            let y = accepted.ok_or_else(|| {
+                Error::Numerical(format!("could not sample region {q}: it is too thin for the rejection sampler"))
+            })?;
+            out.extend(unwhiten(self.algebra.chol(q), s, &y, self.mu(q)));
+        }
+        Ok(out)
+    }
+}
