@@ -216,17 +216,18 @@ fn batch_size(r: usize, s: usize) -> usize {
     (2_000_000 / (r * (s + 1)).max(1)).clamp(1, 4096)
 }
 
-/// `log p(x_n)` for every column of `x` (`D x N`).
-pub fn log_likelihood<I: RegionIntegrator>(
+/// Runs `per_point(log_kappa, mu)` for every column of `x` (`D x N`), in parallel batches that
+/// share their matrix products; results come back in point order.
+fn map_points<T: Send>(
     algebra: &RegionAlgebra,
-    integrator: &I,
     x: DMatrixView<f64>,
     cancel: &Cancel,
-) -> Result<Vec<f64>> {
+    per_point: impl Fn(&[f64], &[f64]) -> T + Sync,
+) -> Result<Vec<T>> {
     let n = x.ncols();
     let batch = batch_size(algebra.n_regions(), algebra.s);
     let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
-    let parts: Result<Vec<Vec<f64>>> = chunks
+    let parts: Result<Vec<Vec<T>>> = chunks
         .par_iter()
         .map(|&(start, end)| {
             cancel.check()?;
@@ -234,18 +235,47 @@ pub fn log_likelihood<I: RegionIntegrator>(
             Ok((0..end - start)
                 .map(|p| {
                     let (lk, mu) = local.point(p);
-                    let mut terms = Vec::new();
-                    visit_regions(lk, mu, algebra.s, |q, k, m| {
-                        let t = k + integrator.log_mass(q, m);
-                        terms.push(t);
-                        t
-                    });
-                    log_sum_exp(terms.iter().copied())
+                    per_point(lk, mu)
                 })
                 .collect())
         })
         .collect();
-    Ok(parts?.concat())
+    Ok(parts?.into_iter().flatten().collect())
+}
+
+/// `log p(x_n)` for every column of `x` (`D x N`).
+pub fn log_likelihood<I: RegionIntegrator>(
+    algebra: &RegionAlgebra,
+    integrator: &I,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+) -> Result<Vec<f64>> {
+    map_points(algebra, x, cancel, |lk, mu| {
+        let mut terms = Vec::new();
+        visit_regions(lk, mu, algebra.s, |q, k, m| {
+            let t = k + integrator.log_mass(q, m);
+            terms.push(t);
+            t
+        });
+        log_sum_exp(terms.iter().copied())
+    })
+}
+
+/// For one point: `log p(x)` and, for every region visited, `(q, log(kappa_q Phi_q), moments)`.
+pub(crate) fn moment_terms<I: RegionIntegrator>(
+    integrator: &I,
+    log_kappa: &[f64],
+    mu: &[f64],
+    s: usize,
+) -> (f64, Vec<(usize, f64, RegionMoments)>) {
+    let mut terms: Vec<(usize, f64, RegionMoments)> = Vec::new();
+    visit_regions(log_kappa, mu, s, |q, k, m| {
+        let moments = integrator.moments(q, m);
+        let t = k + moments.log_mass;
+        terms.push((q, t, moments));
+        t
+    });
+    (log_sum_exp(terms.iter().map(|t| t.1)), terms)
 }
 
 /// E-step statistics, stored by point (CSR): for point n, entries `indptr[n]..indptr[n+1]`
@@ -271,49 +301,24 @@ pub fn e_step<I: RegionIntegrator>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
 ) -> Result<EStep> {
-    let (n, s) = (x.ncols(), algebra.s);
-    let batch = batch_size(algebra.n_regions(), s);
-    let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
-    type PointStats = (f64, Vec<(usize, f64, Vec<f64>, Vec<f64>)>);
-    let parts: Result<Vec<Vec<PointStats>>> = chunks
-        .par_iter()
-        .map(|&(start, end)| {
-            cancel.check()?;
-            let local = algebra.local_gaussians(x.columns(start, end - start));
-            Ok((0..end - start)
-                .map(|p| {
-                    let (lk, mu) = local.point(p);
-                    let mut terms: Vec<(usize, f64, RegionMoments)> = Vec::new();
-                    visit_regions(lk, mu, s, |q, k, m| {
-                        let moments = integrator.moments(q, m);
-                        let t = k + moments.log_mass;
-                        terms.push((q, t, moments));
-                        t
-                    });
-                    let log_p = log_sum_exp(terms.iter().map(|t| t.1));
-                    let mut kept: Vec<(usize, f64, Vec<f64>, Vec<f64>)> = terms
-                        .into_iter()
-                        .filter_map(|(q, t, m)| {
-                            let w = (t - log_p).exp();
-                            (w > MIN_WEIGHT).then(|| {
-                                (q, w, m.mean.iter().map(|v| w * v).collect(), m.second.iter().map(|v| w * v).collect())
-                            })
-                        })
-                        .collect();
-                    kept.sort_unstable_by_key(|e| e.0);
-                    (log_p, kept)
-                })
-                .collect())
-        })
-        .collect();
+    let per_point = map_points(algebra, x, cancel, |lk, mu| {
+        let (log_p, terms) = moment_terms(integrator, lk, mu, algebra.s);
+        let mut kept: Vec<(usize, f64, RegionMoments)> = terms
+            .into_iter()
+            .map(|(q, t, m)| (q, (t - log_p).exp(), m))
+            .filter(|(_, w, _)| *w > MIN_WEIGHT)
+            .collect();
+        kept.sort_unstable_by_key(|e| e.0);
+        (log_p, kept)
+    })?;
     let mut out = EStep { indptr: vec![0], ..Default::default() };
-    for (log_p, kept) in parts?.into_iter().flatten() {
+    for (log_p, kept) in per_point {
         out.log_likelihood.push(log_p);
-        for (q, w, m1, m2) in kept {
+        for (q, w, m) in kept {
             out.region.push(q);
             out.m0.push(w);
-            out.m1.extend(m1);
-            out.m2.extend(m2);
+            out.m1.extend(m.mean.iter().map(|v| w * v));
+            out.m2.extend(m.second.iter().map(|v| w * v));
         }
         out.indptr.push(out.region.len());
     }

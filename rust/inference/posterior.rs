@@ -7,7 +7,7 @@ use rand_distr::StandardNormal;
 use rand_pcg::Pcg64;
 
 use super::nearest::nearest_point;
-use super::{log_sum_exp, visit_regions, RegionAlgebra, RegionIntegrator, RegionMoments, LOG_2PI};
+use super::{moment_terms, RegionAlgebra, RegionIntegrator, LOG_2PI};
 use crate::error::{Error, Result};
 use crate::partition::Partition;
 
@@ -70,14 +70,7 @@ impl<'a> PointPosterior<'a> {
         let r = algebra.n_regions();
         let local = algebra.local_gaussians(DMatrixView::from_slice(x, x.len(), 1));
         let (lk, mu) = local.point(0);
-        let mut terms: Vec<(usize, f64, RegionMoments)> = Vec::new();
-        visit_regions(lk, mu, s, |q, k, m| {
-            let moments = integrator.moments(q, m);
-            let t = k + moments.log_mass;
-            terms.push((q, t, moments));
-            t
-        });
-        let log_likelihood = log_sum_exp(terms.iter().map(|t| t.1));
+        let (log_likelihood, terms) = moment_terms(integrator, lk, mu, s);
         let mut weights = vec![0.0; r];
         let mut mean = vec![0.0; s];
         let mut second = vec![0.0; s * s];
