@@ -15,9 +15,10 @@ use crate::partition::Partition;
 /// proposal is bounded below for regions of positive width; this only guards slivers).
 const MAX_PROPOSALS: usize = 1_000_000;
 
-pub struct PointPosterior<'a> {
-    partition: &'a Partition,
-    algebra: &'a RegionAlgebra,
+/// The posterior of one point; the partition and the algebra it was built from are passed
+/// back to the methods that need them.
+#[derive(Clone, Debug)]
+pub struct PointPosterior {
     pub log_likelihood: f64,
     /// `log kappa_q(x)` for every region.
     pub log_kappa: Vec<f64>,
@@ -64,8 +65,8 @@ fn unwhiten(l: &[f64], s: usize, w: &[f64], mu: &[f64]) -> Vec<f64> {
     (0..s).map(|i| mu[i] + (0..=i).map(|k| l[i * s + k] * w[k]).sum::<f64>()).collect()
 }
 
-impl<'a> PointPosterior<'a> {
-    pub fn new<I: RegionIntegrator>(partition: &'a Partition, algebra: &'a RegionAlgebra, integrator: &I, x: &[f64]) -> Self {
+impl PointPosterior {
+    pub fn new<I: RegionIntegrator>(algebra: &RegionAlgebra, integrator: &I, x: &[f64]) -> Self {
         let s = algebra.latent_dim();
         let r = algebra.n_regions();
         let local = algebra.local_gaussians(DMatrixView::from_slice(x, x.len(), 1));
@@ -86,29 +87,29 @@ impl<'a> PointPosterior<'a> {
                 }
             }
         }
-        PointPosterior { partition, algebra, log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, second }
+        PointPosterior { log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, second }
     }
 
-    fn mu(&self, q: usize) -> &[f64] {
-        let s = self.algebra.latent_dim();
+    fn mu(&self, algebra: &RegionAlgebra, q: usize) -> &[f64] {
+        let s = algebra.latent_dim();
         &self.mu[q * s..(q + 1) * s]
     }
 
     /// `log p(z | x)` at a latent point.
-    pub fn log_density(&self, z: &[f64]) -> f64 {
-        let s = self.algebra.latent_dim();
-        let q = self.partition.locate(z);
-        let w = whiten(self.algebra.chol(q), s, z, self.mu(q));
-        let log_normal = -0.5 * (s as f64 * LOG_2PI + self.algebra.log_det_sigma(q) + w.iter().map(|v| v * v).sum::<f64>());
+    pub fn log_density(&self, partition: &Partition, algebra: &RegionAlgebra, z: &[f64]) -> f64 {
+        let s = algebra.latent_dim();
+        let q = partition.locate(z);
+        let w = whiten(algebra.chol(q), s, z, self.mu(algebra, q));
+        let log_normal = -0.5 * (s as f64 * LOG_2PI + algebra.log_det_sigma(q) + w.iter().map(|v| v * v).sum::<f64>());
         self.log_kappa[q] + log_normal - self.log_likelihood
     }
 
     /// The most probable latent point: each region's constrained maximum, visiting regions in
     /// decreasing order of their unconstrained peak and stopping when no peak can win.
-    pub fn map(&self) -> Vec<f64> {
-        let s = self.algebra.latent_dim();
-        let r = self.algebra.n_regions();
-        let peak = |q: usize| self.log_kappa[q] - 0.5 * (s as f64 * LOG_2PI + self.algebra.log_det_sigma(q));
+    pub fn map(&self, partition: &Partition, algebra: &RegionAlgebra) -> Vec<f64> {
+        let s = algebra.latent_dim();
+        let r = algebra.n_regions();
+        let peak = |q: usize| self.log_kappa[q] - 0.5 * (s as f64 * LOG_2PI + algebra.log_det_sigma(q));
         let mut order: Vec<usize> = (0..r).collect();
         order.sort_unstable_by(|&a, &b| peak(b).total_cmp(&peak(a)).then(a.cmp(&b)));
         let mut best = (f64::NEG_INFINITY, vec![0.0; s]);
@@ -116,13 +117,13 @@ impl<'a> PointPosterior<'a> {
             if peak(q) <= best.0 {
                 break;
             }
-            let (f, e) = whitened_constraints(self.partition, self.algebra, q, self.mu(q));
-            let l = self.algebra.chol(q);
-            let start = whiten(l, s, self.partition.interior_point(q), self.mu(q));
+            let (f, e) = whitened_constraints(partition, algebra, q, self.mu(algebra, q));
+            let l = algebra.chol(q);
+            let start = whiten(l, s, partition.interior_point(q), self.mu(algebra, q));
             let w = nearest_point(&f, &e, s, &vec![0.0; s], &start);
             let value = peak(q) - 0.5 * w.iter().map(|v| v * v).sum::<f64>();
             if value > best.0 {
-                best = (value, unwhiten(l, s, &w, self.mu(q)));
+                best = (value, unwhiten(l, s, &w, self.mu(algebra, q)));
             }
         }
         best.1
@@ -132,8 +133,8 @@ impl<'a> PointPosterior<'a> {
     /// then the truncated Gaussian in it by accept-reject from `N(w*, I)` in whitened
     /// coordinates, `w*` the region's point nearest the mean; the acceptance probability
     /// `exp(-(y - w*) . w*)` is at most one on the region, which is convex.
-    pub fn sample(&self, n: usize, seed: u64) -> Result<Vec<f64>> {
-        let s = self.algebra.latent_dim();
+    pub fn sample(&self, partition: &Partition, algebra: &RegionAlgebra, n: usize, seed: u64) -> Result<Vec<f64>> {
+        let s = algebra.latent_dim();
         let mut rng = Pcg64::seed_from_u64(seed);
         let total: f64 = self.weights.iter().sum();
         let mut out = Vec::with_capacity(n * s);
@@ -149,8 +150,8 @@ impl<'a> PointPosterior<'a> {
                 u -= w;
             }
             let (f, e, centre) = prepared.entry(q).or_insert_with(|| {
-                let (f, e) = whitened_constraints(self.partition, self.algebra, q, self.mu(q));
-                let start = whiten(self.algebra.chol(q), s, self.partition.interior_point(q), self.mu(q));
+                let (f, e) = whitened_constraints(partition, algebra, q, self.mu(algebra, q));
+                let start = whiten(algebra.chol(q), s, partition.interior_point(q), self.mu(algebra, q));
                 let centre = nearest_point(&f, &e, s, &vec![0.0; s], &start);
                 (f, e, centre)
             });
@@ -171,7 +172,7 @@ impl<'a> PointPosterior<'a> {
             let y = accepted.ok_or_else(|| {
                 Error::Numerical(format!("could not sample region {q}: it is too thin for the rejection sampler"))
             })?;
-            out.extend(unwhiten(self.algebra.chol(q), s, &y, self.mu(q)));
+            out.extend(unwhiten(algebra.chol(q), s, &y, self.mu(algebra, q)));
         }
         Ok(out)
     }

@@ -137,7 +137,7 @@ fn one_dimensional_posterior_density_map_and_samples() {
     let algebra = RegionAlgebra::new(&part, &psi).unwrap();
     let quad = Quadrature { partition: &part, algebra: &algebra };
     let x = dec.forward_batch(DMatrix::from_element(1, 1, 0.8).as_view()).column(0).into_owned();
-    let post = posterior::PointPosterior::new(&part, &algebra, &quad, x.as_slice());
+    let post = posterior::PointPosterior::new(&algebra, &quad, x.as_slice());
     assert!((post.weights.iter().sum::<f64>() - 1.0).abs() < 1e-10);
     // The density integrates to one and its grid argmax is the MAP.
     let (lo, hi, n) = (-8.0, 8.0, 160_000);
@@ -145,7 +145,7 @@ fn one_dimensional_posterior_density_map_and_samples() {
     let (mut total, mut first, mut argmax, mut best) = (0.0, 0.0, 0.0, f64::NEG_INFINITY);
     for i in 0..=n {
         let z = lo + i as f64 * h;
-        let ld = post.log_density(&[z]);
+        let ld = post.log_density(&part, &algebra, &[z]);
         let w = if i == 0 || i == n { 0.5 } else { 1.0 };
         total += w * ld.exp() * h;
         first += w * ld.exp() * h * z;
@@ -156,12 +156,12 @@ fn one_dimensional_posterior_density_map_and_samples() {
     }
     assert!((total - 1.0).abs() < 1e-6, "density integrates to {total}");
     assert!((first - post.mean[0]).abs() < 1e-6, "mean {} vs quadrature {first}", post.mean[0]);
-    let map = post.map();
+    let map = post.map(&part, &algebra);
     assert!((map[0] - argmax).abs() < 2.0 * h, "MAP {} vs grid argmax {argmax}", map[0]);
     // Sample mean within 4 standard errors of the exact mean.
-    let samples = post.sample(20_000, 1).unwrap();
+    let samples = post.sample(&part, &algebra, 20_000, 1).unwrap();
     let sd = (post.second[0] - post.mean[0] * post.mean[0]).sqrt();
     let sample_mean = samples.iter().sum::<f64>() / samples.len() as f64;
     assert!((sample_mean - post.mean[0]).abs() < 4.0 * sd / (samples.len() as f64).sqrt());
-    assert_eq!(post.sample(5, 7).unwrap(), post.sample(5, 7).unwrap());
+    assert_eq!(post.sample(&part, &algebra, 5, 7).unwrap(), post.sample(&part, &algebra, 5, 7).unwrap());
 }
