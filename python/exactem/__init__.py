@@ -7,11 +7,15 @@ likelihoods, posteriors and EM on it.
 
 from ._core import ExactemError, InternalError, NumericalError, RegionLimitError
 from .decoder import Decoder
+from .model import DGN, EStepResult, Posterior
 from .partition import Partition
 
 __all__ = [
     "Decoder",
     "Partition",
+    "DGN",
+    "Posterior",
+    "EStepResult",
     "ExactemError",
     "RegionLimitError",
     "NumericalError",

@@ -9,8 +9,11 @@
 //! `log kappa_q < best log(kappa Phi) - PRUNE_GAP`: as `Phi <= 1` the rest changes `log p(x)` by
 //! less than `R exp(-PRUNE_GAP)`.
 
+pub mod integrator;
 pub mod nearest;
 pub mod posterior;
+
+pub use integrator::GaussIntegrator;
 
 use std::sync::Arc;
 
@@ -261,7 +264,9 @@ pub fn log_likelihood<I: RegionIntegrator>(
     })
 }
 
-/// For one point: `log p(x)` and, for every region visited, `(q, log(kappa_q Phi_q), moments)`.
+/// For one point: `log p(x)` and, for every region visited, `(q, P(q | x), moments)`. The
+/// weights are normalised by their sum rather than by `exp(log p)`, so they sum to one to
+/// rounding even where `log p(x)` is so large in magnitude that its own rounding is not small.
 pub(crate) fn moment_terms<I: RegionIntegrator>(
     integrator: &I,
     log_kappa: &[f64],
@@ -275,7 +280,13 @@ pub(crate) fn moment_terms<I: RegionIntegrator>(
         terms.push((q, t, moments));
         t
     });
-    (log_sum_exp(terms.iter().map(|t| t.1)), terms)
+    let log_p = log_sum_exp(terms.iter().map(|t| t.1));
+    let max = terms.iter().map(|t| t.1).fold(f64::NEG_INFINITY, f64::max);
+    let total: f64 = terms.iter().map(|t| (t.1 - max).exp()).sum();
+    for term in terms.iter_mut() {
+        term.1 = (term.1 - max).exp() / total;
+    }
+    (log_p, terms)
 }
 
 /// E-step statistics, stored by point (CSR): for point n, entries `indptr[n]..indptr[n+1]`
@@ -305,7 +316,6 @@ pub fn e_step<I: RegionIntegrator>(
         let (log_p, terms) = moment_terms(integrator, lk, mu, algebra.s);
         let mut kept: Vec<(usize, f64, RegionMoments)> = terms
             .into_iter()
-            .map(|(q, t, m)| (q, (t - log_p).exp(), m))
             .filter(|(_, w, _)| *w > MIN_WEIGHT)
             .collect();
         kept.sort_unstable_by_key(|e| e.0);

@@ -75,8 +75,8 @@ impl PointPosterior {
         let mut weights = vec![0.0; r];
         let mut mean = vec![0.0; s];
         let mut second = vec![0.0; s * s];
-        for (q, t, m) in &terms {
-            let w = (t - log_likelihood).exp();
+        for (q, w, m) in &terms {
+            let w = *w;
             weights[*q] = w;
             if w > 0.0 {
                 for j in 0..s {

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use crate::cancel::Cancel;
 use crate::error::Error;
 
+mod inference_py;
 mod model_py;
 mod partition_py;
 
@@ -89,5 +90,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InternalError", py.get_type::<InternalError>())?;
     model_py::register(m)?;
     partition_py::register(m)?;
+    inference_py::register(m)?;
     Ok(())
 }

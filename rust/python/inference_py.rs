@@ -1,0 +1,147 @@
+use std::sync::Arc;
+
+use nalgebra::DMatrixView;
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use super::model_py::points;
+use super::partition_py::PyPartition;
+use super::run_released;
+use crate::inference::posterior::PointPosterior;
+use crate::inference::{e_step, log_likelihood, GaussIntegrator, RegionAlgebra};
+use crate::partition::Partition;
+
+/// The DGN's exact inference engine for one decoder partition and noise variance.
+#[pyclass(name = "DgnCore", module = "exactem._core", frozen)]
+pub struct PyDgn {
+    partition: Arc<Partition>,
+    algebra: Arc<RegionAlgebra>,
+    integrator: Arc<GaussIntegrator>,
+}
+
+#[pymethods]
+impl PyDgn {
+    #[new]
+    #[pyo3(signature = (partition, noise_var, rtol=1e-6, seed=0))]
+    fn new(py: Python<'_>, partition: &PyPartition, noise_var: PyReadonlyArray1<'_, f64>, rtol: f64, seed: u64) -> PyResult<Self> {
+        let shared = partition.inner.clone();
+        let noise: Vec<f64> = noise_var.as_array().to_vec();
+        let (algebra, integrator) = run_released(py, move |cancel| {
+            let algebra = RegionAlgebra::new(&shared, &noise)?;
+            let integrator = GaussIntegrator::new(&shared, &algebra, rtol, seed, cancel)?;
+            Ok((algebra, integrator))
+        })?;
+        Ok(PyDgn { partition: partition.inner.clone(), algebra: Arc::new(algebra), integrator: Arc::new(integrator) })
+    }
+
+    fn log_likelihood<'py>(&self, py: Python<'py>, x: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let d = self.partition.decoder().output_dim();
+        points(&x, d, "X")?;
+        let data = x.as_slice()?.to_vec();
+        let (algebra, integrator) = (self.algebra.clone(), self.integrator.clone());
+        let out = run_released(py, move |cancel| {
+            log_likelihood(&*algebra, &*integrator, DMatrixView::from_slice(&data, d, data.len() / d), cancel)
+        })?;
+        Ok(PyArray1::from_vec(py, out))
+    }
+
+    /// `(log_likelihood, indptr, regions, m0, m1, m2)`: CSR by point.
+    #[allow(clippy::type_complexity)]
+    fn e_step<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+    ) -> PyResult<(
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+    )> {
+        let d = self.partition.decoder().output_dim();
+        points(&x, d, "X")?;
+        let data = x.as_slice()?.to_vec();
+        let (algebra, integrator) = (self.algebra.clone(), self.integrator.clone());
+        let stats = run_released(py, move |cancel| {
+            e_step(&*algebra, &*integrator, DMatrixView::from_slice(&data, d, data.len() / d), cancel)
+        })?;
+        Ok((
+            PyArray1::from_vec(py, stats.log_likelihood),
+            PyArray1::from_vec(py, stats.indptr.into_iter().map(|v| v as i64).collect()),
+            PyArray1::from_vec(py, stats.region.into_iter().map(|v| v as i64).collect()),
+            PyArray1::from_vec(py, stats.m0),
+            PyArray1::from_vec(py, stats.m1),
+            PyArray1::from_vec(py, stats.m2),
+        ))
+    }
+
+    fn posterior(&self, py: Python<'_>, x: PyReadonlyArray1<'_, f64>) -> PyResult<PyPosterior> {
+        let d = self.partition.decoder().output_dim();
+        let xv = x.as_array().to_vec();
+        if xv.len() != d {
+            return Err(PyValueError::new_err(format!("x must have {d} entries; got {}", xv.len())));
+        }
+        let (algebra, integrator) = (self.algebra.clone(), self.integrator.clone());
+        let posterior = run_released(py, move |_| Ok(PointPosterior::new(&algebra, &*integrator, &xv)))?;
+        Ok(PyPosterior { partition: self.partition.clone(), algebra: self.algebra.clone(), posterior })
+    }
+}
+
+#[pyclass(name = "PosteriorCore", module = "exactem._core", frozen)]
+pub struct PyPosterior {
+    partition: Arc<Partition>,
+    algebra: Arc<RegionAlgebra>,
+    posterior: PointPosterior,
+}
+
+#[pymethods]
+impl PyPosterior {
+    #[getter]
+    fn log_likelihood(&self) -> f64 {
+        self.posterior.log_likelihood
+    }
+
+    #[getter]
+    fn weights<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_slice(py, &self.posterior.weights)
+    }
+
+    #[getter]
+    fn mean<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_slice(py, &self.posterior.mean)
+    }
+
+    /// `E[z z^T | x]`, S x S.
+    #[getter]
+    fn second_moment<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let s = self.posterior.mean.len();
+        PyArray1::from_slice(py, &self.posterior.second).reshape([s, s])
+    }
+
+    fn logpdf<'py>(&self, py: Python<'py>, z: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let s = self.posterior.mean.len();
+        points(&z, s, "Z")?;
+        let data = z.as_slice()?;
+        let out: Vec<f64> =
+            py.detach(|| data.chunks(s).map(|p| self.posterior.log_density(&self.partition, &self.algebra, p)).collect());
+        Ok(PyArray1::from_vec(py, out))
+    }
+
+    fn map<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        let out = py.detach(|| self.posterior.map(&self.partition, &self.algebra));
+        PyArray1::from_vec(py, out)
+    }
+
+    fn sample<'py>(&self, py: Python<'py>, n: usize, seed: u64) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let s = self.posterior.mean.len();
+        let out = run_released(py, |_| self.posterior.sample(&self.partition, &self.algebra, n, seed))?;
+        PyArray1::from_vec(py, out).reshape([n, s])
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyDgn>()?;
+    m.add_class::<PyPosterior>()
+}
