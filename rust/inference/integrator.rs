@@ -2,7 +2,7 @@
 //! and moments have a closed form, evaluated here without cancellation in either tail (the mass
 //! of a region whose local mean lies 40 standard deviations away is ~1e-350 and still counts).
 
-use super::{RegionAlgebra, RegionIntegrator, RegionMoments};
+use super::{RegionAlgebra, RegionIntegrator};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::partition::Partition;
@@ -120,10 +120,24 @@ impl RegionIntegrator for GaussIntegrator {
         log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd)
     }
 
-    fn moments(&self, region: usize, mean: &[f64]) -> RegionMoments {
+    fn moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
         let (lo, hi) = self.intervals[region];
         let (log_mass, m, second) = truncated_normal(mean[0], self.sd[region], lo, hi);
-        RegionMoments { log_mass, mean: vec![m], second: vec![second] }
+        cond_mean[0] = m;
+        cond_second[0] = second;
+        log_mass
+    }
+
+    /// The Gaussian tail bound `Phi(-t) <= exp(-t^2 / 2) / 2` at the distance `t` (in standard
+    /// deviations) from the mean to the interval.
+    fn log_mass_bound(&self, region: usize, mean: &[f64]) -> f64 {
+        let (lo, hi) = self.intervals[region];
+        let distance = (lo - mean[0]).max(mean[0] - hi);
+        if distance <= 0.0 {
+            return 0.0;
+        }
+        let t = distance / self.sd[region];
+        -0.5 * t * t - std::f64::consts::LN_2
     }
 }
 

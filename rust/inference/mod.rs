@@ -17,7 +17,7 @@ pub use integrator::GaussIntegrator;
 
 use std::sync::Arc;
 
-use nalgebra::{DMatrix, DMatrixView, DVector};
+use nalgebra::{DMatrix, DMatrixView};
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
@@ -44,7 +44,21 @@ pub struct RegionMoments {
 /// implementation owns whatever it prepared for the region's covariance `Sigma_q`.
 pub trait RegionIntegrator: Send + Sync {
     fn log_mass(&self, region: usize, mean: &[f64]) -> f64;
-    fn moments(&self, region: usize, mean: &[f64]) -> RegionMoments;
+    /// Writes `E[z | region]` (S) and `E[z z^T | region]` (S x S row-major) and returns the
+    /// log mass.
+    fn moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64;
+    /// A cheap, certain upper bound on `log_mass` (0 is always one): it lets inference skip
+    /// regions whose terms cannot matter without integrating over them.
+    fn log_mass_bound(&self, _region: usize, _mean: &[f64]) -> f64 {
+        0.0
+    }
+
+    fn moments(&self, region: usize, mean: &[f64]) -> RegionMoments {
+        let s = mean.len();
+        let mut out = RegionMoments { log_mass: 0.0, mean: vec![0.0; s], second: vec![0.0; s * s] };
+        out.log_mass = self.moments_into(region, mean, &mut out.mean, &mut out.second);
+        out
+    }
 }
 
 /// The per-region quantities that do not depend on x.
@@ -198,25 +212,37 @@ pub fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
     max + values.map(|v| (v - max).exp()).sum::<f64>().ln()
 }
 
-/// The terms `log(kappa_q Phi_q)` that matter for one point, in decreasing `kappa_q` order,
-/// with the bound-based stop of [`PRUNE_GAP`]. Calls `visit(q, log_kappa_q, mu_q)`, which
-/// returns `log(kappa_q Phi_q)`.
-pub(crate) fn visit_regions(log_kappa: &[f64], mu: &[f64], s: usize, mut visit: impl FnMut(usize, f64, &[f64]) -> f64) {
-    let mut order: Vec<usize> = (0..log_kappa.len()).collect();
-    order.sort_unstable_by(|&a, &b| log_kappa[b].total_cmp(&log_kappa[a]).then(a.cmp(&b)));
-    let mut best = f64::NEG_INFINITY;
-    for q in order {
-        if log_kappa[q] < best - PRUNE_GAP {
-            break;
+/// Visits the regions whose terms `log(kappa_q Phi_q)` can matter for one point: first the
+/// one with the largest bound `log kappa_q + log_mass_bound`, then every region whose bound is
+/// within [`PRUNE_GAP`] of the best term found so far. `visit(q, mu_q)` returns the region's
+/// term. Skipped regions change `log p(x)` by less than `R exp(-PRUNE_GAP)` in relative terms.
+pub(crate) fn visit_regions<I: RegionIntegrator>(
+    integrator: &I,
+    log_kappa: &[f64],
+    mu: &[f64],
+    s: usize,
+    mut visit: impl FnMut(usize, &[f64]) -> f64,
+) {
+    let r = log_kappa.len();
+    let bound = |q: usize| log_kappa[q] + integrator.log_mass_bound(q, &mu[q * s..(q + 1) * s]);
+    let bounds: Vec<f64> = (0..r).map(bound).collect();
+    let Some(first) = (0..r).max_by(|&a, &b| bounds[a].total_cmp(&bounds[b]).then(b.cmp(&a))) else {
+        return;
+    };
+    let mut best = visit(first, &mu[first * s..(first + 1) * s]);
+    for q in 0..r {
+        if q != first && bounds[q] >= best - PRUNE_GAP {
+            best = best.max(visit(q, &mu[q * s..(q + 1) * s]));
         }
-        let term = visit(q, log_kappa[q], &mu[q * s..(q + 1) * s]);
-        best = best.max(term);
     }
 }
 
-/// Points per batch of the matrix products: keeps `n x R x S` buffers to tens of megabytes.
-fn batch_size(r: usize, s: usize) -> usize {
-    (2_000_000 / (r * (s + 1)).max(1)).clamp(1, 4096)
+/// Points per batch of the matrix products: at most tens of megabytes of `n x R x S` buffers,
+/// and enough batches (four per thread) to keep every thread busy.
+fn batch_size(n: usize, r: usize, s: usize) -> usize {
+    let memory_bound = (2_000_000 / (r * (s + 1)).max(1)).max(1);
+    let balance_bound = n.div_ceil(4 * rayon::current_num_threads()).max(16);
+    memory_bound.min(balance_bound).min(4096)
 }
 
 /// Runs `per_point(log_kappa, mu)` for every column of `x` (`D x N`), in parallel batches that
@@ -228,7 +254,7 @@ fn map_points<T: Send>(
     per_point: impl Fn(&[f64], &[f64]) -> T + Sync,
 ) -> Result<Vec<T>> {
     let n = x.ncols();
-    let batch = batch_size(algebra.n_regions(), algebra.s);
+    let batch = batch_size(n, algebra.n_regions(), algebra.s);
     let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
     let parts: Result<Vec<Vec<T>>> = chunks
         .par_iter()
@@ -255,8 +281,8 @@ pub fn log_likelihood<I: RegionIntegrator>(
 ) -> Result<Vec<f64>> {
     map_points(algebra, x, cancel, |lk, mu| {
         let mut terms = Vec::new();
-        visit_regions(lk, mu, algebra.s, |q, k, m| {
-            let t = k + integrator.log_mass(q, m);
+        visit_regions(integrator, lk, mu, algebra.s, |q, m| {
+            let t = lk[q] + integrator.log_mass(q, m);
             terms.push(t);
             t
         });
@@ -264,29 +290,39 @@ pub fn log_likelihood<I: RegionIntegrator>(
     })
 }
 
-/// For one point: `log p(x)` and, for every region visited, `(q, P(q | x), moments)`. The
-/// weights are normalised by their sum rather than by `exp(log p)`, so they sum to one to
-/// rounding even where `log p(x)` is so large in magnitude that its own rounding is not small.
-pub(crate) fn moment_terms<I: RegionIntegrator>(
-    integrator: &I,
-    log_kappa: &[f64],
-    mu: &[f64],
-    s: usize,
-) -> (f64, Vec<(usize, f64, RegionMoments)>) {
-    let mut terms: Vec<(usize, f64, RegionMoments)> = Vec::new();
-    visit_regions(log_kappa, mu, s, |q, k, m| {
-        let moments = integrator.moments(q, m);
-        let t = k + moments.log_mass;
-        terms.push((q, t, moments));
+/// The posterior terms of one point, flat: for each visited region, its index, its posterior
+/// probability, `E[z | q]` (S) and `E[z z^T | q]` (S x S).
+#[derive(Default)]
+pub(crate) struct PointTerms {
+    pub log_likelihood: f64,
+    pub region: Vec<usize>,
+    pub weight: Vec<f64>,
+    pub mean: Vec<f64>,
+    pub second: Vec<f64>,
+}
+
+/// Visits the regions of one point and integrates over them. The weights are normalised by
+/// their sum rather than by `exp(log p)`, so they sum to one to rounding even where `log p(x)`
+/// is so large in magnitude that its own rounding is not small.
+pub(crate) fn moment_terms<I: RegionIntegrator>(integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) -> PointTerms {
+    let mut out = PointTerms::default();
+    visit_regions(integrator, log_kappa, mu, s, |q, m| {
+        let k = out.region.len();
+        out.mean.resize((k + 1) * s, 0.0);
+        out.second.resize((k + 1) * s * s, 0.0);
+        let log_mass = integrator.moments_into(q, m, &mut out.mean[k * s..], &mut out.second[k * s * s..]);
+        let t = log_kappa[q] + log_mass;
+        out.region.push(q);
+        out.weight.push(t);
         t
     });
-    let log_p = log_sum_exp(terms.iter().map(|t| t.1));
-    let max = terms.iter().map(|t| t.1).fold(f64::NEG_INFINITY, f64::max);
-    let total: f64 = terms.iter().map(|t| (t.1 - max).exp()).sum();
-    for term in terms.iter_mut() {
-        term.1 = (term.1 - max).exp() / total;
+    out.log_likelihood = log_sum_exp(out.weight.iter().copied());
+    let max = out.weight.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let total: f64 = out.weight.iter().map(|t| (t - max).exp()).sum();
+    for w in out.weight.iter_mut() {
+        *w = (*w - max).exp() / total;
     }
-    (log_p, terms)
+    out
 }
 
 /// E-step statistics, stored by point (CSR): for point n, entries `indptr[n]..indptr[n+1]`
@@ -312,23 +348,19 @@ pub fn e_step<I: RegionIntegrator>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
 ) -> Result<EStep> {
-    let per_point = map_points(algebra, x, cancel, |lk, mu| {
-        let (log_p, terms) = moment_terms(integrator, lk, mu, algebra.s);
-        let mut kept: Vec<(usize, f64, RegionMoments)> = terms
-            .into_iter()
-            .filter(|(_, w, _)| *w > MIN_WEIGHT)
-            .collect();
-        kept.sort_unstable_by_key(|e| e.0);
-        (log_p, kept)
-    })?;
+    let s = algebra.s;
+    let per_point = map_points(algebra, x, cancel, |lk, mu| moment_terms(integrator, lk, mu, s))?;
     let mut out = EStep { indptr: vec![0], ..Default::default() };
-    for (log_p, kept) in per_point {
-        out.log_likelihood.push(log_p);
-        for (q, w, m) in kept {
-            out.region.push(q);
+    for terms in per_point {
+        out.log_likelihood.push(terms.log_likelihood);
+        let mut order: Vec<usize> = (0..terms.region.len()).filter(|&k| terms.weight[k] > MIN_WEIGHT).collect();
+        order.sort_unstable_by_key(|&k| terms.region[k]);
+        for k in order {
+            let w = terms.weight[k];
+            out.region.push(terms.region[k]);
             out.m0.push(w);
-            out.m1.extend(m.mean.iter().map(|v| w * v));
-            out.m2.extend(m.second.iter().map(|v| w * v));
+            out.m1.extend(terms.mean[k * s..(k + 1) * s].iter().map(|v| w * v));
+            out.m2.extend(terms.second[k * s * s..(k + 1) * s * s].iter().map(|v| w * v));
         }
         out.indptr.push(out.region.len());
     }

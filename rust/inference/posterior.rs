@@ -71,22 +71,22 @@ impl PointPosterior {
         let r = algebra.n_regions();
         let local = algebra.local_gaussians(DMatrixView::from_slice(x, x.len(), 1));
         let (lk, mu) = local.point(0);
-        let (log_likelihood, terms) = moment_terms(integrator, lk, mu, s);
+        let terms = moment_terms(integrator, lk, mu, s);
         let mut weights = vec![0.0; r];
         let mut mean = vec![0.0; s];
         let mut second = vec![0.0; s * s];
-        for (q, w, m) in &terms {
-            let w = *w;
-            weights[*q] = w;
+        for (k, (&q, &w)) in terms.region.iter().zip(&terms.weight).enumerate() {
+            weights[q] = w;
             if w > 0.0 {
                 for j in 0..s {
-                    mean[j] += w * m.mean[j];
+                    mean[j] += w * terms.mean[k * s + j];
                 }
                 for j in 0..s * s {
-                    second[j] += w * m.second[j];
+                    second[j] += w * terms.second[k * s * s + j];
                 }
             }
         }
+        let log_likelihood = terms.log_likelihood;
         PointPosterior { log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, second }
     }
 

@@ -50,9 +50,11 @@ impl RegionIntegrator for Quadrature<'_> {
         self.integrate(q, mean[0])[0].ln()
     }
 
-    fn moments(&self, q: usize, mean: &[f64]) -> RegionMoments {
+    fn moments_into(&self, q: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
         let [m0, m1, m2] = self.integrate(q, mean[0]);
-        RegionMoments { log_mass: m0.ln(), mean: vec![m1 / m0], second: vec![m2 / m0] }
+        cond_mean[0] = m1 / m0;
+        cond_second[0] = m2 / m0;
+        m0.ln()
     }
 }
 
@@ -89,8 +91,9 @@ fn linear_decoder_gives_the_closed_form_marginal() {
         fn log_mass(&self, _: usize, _: &[f64]) -> f64 {
             0.0
         }
-        fn moments(&self, _: usize, mean: &[f64]) -> RegionMoments {
-            RegionMoments { log_mass: 0.0, mean: mean.to_vec(), second: vec![] }
+        fn moments_into(&self, _: usize, mean: &[f64], cond_mean: &mut [f64], _: &mut [f64]) -> f64 {
+            cond_mean.copy_from_slice(mean);
+            0.0
         }
     }
     let x = DMatrix::from_row_slice(3, 2, &[0.1, 3.0, -0.4, 2.0, 1.0, -5.0]);

@@ -52,8 +52,14 @@ where
 {
     let cancel = Cancel::new();
     let outcome = py.detach(|| {
+        let waiter = std::thread::current();
         std::thread::scope(|scope| {
-            let handle = scope.spawn(|| catch_unwind(AssertUnwindSafe(|| work(&cancel))));
+            let handle = scope.spawn(|| {
+                let outcome = catch_unwind(AssertUnwindSafe(|| work(&cancel)));
+                // Wake the caller at once instead of at its next 20 ms poll.
+                waiter.unpark();
+                outcome
+            });
             let mut interrupt = None;
             while !handle.is_finished() {
                 std::thread::park_timeout(Duration::from_millis(20));
