@@ -1,4 +1,5 @@
 use super::*;
+use nalgebra::DVector;
 use crate::model::Decoder;
 
 /// The mass and moments of N(mean, sigma^2) on an interval by composite Simpson quadrature: a
