@@ -292,7 +292,6 @@ pub fn log_likelihood<I: RegionIntegrator>(
 
 /// The posterior terms of one point, flat: for each visited region, its index, its posterior
 /// probability, `E[z | q]` (S) and `E[z z^T | q]` (S x S).
-#[derive(Default)]
 pub(crate) struct PointTerms {
     pub log_likelihood: f64,
     pub region: Vec<usize>,
@@ -305,7 +304,14 @@ pub(crate) struct PointTerms {
 /// their sum rather than by `exp(log p)`, so they sum to one to rounding even where `log p(x)`
 /// is so large in magnitude that its own rounding is not small.
 pub(crate) fn moment_terms<I: RegionIntegrator>(integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) -> PointTerms {
-    let mut out = PointTerms::default();
+    let r = log_kappa.len();
+    let mut out = PointTerms {
+        log_likelihood: 0.0,
+        region: Vec::with_capacity(r),
+        weight: Vec::with_capacity(r),
+        mean: Vec::with_capacity(r * s),
+        second: Vec::with_capacity(r * s * s),
+    };
     visit_regions(integrator, log_kappa, mu, s, |q, m| {
         let k = out.region.len();
         out.mean.resize((k + 1) * s, 0.0);
