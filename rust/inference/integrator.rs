@@ -1,13 +1,15 @@
-//! The region integrals of inference. For S = 1 a region is an interval and its Gaussian mass
-//! and moments have a closed form, evaluated here without cancellation in either tail (the mass
-//! of a region whose local mean lies 40 standard deviations away is ~1e-350 and still counts).
+//! The region integrals of inference: intervals (S = 1) here, polygons (S = 2) in `polygon.rs`.
+//! An interval's Gaussian mass and moments have a closed form, evaluated without cancellation
+//! in either tail (a region whose local mean lies 40 standard deviations away has mass ~1e-350,
+//! and it still counts).
 
+use super::polygon::Polygon2;
 use super::{RegionAlgebra, RegionIntegrator};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::partition::Partition;
 
-const LN_SQRT_2PI: f64 = 0.918_938_533_204_672_8;
+pub(crate) const LN_SQRT_2PI: f64 = 0.918_938_533_204_672_8;
 
 /// `log Phi(x)`, the log of the standard normal CDF, accurate in both tails.
 pub fn log_ndtr(x: f64) -> f64 {
@@ -87,65 +89,89 @@ pub fn truncated_normal(mu: f64, sd: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
     (log_mass, mean, mean * mean + sd * sd * var_w)
 }
 
-/// Exact region integrals for a one-dimensional latent space.
+/// A region prepared for integration against `N(mu, Sigma_q)` with any `mu`.
+enum PreparedRegion {
+    /// S = 1: the interval and the standard deviation.
+    Interval { lo: f64, hi: f64, sd: f64 },
+    /// S = 2: a convex polygon.
+    Polygon(Polygon2),
+}
+
+/// Exact region integrals for latent dimensions 1 and 2.
 pub struct GaussIntegrator {
-    intervals: Vec<(f64, f64)>,
-    sd: Vec<f64>,
+    regions: Vec<PreparedRegion>,
 }
 
 impl GaussIntegrator {
     pub fn new(partition: &Partition, algebra: &RegionAlgebra, _rtol: f64, _seed: u64, cancel: &Cancel) -> Result<Self> {
-        if algebra.latent_dim() != 1 {
+        let s = algebra.latent_dim();
+        if s > 2 {
             return Err(Error::InvalidInput(format!(
-                "exact inference is implemented for a one-dimensional latent space so far; this decoder has latent_dim={} \
-                 (the polyhedral Gaussian engine for S >= 2 is not in this build yet)",
-                algebra.latent_dim()
+                "exact inference is implemented for latent dimensions 1 and 2 so far; this decoder has latent_dim={s} \
+                 (Gaussian integrals over polyhedra in S >= 3 are not in this build yet)"
             )));
         }
-        let mut intervals = Vec::with_capacity(partition.len());
+        let mut regions = Vec::with_capacity(partition.len());
         for q in 0..partition.len() {
             cancel.check()?;
-            let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
-            for facet in partition.facets(q) {
-                // normal = +-1: z <= offset or -z <= offset.
-                if facet.normal[0] > 0.0 {
-                    hi = hi.min(facet.offset / facet.normal[0]);
-                } else {
-                    lo = lo.max(facet.offset / facet.normal[0]);
+            let facets = partition.facets(q);
+            let region = if s == 1 {
+                let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+                for facet in facets {
+                    // normal = +-1: z <= offset or -z <= offset.
+                    if facet.normal[0] > 0.0 {
+                        hi = hi.min(facet.offset / facet.normal[0]);
+                    } else {
+                        lo = lo.max(facet.offset / facet.normal[0]);
+                    }
                 }
-            }
-            intervals.push((lo, hi));
+                PreparedRegion::Interval { lo, hi, sd: algebra.sigma(q)[0].sqrt() }
+            } else {
+                let g = facets.iter().map(|f| [f.normal[0], f.normal[1]]).collect();
+                let h = facets.iter().map(|f| f.offset).collect();
+                let l = algebra.chol(q);
+                PreparedRegion::Polygon(Polygon2::new(g, h, [l[0], l[1], l[2], l[3]]))
+            };
+            regions.push(region);
         }
-        let sd = (0..partition.len()).map(|q| algebra.sigma(q)[0].sqrt()).collect();
-        Ok(GaussIntegrator { intervals, sd })
+        Ok(GaussIntegrator { regions })
     }
 }
 
 impl RegionIntegrator for GaussIntegrator {
     fn log_mass(&self, region: usize, mean: &[f64]) -> f64 {
-        let (lo, hi) = self.intervals[region];
-        let sd = self.sd[region];
-        log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd)
+        match &self.regions[region] {
+            PreparedRegion::Interval { lo, hi, sd } => log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd),
+            PreparedRegion::Polygon(poly) => poly.log_mass(mean),
+        }
     }
 
     fn moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
-        let (lo, hi) = self.intervals[region];
-        let (log_mass, m, second) = truncated_normal(mean[0], self.sd[region], lo, hi);
-        cond_mean[0] = m;
-        cond_second[0] = second;
-        log_mass
+        match &self.regions[region] {
+            PreparedRegion::Interval { lo, hi, sd } => {
+                let (log_mass, m, second) = truncated_normal(mean[0], *sd, *lo, *hi);
+                cond_mean[0] = m;
+                cond_second[0] = second;
+                log_mass
+            }
+            PreparedRegion::Polygon(poly) => poly.integrate(mean, cond_mean, cond_second),
+        }
     }
 
     /// The Gaussian tail bound `Phi(-t) <= exp(-t^2 / 2) / 2` at the distance `t` (in standard
-    /// deviations) from the mean to the interval.
+    /// deviations, whitened) from the mean to the region.
     fn log_mass_bound(&self, region: usize, mean: &[f64]) -> f64 {
-        let (lo, hi) = self.intervals[region];
-        let distance = (lo - mean[0]).max(mean[0] - hi);
-        if distance <= 0.0 {
-            return 0.0;
+        match &self.regions[region] {
+            PreparedRegion::Interval { lo, hi, sd } => {
+                let distance = (lo - mean[0]).max(mean[0] - hi);
+                if distance <= 0.0 {
+                    return 0.0;
+                }
+                let t = distance / sd;
+                -0.5 * t * t - std::f64::consts::LN_2
+            }
+            PreparedRegion::Polygon(poly) => poly.log_mass_bound(mean),
         }
-        let t = distance / self.sd[region];
-        -0.5 * t * t - std::f64::consts::LN_2
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod integrator;
 pub mod nearest;
+pub mod polygon;
 pub mod posterior;
 
 pub use integrator::GaussIntegrator;

@@ -1,0 +1,457 @@
+//! S = 2: the mass and moments of `N(mu, Sigma_q)` on a convex polygon, to near machine
+//! precision and tail-safe.
+//!
+//! In whitened coordinates `w = L^{-1}(z - mu)` the region is a polygon `{w : f_i . w <= e_i}`
+//! under the standard normal, and moving `mu` only translates it, so its combinatorics (edge
+//! order, vertices at `mu = 0`) are prepared once per region. The mass is a one-dimensional
+//! integral `int phi(x) (Phi(U(x)) - Phi(L(x))) dx` along the direction of the polygon's point
+//! nearest the origin; `U` and `L` are linear between vertices, so the integrand is analytic on
+//! each piece and Gauss-Legendre converges geometrically. It is evaluated in log space, so a
+//! polygon 40 standard deviations away (mass ~1e-350) keeps its relative accuracy. The moments
+//! come from the divergence theorem (DESIGN.md §4): each edge contributes one-dimensional
+//! normal masses in closed form.
+
+use super::integrator::{log_diff_ndtr, LN_SQRT_2PI};
+
+const GL_NODES: [f64; 20] = [-0.993128599185095, -0.9639719272779138, -0.912234428251326, -0.8391169718222188, -0.7463319064601508, -0.636053680726515, -0.5108670019508271, -0.37370608871541955, -0.22778585114164507, -0.07652652113349734, 0.07652652113349734, 0.22778585114164507, 0.37370608871541955, 0.5108670019508271, 0.636053680726515, 0.7463319064601508, 0.8391169718222188, 0.912234428251326, 0.9639719272779138, 0.993128599185095];
+const GL_WEIGHTS: [f64; 20] = [0.017614007139150893, 0.040601429800386446, 0.06267204833410879, 0.08327674157670471, 0.1019301198172407, 0.1181945319615186, 0.1316886384491769, 0.1420961093183824, 0.14917298647260424, 0.15275338713072628, 0.15275338713072628, 0.14917298647260424, 0.1420961093183824, 0.1316886384491769, 0.1181945319615186, 0.1019301198172407, 0.08327674157670471, 0.06267204833410879, 0.040601429800386446, 0.017614007139150893];
+
+#[inline]
+fn log_pdf(x: f64) -> f64 {
+    -0.5 * x * x - LN_SQRT_2PI
+}
+
+#[inline]
+fn rot90(v: [f64; 2]) -> [f64; 2] {
+    [-v[1], v[0]]
+}
+
+#[inline]
+fn dot(a: [f64; 2], b: [f64; 2]) -> f64 {
+    a[0] * b[0] + a[1] * b[1]
+}
+
+/// Angular gaps at least this close to pi mean the polygon is open between two edges.
+const OPEN_GAP: f64 = std::f64::consts::PI - 1e-12;
+
+/// The integrand is dropped where it is this many nats below its largest value.
+const NEGLIGIBLE: f64 = 50.0;
+
+#[derive(Clone, Debug)]
+pub struct Polygon2 {
+    /// Original constraints `g_i . z <= h_i`, and `f_i = (g_i L) / scale_i` with unit length.
+    g: Vec<[f64; 2]>,
+    h: Vec<f64>,
+    f: Vec<[f64; 2]>,
+    scale: Vec<f64>,
+    /// Lower Cholesky factor of Sigma_q, row-major.
+    l: [f64; 4],
+    /// Edges in counter-clockwise order (increasing angle of the outward normal).
+    order: Vec<usize>,
+    /// `open[k]`: no vertex between edges `order[k]` and `order[k+1]` (the polygon is unbounded there).
+    open: Vec<bool>,
+}
+
+/// The polygon for one mean: offsets and vertices in whitened coordinates.
+struct Placed<'a> {
+    poly: &'a Polygon2,
+    e: Vec<f64>,
+    /// `vertex[k]`: between edges `order[k]` and `order[k+1]`, `None` where open.
+    vertex: Vec<Option<[f64; 2]>>,
+}
+
+impl Polygon2 {
+    /// `g` rows of unit length (any orientation), `h` offsets, `l` the Cholesky factor of Sigma.
+    pub fn new(g: Vec<[f64; 2]>, h: Vec<f64>, l: [f64; 4]) -> Self {
+        let m = g.len();
+        let mut f = Vec::with_capacity(m);
+        let mut scale = Vec::with_capacity(m);
+        for gi in &g {
+            // (g L)_j = sum_k g_k L_kj
+            let r = [gi[0] * l[0] + gi[1] * l[2], gi[0] * l[1] + gi[1] * l[3]];
+            let s = r[0].hypot(r[1]);
+            f.push([r[0] / s, r[1] / s]);
+            scale.push(s);
+        }
+        let angle = |i: usize| f[i][1].atan2(f[i][0]);
+        let mut order: Vec<usize> = (0..m).collect();
+        order.sort_by(|&a, &b| angle(a).total_cmp(&angle(b)));
+        let open = (0..m)
+            .map(|k| {
+                if m < 2 {
+                    return true;
+                }
+                let (a, b) = (angle(order[k]), angle(order[(k + 1) % m]));
+                let mut gap = b - a;
+                if gap <= 0.0 {
+                    gap += std::f64::consts::TAU;
+                }
+                gap >= OPEN_GAP
+            })
+            .collect();
+        Polygon2 { g, h, f, scale, l, order, open }
+    }
+
+    fn place(&self, mu: &[f64]) -> Placed<'_> {
+        let m = self.g.len();
+        let e: Vec<f64> = (0..m).map(|i| (self.h[i] - dot(self.g[i], [mu[0], mu[1]])) / self.scale[i]).collect();
+        let vertex = (0..m)
+            .map(|k| {
+                if self.open[k] {
+                    return None;
+                }
+                let (a, b) = (self.order[k], self.order[(k + 1) % m]);
+                let (fa, fb) = (self.f[a], self.f[b]);
+                let det = fa[0] * fb[1] - fa[1] * fb[0];
+                Some([(e[a] * fb[1] - e[b] * fa[1]) / det, (fa[0] * e[b] - fb[0] * e[a]) / det])
+            })
+            .collect();
+        Placed { poly: self, e, vertex }
+    }
+
+    /// An upper bound on the log mass: `Phi(-d) <= exp(-d^2 / 2) / 2` at the distance `d` from
+    /// the mean to the region, in whitened coordinates.
+    pub fn log_mass_bound(&self, mu: &[f64]) -> f64 {
+        let placed = self.place(mu);
+        let p = placed.nearest_point();
+        let d = p[0].hypot(p[1]);
+        if d == 0.0 {
+            0.0
+        } else {
+            -0.5 * d * d - std::f64::consts::LN_2
+        }
+    }
+
+    pub fn log_mass(&self, mu: &[f64]) -> f64 {
+        self.place(mu).log_mass()
+    }
+
+    /// `(log mass, E[z | region], E[z z^T | region])` for `z ~ N(mu, Sigma)`.
+    pub fn integrate(&self, mu: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
+        let placed = self.place(mu);
+        let log_mass = placed.log_mass();
+        if log_mass == f64::NEG_INFINITY {
+            cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
+            cond_second.iter_mut().for_each(|v| *v = f64::NAN);
+            return log_mass;
+        }
+        let (wm, ws) = placed.whitened_moments(log_mass);
+        // z = mu + L w.
+        let l = self.l;
+        let lm = [l[0] * wm[0], l[2] * wm[0] + l[3] * wm[1]];
+        let mean = [mu[0] + lm[0], mu[1] + lm[1]];
+        // L E[w w^T] L^T
+        let lw = [l[0] * ws[0], l[0] * ws[1], l[2] * ws[0] + l[3] * ws[2], l[2] * ws[1] + l[3] * ws[3]];
+        let lwl = [lw[0] * l[0], lw[0] * l[2] + lw[1] * l[3], lw[2] * l[0], lw[2] * l[2] + lw[3] * l[3]];
+        cond_mean[0] = mean[0];
+        cond_mean[1] = mean[1];
+        for a in 0..2 {
+            for b in 0..2 {
+                cond_second[2 * a + b] = mu[a] * mu[b] + mu[a] * lm[b] + lm[a] * mu[b] + lwl[2 * a + b];
+            }
+        }
+        let sym = 0.5 * (cond_second[1] + cond_second[2]);
+        cond_second[1] = sym;
+        cond_second[2] = sym;
+        log_mass
+    }
+}
+
+impl Placed<'_> {
+    fn m(&self) -> usize {
+        self.e.len()
+    }
+
+    fn inside(&self, w: [f64; 2]) -> bool {
+        (0..self.m()).all(|i| dot(self.poly.f[i], w) <= self.e[i] + 1e-12 * (1.0 + self.e[i].abs()))
+    }
+
+    /// The edge of `order[k]` as `(start, end)` parameters along `t = rot90(f)` from the foot
+    /// point `e f`; infinite where the edge runs to infinity.
+    fn edge_span(&self, k: usize) -> (f64, f64) {
+        let m = self.m();
+        let i = self.poly.order[k];
+        let t = rot90(self.poly.f[i]);
+        let before = self.vertex[(k + m - 1) % m];
+        let after = self.vertex[k];
+        let start = before.map_or(f64::NEG_INFINITY, |v| dot(t, v));
+        let end = after.map_or(f64::INFINITY, |v| dot(t, v));
+        (start, end)
+    }
+
+    /// The point of the polygon nearest the origin.
+    fn nearest_point(&self) -> [f64; 2] {
+        if self.inside([0.0, 0.0]) {
+            return [0.0, 0.0];
+        }
+        let mut best = [f64::INFINITY, f64::INFINITY];
+        let mut best_d = f64::INFINITY;
+        for k in 0..self.m() {
+            let i = self.poly.order[k];
+            let (f, t) = (self.poly.f[i], rot90(self.poly.f[i]));
+            let (start, end) = self.edge_span(k);
+            if start > end {
+                continue;
+            }
+            let y = 0.0f64.clamp(start, end);
+            let p = [self.e[i] * f[0] + y * t[0], self.e[i] * f[1] + y * t[1]];
+            let d = p[0].hypot(p[1]);
+            if d < best_d {
+                best_d = d;
+                best = p;
+            }
+        }
+        best
+    }
+
+    fn log_mass(&self) -> f64 {
+        let m = self.m();
+        if m == 0 {
+            return 0.0;
+        }
+        if self.vertex.iter().all(Option::is_none) {
+            return self.log_mass_lineal();
+        }
+        let p = self.nearest_point();
+        let d = p[0].hypot(p[1]);
+        let u = if d > 0.0 { [p[0] / d, p[1] / d] } else { [1.0, 0.0] };
+        let v = rot90(u);
+        // Edges bounding y from above (f.v > 0) and below (f.v < 0), as y = (e - f.u x) / f.v.
+        let mut upper = Vec::new();
+        let mut lower = Vec::new();
+        for i in 0..m {
+            let (fx, fy) = (dot(self.poly.f[i], u), dot(self.poly.f[i], v));
+            if fy > 1e-14 {
+                upper.push((self.e[i] / fy, -fx / fy));
+            } else if fy < -1e-14 {
+                lower.push((self.e[i] / fy, -fx / fy));
+            }
+        }
+        let bounds = |x: f64| {
+            let hi = upper.iter().map(|(c, s)| c + s * x).fold(f64::INFINITY, f64::min);
+            let lo = lower.iter().map(|(c, s)| c + s * x).fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        };
+        let log_integrand = |x: f64| {
+            let (lo, hi) = bounds(x);
+            if lo >= hi {
+                f64::NEG_INFINITY
+            } else {
+                log_pdf(x) + log_diff_ndtr(lo, hi)
+            }
+        };
+        // Breakpoints: the vertices' x; the range extends to infinity along recession directions.
+        let mut xs: Vec<f64> = self.vertex.iter().flatten().map(|w| dot(*w, u)).collect();
+        xs.sort_by(f64::total_cmp);
+        xs.dedup();
+        let (mut x_lo, mut x_hi) = (xs[0], xs[xs.len() - 1]);
+        for k in 0..m {
+            if self.vertex[k].is_none() {
+                let (a, b) = (self.poly.order[k], self.poly.order[(k + 1) % m]);
+                for dir in [rot90(self.poly.f[a]), [-rot90(self.poly.f[b])[0], -rot90(self.poly.f[b])[1]]] {
+                    let along = dot(dir, u);
+                    if along > 1e-12 {
+                        x_hi = f64::INFINITY;
+                    } else if along < -1e-12 {
+                        x_lo = f64::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        // Infinite ends are cut where phi(x) alone, an upper bound of the integrand, is
+        // negligible against the integrand's value at some interior probe point.
+        let (first, last) = (xs[0], xs[xs.len() - 1]);
+        let mut probes: Vec<f64> = xs.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+        probes.extend([d.clamp(x_lo, x_hi), first, last]);
+        if x_hi == f64::INFINITY {
+            probes.extend([last + 0.1, last + 1.0]);
+        }
+        if x_lo == f64::NEG_INFINITY {
+            probes.extend([first - 0.1, first - 1.0]);
+        }
+        let reference = probes.iter().map(|&x| log_integrand(x)).fold(f64::NEG_INFINITY, f64::max);
+        let reach = if reference.is_finite() {
+            (2.0 * (NEGLIGIBLE - reference - LN_SQRT_2PI).max(0.0)).sqrt()
+        } else {
+            40.0 + first.abs().max(last.abs())
+        };
+        let mut breaks = Vec::with_capacity(xs.len() + 2);
+        if x_lo == f64::NEG_INFINITY {
+            breaks.push((-reach).min(first - 1.0));
+        }
+        breaks.extend(&xs);
+        if x_hi == f64::INFINITY {
+            breaks.push(reach.max(last + 1.0));
+        }
+        let slope = upper.iter().chain(&lower).map(|(_, s)| s.abs()).fold(0.0f64, f64::max);
+        let mut terms: Vec<f64> = Vec::new();
+        for pair in breaks.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if b <= a {
+                continue;
+            }
+            // Sub-intervals short enough that the integrand changes by at most a few e-folds.
+            let (la, ha) = bounds(a);
+            let (lb, hb) = bounds(b);
+            let level = [la, ha, lb, hb].iter().filter(|v| v.is_finite()).map(|v| v.abs()).fold(0.0f64, f64::max);
+            let rate = 1.0 + a.abs().max(b.abs()) + slope * (1.0 + level);
+            let pieces = ((b - a) * rate / 2.0).ceil().clamp(1.0, 400.0) as usize;
+            let width = (b - a) / pieces as f64;
+            for p in 0..pieces {
+                let centre = a + (p as f64 + 0.5) * width;
+                for (node, weight) in GL_NODES.iter().zip(GL_WEIGHTS) {
+                    let value = log_integrand(centre + 0.5 * width * node);
+                    if value > f64::NEG_INFINITY {
+                        terms.push(value + (0.5 * width * weight).ln());
+                    }
+                }
+            }
+        }
+        super::log_sum_exp(terms.iter().copied())
+    }
+
+    /// Half-planes and strips: the mass along the common normal.
+    fn log_mass_lineal(&self) -> f64 {
+        let n = self.poly.f[0];
+        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+        for i in 0..self.m() {
+            if dot(self.poly.f[i], n) > 0.0 {
+                hi = hi.min(self.e[i]);
+            } else {
+                lo = lo.max(-self.e[i]);
+            }
+        }
+        log_diff_ndtr(lo, hi)
+    }
+
+    /// `E[w | P]` and `E[w w^T | P]` (row-major) by the divergence theorem.
+    fn whitened_moments(&self, log_mass: f64) -> ([f64; 2], [f64; 4]) {
+        let mut mean = [0.0; 2];
+        let mut second = [1.0, 0.0, 0.0, 1.0];
+        for k in 0..self.m() {
+            let i = self.poly.order[k];
+            let (f, t, e) = (self.poly.f[i], rot90(self.poly.f[i]), self.e[i]);
+            let (start, end) = self.edge_span(k);
+            if start >= end {
+                continue;
+            }
+            let base = log_pdf(e) - log_mass;
+            let mass_term = (base + log_diff_ndtr(start, end)).exp();
+            // phi(e) E[y 1_edge] / P = phi(e) (phi(start) - phi(end)) / P
+            let edge_mean = (base + log_pdf(start)).exp() - (base + log_pdf(end)).exp();
+            for a in 0..2 {
+                mean[a] -= f[a] * mass_term;
+                for b in 0..2 {
+                    second[2 * a + b] -= (e * f[a] * mass_term + t[a] * edge_mean) * f[b];
+                }
+            }
+        }
+        (mean, second)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::integrator::truncated_normal;
+    use super::*;
+
+    /// A box `lo <= R w <= hi` in whitened coordinates (R a rotation), seen through `z = mu + L w`:
+    /// its mass and moments are products of one-dimensional truncated normals.
+    fn check_rotated_box(angle: f64, lo: [f64; 2], hi: [f64; 2], l: [f64; 4], mu: [f64; 2], tol: f64) {
+        let r = [[angle.cos(), angle.sin()], [-angle.sin(), angle.cos()]];
+        // Rows of R L^{-1}: constraint r_j . L^{-1} (z - mu) <= hi_j and >= lo_j.
+        let linv = [1.0 / l[0], 0.0, -l[2] / (l[0] * l[3]), 1.0 / l[3]];
+        let mut g = Vec::new();
+        let mut h = Vec::new();
+        for j in 0..2 {
+            let row = [r[j][0] * linv[0] + r[j][1] * linv[2], r[j][0] * linv[1] + r[j][1] * linv[3]];
+            let n = row[0].hypot(row[1]);
+            let unit = [row[0] / n, row[1] / n];
+            let shift = dot(unit, mu);
+            if hi[j].is_finite() {
+                g.push(unit);
+                h.push(hi[j] / n + shift);
+            }
+            if lo[j].is_finite() {
+                g.push([-unit[0], -unit[1]]);
+                h.push(-lo[j] / n - shift);
+            }
+        }
+        let poly = Polygon2::new(g, h, l);
+        let mut mean = [0.0; 2];
+        let mut second = [0.0; 4];
+        let log_mass = poly.integrate(&mu, &mut mean, &mut second);
+        let v: Vec<(f64, f64, f64)> = (0..2).map(|j| truncated_normal(0.0, 1.0, lo[j], hi[j])).collect();
+        let expected = v[0].0 + v[1].0;
+        assert!((log_mass - expected).abs() <= tol * expected.abs().max(1.0), "log mass {log_mass} vs {expected}: angle {angle} box {lo:?} {hi:?} L {l:?} mu {mu:?}");
+        // E[w] = R^T E[v], E[w w^T] = R^T E[v v^T] R.
+        let ev = [v[0].1, v[1].1];
+        let evv = [[v[0].2, v[0].1 * v[1].1], [v[0].1 * v[1].1, v[1].2]];
+        let ew: Vec<f64> = (0..2).map(|a| r[0][a] * ev[0] + r[1][a] * ev[1]).collect();
+        let mut eww = [[0.0; 2]; 2];
+        for a in 0..2 {
+            for b in 0..2 {
+                for j in 0..2 {
+                    for k in 0..2 {
+                        eww[a][b] += r[j][a] * evv[j][k] * r[k][b];
+                    }
+                }
+            }
+        }
+        let lm = [l[0] * ew[0], l[2] * ew[0] + l[3] * ew[1]];
+        let scale = 1.0 + mean[0].abs().max(mean[1].abs());
+        for a in 0..2 {
+            assert!((mean[a] - (mu[a] + lm[a])).abs() <= 1e-9 * scale * scale, "mean {mean:?} vs {:?}", [mu[0] + lm[0], mu[1] + lm[1]]);
+        }
+        let lrow = [[l[0], 0.0], [l[2], l[3]]];
+        for a in 0..2 {
+            for b in 0..2 {
+                let mut lwl = 0.0;
+                for j in 0..2 {
+                    for k in 0..2 {
+                        lwl += lrow[a][j] * eww[j][k] * lrow[b][k];
+                    }
+                }
+                let want = mu[a] * mu[b] + mu[a] * lm[b] + lm[a] * mu[b] + lwl;
+                assert!((second[2 * a + b] - want).abs() <= 1e-9 * scale * scale, "second {second:?}, entry {a}{b} want {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn rotated_boxes_are_exact() {
+        let inf = f64::INFINITY;
+        let ls = [[1.0, 0.0, 0.0, 1.0], [0.7, 0.0, 0.4, 0.3], [2.0, 0.0, -1.5, 0.8]];
+        let mus = [[0.0, 0.0], [0.3, -1.2], [5.0, 2.0]];
+        let boxes = [
+            ([-1.0, -0.5], [2.0, 0.7]),
+            ([7.0, 7.0], [8.0, 7.5]),
+            ([30.0, -1.0], [30.5, 1.0]),
+            ([-40.0, -39.0], [-38.0, -37.0]),
+            ([1.0, -inf], [inf, 2.0]),
+            ([-inf, -inf], [0.5, -3.0]),
+            ([3.0, 3.0], [inf, inf]),
+            ([-0.2, -1e-6], [0.3, 1e-6]),
+        ];
+        for (t, l) in ls.iter().enumerate() {
+            for mu in &mus {
+                for (k, (lo, hi)) in boxes.iter().enumerate() {
+                    let angle = 0.3 + 0.7 * (t * 8 + k) as f64;
+                    check_rotated_box(angle, *lo, *hi, *l, *mu, 1e-10);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn half_planes_strips_and_the_whole_plane() {
+        let inf = f64::INFINITY;
+        let l = [1.3, 0.0, 0.2, 0.6];
+        check_rotated_box(0.4, [-inf, -inf], [1.5, inf], l, [0.1, 0.2], 1e-12);
+        check_rotated_box(1.4, [-2.0, -inf], [1.5, inf], l, [0.1, 0.2], 1e-12);
+        check_rotated_box(1.4, [25.0, -inf], [inf, inf], l, [0.1, 0.2], 1e-12);
+        let poly = Polygon2::new(vec![], vec![], l);
+        let (mut mean, mut second) = ([0.0; 2], [0.0; 4]);
+        assert_eq!(poly.integrate(&[1.0, 2.0], &mut mean, &mut second), 0.0);
+    }
+}
