@@ -298,10 +298,7 @@ impl Placed<'_> {
         };
         // How fast log Phi(t) changes per unit of t: ~|t| in the lower tail, at most ~1 elsewhere.
         let tail_rate = |t: f64| if t < 0.0 { 1.0 - t } else { 1.0 };
-        // Summed in linear space relative to the reference: the integrand is log-concave and
-        // never far above its probed maximum, so nothing overflows.
-        let shift = if reference.is_finite() { reference } else { 0.0 };
-        let mut total = 0.0;
+        let mut terms: Vec<f64> = Vec::new();
         for pair in breaks.windows(2) {
             let (a, b) = (pair[0], pair[1]);
             if b <= a {
@@ -321,14 +318,15 @@ impl Placed<'_> {
             let width = (b - a) / pieces as f64;
             for p in 0..pieces {
                 let centre = a + (p as f64 + 0.5) * width;
-                let mut piece = 0.0;
                 for (node, weight) in GL_NODES.iter().zip(GL_WEIGHTS) {
-                    piece += weight * (log_integrand(centre + 0.5 * width * node) - shift).exp();
+                    let value = log_integrand(centre + 0.5 * width * node);
+                    if value > f64::NEG_INFINITY {
+                        terms.push(value + (0.5 * width * weight).ln());
+                    }
                 }
-                total += 0.5 * width * piece;
             }
         }
-        total.ln() + shift
+        super::log_sum_exp(terms.iter().copied())
     }
 
     /// Half-planes and strips: the mass along the common normal.
