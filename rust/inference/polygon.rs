@@ -34,6 +34,62 @@ fn dot(a: [f64; 2], b: [f64; 2]) -> f64 {
 /// Angular gaps at least this close to pi mean the polygon is open between two edges.
 const OPEN_GAP: f64 = std::f64::consts::PI - 1e-12;
 
+/// The fan formula is kept when its terms add up to at most this multiple of the mass (so at
+/// most ~4 of the ~15 digits of its terms cancel); otherwise the quadrature decides.
+const FAN_MAX_CANCELLATION: f64 = 1e4;
+
+/// `log[(h / 2 pi) int_{a}^{b} exp(-(h^2 + y^2) / 2) / (h^2 + y^2) dy]` for `h > 0`: the part
+/// of a fan triangle's mass that the Gaussian removes, in log space so that edges far from the
+/// mean keep their relative accuracy. The integrand has a peak of width `h` at `y = 0` and
+/// Gaussian tails, so the range is cut where it has fallen by e^-40 from its largest value on
+/// the edge, and split geometrically around zero.
+fn log_edge_integral(h: f64, a: f64, b: f64) -> f64 {
+    // The integrand peaks at the point of [a, b] nearest zero; beyond where the Gaussian factor
+    // has fallen by e^-40 from there, nothing counts.
+    let nearest = if a > 0.0 { a } else if b < 0.0 { -b } else { 0.0 };
+    let reach = (nearest * nearest + 80.0).sqrt();
+    let (a, b) = (a.max(-reach), b.min(reach));
+    if a >= b {
+        return f64::NEG_INFINITY;
+    }
+    let mut cuts = vec![a, b];
+    if a < 0.0 && b > 0.0 {
+        cuts.push(0.0);
+    }
+    let mut step = h;
+    while step < reach {
+        for c in [step, -step] {
+            if c > a && c < b {
+                cuts.push(c);
+            }
+        }
+        step *= 4.0;
+    }
+    cuts.sort_by(f64::total_cmp);
+    let h2 = h * h;
+    // exp(-h^2/2) is factored out; what is left is at most 1 / h^2.
+    let mut total = 0.0;
+    for pair in cuts.windows(2) {
+        let (lo, hi) = (pair[0], pair[1]);
+        // Pieces over which the log integrand changes by at most ~6 (see `log_mass_quadrature`):
+        // the Gaussian factor by (hi^2 - lo^2) / 2, the Lorentzian by log((h^2+hi^2)/(h^2+lo^2)).
+        let (near, far) = if lo >= 0.0 { (lo, hi) } else if hi <= 0.0 { (-hi, -lo) } else { (0.0, hi.max(-lo)) };
+        let change = 0.5 * (far * far - near * near) + ((h2 + far * far) / (h2 + near * near)).ln();
+        let pieces = (change / 6.0).ceil().max(1.0) as usize;
+        let width = (hi - lo) / pieces as f64;
+        for p in 0..pieces {
+            let centre = lo + (p as f64 + 0.5) * width;
+            let mut piece = 0.0;
+            for (node, weight) in GL_NODES.iter().zip(GL_WEIGHTS) {
+                let y = centre + 0.5 * width * node;
+                piece += weight * (-0.5 * y * y).exp() / (h2 + y * y);
+            }
+            total += 0.5 * width * piece;
+        }
+    }
+    (h / std::f64::consts::TAU).ln() - 0.5 * h2 + total.ln()
+}
+
 /// The integrand is dropped where it is this many nats below its largest value.
 const NEGLIGIBLE: f64 = 50.0;
 
@@ -214,6 +270,62 @@ impl Placed<'_> {
         }
         let p = self.nearest_point();
         let d = p[0].hypot(p[1]);
+        if let Some(log_mass) = self.log_mass_fan(d == 0.0) {
+            return log_mass;
+        }
+        self.log_mass_quadrature(p, d)
+    }
+
+    /// The mass as a fan of triangles from the mean (the origin): each edge at distance `h`
+    /// contributes its signed angle minus `(h / 2 pi) int exp(-(h^2 + y^2) / 2) / (h^2 + y^2) dy`
+    /// along the edge (Owen's T in the edge's own coordinate), each arc at infinity its angle.
+    /// From a mean outside the polygon the angles add up to exactly zero and are left out, so
+    /// only the Gaussian terms remain, summed in log space. `None` when the signed terms cancel
+    /// so much that digits would be lost.
+    fn log_mass_fan(&self, origin_inside: bool) -> Option<f64> {
+        let m = self.m();
+        let mut angles = 0.0;
+        let mut edges: Vec<(f64, f64)> = Vec::with_capacity(m);
+        for k in 0..m {
+            let i = self.poly.order[k];
+            let (start, end) = self.edge_span(k);
+            let e = self.e[i];
+            if start < end && e != 0.0 {
+                let h = e.abs();
+                if origin_inside {
+                    angles += e.signum() * ((end / h).atan() - (start / h).atan());
+                }
+                edges.push((-e.signum(), log_edge_integral(h, start, end)));
+            }
+            if origin_inside && self.vertex[k].is_none() {
+                // The arc at infinity, counter-clockwise from where edge k leaves to where the
+                // next edge comes back.
+                let next = self.poly.order[(k + 1) % m];
+                let (out, back) = (rot90(self.poly.f[i]), rot90(self.poly.f[next]));
+                let mut arc = (-back[1]).atan2(-back[0]) - out[1].atan2(out[0]);
+                if arc < 0.0 {
+                    arc += std::f64::consts::TAU;
+                }
+                angles += arc;
+            }
+        }
+        let angles = angles / std::f64::consts::TAU;
+        let top = edges.iter().map(|t| t.1).fold(if angles > 0.0 { angles.ln() } else { f64::NEG_INFINITY }, f64::max);
+        if top == f64::NEG_INFINITY {
+            return None;
+        }
+        let mut signed = angles * (-top).exp();
+        let mut magnitude = signed.abs();
+        for (sign, log_term) in edges {
+            let term = (log_term - top).exp();
+            signed += sign * term;
+            magnitude += term;
+        }
+        (signed > 0.0 && magnitude <= FAN_MAX_CANCELLATION * signed).then(|| top + signed.ln())
+    }
+
+    fn log_mass_quadrature(&self, p: [f64; 2], d: f64) -> f64 {
+        let m = self.m();
         let u = if d > 0.0 { [p[0] / d, p[1] / d] } else { [1.0, 0.0] };
         let v = rot90(u);
         // Edges bounding y from above (f.v > 0) and below (f.v < 0), as y = (e - f.u x) / f.v.
@@ -460,6 +572,57 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fan_agrees_with_quadrature_on_random_polygons() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
+        let mut compared = 0;
+        for _ in 0..3000 {
+            // A convex polygon through points on a circle, minus up to two of its edges (the rest
+            // stay non-redundant), possibly unbounded.
+            let k = rng.random_range(3..8);
+            let centre = [rng.random_range(-3.0..3.0), rng.random_range(-3.0..3.0)];
+            let radius = rng.random_range(0.05..4.0);
+            let mut angles: Vec<f64> = (0..k).map(|_| rng.random_range(0.0..std::f64::consts::TAU)).collect();
+            angles.sort_by(f64::total_cmp);
+            let v: Vec<[f64; 2]> = angles.iter().map(|t| [centre[0] + radius * t.cos(), centre[1] + radius * t.sin()]).collect();
+            let mut g = Vec::new();
+            let mut h = Vec::new();
+            let drop = rng.random_range(0..3usize);
+            for j in drop..k {
+                let (a, b) = (v[j], v[(j + 1) % k]);
+                let d = [b[0] - a[0], b[1] - a[1]];
+                let n = d[0].hypot(d[1]);
+                if n < 1e-9 {
+                    continue;
+                }
+                let f = [d[1] / n, -d[0] / n];
+                g.push(f);
+                h.push(dot(f, a));
+            }
+            if g.is_empty() {
+                continue;
+            }
+            let poly = Polygon2::new(g, h, [1.0, 0.0, 0.0, 1.0]);
+            let placed = poly.place(&[rng.random_range(-2.0..2.0), rng.random_range(-2.0..2.0)]);
+            // Only polygons that exist: their constraints are met at some point.
+            if placed.vertex.iter().all(Option::is_none) {
+                continue;
+            }
+            let inside = placed.vertex.iter().flatten().any(|v| placed.inside(*v));
+            if !inside {
+                continue;
+            }
+            let p = placed.nearest_point();
+            let reference = placed.log_mass_quadrature(p, p[0].hypot(p[1]));
+            if let Some(fan) = placed.log_mass_fan(p == [0.0, 0.0]) {
+                assert!((fan - reference).abs() < 1e-10 * (1.0 + reference.abs()), "fan {fan} vs quadrature {reference}");
+                compared += 1;
+            }
+        }
+        assert!(compared > 300, "only {compared} polygons compared");
     }
 
     #[test]
