@@ -6,12 +6,16 @@ likelihoods, posteriors and EM on it.
 """
 
 from ._core import ExactemError, InternalError, NumericalError, RegionLimitError
+from . import datasets
 from .decoder import Decoder
+from .estimator import ExactEM
 from .model import DGN, EStepResult, Posterior
 from .partition import Partition
 
 __all__ = [
     "Decoder",
+    "ExactEM",
+    "datasets",
     "Partition",
     "DGN",
     "Posterior",

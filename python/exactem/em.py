@@ -1,0 +1,197 @@
+"""Exact EM for deep generative networks (DESIGN.md §6).
+
+The E-step is exact (:meth:`DGN.e_step`). With the E-step's activation masks frozen, the decoder
+is affine in each layer's parameters, so every layer has a closed-form update; the layers are
+updated in turn (block-coordinate ascent on the frozen-mask objective), then the noise. Because
+regions move once the parameters change, each proposal's exact log-likelihood is computed and
+the step is halved toward the previous parameters until it does not decrease.
+"""
+
+import numpy as np
+
+from .decoder import Decoder
+from .model import DGN
+
+
+class RegionStats:
+    """Per-region sums of the E-step statistics: all the M-step needs, independent of N."""
+
+    def __init__(self, es, X, n_regions):
+        S = es.m1.shape[1]
+        q, n = es.regions, es.points
+        m0 = es.m0.data
+        self.n_points, self.dim = X.shape
+        self.s0 = np.bincount(q, weights=m0, minlength=n_regions)
+        self.s1 = np.zeros((n_regions, S))
+        np.add.at(self.s1, q, es.m1)
+        self.s2 = np.zeros((n_regions, S, S))
+        np.add.at(self.s2, q, es.m2)
+        self.sx0 = np.zeros((n_regions, X.shape[1]))
+        np.add.at(self.sx0, q, X[n] * m0[:, None])
+        self.sx1 = np.zeros((n_regions, X.shape[1], S))
+        np.add.at(self.sx1, q, X[n][:, :, None] * es.m1[:, None, :])
+        self.sum_x2 = (X * X).sum(axis=0)  # sum over points of x^2, per coordinate
+
+    def moment_matrix(self):
+        """(R, S+1, S+1): E[[z; 1][z; 1]^T 1_q] summed over points."""
+        R, S = self.s1.shape
+        K = np.empty((R, S + 1, S + 1))
+        K[:, :S, :S] = self.s2
+        K[:, :S, S] = self.s1
+        K[:, S, :S] = self.s1
+        K[:, S, S] = self.s0
+        return K
+
+    def cross_matrix(self):
+        """(R, D, S+1): sum_n x_n E[[z; 1] 1_q]^T."""
+        return np.concatenate([self.sx1, self.sx0[:, :, None]], axis=2)
+
+
+def layer_factors(decoder, patterns):
+    """Per region and hidden layer, the activation slopes: a list of (R, D_l) arrays."""
+    factors, offset = [], 0
+    for w, slope in zip(decoder.weights[:-1], decoder.slopes):
+        on = patterns[:, offset:offset + w.shape[0]]
+        factors.append(np.where(on, 1.0, slope))
+        offset += w.shape[0]
+    return factors
+
+
+def frozen_maps(weights, biases, factors, layer):
+    """For every region, with the activation pattern frozen: the post-activation of the layer below
+    `layer` as ``E z + f`` (E: (R, D_{l-1}, S), f: (R, D_{l-1})), and the output as ``F u + r`` in
+    terms of `layer`'s pre-activation u (F: (R, D, D_l), r: (R, D))."""
+    R = factors[0].shape[0] if factors else 1
+    S = weights[0].shape[1]
+    E = np.broadcast_to(np.eye(S), (R, S, S))
+    f = np.zeros((R, S))
+    for k in range(layer):
+        pre_E = weights[k] @ E
+        pre_f = f @ weights[k].T + biases[k]
+        E = factors[k][:, :, None] * pre_E
+        f = factors[k] * pre_f
+    D_l = weights[layer].shape[0]
+    F = np.broadcast_to(np.eye(D_l), (R, D_l, D_l))
+    r = np.zeros((R, D_l))
+    for k in range(layer + 1, len(weights)):
+        # u_k = W_k s(u_{k-1}) + b_k with s frozen: compose from the layer upward.
+        step = weights[k] * factors[k - 1][:, None, :]
+        F = step @ F
+        r = np.einsum("rij,rj->ri", step, r) + biases[k]
+    return E, f, F, r
+
+
+def frozen_objective(weights, biases, slopes_factors, noise_var, stats):
+    """The frozen-mask expected complete-data log-likelihood, up to the prior's constant."""
+    E, f, F, r = frozen_maps(weights, biases, slopes_factors, len(weights) - 1)
+    A = weights[-1] @ E
+    b = f @ weights[-1].T + biases[-1]
+    return _expected_log_lik(A, b, noise_var, stats)
+
+
+def _expected_residuals(A, b, stats):
+    """Per output coordinate: sum_{n,q} E[(x_n - A_q z - b_q)^2 1_q]."""
+    res = stats.sum_x2.copy()
+    res -= 2 * np.einsum("rd,rd->d", b, stats.sx0)
+    res += np.einsum("r,rd->d", stats.s0, b * b)
+    res -= 2 * np.einsum("rds,rds->d", A, stats.sx1)
+    res += 2 * np.einsum("rd,rds,rs->d", b, A, stats.s1)
+    res += np.einsum("rds,rst,rdt->d", A, stats.s2, A)
+    return res
+
+
+def _expected_log_lik(A, b, noise_var, stats):
+    psi = np.broadcast_to(noise_var, (stats.dim,))
+    res = _expected_residuals(A, b, stats)
+    N = stats.n_points
+    return float(-0.5 * (N * np.sum(np.log(2 * np.pi * psi)) + np.sum(res / psi)))
+
+
+def _layer_system(weights, biases, factors, psi, stats, layer):
+    """The frozen-mask normal equations of one layer: per region T_q, Y_q, F_q (see DESIGN §6)."""
+    K = stats.moment_matrix()
+    E, f, F, r = frozen_maps(weights, biases, factors, layer)
+    R, D_prev, S = E.shape
+    # M maps [z; 1] to [a; 1]; T = M K M^T, Y = (sum x [z;1]^T - r [s1; s0]^T) M^T.
+    M = np.zeros((R, D_prev + 1, S + 1))
+    M[:, :D_prev, :S] = E
+    M[:, :D_prev, S] = f
+    M[:, D_prev, S] = 1.0
+    T = M @ K @ np.swapaxes(M, 1, 2)
+    Y = (stats.cross_matrix() - r[:, :, None] * K[:, S, :][:, None, :]) @ np.swapaxes(M, 1, 2)
+    FtP = np.swapaxes(F, 1, 2) / psi  # (R, D_l, D)
+    return T, Y, F, FtP
+
+
+def layer_gradient(weights, biases, factors, psi, stats, layer, weight_decay=0.0):
+    """d Q / d [W_l, b_l] = sum_q F_q^T Psi^-1 (Y_q - F_q Theta T_q) - weight_decay [W_l, 0]."""
+    T, Y, F, FtP = _layer_system(weights, biases, factors, psi, stats, layer)
+    theta = np.hstack([weights[layer], biases[layer][:, None]])
+    grad = np.einsum("rid,rda->ia", FtP, Y - F @ theta[None] @ T)
+    grad[:, :-1] -= weight_decay * weights[layer]
+    return grad
+
+
+def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, damping=0.0):
+    """The maximiser of the frozen-mask objective in layer `layer`'s weights and bias: the
+    Kronecker-structured system ``sum_q C_q Theta T_q (+ decay) = sum_q F_q^T Psi^-1 Y_q``.
+
+    ``damping`` > 0 maximises instead the objective minus a Marquardt proximal term
+    ``damping / 2 * sum_i H_ii (theta_i - theta_old_i)^2`` (H the system's diagonal): the
+    update then moves less, most of all in directions the frozen objective constrains weakly,
+    which are the directions in which the frozen masks stop being true."""
+    T, Y, F, FtP = _layer_system(weights, biases, factors, psi, stats, layer)
+    R, A1 = T.shape[0], T.shape[1]
+    D_prev = A1 - 1
+    rhs = np.einsum("rid,rda->ia", FtP, Y)  # (D_l, D_prev+1)
+    C = FtP @ F  # (R, D_l, D_l)
+    D_l = C.shape[1]
+    # sum_q T_q (x) C_q as one matrix product; unknowns ordered theta[i, a] -> i * A1 + a.
+    system = (T.reshape(R, A1 * A1).T @ C.reshape(R, D_l * D_l)).reshape(A1, A1, D_l, D_l)
+    system = system.transpose(2, 0, 3, 1).reshape(D_l * A1, D_l * A1)
+    penalty = np.zeros((D_l, A1))
+    penalty[:, :D_prev] = weight_decay
+    system += np.diag(penalty.ravel())
+    # Solved for the change of the parameters, with a ridge at rounding level: directions the
+    # frozen objective does not constrain at all (a unit with no posterior mass on one side) then
+    # keep their values instead of taking arbitrary ones; every other direction gets its exact
+    # maximiser.
+    theta_old = np.hstack([weights[layer], biases[layer][:, None]]).ravel()
+    ridge = 1e-12 * max(np.trace(system) / len(system), 1e-300)
+    damped = system + np.diag(damping * np.diag(system) + ridge)
+    delta = _solve_spd(damped, rhs.ravel() - system @ theta_old)
+    theta = (theta_old + delta).reshape(D_l, A1)
+    return theta[:, :D_prev], theta[:, D_prev]
+
+
+def m_step(decoder, patterns, noise_var, stats, weight_decay=0.0, min_noise_var=1e-6, diagonal=False, damping=0.0):
+    """Closed-form updates of every layer (last to first), then the noise; masks frozen.
+    ``damping`` as in :func:`update_layer`."""
+    weights = [w.copy() for w in decoder.weights]
+    biases = [b.copy() for b in decoder.biases]
+    factors = layer_factors(decoder, patterns)
+    psi = np.broadcast_to(np.asarray(noise_var, dtype=float), (stats.dim,))
+    for layer in reversed(range(len(weights))):
+        weights[layer], biases[layer] = update_layer(weights, biases, factors, psi, stats, layer, weight_decay,
+                                                    damping)
+    E, f, _, _ = frozen_maps(weights, biases, factors, len(weights) - 1)
+    res = _expected_residuals(weights[-1] @ E, f @ weights[-1].T + biases[-1], stats) / stats.n_points
+    new_noise = np.maximum(res if diagonal else np.full(stats.dim, res.mean()), min_noise_var)
+    return weights, biases, new_noise
+
+
+def noise_gradient(weights, biases, factors, psi, stats):
+    """d Q / d psi per output coordinate: -N / (2 psi) + residual / (2 psi^2)."""
+    E, f, _, _ = frozen_maps(weights, biases, factors, len(weights) - 1)
+    res = _expected_residuals(weights[-1] @ E, f @ weights[-1].T + biases[-1], stats)
+    return -stats.n_points / (2 * psi) + res / (2 * psi**2)
+
+
+def _solve_spd(system, rhs):
+    """Solves the symmetric positive semi-definite normal equations, least squares if singular
+    (a unit that is off in every region with mass has no data on its incoming weights)."""
+    try:
+        L = np.linalg.cholesky(system)
+        return np.linalg.solve(L.T, np.linalg.solve(L, rhs))
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(system, rhs, rcond=None)[0]

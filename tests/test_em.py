@@ -1,0 +1,168 @@
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+import exactem
+from exactem.em import RegionStats, frozen_objective, layer_factors, update_layer
+from exactem.estimator import exact_gradient
+
+
+def ppca_log_likelihood(X, S):
+    """Tipping & Bishop's closed-form maximum likelihood of probabilistic PCA, per point."""
+    N, D = X.shape
+    C = np.cov(X.T, bias=True)
+    eig = np.sort(np.linalg.eigvalsh(C))[::-1]
+    sigma2 = eig[S:].mean()
+    model_cov_logdet = np.sum(np.log(eig[:S])) + (D - S) * np.log(sigma2)
+    # At the optimum tr(C_model^-1 C) = D.
+    return -0.5 * (D * np.log(2 * np.pi) + model_cov_logdet + D)
+
+
+def ppca_held_out(X_train, X_test, S):
+    mean = X_train.mean(0)
+    C = np.cov(X_train.T, bias=True)
+    vals, vecs = np.linalg.eigh(C)
+    vals, vecs = vals[::-1], vecs[:, ::-1]
+    sigma2 = vals[S:].mean()
+    W = vecs[:, :S] * np.sqrt(np.maximum(vals[:S] - sigma2, 0))
+    cov = W @ W.T + sigma2 * np.eye(len(mean))
+    from scipy.stats import multivariate_normal
+
+    return multivariate_normal(mean, cov).logpdf(X_test).mean()
+
+
+@pytest.mark.parametrize(
+    "data, S, hidden, noise, seed",
+    [
+        ("wave", 1, (8, 8), "isotropic", 0),
+        ("wave", 1, (16, 16), "diagonal", 1),
+        ("circle", 1, (12,), "isotropic", 2),
+        ("circle", 2, (6,), "diagonal", 3),
+        ("wave", 2, (5, 5), "isotropic", 4),
+    ],
+)
+def test_exact_log_likelihood_never_decreases(data, S, hidden, noise, seed):
+    X = getattr(exactem.datasets, data)(300, 0.1, seed=seed)
+    est = exactem.ExactEM(latent_dim=S, hidden=hidden, noise=noise, max_iter=15, random_state=seed).fit(X)
+    history = np.array(est.history_)
+    assert len(history) >= 2
+    assert np.all(np.diff(history) >= -1e-9 * (1 + np.abs(history[:-1])))
+    # The recorded history is the exact log-likelihood of the returned model.
+    assert abs(est.score(X) - history[-1]) < 1e-9
+    assert est.n_regions_[-1] == len(est.model_.regions)
+
+
+def test_each_layer_update_maximises_the_frozen_objective():
+    X = exactem.datasets.wave(200, 0.1, seed=0)
+    est = exactem.ExactEM(latent_dim=1, hidden=(3, 3), max_iter=0, random_state=0).fit(X)
+    dec, model = est.decoder_, est.model_
+    stats = RegionStats(model.e_step(X), X, len(model.regions))
+    factors = layer_factors(dec, model.regions.patterns)
+    psi = np.full(2, est.noise_var_)
+    for layer in range(3):
+        for decay in [0.0, 0.5]:
+            W, b = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, decay)
+
+            def negative(theta, layer=layer, decay=decay):
+                ws, bs = dec.weights, dec.biases
+                shape = ws[layer].shape
+                ws[layer] = theta[: np.prod(shape)].reshape(shape)
+                bs[layer] = theta[np.prod(shape):]
+                return -frozen_objective(ws, bs, factors, psi, stats) + 0.5 * decay * np.sum(ws[layer] ** 2)
+
+            closed = negative(np.concatenate([W.ravel(), b]))
+            start = np.concatenate([dec.weights[layer].ravel(), dec.biases[layer]])
+            numeric = minimize(negative, start, method="BFGS", options={"gtol": 1e-10, "maxiter": 5000}).fun
+            assert closed <= numeric + 1e-7 * (1 + abs(numeric)), (layer, decay, closed, numeric)
+
+
+def test_exact_gradient_matches_finite_differences_of_the_exact_likelihood():
+    X = exactem.datasets.wave(60, 0.1, seed=1)
+    dec = exactem.Decoder.random([1, 4, 3, 2], seed=3)
+    noise = 0.2
+    model = exactem.DGN(dec, noise)
+    stats = RegionStats(model.e_step(X), X, len(model.regions))
+    gw, gb, gn = exact_gradient(dec, model.regions.patterns, np.full(2, noise), stats)
+
+    def total(weights, biases, noise_var):
+        return exactem.DGN(exactem.Decoder(weights, biases, activation=dec.activations, alpha=dec.alpha), noise_var).log_likelihood(X).sum()
+
+    h = 1e-6
+    rng = np.random.default_rng(0)
+    for layer in range(3):
+        for _ in range(3):
+            i, j = rng.integers(dec.weights[layer].shape[0]), rng.integers(dec.weights[layer].shape[1])
+            plus, minus = dec.weights, dec.weights
+            plus[layer][i, j] += h
+            minus[layer][i, j] -= h
+            fd = (total(plus, dec.biases, noise) - total(minus, dec.biases, noise)) / (2 * h)
+            assert abs(fd - gw[layer][i, j]) < 1e-5 * (1 + abs(fd)), (layer, i, j, fd, gw[layer][i, j])
+        i = rng.integers(len(dec.biases[layer]))
+        plus, minus = dec.biases, dec.biases
+        plus[layer][i] += h
+        minus[layer][i] -= h
+        fd = (total(dec.weights, plus, noise) - total(dec.weights, minus, noise)) / (2 * h)
+        assert abs(fd - gb[layer][i]) < 1e-5 * (1 + abs(fd))
+    # Isotropic noise: the derivative in the common variance is the sum over coordinates.
+    fd = (total(dec.weights, dec.biases, noise + h) - total(dec.weights, dec.biases, noise - h)) / (2 * h)
+    assert abs(fd - gn.sum()) < 1e-5 * (1 + abs(fd))
+
+
+def test_linear_decoder_recovers_probabilistic_pca():
+    rng = np.random.default_rng(0)
+    W = np.array([[2.0], [1.0], [-0.5]])
+    X = rng.standard_normal((500, 1)) @ W.T + 0.3 * rng.standard_normal((500, 3)) + [1.0, -2.0, 0.5]
+    est = exactem.ExactEM(latent_dim=1, hidden=(), activation="linear", max_iter=500, tol=1e-13, random_state=0).fit(X)
+    assert abs(est.score(X) - ppca_log_likelihood(X, 1)) < 1e-6
+
+
+@pytest.mark.parametrize("data", ["wave", "circle"])
+def test_em_beats_ppca_on_nonlinear_data(data):
+    X = getattr(exactem.datasets, data)(600, 0.1, seed=5)
+    X_test = getattr(exactem.datasets, data)(600, 0.1, seed=6)
+    est = exactem.ExactEM(latent_dim=1, hidden=(8, 8), max_iter=60, random_state=0).fit(X)
+    assert est.score(X_test) > ppca_held_out(X, X_test, 1) + 0.3
+
+
+def test_estimator_api_and_bad_input():
+    X = exactem.datasets.circle(100, 0.1, seed=0)
+    est = exactem.ExactEM(latent_dim=1, hidden=(4,), max_iter=3, random_state=0)
+    assert est.fit(X) is est
+    Xs, Zs = est.sample(7, random_state=1)
+    assert Xs.shape == (7, 2) and Zs.shape == (7, 1)
+    assert est.predict_latent(X[:5]).shape == (5, 1)
+    assert est.score_samples(X).shape == (100,)
+    k = est.n_parameters_
+    assert k == (4 * 1 + 4) + (2 * 4 + 2) + 1
+    assert np.isclose(est.bic(X), -2 * est.score(X) * 100 + k * np.log(100))
+    assert np.isclose(est.aic(X), -2 * est.score(X) * 100 + 2 * k)
+    for bad in [np.zeros(5), np.array([[np.nan, 0.0], [1.0, 2.0]]), np.zeros((1, 2))]:
+        with pytest.raises(ValueError):
+            exactem.ExactEM(max_iter=1).fit(bad)
+    with pytest.raises(ValueError, match="noise"):
+        exactem.ExactEM(noise="full").fit(X)
+    with pytest.raises(ValueError, match="not fitted"):
+        exactem.ExactEM().score(X)
+    with pytest.warns(UserWarning, match="underdetermined"):
+        exactem.ExactEM(hidden=(32, 32), max_iter=0).fit(X[:20])
+
+
+def test_region_limit_keeps_the_last_good_model():
+    X = exactem.datasets.wave(100, 0.1, seed=0)
+    est = exactem.ExactEM(latent_dim=2, hidden=(16, 16), max_iter=5, max_regions=60, random_state=0)
+    with pytest.raises(exactem.RegionLimitError):
+        est.fit(X)
+
+
+def test_lbfgs_solver_increases_the_likelihood():
+    X = exactem.datasets.wave(200, 0.1, seed=2)
+    est = exactem.ExactEM(latent_dim=1, hidden=(6,), max_iter=15, random_state=0, solver="lbfgs").fit(X)
+    assert est.history_[-1] > est.history_[0] + 0.05
+    assert abs(est.score(X) - est.history_[-1]) < 1e-6
+
+
+def test_deterministic_given_random_state():
+    X = exactem.datasets.wave(150, 0.1, seed=0)
+    a = exactem.ExactEM(hidden=(5,), max_iter=5, random_state=3).fit(X)
+    b = exactem.ExactEM(hidden=(5,), max_iter=5, random_state=3).fit(X)
+    assert a.history_ == b.history_
