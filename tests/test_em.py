@@ -149,9 +149,16 @@ def test_estimator_api_and_bad_input():
 
 def test_region_limit_keeps_the_last_good_model():
     X = exactem.datasets.wave(100, 0.1, seed=0)
-    est = exactem.ExactEM(latent_dim=2, hidden=(16, 16), max_iter=5, max_regions=60, random_state=0)
-    with pytest.raises(exactem.RegionLimitError):
+    with pytest.warns(UserWarning, match="underdetermined"):
+        free = exactem.ExactEM(latent_dim=1, hidden=(16, 16), max_iter=30, random_state=0).fit(X)
+    # This fit's region count grows past its start; cap it just above the start.
+    limit = free.n_regions_[0] + 2
+    assert max(free.n_regions_) > limit
+    est = exactem.ExactEM(latent_dim=1, hidden=(16, 16), max_iter=30, max_regions=limit, random_state=0)
+    with pytest.raises(exactem.RegionLimitError, match="last good model"), pytest.warns(UserWarning):
         est.fit(X)
+    assert len(est.history_) >= 1 and max(est.n_regions_) <= limit
+    assert abs(est.score(X) - est.history_[-1]) < 1e-9
 
 
 def test_lbfgs_solver_increases_the_likelihood():

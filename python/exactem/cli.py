@@ -1,4 +1,5 @@
-"""Command line: ``exactem demo`` (also ``python -m exactem demo``)."""
+"""Command line: ``exactem fit`` trains by exact EM, ``exactem demo`` draws a partition
+(also as ``python -m exactem ...``)."""
 
 import argparse
 import sys
@@ -41,9 +42,75 @@ def demo(args):
     return 0
 
 
+def _load_data(args):
+    import numpy as np
+
+    from . import datasets
+
+    if args.data in ("wave", "circle"):
+        return getattr(datasets, args.data)(args.n, args.data_noise, seed=args.seed)
+    path = args.data
+    try:
+        if path.endswith(".npy"):
+            X = np.load(path, allow_pickle=False)
+        elif path.endswith(".csv"):
+            X = np.loadtxt(path, delimiter=",", ndmin=2)
+        else:
+            raise ValueError(f"--data must be wave, circle, or a .npy/.csv file; got {path!r}")
+    except OSError as err:
+        raise ValueError(f"cannot read --data {path!r}: {err}") from None
+    return X
+
+
+def fit(args):
+    import numpy as np
+
+    from . import ExactEM
+    from .plots import plot_fit
+
+    X = _load_data(args)
+    est = ExactEM(latent_dim=args.latent_dim, hidden=tuple(args.hidden), activation=args.activation,
+                  alpha=args.alpha, noise=args.noise, max_iter=args.iterations, tol=args.tol,
+                  weight_decay=args.weight_decay, max_regions=args.max_regions, random_state=args.seed,
+                  verbose=not args.quiet, solver=args.solver)
+    print(f"fitting {args.latent_dim}-D latent, hidden {tuple(args.hidden)}, {args.activation}, "
+          f"{args.noise} noise, by {args.solver} on {X.shape[0]} points of dimension {X.shape[1]}")
+    start = time.perf_counter()
+    est.fit(X)
+    elapsed = time.perf_counter() - start
+    print(f"{est.n_iter_} iterations in {elapsed:.2f} s ({'converged' if est.converged_ else 'not converged'}); "
+          f"exact log-likelihood per point {est.history_[0]:.4f} -> {est.history_[-1]:.4f}; "
+          f"{est.n_regions_[-1]} regions")
+    est.model_.save(args.model, history=np.array(est.history_), n_regions=np.array(est.n_regions_))
+    print(f"wrote {args.model}")
+    fig = plot_fit(est, X, seed=args.seed)
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="exactem", description="Exact inference and EM for piecewise-affine deep generative networks.")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fit", help="train a deep generative network by exact EM and draw the result")
+    p.add_argument("--data", default="wave", help="wave (default), circle, or a .npy/.csv file of rows")
+    p.add_argument("--n", type=int, default=1000, help="points drawn from a built-in dataset")
+    p.add_argument("--data-noise", type=float, default=0.1, help="noise level of a built-in dataset")
+    p.add_argument("--latent-dim", type=int, default=1)
+    p.add_argument("--hidden", type=_widths, default=[16, 16], help="hidden widths, e.g. 16,16")
+    p.add_argument("--activation", default="leaky_relu", choices=["relu", "leaky_relu", "abs", "linear"])
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--noise", default="isotropic", choices=["isotropic", "diagonal"])
+    p.add_argument("--solver", default="em", choices=["em", "lbfgs"])
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--max-regions", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="exactem_model.npz", help="where to write the fitted model")
+    p.add_argument("--out", default="exactem_fit.png", help="where to write the figure")
+    p.add_argument("--quiet", action="store_true", help="no per-iteration progress")
+    p.set_defaults(run=fit)
     p = sub.add_parser("demo", help="enumerate the regions of a random decoder and draw them")
     p.add_argument("--widths", type=_widths, default=[2, 32, 32, 10], help="S,D_1,...,D (default 2,32,32,10)")
     p.add_argument("--activation", default="leaky_relu", choices=["relu", "leaky_relu", "abs", "linear"])
@@ -54,11 +121,16 @@ def main(argv=None):
     p.add_argument("--out", default="partition.png")
     p.set_defaults(run=demo)
     args = parser.parse_args(argv)
+    from . import ExactemError
+
     try:
         return args.run(args)
-    except ValueError as err:
+    except (ValueError, ExactemError) as err:
         print(f"exactem: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("exactem: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

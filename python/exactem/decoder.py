@@ -138,20 +138,26 @@ class Decoder:
         max_regions = as_count(max_regions, "max_regions")
         return Partition(self._core.regions(max_regions), self)
 
-    def save(self, path):
+    def _arrays(self):
         arrays = {f"weight_{i}": w for i, w in enumerate(self._weights)}
         arrays.update({f"bias_{i}": b for i, b in enumerate(self._biases)})
-        np.savez(path, activations=np.array(self._activations), alpha=self._alpha, **arrays)
+        return dict(activations=np.array(self._activations), alpha=self._alpha, **arrays)
+
+    @classmethod
+    def _from_arrays(cls, data):
+        n = sum(1 for k in data.files if k.startswith("weight_"))
+        weights = [data[f"weight_{i}"] for i in range(n)]
+        biases = [data[f"bias_{i}"] for i in range(n)]
+        activations = [str(a) for a in data["activations"]]
+        return cls(weights, biases, activation=activations, alpha=float(data["alpha"]))
+
+    def save(self, path):
+        np.savez(path, **self._arrays())
 
     @classmethod
     def load(cls, path):
         with np.load(path, allow_pickle=False) as data:
-            n = sum(1 for k in data.files if k.startswith("weight_"))
-            weights = [data[f"weight_{i}"] for i in range(n)]
-            biases = [data[f"bias_{i}"] for i in range(n)]
-            activations = [str(a) for a in data["activations"]]
-            alpha = float(data["alpha"])
-        return cls(weights, biases, activation=activations, alpha=alpha)
+            return cls._from_arrays(data)
 
     def __repr__(self):
         acts = set(self._activations)

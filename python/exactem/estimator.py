@@ -24,6 +24,18 @@ def _as_data(X):
     return np.ascontiguousarray(X)
 
 
+def _progress(iteration, max_iter, mean_ll, n_regions, elapsed):
+    """One line per iteration, redrawn in place on a terminal: a bar, the exact log-likelihood,
+    the region count and the time per iteration."""
+    width = 24
+    done = int(width * iteration / max(max_iter, 1))
+    per_iter = elapsed / iteration * 1e3 if iteration else 0.0
+    line = (f"[{'#' * done}{'.' * (width - done)}] iter {iteration:4d}/{max_iter}  "
+            f"log-lik/point {mean_ll: .6f}  regions {n_regions:6d}  {per_iter:7.1f} ms/iter")
+    tty = sys.stderr.isatty()
+    print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+
 _MIN_DAMPING = 1e-4
 _MAX_DAMPING = 1e8
 
@@ -137,8 +149,7 @@ class ExactEM:
         self.history_.append(mean_ll)
         self.n_regions_.append(len(model.regions))
         if self.verbose:
-            print(f"iter {iteration:4d}  log-lik/point {mean_ll: .6f}  regions {len(model.regions):6d}  "
-                  f"{time.perf_counter() - started:6.2f} s", file=sys.stderr)
+            _progress(iteration, self.max_iter, mean_ll, len(model.regions), time.perf_counter() - started)
         if self.callback is not None:
             self.callback(iteration, self)
 
@@ -186,6 +197,8 @@ class ExactEM:
                 self.converged_ = True
                 break
             damping = damping / 10 if damping > _MIN_DAMPING else 0.0
+        if self.verbose and sys.stderr.isatty():
+            print(file=sys.stderr)
         return self
 
     def _fit_lbfgs(self, X, decoder, noise):

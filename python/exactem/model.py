@@ -173,5 +173,19 @@ class DGN:
         X = self._decoder(Z) + rng.standard_normal((n, self.output_dim)) * np.sqrt(self._noise_var)
         return X, Z
 
+    def save(self, path, **extra):
+        """Writes the decoder and noise to an .npz file; ``extra`` arrays (a training history, say)
+        are stored alongside. :meth:`load` reads it back."""
+        arrays = self._decoder._arrays()
+        np.savez(path, noise_var=self._noise_var, isotropic=self._isotropic, **arrays,
+                 **{f"extra_{k}": np.asarray(v) for k, v in extra.items()})
+
+    @classmethod
+    def load(cls, path, **kwargs):
+        """The model saved by :meth:`save`; ``kwargs`` as in the constructor."""
+        with np.load(path, allow_pickle=False) as data:
+            noise = data["noise_var"]
+            return cls(Decoder._from_arrays(data), float(noise[0]) if bool(data["isotropic"]) else noise, **kwargs)
+
     def __repr__(self):
         return f"DGN({self._decoder!r}, noise_var={self.noise_var!r})"
