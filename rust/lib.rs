@@ -6,6 +6,7 @@
 
 pub mod cancel;
 pub mod error;
+pub mod gauss;
 pub mod model;
 pub mod inference;
 pub mod partition;

@@ -6,7 +6,7 @@ likelihoods, posteriors and EM on it.
 """
 
 from ._core import ExactemError, InternalError, NumericalError, RegionLimitError
-from . import datasets
+from . import datasets, gauss
 from .decoder import Decoder
 from .estimator import ExactEM
 from .model import DGN, EStepResult, Posterior
@@ -16,6 +16,7 @@ __all__ = [
     "Decoder",
     "ExactEM",
     "datasets",
+    "gauss",
     "Partition",
     "DGN",
     "Posterior",

@@ -10,10 +10,9 @@
 //! less than `R exp(-PRUNE_GAP)`.
 
 pub mod integrator;
-pub mod nearest;
-pub mod polygon;
 pub mod posterior;
 
+pub use crate::gauss::normal::log_sum_exp;
 pub use integrator::GaussIntegrator;
 
 use std::sync::Arc;
@@ -203,14 +202,6 @@ impl LocalGaussians {
     pub fn point(&self, p: usize) -> (&[f64], &[f64]) {
         (&self.log_kappa[p * self.r..(p + 1) * self.r], &self.mu[p * self.r * self.s..(p + 1) * self.r * self.s])
     }
-}
-
-pub fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
-    let max = values.clone().fold(f64::NEG_INFINITY, f64::max);
-    if max == f64::NEG_INFINITY {
-        return max;
-    }
-    max + values.map(|v| (v - max).exp()).sum::<f64>().ln()
 }
 
 /// Visits the regions whose terms `log(kappa_q Phi_q)` can matter for one point: first the

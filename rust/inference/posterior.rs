@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_pcg::Pcg64;
 
-use super::nearest::nearest_point;
+use crate::gauss::nearest::nearest_point;
 use super::{moment_terms, RegionAlgebra, RegionIntegrator, LOG_2PI};
 use crate::error::{Error, Result};
 use crate::partition::Partition;

@@ -3,6 +3,7 @@
 //! keeps Rust panics from reaching Python.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -12,6 +13,7 @@ use pyo3::prelude::*;
 use crate::cancel::Cancel;
 use crate::error::Error;
 
+mod gauss_py;
 mod inference_py;
 mod model_py;
 mod partition_py;
@@ -43,8 +45,8 @@ impl From<Error> for PyErr {
 }
 
 /// Runs `work` on a worker thread with the GIL released. The calling thread polls for Python
-/// signals every 20 ms; on Ctrl-C it cancels the work, waits for it to stop, and raises
-/// KeyboardInterrupt. A panic in `work` becomes `InternalError`, never a Python-side abort.
+/// signals every 20 ms while it waits for the result; on Ctrl-C it cancels the work, waits for
+/// it to stop, and raises KeyboardInterrupt. A panic in `work` becomes `InternalError`, never a Python-side abort.
 pub(crate) fn run_released<T, F>(py: Python<'_>, work: F) -> PyResult<T>
 where
     T: Send,
@@ -52,31 +54,38 @@ where
 {
     let cancel = Cancel::new();
     let outcome = py.detach(|| {
-        let waiter = std::thread::current();
         std::thread::scope(|scope| {
-            let handle = scope.spawn(|| {
-                let outcome = catch_unwind(AssertUnwindSafe(|| work(&cancel)));
-                // Wake the caller at once instead of at its next 20 ms poll.
-                waiter.unpark();
-                outcome
+            // The result comes back over a channel, so the caller wakes the moment the work is
+            // done (a short call costs microseconds, not a polling period).
+            let (sender, receiver) = mpsc::channel();
+            let token = &cancel;
+            scope.spawn(move || {
+                let outcome = catch_unwind(AssertUnwindSafe(|| work(token)));
+                let _ = sender.send(outcome);
             });
             let mut interrupt = None;
-            while !handle.is_finished() {
-                std::thread::park_timeout(Duration::from_millis(20));
-                if interrupt.is_none() {
-                    if let Err(err) = Python::attach(|py| py.check_signals()) {
-                        cancel.cancel();
-                        interrupt = Some(err);
+            loop {
+                match receiver.recv_timeout(Duration::from_millis(20)) {
+                    Ok(outcome) => return (outcome, interrupt),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if interrupt.is_none() {
+                            if let Err(err) = Python::attach(|py| py.check_signals()) {
+                                cancel.cancel();
+                                interrupt = Some(err);
+                            }
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        unreachable!("the worker sends its outcome before it exits, panics included")
                     }
                 }
             }
-            (handle.join(), interrupt)
         })
     });
     match outcome {
         (_, Some(signal_error)) => Err(signal_error),
-        (Ok(Ok(result)), None) => result.map_err(PyErr::from),
-        (Ok(Err(panic)), None) | (Err(panic), None) => {
+        (Ok(result), None) => result.map_err(PyErr::from),
+        (Err(panic), None) => {
             let msg = panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -97,5 +106,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     model_py::register(m)?;
     partition_py::register(m)?;
     inference_py::register(m)?;
+    gauss_py::register(m)?;
     Ok(())
 }

@@ -11,10 +11,8 @@
 //! come from the divergence theorem (DESIGN.md §4): each edge contributes one-dimensional
 //! normal masses in closed form.
 
-use super::integrator::{log_diff_ndtr, LN_SQRT_2PI};
+use super::normal::{log_diff_ndtr, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};
 
-const GL_NODES: [f64; 20] = [-0.993128599185095, -0.9639719272779138, -0.912234428251326, -0.8391169718222188, -0.7463319064601508, -0.636053680726515, -0.5108670019508271, -0.37370608871541955, -0.22778585114164507, -0.07652652113349734, 0.07652652113349734, 0.22778585114164507, 0.37370608871541955, 0.5108670019508271, 0.636053680726515, 0.7463319064601508, 0.8391169718222188, 0.912234428251326, 0.9639719272779138, 0.993128599185095];
-const GL_WEIGHTS: [f64; 20] = [0.017614007139150893, 0.040601429800386446, 0.06267204833410879, 0.08327674157670471, 0.1019301198172407, 0.1181945319615186, 0.1316886384491769, 0.1420961093183824, 0.14917298647260424, 0.15275338713072628, 0.15275338713072628, 0.14917298647260424, 0.1420961093183824, 0.1316886384491769, 0.1181945319615186, 0.1019301198172407, 0.08327674157670471, 0.06267204833410879, 0.040601429800386446, 0.017614007139150893];
 
 #[inline]
 fn log_pdf(x: f64) -> f64 {
@@ -438,7 +436,7 @@ impl Placed<'_> {
                 }
             }
         }
-        super::log_sum_exp(terms.iter().copied())
+        super::normal::log_sum_exp(terms.iter().copied())
     }
 
     /// Half-planes and strips: the mass along the common normal.
@@ -483,7 +481,7 @@ impl Placed<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::integrator::truncated_normal;
+    use super::super::normal::truncated_normal;
     use super::*;
 
     /// A box `lo <= R w <= hi` in whitened coordinates (R a rotation), seen through `z = mu + L w`:

@@ -1,0 +1,480 @@
+//! Gaussian masses and truncated moments over convex polyhedra (DESIGN.md §4): for
+//! `Z ~ N(mean, cov)` and `P = {z : G z <= h}`, `log P(Z in P)`, `E[Z | Z in P]` and
+//! `Cov[Z | Z in P]`, tail-safe.
+//!
+//! The polyhedron is whitened once per `(G, cov)` (`z = mean + L w`, rows normalised); each
+//! offset or mean then gives `{w : F w <= e}` under `N(0, I)`. Redundant rows are dropped by
+//! LP, an empty or lower-dimensional polyhedron has mass zero. S = 1 is an interval in closed
+//! form, S = 2 a polygon (`polygon.rs`, exact), S >= 3 separation of variables with tilted
+//! randomised QMC (`sov.rs`).
+
+pub mod nearest;
+pub mod normal;
+pub mod polygon;
+pub mod sobol;
+pub mod sov;
+
+use rayon::prelude::*;
+
+use crate::cancel::Cancel;
+use crate::error::{invalid, Result};
+use crate::partition::lp::{chebyshev_ball, Lp, LpOutcome};
+
+/// Point budget of each facet integral in the moment formulas: the moments need less
+/// relative accuracy than the mass, and there are many facets.
+const FACET_BUDGET: usize = 1 << 15;
+
+/// Radius cap of the emptiness test's Chebyshev LP (whitened units).
+const BALL_CAP: f64 = 1.0;
+
+#[inline]
+fn dot(u: &[f64], v: &[f64]) -> f64 {
+    u.iter().zip(v).map(|(a, b)| a * b).sum()
+}
+
+/// `log_mass`, conditional mean and covariance (row-major), and the estimated relative error of
+/// the mass (zero where the method is exact).
+#[derive(Clone, Debug)]
+pub struct GaussMoments {
+    pub log_mass: f64,
+    pub mean: Vec<f64>,
+    pub cov: Vec<f64>,
+    pub error: f64,
+}
+
+impl GaussMoments {
+    fn empty(s: usize) -> Self {
+        GaussMoments { log_mass: f64::NEG_INFINITY, mean: vec![f64::NAN; s], cov: vec![f64::NAN; s * s], error: 0.0 }
+    }
+}
+
+/// Lower Cholesky factor (row-major) of a symmetric positive definite matrix.
+pub fn cholesky(cov: &[f64], s: usize) -> Result<Vec<f64>> {
+    if cov.len() != s * s {
+        return invalid(format!("cov must be {s} x {s}; got {} entries", cov.len()));
+    }
+    if cov.iter().any(|v| !v.is_finite()) {
+        return invalid("cov contains NaN or infinite values");
+    }
+    let scale = cov.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    for i in 0..s {
+        for j in 0..i {
+            if (cov[i * s + j] - cov[j * s + i]).abs() > 1e-10 * scale {
+                return invalid(format!("cov is not symmetric: cov[{i}, {j}] = {} but cov[{j}, {i}] = {}", cov[i * s + j], cov[j * s + i]));
+            }
+        }
+    }
+    let mut l = vec![0.0; s * s];
+    for i in 0..s {
+        for j in 0..=i {
+            let sum = 0.5 * (cov[i * s + j] + cov[j * s + i]) - dot(&l[i * s..i * s + j], &l[j * s..j * s + j]);
+            if i == j {
+                if !(sum > 1e-14 * scale) {
+                    return invalid("cov is not positive definite (a Gaussian needs a positive definite covariance)");
+                }
+                l[i * s + i] = sum.sqrt();
+            } else {
+                l[i * s + j] = sum / l[j * s + j];
+            }
+        }
+    }
+    Ok(l)
+}
+
+/// A polyhedron's rows `G` and a covariance, whitened once; [`PolytopeShape::moments`] then
+/// integrates for any offsets `h` and mean.
+#[derive(Clone, Debug)]
+pub struct PolytopeShape {
+    s: usize,
+    g: Vec<f64>,
+    l: Vec<f64>,
+    /// `G L` with unit rows (rows of `G` that are zero have a zero row here).
+    f: Vec<f64>,
+    scale: Vec<f64>,
+}
+
+impl PolytopeShape {
+    /// `g` row-major `m x s`, `cov` row-major `s x s`.
+    pub fn new(g: &[f64], s: usize, cov: &[f64]) -> Result<Self> {
+        if s == 0 {
+            return invalid("the dimension must be at least 1");
+        }
+        if g.len() % s != 0 {
+            return invalid(format!("G must have {s} columns"));
+        }
+        if g.iter().any(|v| !v.is_finite()) {
+            return invalid("G contains NaN or infinite values");
+        }
+        let l = cholesky(cov, s)?;
+        let m = g.len() / s;
+        let mut f = vec![0.0; m * s];
+        let mut scale = vec![0.0; m];
+        for i in 0..m {
+            let row = &g[i * s..(i + 1) * s];
+            let fl: Vec<f64> = (0..s).map(|j| (j..s).map(|k| row[k] * l[k * s + j]).sum()).collect();
+            let n = dot(&fl, &fl).sqrt();
+            scale[i] = n;
+            if n > 0.0 {
+                for j in 0..s {
+                    f[i * s + j] = fl[j] / n;
+                }
+            }
+        }
+        Ok(PolytopeShape { s, g: g.to_vec(), l, f, scale })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.s
+    }
+
+    pub fn n_rows(&self) -> usize {
+        self.scale.len()
+    }
+
+    /// The mass and moments for offsets `h` (one per row; `+inf` drops a row, `-inf` empties
+    /// the polyhedron) and `mean`.
+    pub fn moments(&self, h: &[f64], mean: &[f64], rtol: f64, seed: u64, want_moments: bool, cancel: &Cancel) -> Result<GaussMoments> {
+        let s = self.s;
+        if h.len() != self.n_rows() {
+            return invalid(format!("h must have one entry per row of G ({}); got {}", self.n_rows(), h.len()));
+        }
+        if mean.len() != s {
+            return invalid(format!("mean must have {s} entries; got {}", mean.len()));
+        }
+        if h.iter().any(|v| v.is_nan()) || mean.iter().any(|v| !v.is_finite()) {
+            return invalid("h or mean contains NaN (or mean an infinite value)");
+        }
+        // Whitened rows and offsets, without rows that constrain nothing.
+        let (mut f, mut e) = (Vec::new(), Vec::new());
+        for i in 0..self.n_rows() {
+            let gi = &self.g[i * s..(i + 1) * s];
+            if h[i] == f64::INFINITY {
+                continue;
+            }
+            if self.scale[i] == 0.0 {
+                if h[i] < 0.0 {
+                    return Ok(GaussMoments::empty(s));
+                }
+                continue;
+            }
+            f.extend_from_slice(&self.f[i * s..(i + 1) * s]);
+            e.push((h[i] - dot(gi, mean)) / self.scale[i]);
+        }
+        if e.iter().any(|v| *v == f64::NEG_INFINITY) {
+            return Ok(GaussMoments::empty(s));
+        }
+        let whitened = match reduce(&f, &e, s) {
+            None => return Ok(GaussMoments::empty(s)),
+            Some((_, e, _)) if e.is_empty() => WhitenedMoments::whole_space(s),
+            Some((f, e, center)) => {
+                let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
+                integrate_whitened(&f, &e, s, &center, rtol, seed, want, sov::MAX_POINTS, cancel)?
+            }
+        };
+        Ok(self.unwhiten(whitened, mean))
+    }
+
+    /// A certain upper bound on the log mass for offsets `h` and `mean`: `Phi(-d) <=
+    /// exp(-d^2/2)/2` at the whitened distance `d` from the mean to the polyhedron, found by
+    /// the nearest-point QP from `inside`, a point of the polyhedron.
+    pub fn log_mass_bound(&self, h: &[f64], mean: &[f64], inside: &[f64]) -> f64 {
+        let s = self.s;
+        let (mut f, mut e) = (Vec::new(), Vec::new());
+        for i in 0..self.n_rows() {
+            if self.scale[i] > 0.0 && h[i] < f64::INFINITY {
+                f.extend_from_slice(&self.f[i * s..(i + 1) * s]);
+                e.push((h[i] - dot(&self.g[i * s..(i + 1) * s], mean)) / self.scale[i]);
+            }
+        }
+        // The start in whitened coordinates: L w = inside - mean.
+        let mut start = vec![0.0; s];
+        for i in 0..s {
+            let r: f64 = (0..i).map(|k| self.l[i * s + k] * start[k]).sum();
+            start[i] = (inside[i] - mean[i] - r) / self.l[i * s + i];
+        }
+        let nearest = nearest::nearest_point(&f, &e, s, &vec![0.0; s], &start);
+        let d = dot(&nearest, &nearest).sqrt();
+        if d == 0.0 {
+            0.0
+        } else {
+            -0.5 * d * d - std::f64::consts::LN_2
+        }
+    }
+
+    /// `z = mean + L w`: moments of w to moments of z.
+    fn unwhiten(&self, w: WhitenedMoments, mean: &[f64]) -> GaussMoments {
+        let s = self.s;
+        if w.log_mass == f64::NEG_INFINITY {
+            return GaussMoments::empty(s);
+        }
+        let l = &self.l;
+        let z_mean: Vec<f64> = (0..s).map(|i| mean[i] + dot(&l[i * s..i * s + i + 1], &w.mean[..i + 1])).collect();
+        // Cov[w] = E[w w^T] - E[w] E[w]^T; Cov[z] = L Cov[w] L^T.
+        let cw: Vec<f64> = (0..s * s).map(|k| w.second[k] - w.mean[k / s] * w.mean[k % s]).collect();
+        let mut lc = vec![0.0; s * s];
+        for i in 0..s {
+            for j in 0..s {
+                lc[i * s + j] = (0..=i).map(|k| l[i * s + k] * cw[k * s + j]).sum();
+            }
+        }
+        let mut cov = vec![0.0; s * s];
+        for i in 0..s {
+            for j in 0..=i {
+                let v: f64 = (0..=j).map(|k| lc[i * s + k] * l[j * s + k]).sum();
+                cov[i * s + j] = v;
+                cov[j * s + i] = v;
+            }
+        }
+        GaussMoments { log_mass: w.log_mass, mean: z_mean, cov, error: w.error }
+    }
+}
+
+/// Moments under `N(0, I)`: log mass, `E[w]`, `E[w w^T]` (row-major), relative error.
+struct WhitenedMoments {
+    log_mass: f64,
+    mean: Vec<f64>,
+    second: Vec<f64>,
+    error: f64,
+}
+
+impl WhitenedMoments {
+    fn whole_space(s: usize) -> Self {
+        let mut second = vec![0.0; s * s];
+        (0..s).for_each(|i| second[i * s + i] = 1.0);
+        WhitenedMoments { log_mass: 0.0, mean: vec![0.0; s], second, error: 0.0 }
+    }
+}
+
+/// The minimal H-representation of `{w : F w <= e}` (unit rows) with a point well inside, or
+/// `None` when the polyhedron is empty or lower-dimensional (it has no ball of radius above
+/// `1e-9 (1 + |centre|)`, so its Gaussian mass is zero to that precision).
+fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let m = e.len();
+    if m == 0 {
+        return Some((Vec::new(), Vec::new(), vec![0.0; s]));
+    }
+    if s == 1 {
+        // Intervals: the tightest bound on each side.
+        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+        for i in 0..m {
+            if f[i] > 0.0 {
+                hi = hi.min(e[i]);
+            } else {
+                lo = lo.max(-e[i]);
+            }
+        }
+        let centre = if lo.is_finite() && hi.is_finite() { 0.5 * (lo + hi) } else if lo.is_finite() { lo + 1.0 } else if hi.is_finite() { hi - 1.0 } else { 0.0 };
+        if hi - lo <= 2e-9 * (1.0 + centre.abs()) {
+            return None;
+        }
+        let (mut rf, mut re) = (Vec::new(), Vec::new());
+        if hi.is_finite() {
+            rf.push(1.0);
+            re.push(hi);
+        }
+        if lo.is_finite() {
+            rf.push(-1.0);
+            re.push(-lo);
+        }
+        return Some((rf, re, vec![centre]));
+    }
+    let ball = chebyshev_ball(s, f, e, &vec![0.0; s], BALL_CAP);
+    if ball.radius <= 1e-9 * (1.0 + dot(&ball.center, &ball.center).sqrt()) {
+        return None;
+    }
+    // Row i is redundant if the other remaining rows already keep f_i . w below e_i. Rows are
+    // tested in order and dropped as found, so of two identical rows the first goes.
+    let mut keep = vec![true; m];
+    for i in 0..m {
+        let (mut a, mut b) = (Vec::with_capacity(m * s), Vec::with_capacity(m));
+        for j in (0..m).filter(|&j| keep[j] && j != i) {
+            a.extend_from_slice(&f[j * s..(j + 1) * s]);
+            b.push(e[j]);
+        }
+        // The row itself, loosened by one unit, keeps the LP bounded.
+        a.extend_from_slice(&f[i * s..(i + 1) * s]);
+        b.push(e[i] + 1.0);
+        let lp = Lp { n: s, a: &a, b: &b, c: &f[i * s..(i + 1) * s] };
+        if let LpOutcome::Optimal { value, .. } = lp.solve(&ball.center) {
+            if value <= e[i] + 1e-9 * (1.0 + e[i].abs()) {
+                keep[i] = false;
+            }
+        }
+    }
+    let (mut rf, mut re) = (Vec::new(), Vec::new());
+    for i in (0..m).filter(|&i| keep[i]) {
+        rf.extend_from_slice(&f[i * s..(i + 1) * s]);
+        re.push(e[i]);
+    }
+    Some((rf, re, ball.center))
+}
+
+/// What an integral must return besides the mass.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Want {
+    Mass,
+    Mean,
+    MeanAndSecond,
+}
+
+/// Mass (and moments) of `N(0, I)` on the reduced polyhedron `{w : F w <= e}`.
+#[allow(clippy::too_many_arguments)]
+fn integrate_whitened(
+    f: &[f64],
+    e: &[f64],
+    s: usize,
+    centre: &[f64],
+    rtol: f64,
+    seed: u64,
+    want: Want,
+    budget: usize,
+    cancel: &Cancel,
+) -> Result<WhitenedMoments> {
+    match s {
+        1 => {
+            let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+            for (fi, ei) in f.iter().zip(e) {
+                if *fi > 0.0 {
+                    hi = *ei;
+                } else {
+                    lo = -*ei;
+                }
+            }
+            let (log_mass, mean, second) = normal::truncated_normal(0.0, 1.0, lo, hi);
+            Ok(WhitenedMoments { log_mass, mean: vec![mean], second: vec![second], error: 0.0 })
+        }
+        2 => {
+            let rows = (0..e.len()).map(|i| [f[2 * i], f[2 * i + 1]]).collect();
+            let poly = polygon::Polygon2::new(rows, e.to_vec(), [1.0, 0.0, 0.0, 1.0]);
+            let (mut mean, mut second) = (vec![0.0; 2], vec![0.0; 4]);
+            let log_mass = poly.integrate(&[0.0, 0.0], &mut mean, &mut second);
+            Ok(WhitenedMoments { log_mass, mean, second, error: 0.0 })
+        }
+        _ => {
+            let tilt = nearest::nearest_point(f, e, s, &vec![0.0; s], centre);
+            let mass = sov::integrate(f, e, s, &tilt, rtol, seed, false, budget, cancel)?;
+            let mut out = WhitenedMoments { log_mass: mass.log_mass, mean: vec![f64::NAN; s], second: vec![f64::NAN; s * s], error: mass.error };
+            if want > Want::Mass && mass.log_mass > f64::NEG_INFINITY {
+                facet_moments(f, e, s, &tilt, rtol, seed, want, &mut out, cancel)?;
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Moments from facet masses (DESIGN.md §4). The divergence theorem with `grad phi = -w phi`
+/// gives `E[w 1_P] = -sum_i f_i phi(e_i) P_i` (`P_i` the (S-1)-dimensional mass of facet i) and,
+/// with `(w_k - t_k) phi` for a centre `t` (the tilting point, which keeps the cancellation in
+/// the covariance small far out in a tail),
+/// `E[w_j (w_k - t_k) 1_P] = delta_jk P - sum_i f_ij phi(e_i) int_{F_i} (w_k - t_k)`.
+/// Facets are integrated by the same engine one dimension down, exactly once that is 2.
+#[allow(clippy::too_many_arguments)]
+fn facet_moments(f: &[f64], e: &[f64], s: usize, tilt: &[f64], rtol: f64, seed: u64, want: Want, out: &mut WhitenedMoments, cancel: &Cancel) -> Result<()> {
+    let m = e.len();
+    let mut mean = vec![0.0; s];
+    // sum_i f_ij r_i (int_{F_i} (w_k - t_k)) / P_i, with r_i = phi(e_i) P_i / P.
+    let mut cross = vec![0.0; s * s];
+    for i in 0..m {
+        let fi = &f[i * s..(i + 1) * s];
+        let basis = complement_basis(fi);
+        // On the facet w = e_i f_i + B u; the other rows become rows in u.
+        let (mut pf, mut pe) = (Vec::new(), Vec::new());
+        let mut empty = false;
+        for j in (0..m).filter(|&j| j != i) {
+            let fj = &f[j * s..(j + 1) * s];
+            let projected: Vec<f64> = basis.iter().map(|b| dot(b, fj)).collect();
+            let norm = dot(&projected, &projected).sqrt();
+            let offset = e[j] - e[i] * dot(fi, fj);
+            if norm <= 1e-12 {
+                empty |= offset < 0.0;
+                continue;
+            }
+            pf.extend(projected.iter().map(|v| v / norm));
+            pe.push(offset / norm);
+        }
+        if empty {
+            continue;
+        }
+        let Some((rf, re, centre)) = reduce(&pf, &pe, s - 1) else { continue };
+        let inner = if want == Want::MeanAndSecond { Want::Mean } else { Want::Mass };
+        let facet = if re.is_empty() {
+            WhitenedMoments::whole_space(s - 1)
+        } else {
+            integrate_whitened(&rf, &re, s - 1, &centre, rtol, seed, inner, FACET_BUDGET, cancel)?
+        };
+        let r = (normal::log_pdf(e[i]) + facet.log_mass - out.log_mass).exp();
+        if r == 0.0 {
+            continue;
+        }
+        for k in 0..s {
+            mean[k] -= fi[k] * r;
+        }
+        if want == Want::MeanAndSecond {
+            // E over the facet of w - t = e_i f_i + B u - t.
+            let centred: Vec<f64> = (0..s)
+                .map(|k| e[i] * fi[k] + basis.iter().zip(&facet.mean).map(|(b, u)| b[k] * u).sum::<f64>() - tilt[k])
+                .collect();
+            for j in 0..s {
+                for k in 0..s {
+                    cross[j * s + k] += fi[j] * r * centred[k];
+                }
+            }
+        }
+    }
+    out.mean = mean;
+    if want == Want::MeanAndSecond {
+        // Cov_jk = E[w_j (w_k - t_k) | P] - m_j (m_k - t_k), symmetrised; second = Cov + m m^T.
+        let m_ = &out.mean;
+        let mut second = vec![0.0; s * s];
+        for j in 0..s {
+            for k in 0..=j {
+                let c_jk = f64::from(u8::from(j == k)) - cross[j * s + k] - m_[j] * (m_[k] - tilt[k]);
+                let c_kj = f64::from(u8::from(j == k)) - cross[k * s + j] - m_[k] * (m_[j] - tilt[j]);
+                let v = 0.5 * (c_jk + c_kj);
+                second[j * s + k] = v + m_[j] * m_[k];
+                second[k * s + j] = v + m_[j] * m_[k];
+            }
+        }
+        out.second = second;
+    }
+    Ok(())
+}
+
+/// An orthonormal basis of the hyperplane orthogonal to the unit vector `g` (Householder).
+fn complement_basis(g: &[f64]) -> Vec<Vec<f64>> {
+    let s = g.len();
+    let sign = if g[0] >= 0.0 { 1.0 } else { -1.0 };
+    let mut v = g.to_vec();
+    v[0] += sign;
+    let vv = dot(&v, &v);
+    (1..s).map(|j| (0..s).map(|i| f64::from(u8::from(i == j)) - 2.0 * v[i] * v[j] / vv).collect()).collect()
+}
+
+/// Many integrals over one shape: row `k` uses offsets `h[k]` (`n x m`) and mean `means[k]`
+/// (`n x s`). Parallel over rows; results in row order, each with the same seed.
+#[allow(clippy::too_many_arguments)]
+pub fn moments_batch(
+    shape: &PolytopeShape,
+    h: &[f64],
+    means: &[f64],
+    n: usize,
+    rtol: f64,
+    seed: u64,
+    want_moments: bool,
+    cancel: &Cancel,
+) -> Result<Vec<GaussMoments>> {
+    let (m, s) = (shape.n_rows(), shape.dim());
+    if h.len() != n * m || means.len() != n * s {
+        return invalid(format!("expected {n} rows of {m} offsets and {n} means of dimension {s}"));
+    }
+    if !(rtol > 0.0) {
+        return invalid(format!("rtol must be positive; got {rtol}"));
+    }
+    (0..n)
+        .into_par_iter()
+        .map(|k| shape.moments(&h[k * m..(k + 1) * m], &means[k * s..(k + 1) * s], rtol, seed, want_moments, cancel))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,364 @@
+//! The one-dimensional standard normal in log space: `log Phi`, interval masses without
+//! cancellation in either tail, truncated moments, and the inverse CDF (also from a log
+//! probability) for sampling truncated normals far in a tail.
+
+pub(crate) const LN_SQRT_2PI: f64 = 0.918_938_533_204_672_8;
+
+/// 20-point Gauss-Legendre rule on [-1, 1].
+pub const GL_NODES: [f64; 20] = [-0.993128599185095, -0.9639719272779138, -0.912234428251326, -0.8391169718222188, -0.7463319064601508, -0.636053680726515, -0.5108670019508271, -0.37370608871541955, -0.22778585114164507, -0.07652652113349734, 0.07652652113349734, 0.22778585114164507, 0.37370608871541955, 0.5108670019508271, 0.636053680726515, 0.7463319064601508, 0.8391169718222188, 0.912234428251326, 0.9639719272779138, 0.993128599185095];
+pub const GL_WEIGHTS: [f64; 20] = [0.017614007139150893, 0.040601429800386446, 0.06267204833410879, 0.08327674157670471, 0.1019301198172407, 0.1181945319615186, 0.1316886384491769, 0.1420961093183824, 0.14917298647260424, 0.15275338713072628, 0.15275338713072628, 0.14917298647260424, 0.1420961093183824, 0.1316886384491769, 0.1181945319615186, 0.1019301198172407, 0.08327674157670471, 0.06267204833410879, 0.040601429800386446, 0.017614007139150893];
+
+/// `log Phi(x)`, the log of the standard normal CDF, accurate in both tails.
+pub fn log_ndtr(x: f64) -> f64 {
+    if x > 5.0 {
+        // Phi(x) = 1 - Phi(-x): log1p of a tiny negative number.
+        (-0.5 * libm::erfc(x / std::f64::consts::SQRT_2)).ln_1p()
+    } else if x > -30.0 {
+        (0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)).ln()
+    } else if x == f64::NEG_INFINITY {
+        f64::NEG_INFINITY
+    } else {
+        // Mills-ratio asymptotic series: Phi(x) = phi(x)/|x| (1 - 1/x^2 + 3/x^4 - ...); at
+        // |x| >= 30 the tenth term is below 1e-20.
+        let inv2 = 1.0 / (x * x);
+        let (mut term, mut sum) = (1.0, 1.0);
+        for k in 1..=10 {
+            term *= -((2 * k - 1) as f64) * inv2;
+            sum += term;
+        }
+        -0.5 * x * x - LN_SQRT_2PI - (-x).ln() + sum.ln()
+    }
+}
+
+/// `log(1 - exp(v))` for `v <= 0`, accurate near both ends.
+pub fn log1m_exp(v: f64) -> f64 {
+    if v > -std::f64::consts::LN_2 {
+        (-v.exp_m1()).ln()
+    } else {
+        (-v.exp()).ln_1p()
+    }
+}
+
+/// `log(Phi(b) - Phi(a))` for `a <= b`, without cancellation.
+pub fn log_diff_ndtr(a: f64, b: f64) -> f64 {
+    if a >= b {
+        return f64::NEG_INFINITY;
+    }
+    if (b - a) * (1.0 + a.abs().max(b.abs())) < 0.5 {
+        // A short interval: any difference of CDFs cancels, but the density varies by less
+        // than a factor e^0.5 over it, so Gauss-Legendre is exact to rounding.
+        let (centre, half) = (0.5 * (a + b), 0.5 * (b - a));
+        let reference = log_pdf(if a > 0.0 { a } else if b < 0.0 { b } else { 0.0 });
+        let sum: f64 = GL_NODES
+            .iter()
+            .zip(GL_WEIGHTS)
+            .map(|(x, w)| w * (log_pdf(centre + half * x) - reference).exp())
+            .sum();
+        return reference + (half * sum).ln();
+    }
+    if a > 0.0 {
+        // Both in the upper tail: the mirror image is in the lower tail.
+        return log_diff_ndtr(-b, -a);
+    }
+    if b <= 0.0 {
+        if b > -30.0 {
+            // Where Phi(a) <= Phi(b) / 2 the plain difference loses less than one bit: one
+            // logarithm instead of three.
+            let (upper, lower) = (libm::erfc(-b / std::f64::consts::SQRT_2), libm::erfc(-a / std::f64::consts::SQRT_2));
+            if lower <= 0.5 * upper {
+                return (0.5 * (upper - lower)).ln();
+            }
+        }
+        let lb = log_ndtr(b);
+        return lb + log1m_exp(log_ndtr(a) - lb);
+    }
+    // a <= 0 < b: (Phi(b) - 1/2) + (1/2 - Phi(a)), two non-negative terms, no cancellation
+    // even for a tiny interval around zero.
+    (0.5 * (libm::erf(b / std::f64::consts::SQRT_2) + libm::erf(-a / std::f64::consts::SQRT_2))).ln()
+}
+
+pub fn log_pdf(x: f64) -> f64 {
+    -0.5 * x * x - LN_SQRT_2PI
+}
+
+/// Mass (log), mean and second moment of `N(mu, sd^2)` restricted to `(lo, hi)`.
+pub fn truncated_normal(mu: f64, sd: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
+    let (a, b) = ((lo - mu) / sd, (hi - mu) / sd);
+    let log_mass = log_diff_ndtr(a, b);
+    if log_mass == f64::NEG_INFINITY {
+        return (log_mass, f64::NAN, f64::NAN);
+    }
+    // phi(a) / Z and a phi(a) / Z, zero at an infinite end.
+    let ratio = |t: f64| if t.is_finite() { (log_pdf(t) - log_mass).exp() } else { 0.0 };
+    let (ra, rb) = (ratio(a), ratio(b));
+    let (ara, brb) = (if a.is_finite() { a * ra } else { 0.0 }, if b.is_finite() { b * rb } else { 0.0 });
+    let mean_w = ra - rb;
+    let var_w = (1.0 + ara - brb - mean_w * mean_w).max(0.0);
+    let mean = mu + sd * mean_w;
+    (log_mass, mean, mean * mean + sd * sd * var_w)
+}
+
+pub fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
+    let max = values.clone().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + values.map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
+/// `log(exp(a) + exp(b))`.
+pub fn log_add_exp(a: f64, b: f64) -> f64 {
+    let (hi, lo) = if a >= b { (a, b) } else { (b, a) };
+    if lo == f64::NEG_INFINITY {
+        return hi;
+    }
+    hi + (lo - hi).exp().ln_1p()
+}
+
+fn polynomial(coefficients: &[f64], x: f64) -> f64 {
+    coefficients.iter().rev().fold(0.0, |acc, c| acc * x + c)
+}
+
+/// `Phi^{-1}(p)` for `0 < p < 1`: Wichura's algorithm AS 241 (PPND16), relative accuracy ~1e-16.
+pub fn ndtri(p: f64) -> f64 {
+    const A: [f64; 8] = [3.387132872796366608, 133.14166789178437745, 1971.5909503065514427, 13731.693765509461125,
+        45921.953931549871457, 67265.770927008700853, 33430.575583588128105, 2509.0809287301226727];
+    const B: [f64; 8] = [1.0, 42.313330701600911252, 687.1870074920579083, 5394.1960214247511077,
+        21213.794301586595867, 39307.89580009271061, 28729.085735721942674, 5226.495278852545925];
+    const C: [f64; 8] = [1.42343711074968357734, 4.6303378461565452959, 5.7694972214606914055, 3.64784832476320460504,
+        1.27045825245236838258, 0.24178072517745061177, 0.0227238449892691845833, 7.7454501427834140764e-4];
+    const D: [f64; 8] = [1.0, 2.05319162663775882187, 1.6763848301838038494, 0.68976733498510000455,
+        0.14810397642748007459, 0.0151986665636164571966, 5.475938084995344946e-4, 1.05075007164441684324e-9];
+    const E: [f64; 8] = [6.6579046435011037772, 5.4637849111641143699, 1.7848265399172913358, 0.29656057182850489123,
+        0.026532189526576123093, 0.0012426609473880784386, 2.71155556874348757815e-5, 2.01033439929228813265e-7];
+    const F: [f64; 8] = [1.0, 0.59983220655588793769, 0.13692988092273580531, 0.0148753612908506148525,
+        7.868691311456132591e-4, 1.8463183175100546818e-5, 1.4215117583164458887e-7, 2.04426310338993978564e-15];
+    if p <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if p >= 1.0 {
+        return f64::INFINITY;
+    }
+    let q = p - 0.5;
+    if q.abs() <= 0.425 {
+        let r = 0.180625 - q * q;
+        return q * polynomial(&A, r) / polynomial(&B, r);
+    }
+    let r = (-(if q < 0.0 { p } else { 1.0 - p }).ln()).sqrt();
+    let value = if r <= 5.0 {
+        let r = r - 1.6;
+        polynomial(&C, r) / polynomial(&D, r)
+    } else {
+        let r = r - 5.0;
+        polynomial(&E, r) / polynomial(&F, r)
+    };
+    if q < 0.0 {
+        -value
+    } else {
+        value
+    }
+}
+
+/// `Phi^{-1}(exp(log_p))` for `log_p <= log(1/2)`, including probabilities far below the
+/// smallest double: AS 241 where `exp(log_p)` is representable, else Newton's method on
+/// `log Phi(x) = log_p` from the asymptotic start.
+pub fn ndtri_log(log_p: f64) -> f64 {
+    if log_p == f64::NEG_INFINITY {
+        return f64::NEG_INFINITY;
+    }
+    if log_p > -700.0 {
+        return ndtri(log_p.exp());
+    }
+    // Phi(x) ~ phi(x) / |x|: -log_p ~ x^2 / 2 + log|x| + log sqrt(2 pi).
+    let t = -2.0 * log_p;
+    let mut x = -(t - (t.ln() + std::f64::consts::TAU.ln())).sqrt();
+    for _ in 0..50 {
+        let lx = log_ndtr(x);
+        // d log Phi / dx = phi(x) / Phi(x).
+        let step = (lx - log_p) / (log_pdf(x) - lx).exp();
+        x -= step;
+        if step.abs() <= 1e-15 * x.abs() {
+            break;
+        }
+    }
+    x
+}
+
+/// A draw of the standard normal truncated to `[a, b]` by inversion at the uniform `u`,
+/// accurate in both tails (the inversion happens on the side of the smaller tail).
+pub fn truncated_standard_normal_at(a: f64, b: f64, u: f64) -> f64 {
+    if a + b > 0.0 {
+        return -truncated_standard_normal_at(-b, -a, 1.0 - u);
+    }
+    // Here a <= -|b|: Phi(a) is the small side.
+    let log_mass = log_diff_ndtr(a, b);
+    let target = u.ln() + log_mass;
+    let log_a = log_ndtr(a);
+    if target < log_a - 2.0 && a.is_finite() && b.is_finite() {
+        // A short interval: Phi(a) + u (Phi(b) - Phi(a)) would lose the draw's position to
+        // rounding. Solve log(Phi(x) - Phi(a)) = log u + log_mass by Newton instead, from the
+        // exponential approximation of the density on [a, b].
+        let w = b - a;
+        let t = if (a * w).abs() < 1e-12 { u * w } else { -(u * (-a * w).exp_m1()).ln_1p() / a };
+        let mut x = (a + t).clamp(a, b);
+        for _ in 0..30 {
+            let log_part = log_diff_ndtr(a, x);
+            if log_part == f64::NEG_INFINITY {
+                x = a + 0.5 * (x - a).max(f64::EPSILON * (1.0 + a.abs()));
+                continue;
+            }
+            let step = (log_part - target) / (log_pdf(x) - log_part).exp();
+            let next = (x - step).clamp(a, b);
+            let done = (next - x).abs() <= 1e-15 * (1.0 + x.abs());
+            x = next;
+            if done {
+                break;
+            }
+        }
+        return x;
+    }
+    let log_p = log_add_exp(log_a, target);
+    let x = if log_p <= -std::f64::consts::LN_2 {
+        ndtri_log(log_p)
+    } else {
+        // 1 - p = Phi(-b) + (1 - u) (Phi(b) - Phi(a)), without the cancellation of 1 - p.
+        -ndtri_log(log_add_exp(log_ndtr(-b), (1.0 - u).ln() + log_mass))
+    };
+    x.clamp(a, b)
+}
+
+/// `Phi(x)` in linear space, for the fast path of [`truncated_draw`].
+#[inline]
+fn ndtr(x: f64) -> f64 {
+    0.5 * libm::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
+}
+
+/// `(log(Phi(b) - Phi(a)), a draw of the standard normal truncated to [a, b] at the uniform
+/// u)`. Where both probabilities are plain doubles without cancellation (the common case) the
+/// work is two `erfc` and one AS 241; far in a tail it is [`log_diff_ndtr`] and
+/// [`truncated_standard_normal_at`], in log space.
+pub fn truncated_draw(a: f64, b: f64, u: f64) -> (f64, f64) {
+    let (lo, hi, v, sign) = if a + b > 0.0 { (-b, -a, 1.0 - u, -1.0) } else { (a, b, u, 1.0) };
+    // Now lo <= -|hi|, so Phi(lo) <= 1/2.
+    if lo > -37.0 {
+        let p_lo = ndtr(lo);
+        // Phi(hi) directly below zero, else as 1 - Phi(-hi) >= 1/2: no cancellation either way.
+        let q_hi = ndtr(-hi);
+        let p_hi = if hi <= 0.0 { ndtr(hi) } else { 1.0 - q_hi };
+        let mass = p_hi - p_lo;
+        // The difference loses digits only when the interval is short; then the slow path.
+        if mass > 1e-3 * p_hi {
+            let p = p_lo + v * mass;
+            let x = if p <= 0.5 { ndtri(p) } else { -ndtri(q_hi + (1.0 - v) * mass) };
+            return (mass.ln(), sign * x.clamp(lo, hi));
+        }
+    }
+    (log_diff_ndtr(a, b), truncated_standard_normal_at(a, b, u))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `log Phi(x)` by direct quadrature of the density in log space (Simpson, shifted).
+    fn reference_log_ndtr(x: f64) -> f64 {
+        let lo = x - 40.0;
+        let n = 200_000;
+        let h = (x - lo) / n as f64;
+        let mut acc = 0.0;
+        for i in 0..=n {
+            let t = lo + i as f64 * h;
+            let w = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
+            acc += w * (log_pdf(t) - log_pdf(x)).exp();
+        }
+        (acc * h / 3.0).ln() + log_pdf(x)
+    }
+
+    #[test]
+    fn log_ndtr_is_accurate_in_both_tails() {
+        for x in [-200.0, -45.0, -30.5, -29.5, -10.0, -1.0, 0.0, 0.5, 3.0] {
+            let (got, want) = (log_ndtr(x), reference_log_ndtr(x));
+            assert!((got - want).abs() <= 1e-11 * want.abs().max(1e-300) + 1e-13, "x={x}: {got} vs {want}");
+        }
+        // Upper tail: log Phi(x) ~ -Phi(-x).
+        let x: f64 = 9.0;
+        let want = -(0.5 * libm::erfc(x / std::f64::consts::SQRT_2));
+        assert!((log_ndtr(x) / want - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn interval_masses_have_no_cancellation() {
+        // [40, 41]: mass ~ phi(40)/40, far beyond double precision of 1 - Phi.
+        let got = log_diff_ndtr(40.0, 41.0);
+        let want = log_ndtr(-40.0) + log1m_exp(log_ndtr(-41.0) - log_ndtr(-40.0));
+        assert!((got - want).abs() < 1e-12 * want.abs());
+        assert!((got - (-800.0 - LN_SQRT_2PI - 40f64.ln())).abs() < 1e-3);
+        // A tiny central interval: Phi(b) - Phi(a) ~ phi(0) (b - a).
+        let got = log_diff_ndtr(-1e-9, 1e-9);
+        assert!((got - (2e-9f64).ln() + LN_SQRT_2PI).abs() < 1e-9);
+        assert_eq!(log_diff_ndtr(f64::NEG_INFINITY, f64::INFINITY), 0.0);
+    }
+
+    #[test]
+    fn truncated_moments_match_quadrature() {
+        for (mu, sd, lo, hi) in [(0.3, 1.2, -0.5, 2.0), (0.0, 1.0, 3.0, f64::INFINITY), (5.0, 0.5, f64::NEG_INFINITY, -1.0), (0.0, 2.0, -1.0, 1.0)] {
+            let (log_mass, mean, second) = truncated_normal(mu, sd, lo, hi);
+            let (a, b) = (lo.max(mu - 40.0 * sd), hi.min(mu + 40.0 * sd));
+            let n = 400_000;
+            let h = (b - a) / n as f64;
+            let mut m = [0.0; 3];
+            let shift = if mu < a { a } else if mu > b { b } else { mu };
+            for i in 0..=n {
+                let z = a + i as f64 * h;
+                let w = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
+                let d = (log_pdf((z - mu) / sd) - log_pdf((shift - mu) / sd)).exp();
+                m[0] += w * d;
+                m[1] += w * d * z;
+                m[2] += w * d * z * z;
+            }
+            let ref_log_mass = (m[0] * h / 3.0 / sd).ln() + log_pdf((shift - mu) / sd);
+            assert!((log_mass - ref_log_mass).abs() < 1e-9, "{log_mass} vs {ref_log_mass}");
+            assert!((mean - m[1] / m[0]).abs() < 1e-9 * (1.0 + mean.abs()));
+            assert!((second - m[2] / m[0]).abs() < 1e-9 * (1.0 + second.abs()));
+        }
+    }
+
+    #[test]
+    fn inverse_cdf_round_trips_in_both_tails() {
+        for x in [-38.0, -20.0, -8.0, -3.0, -0.5, 0.0, 0.3, 2.0] {
+            let p = (0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)) as f64;
+            let back = ndtri(p);
+            assert!((back - x).abs() <= 1e-11 * (1.0 + x.abs()), "{x}: {back}");
+        }
+        for x in [-40.0, -100.0, -1000.0, -30.5] {
+            let back = ndtri_log(log_ndtr(x));
+            assert!((back - x).abs() <= 1e-12 * x.abs(), "{x}: {back}");
+        }
+    }
+
+    #[test]
+    fn truncated_draws_stay_inside_and_invert_the_cdf() {
+        for (a, b) in [(-1.0, 2.0), (40.0, 41.0), (-45.0, -44.0), (f64::NEG_INFINITY, -50.0), (3.0, f64::INFINITY), (-1e-9, 1e-9)] {
+            let lm = log_diff_ndtr(a, b);
+            for u in [1e-12, 0.1, 0.5, 0.9, 1.0 - 1e-12] {
+                let x = truncated_standard_normal_at(a, b, u);
+                assert!(x >= a && x <= b, "[{a}, {b}] u={u}: {x}");
+                // P(a < X < x) / P(a < X < b) = u.
+                let frac = (log_diff_ndtr(a, x) - lm).exp();
+                assert!((frac - u).abs() < 1e-9, "[{a}, {b}] u={u}: x={x} gives {frac}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_truncated_draws_agree_with_the_log_space_path() {
+        for (a, b) in [(-1.0, 2.0), (-3.0, -2.9), (0.5, f64::INFINITY), (f64::NEG_INFINITY, 0.2), (-40.0, 30.0), (5.0, 5.5)] {
+            for u in [1e-9, 0.2, 0.5, 0.77, 1.0 - 1e-9] {
+                let (lm, x) = truncated_draw(a, b, u);
+                assert!((lm - log_diff_ndtr(a, b)).abs() < 1e-12 * (1.0 + lm.abs()), "[{a}, {b}]");
+                let reference = truncated_standard_normal_at(a, b, u);
+                assert!((x - reference).abs() < 1e-9 * (1.0 + x.abs()), "[{a}, {b}] u={u}: {x} vs {reference}");
+            }
+        }
+    }
+}

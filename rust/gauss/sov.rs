@@ -1,0 +1,460 @@
+//! S >= 3: the mass and moments of the standard normal on a polyhedron `{w : F w <= e}` by
+//! Genz's separation of variables with randomised quasi-Monte Carlo and exponential tilting.
+//!
+//! Separation of variables needs each constraint to involve only the first k variables for
+//! some k. The standard normal is rotation invariant, so the polyhedron is rotated (`w = Q v`)
+//! to make that so: the columns of Q are Gram-Schmidt directions of S pivot rows, most binding
+//! first (Genz-Bretz ordering), so each pivot row bounds one new variable and every other row
+//! bounds the variable of its last nonzero coefficient. Sampling `v_k` from its conditional
+//! truncated normal leaves the product of the interval probabilities as an unbiased weight.
+//!
+//! Far-tail polyhedra (mass 1e-100 and less) need tilting: `v_k` is drawn from `N(mu_k, 1)`
+//! truncated to its interval and the weight carries the likelihood ratio
+//! `exp(mu_k^2/2 - mu_k v_k)`. The shift `mu` is Botev's (2017) minimax choice, the saddle
+//! point of the log weight, which keeps the relative error bounded in the tail. (Shifting to
+//! the polyhedron's most probable point instead is worse: at a corner it wastes half of each
+//! proposal and the ratio varies by `exp(-d x)`, so the relative variance grows with the
+//! distance `d`.) Any shift gives an unbiased estimate; the saddle point only lowers the variance.
+//!
+//! The points are Owen-scrambled Sobol nets (`sobol.rs`), `SHIFTS` independent scramblings;
+//! the spread of their estimates gives the error. A box in whitened coordinates (orthogonal
+//! rows) is integrated exactly: each
+//! variable is then bounded by its own pair of rows and the weight is constant.
+
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64;
+
+use super::normal::{log_diff_ndtr, log_pdf, truncated_draw};
+use crate::cancel::Cancel;
+use super::sobol::{self, ScrambledSobol};
+use crate::error::{Error, Result};
+
+/// Independent scramblings of the Sobol net; their spread estimates the error.
+const SHIFTS: usize = 8;
+/// Points per scrambling in the first round; doubled each round (nets want powers of two).
+const FIRST_ROUND: usize = 64;
+/// The default budget: points over all scramblings.
+pub const MAX_POINTS: usize = 1 << 19;
+/// Non-zero-weight paths each scrambling needs before its spread is trusted.
+const MIN_HITS: usize = 16;
+/// The reported error is this many standard errors of the mean over the shifts.
+const ERROR_SCALE: f64 = 3.0;
+
+
+#[inline]
+fn dot(u: &[f64], v: &[f64]) -> f64 {
+    u.iter().zip(v).map(|(a, b)| a * b).sum()
+}
+
+/// The outcome in whitened coordinates: log mass, conditional mean and second moment (row-major
+/// S x S), and the estimated relative error of the mass.
+pub struct SovResult {
+    pub log_mass: f64,
+    pub mean: Vec<f64>,
+    pub second: Vec<f64>,
+    pub error: f64,
+}
+
+/// The rotated problem: rows `C = F Q` (row-major m x S) with the variable each row bounds.
+struct Rotated {
+    s: usize,
+    q: Vec<f64>,
+    c: Vec<f64>,
+    last: Vec<usize>,
+}
+
+/// Chooses pivot rows (most binding at the tilting point first) and rotates.
+fn rotate(f: &[f64], e: &[f64], s: usize, tilt: &[f64]) -> Rotated {
+    let m = e.len();
+    let mut residual: Vec<Vec<f64>> = (0..m).map(|i| f[i * s..(i + 1) * s].to_vec()).collect();
+    let slack: Vec<f64> = (0..m).map(|i| (e[i] - dot(&f[i * s..(i + 1) * s], tilt)).max(0.0)).collect();
+    let mut basis: Vec<Vec<f64>> = Vec::with_capacity(s);
+    let mut used = vec![false; m];
+    while basis.len() < s {
+        // Genz-Bretz ordering after the active rows: the direction whose interval is least
+        // probable, with the earlier variables at the tilting point. A candidate row's direction is bounded by
+        // every row whose unspanned part is parallel to it (a box's opposite face, say).
+        let mut best: Option<(f64, usize)> = None;
+        for i in 0..m {
+            if used[i] {
+                continue;
+            }
+            let norm = dot(&residual[i], &residual[i]).sqrt();
+            if norm <= 1e-8 {
+                continue;
+            }
+            let d: Vec<f64> = residual[i].iter().map(|x| x / norm).collect();
+            let along = dot(&d, tilt);
+            let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+            for j in (0..m).filter(|&j| !used[j]) {
+                let rn = dot(&residual[j], &residual[j]).sqrt();
+                let c = dot(&residual[j], &d);
+                if rn <= 1e-8 || c.abs() < (1.0 - 1e-9) * rn {
+                    continue;
+                }
+                let t = slack[j] / c;
+                if c > 0.0 {
+                    hi = hi.min(along + t);
+                } else {
+                    lo = lo.max(along + t);
+                }
+            }
+            // Rows active at the tilting point come first: they meet at the mode, and as
+            // pivots each bounds its own variable there (a far box is then exact).
+            let active = slack[i] <= 1e-9 * (1.0 + e[i].abs());
+            let score = if active { f64::NEG_INFINITY } else { log_diff_ndtr(lo, hi) };
+            if best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, i));
+            }
+        }
+        let direction = match best {
+            Some((_, i)) => {
+                used[i] = true;
+                let norm = dot(&residual[i], &residual[i]).sqrt();
+                residual[i].iter().map(|v| v / norm).collect::<Vec<f64>>()
+            }
+            None => {
+                // The rows span fewer than S directions: complete the basis with coordinate axes.
+                let mut fallback = None;
+                for axis in 0..s {
+                    let mut v = vec![0.0; s];
+                    v[axis] = 1.0;
+                    for b in &basis {
+                        let p = dot(b, &v);
+                        v.iter_mut().zip(b).for_each(|(x, bk)| *x -= p * bk);
+                    }
+                    let n = dot(&v, &v).sqrt();
+                    if n > 0.5 {
+                        fallback = Some(v.iter().map(|x| x / n).collect());
+                        break;
+                    }
+                }
+                fallback.expect("some coordinate axis is outside a proper subspace")
+            }
+        };
+        for r in residual.iter_mut() {
+            let p = dot(r, &direction);
+            r.iter_mut().zip(&direction).for_each(|(x, d)| *x -= p * d);
+        }
+        basis.push(direction);
+    }
+    let mut q = vec![0.0; s * s];
+    for (k, b) in basis.iter().enumerate() {
+        for j in 0..s {
+            q[j * s + k] = b[j];
+        }
+    }
+    let mut c = vec![0.0; m * s];
+    let mut last = vec![0; m];
+    for i in 0..m {
+        let row = &f[i * s..(i + 1) * s];
+        for k in 0..s {
+            c[i * s + k] = dot(row, &basis[k]);
+        }
+        // Rows are unit vectors: a coefficient below 1e-10 is rounding from the Gram-Schmidt.
+        last[i] = (0..s).rev().find(|&k| c[i * s + k].abs() > 1e-10).unwrap_or(0);
+        for k in last[i] + 1..s {
+            c[i * s + k] = 0.0;
+        }
+    }
+    Rotated { s, q, c, last }
+}
+
+/// Sums over the points of one shift: sum of weights, of weight v, of weight v v^T.
+struct Sums {
+    weight: f64,
+    /// Paths with a non-zero weight.
+    hits: usize,
+    first: Vec<f64>,
+    second: Vec<f64>,
+}
+
+/// The polyhedron `{w : F w <= e}` (rows of unit length, `m x S` row-major) under `N(0, I)`;
+/// `tilt` is its point nearest the origin (it orders the variables and starts the saddle search). The mass's relative error is driven below `rtol`
+/// or `max_points` (over all scramblings) are spent. Without `want_moments` the moments come back as zeros.
+pub fn integrate(
+    f: &[f64],
+    e: &[f64],
+    s: usize,
+    tilt: &[f64],
+    rtol: f64,
+    seed: u64,
+    want_moments: bool,
+    max_points: usize,
+    cancel: &Cancel,
+) -> Result<SovResult> {
+    let rot = rotate(f, e, s, tilt);
+    let m = e.len();
+    let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
+    let mode: Vec<f64> = (0..s).map(|k| (0..s).map(|j| rot.q[j * s + k] * tilt[j]).sum()).collect();
+    // Botev's minimax tilt; if the saddle point is not found, the shift to the mode, whose
+    // likelihood ratio is at most exp(-|mode|^2/2) on the polyhedron (bounded relative error,
+    // though a larger variance than the saddle point's). Weights are kept relative to
+    // exp(reference), the saddle value or the weight of the path through the mode, so that
+    // they neither underflow nor overflow.
+    let mut v = vec![0.0; s];
+    let (nu, mut reference) = match minimax_tilt(&rot, e, &rows_of, &mode) {
+        Some(found) => found,
+        None => {
+            let reference = path_log_weight(&rot, e, &rows_of, &mode, None, &mut v);
+            (mode.clone(), if reference.is_finite() { reference } else { -0.5 * dot(&mode, &mode) })
+        }
+    };
+
+    if s > sobol::MAX_DIM {
+        return Err(Error::InvalidInput(format!(
+            "quasi-Monte Carlo integration supports up to {} dimensions; got {s}",
+            sobol::MAX_DIM
+        )));
+    }
+    let mut rng = Pcg64::seed_from_u64(seed);
+    let nets: Vec<ScrambledSobol> = (0..SHIFTS).map(|_| ScrambledSobol::new((0..s).map(|_| rng.random::<u32>()).collect())).collect();
+    let mut sums: Vec<Sums> = (0..SHIFTS).map(|_| Sums { weight: 0.0, hits: 0, first: vec![0.0; s], second: vec![0.0; s * s] }).collect();
+    let mut done = 0usize;
+    let mut target = FIRST_ROUND;
+    let mut u = vec![0.0; s];
+    let (mut estimate, mut error);
+    loop {
+        for shift in 0..SHIFTS {
+            for j in done..target {
+                nets[shift].point(j as u32, &mut u);
+                let lw = path_log_weight(&rot, e, &rows_of, &nu, Some(&u), &mut v);
+                if lw == f64::NEG_INFINITY {
+                    continue;
+                }
+                if lw > reference + 300.0 {
+                    // The reference is only a bound where the saddle point is exact; when a
+                    // weight exceeds it by far, move the common scale before anything overflows.
+                    let factor = (reference - lw).exp();
+                    for acc in sums.iter_mut() {
+                        acc.weight *= factor;
+                        acc.first.iter_mut().chain(acc.second.iter_mut()).for_each(|x| *x *= factor);
+                    }
+                    reference = lw;
+                }
+                let w = (lw - reference).exp();
+                let acc = &mut sums[shift];
+                acc.weight += w;
+                acc.hits += 1;
+                if !want_moments {
+                    continue;
+                }
+                for a in 0..s {
+                    acc.first[a] += w * v[a];
+                    for b in 0..=a {
+                        acc.second[a * s + b] += w * v[a] * v[b];
+                    }
+                }
+            }
+        }
+        cancel.check()?;
+        done = target;
+        let means: Vec<f64> = sums.iter().map(|acc| acc.weight / done as f64).collect();
+        estimate = means.iter().sum::<f64>() / SHIFTS as f64;
+        let var = means.iter().map(|x| (x - estimate).powi(2)).sum::<f64>() / ((SHIFTS - 1) * SHIFTS) as f64;
+        error = if estimate > 0.0 { ERROR_SCALE * var.sqrt() / estimate } else { f64::INFINITY };
+        // The spread of a handful of non-zero paths says nothing: the estimate is unreliable
+        // until every scrambling has a fair number of them.
+        if sums.iter().any(|acc| acc.hits < MIN_HITS) {
+            error = error.max(1.0);
+        }
+        if error <= rtol || target * SHIFTS >= max_points {
+            break;
+        }
+        target *= 2;
+    }
+    if !(estimate > 0.0) {
+        return Ok(SovResult { log_mass: f64::NEG_INFINITY, mean: vec![f64::NAN; s], second: vec![f64::NAN; s * s], error: 0.0 });
+    }
+    let total: f64 = sums.iter().map(|a| a.weight).sum();
+    let mut mean_v = vec![0.0; s];
+    let mut second_v = vec![0.0; s * s];
+    for acc in &sums {
+        for a in 0..s {
+            mean_v[a] += acc.first[a] / total;
+            for b in 0..=a {
+                second_v[a * s + b] += acc.second[a * s + b] / total;
+            }
+        }
+    }
+    for a in 0..s {
+        for b in 0..a {
+            second_v[b * s + a] = second_v[a * s + b];
+        }
+    }
+    // Back to w = Q v.
+    let mean: Vec<f64> = (0..s).map(|j| dot(&rot.q[j * s..(j + 1) * s], &mean_v)).collect();
+    let mut qs = vec![0.0; s * s];
+    for j in 0..s {
+        for b in 0..s {
+            qs[j * s + b] = (0..s).map(|a| rot.q[j * s + a] * second_v[a * s + b]).sum();
+        }
+    }
+    let mut second = vec![0.0; s * s];
+    for j in 0..s {
+        for l in 0..s {
+            second[j * s + l] = (0..s).map(|b| qs[j * s + b] * rot.q[l * s + b]).sum();
+        }
+    }
+    Ok(SovResult { log_mass: estimate.ln() + reference, mean, second, error })
+}
+
+/// The log weight of one separation-of-variables path: draws `v_k` (into `v`) from `N(nu_k, 1)`
+/// truncated to the interval the rows allow given `v_1..v_{k-1}`, at the uniforms `u` (at the
+/// interval's point nearest `nu_k` when `u` is `None`).
+fn path_log_weight(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], nu: &[f64], u: Option<&[f64]>, v: &mut [f64]) -> f64 {
+    let s = rot.s;
+    let mut log_weight = 0.0;
+    for k in 0..s {
+        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+        for &i in &rows_of[k] {
+            let row = &rot.c[i * s..(i + 1) * s];
+            let rest = e[i] - dot(&row[..k], &v[..k]);
+            let coef = row[k];
+            if coef > 0.0 {
+                hi = hi.min(rest / coef);
+            } else {
+                lo = lo.max(rest / coef);
+            }
+        }
+        if !(lo < hi) {
+            return f64::NEG_INFINITY;
+        }
+        let (a, b) = (lo - nu[k], hi - nu[k]);
+        let (log_mass, x) = match u {
+            Some(u) => truncated_draw(a, b, u[k]),
+            None => (log_diff_ndtr(a, b), 0.0f64.clamp(a, b)),
+        };
+        log_weight += log_mass;
+        v[k] = nu[k] + x;
+        // Likelihood ratio of N(0, 1) to N(nu_k, 1) at v_k.
+        log_weight += -nu[k] * v[k] + 0.5 * nu[k] * nu[k];
+    }
+    log_weight
+}
+
+/// The bounds of variable `k` given `x_1..x_{k-1}`: `(lo, row of lo, hi, row of hi)`.
+fn bounds(rot: &Rotated, e: &[f64], rows: &[usize], k: usize, x: &[f64]) -> (f64, Option<usize>, f64, Option<usize>) {
+    let s = rot.s;
+    let (mut lo, mut lo_row, mut hi, mut hi_row) = (f64::NEG_INFINITY, None, f64::INFINITY, None);
+    for &i in rows {
+        let row = &rot.c[i * s..(i + 1) * s];
+        let bound = (e[i] - dot(&row[..k], &x[..k])) / row[k];
+        if row[k] > 0.0 {
+            if bound < hi {
+                (hi, hi_row) = (bound, Some(i));
+            }
+        } else if bound > lo {
+            (lo, lo_row) = (bound, Some(i));
+        }
+    }
+    (lo, lo_row, hi, hi_row)
+}
+
+/// Botev's (2017) minimax exponential tilting: the saddle point of
+/// `psi(x, mu) = sum_k mu_k^2/2 - mu_k x_k + log(Phi(hi_k(x) - mu_k) - Phi(lo_k(x) - mu_k))`
+/// by damped Newton on its gradient (Jacobian by central differences: 2S <= ~20 unknowns).
+/// With several rows per variable the bounds are a min / max of affine functions; the gradient
+/// uses the active row. Returns `(mu, psi(x*, mu*))`, which bounds the log weights.
+fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], start: &[f64]) -> Option<(Vec<f64>, f64)> {
+    let s = rot.s;
+    let n = 2 * s;
+    let phi_ratio = |t: f64, log_z: f64| if t.is_finite() { (log_pdf(t) - log_z).exp() } else { 0.0 };
+    // (gradient, psi) at y = [x; mu].
+    let gradient = |y: &[f64]| -> Option<(Vec<f64>, f64)> {
+        let (x, mu) = y.split_at(s);
+        let mut grad = vec![0.0; n];
+        let mut psi = 0.0;
+        for k in 0..s {
+            let (lo, lo_row, hi, hi_row) = bounds(rot, e, &rows_of[k], k, x);
+            let (a, b) = (lo - mu[k], hi - mu[k]);
+            let log_z = log_diff_ndtr(a, b);
+            if !log_z.is_finite() {
+                return None;
+            }
+            psi += 0.5 * mu[k] * mu[k] - mu[k] * x[k] + log_z;
+            let (ra, rb) = (phi_ratio(a, log_z), phi_ratio(b, log_z));
+            grad[s + k] = mu[k] - x[k] + (ra - rb);
+            grad[k] -= mu[k];
+            // d log Z_k / d x_j through the active rows' bounds.
+            for j in 0..k {
+                let mut d = 0.0;
+                if let Some(r) = hi_row {
+                    d += rb * (-rot.c[r * s + j] / rot.c[r * s + k]);
+                }
+                if let Some(r) = lo_row {
+                    d -= ra * (-rot.c[r * s + j] / rot.c[r * s + k]);
+                }
+                grad[j] += d;
+            }
+        }
+        Some((grad, psi))
+    };
+    let norm = |g: &[f64]| dot(g, g).sqrt();
+    let mut y: Vec<f64> = start.iter().copied().chain(std::iter::repeat_n(0.0, s)).collect();
+    let (mut g, mut psi) = gradient(&y)?;
+    for _ in 0..100 {
+        if norm(&g) <= 1e-10 * (1.0 + norm(&y)) {
+            return Some((y[s..].to_vec(), psi));
+        }
+        let mut jac = vec![0.0; n * n];
+        for c in 0..n {
+            let h = 1e-6 * (1.0 + y[c].abs());
+            let (mut yp, mut ym) = (y.clone(), y.clone());
+            yp[c] += h;
+            ym[c] -= h;
+            let (gp, _) = gradient(&yp)?;
+            let (gm, _) = gradient(&ym)?;
+            for r in 0..n {
+                jac[r * n + c] = (gp[r] - gm[r]) / (2.0 * h);
+            }
+        }
+        let step = solve_dense(&mut jac, g.clone(), n)?;
+        let mut t = 1.0;
+        let current = norm(&g);
+        loop {
+            let trial: Vec<f64> = y.iter().zip(&step).map(|(yi, di)| yi - t * di).collect();
+            if let Some((gt, pt)) = gradient(&trial) {
+                if norm(&gt) < current {
+                    (y, g, psi) = (trial, gt, pt);
+                    break;
+                }
+            }
+            t *= 0.5;
+            if t < 1e-6 {
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Solves `A x = b` (row-major `n x n`) by Gaussian elimination with partial pivoting.
+fn solve_dense(a: &mut [f64], mut b: Vec<f64>, n: usize) -> Option<Vec<f64>> {
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))?;
+        if a[pivot * n + col].abs() < 1e-300 {
+            return None;
+        }
+        if pivot != col {
+            for k in 0..n {
+                a.swap(col * n + k, pivot * n + k);
+            }
+            b.swap(col, pivot);
+        }
+        for r in col + 1..n {
+            let factor = a[r * n + col] / a[col * n + col];
+            if factor != 0.0 {
+                for k in col..n {
+                    a[r * n + k] -= factor * a[col * n + k];
+                }
+                b[r] -= factor * b[col];
+            }
+        }
+    }
+    for col in (0..n).rev() {
+        let tail: f64 = (col + 1..n).map(|k| a[col * n + k] * b[k]).sum();
+        b[col] = (b[col] - tail) / a[col * n + col];
+    }
+    b.iter().all(|v| v.is_finite()).then_some(b)
+}

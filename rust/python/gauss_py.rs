@@ -1,0 +1,50 @@
+use numpy::{PyArray1, PyArray2, PyArray3, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::ndarray::{Array1, Array2, Array3};
+use pyo3::prelude::*;
+
+use super::run_released;
+use crate::gauss::{moments_batch, PolytopeShape};
+
+/// `(log_mass (n,), mean (n, S), cov (n, S, S), error (n,))` for `N(means[k], cov)` on
+/// `{z : G z <= h[k]}`. Shapes are checked by the Python wrapper; the engine re-checks sizes.
+#[pyfunction]
+#[pyo3(signature = (g, h, means, cov, rtol, seed, want_moments))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn polytope_moments<'py>(
+    py: Python<'py>,
+    g: PyReadonlyArray2<'py, f64>,
+    h: PyReadonlyArray2<'py, f64>,
+    means: PyReadonlyArray2<'py, f64>,
+    cov: PyReadonlyArray2<'py, f64>,
+    rtol: f64,
+    seed: u64,
+    want_moments: bool,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray2<f64>>, Bound<'py, PyArray3<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let s = cov.shape()[1];
+    let n = means.shape()[0];
+    let (g, h, means, cov) = (g.as_array().iter().copied().collect::<Vec<f64>>(), h.as_array().iter().copied().collect::<Vec<f64>>(),
+        means.as_array().iter().copied().collect::<Vec<f64>>(), cov.as_array().iter().copied().collect::<Vec<f64>>());
+    let results = run_released(py, move |cancel| {
+        let shape = PolytopeShape::new(&g, s, &cov)?;
+        moments_batch(&shape, &h, &means, n, rtol, seed, want_moments, cancel)
+    })?;
+    let mut log_mass = Array1::zeros(n);
+    let mut mean = Array2::zeros((n, s));
+    let mut covs = Array3::zeros((n, s, s));
+    let mut error = Array1::zeros(n);
+    for (k, r) in results.into_iter().enumerate() {
+        log_mass[k] = r.log_mass;
+        error[k] = r.error;
+        for i in 0..s {
+            mean[[k, i]] = r.mean[i];
+            for j in 0..s {
+                covs[[k, i, j]] = r.cov[i * s + j];
+            }
+        }
+    }
+    Ok((PyArray1::from_owned_array(py, log_mass), PyArray2::from_owned_array(py, mean), PyArray3::from_owned_array(py, covs), PyArray1::from_owned_array(py, error)))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(polytope_moments, m)?)
+}

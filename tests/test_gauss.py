@@ -1,0 +1,278 @@
+"""The polyhedral Gaussian engine against independent references: closed forms for boxes seen
+through rotations, one-dimensional quadrature of exact slices, Monte Carlo, scipy."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from scipy import stats
+from scipy.special import log_ndtr, logsumexp
+
+from exactem import gauss
+
+
+def log_interval_mass(a, b):
+    """log(Phi(b) - Phi(a)) without cancellation, vectorised."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    flip = a > 0
+    a, b = np.where(flip, -b, a), np.where(flip, -a, b)
+    lb, la = log_ndtr(b), log_ndtr(a)
+    return lb + np.log1p(-np.exp(la - lb))
+
+
+def random_rotation(rng, s):
+    q, r = np.linalg.qr(rng.standard_normal((s, s)))
+    return q * np.sign(np.diag(r))
+
+
+def rotated_box(rng, s, lo, hi, redundant=2):
+    """A box lo <= y <= hi in whitened coordinates y, seen as z = mean + B y with B B^T = cov
+    (B = L Q, Q a random rotation); rows scaled at random, plus redundant rows."""
+    A = rng.standard_normal((s, s))
+    cov = A @ A.T + 0.3 * np.eye(s)
+    mean = rng.standard_normal(s)
+    B = np.linalg.cholesky(cov) @ random_rotation(rng, s)
+    Binv = np.linalg.inv(B)
+    rows, offsets = [], []
+    for k in range(s):
+        for sign, bound in [(1.0, hi[k]), (-1.0, -lo[k])]:
+            if np.isfinite(bound):
+                c = rng.uniform(0.2, 5.0)
+                rows.append(c * sign * Binv[k])
+                offsets.append(c * (bound + sign * Binv[k] @ mean))
+    G, h = np.array(rows), np.array(offsets)
+    for _ in range(redundant):  # a positive combination of two rows, loosened
+        i, j = rng.choice(len(h), 2, replace=len(h) < 2)
+        G = np.vstack([G, G[i] + G[j]])
+        h = np.append(h, h[i] + h[j] + rng.uniform(0.1, 1.0))
+    order = rng.permutation(len(h))
+    truth_mass = float(np.sum(log_interval_mass(lo, hi)))
+    y_mean = np.array([stats.truncnorm(a, b).mean() for a, b in zip(lo, hi)])
+    y_var = np.array([stats.truncnorm(a, b).var() for a, b in zip(lo, hi)])
+    return G[order], h[order], mean, cov, truth_mass, mean + B @ y_mean, B @ np.diag(y_var) @ B.T
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_rotated_boxes_are_exact_in_one_and_two_dimensions(s):
+    rng = np.random.default_rng(s)
+    cases = [(-1.0, 1.0), (0.5, 2.0), (7.0, np.inf), (20.0, 21.0), (-np.inf, -25.0), (-0.3, np.inf)]
+    for a, b in cases:
+        for _ in range(5):
+            lo = np.full(s, a) + rng.uniform(0, 0.2, s) * np.isfinite(a)
+            hi = np.maximum(np.full(s, b), lo + 0.5)
+            G, h, mean, cov, log_mass, m, c = rotated_box(rng, s, lo, hi)
+            got = gauss.polytope_moments(G, h, mean, cov)
+            assert abs(got.log_mass - log_mass) <= 1e-10 * max(1.0, abs(log_mass)) / 10 + 1e-10, (a, b)
+            assert got.error == 0.0
+            scale = np.sqrt(np.diag(cov)).max()
+            assert np.allclose(got.mean, m, rtol=0, atol=1e-9 * (scale + np.abs(m).max()))
+            assert np.allclose(got.cov, c, rtol=1e-8, atol=1e-9 * scale**2)
+
+
+def test_two_dimensional_masses_down_to_1e_minus_300():
+    rng = np.random.default_rng(0)
+    # Each side 26 standard deviations out: mass ~1e-300.
+    lo = np.array([26.0, 26.2])
+    G, h, mean, cov, log_mass, m, c = rotated_box(rng, 2, lo, np.full(2, np.inf))
+    got = gauss.polytope_moments(G, h, mean, cov)
+    assert log_mass < np.log(1e-295)
+    assert abs(got.log_mass - log_mass) < 1e-10 * abs(log_mass)
+    assert np.allclose(got.mean, m, atol=1e-9 * np.abs(m).max())
+    # The covariance is E[w w^T] - E[w] E[w]^T with |E[w]| ~ 26 and variances ~1e-3: six digits
+    # cancel, so it is held to 1e-7 of its scale here.
+    assert np.allclose(got.cov, c, rtol=0, atol=1e-7 * np.abs(c).max())
+
+
+@pytest.mark.parametrize("s", [3, 4, 5, 6])
+def test_rotated_boxes_in_higher_dimensions_also_in_the_far_tail(s):
+    rng = np.random.default_rng(10 + s)
+    for lo, hi in [(np.full(s, -1.0), np.full(s, 1.5)), (np.full(s, 7.0), np.full(s, np.inf)),
+                   (np.r_[7.0, np.full(s - 1, -np.inf)], np.r_[np.inf, np.full(s - 1, 0.5)])]:
+        G, h, mean, cov, log_mass, m, c = rotated_box(rng, s, lo, hi)
+        got = gauss.polytope_moments(G, h, mean, cov, rtol=1e-6)
+        assert abs(got.log_mass - log_mass) <= 1e-5, (lo, got.log_mass, log_mass)
+        scale = np.sqrt(np.diag(cov)).max()
+        assert np.allclose(got.mean, m, atol=1e-4 * scale)
+        assert np.allclose(got.cov, c, atol=1e-4 * scale**2)
+        if lo[-1] == 7.0:  # seven standard deviations out in every direction: ~1e-12 per dimension
+            assert log_mass < -s * 25
+
+
+def sliced_log_mass(G, h, mean, cov):
+    """An independent 3-D reference: whiten, then integrate the exact 2-D masses of slices along
+    the first whitened coordinate. The slice mass is analytic between the first coordinates of
+    the polytope's vertices, so Gauss-Legendre on each piece converges geometrically."""
+    L = np.linalg.cholesky(cov)
+    F = G @ L
+    e = h - G @ mean
+    first, rest = F[:, 0], F[:, 1:]
+    breaks = [-40.0, 40.0]
+    for rows in itertools.combinations(range(len(e)), 3):
+        try:
+            v = np.linalg.solve(F[list(rows)], e[list(rows)])
+        except np.linalg.LinAlgError:
+            continue
+        if np.all(F @ v <= e + 1e-9) and abs(v[0]) < 40:
+            breaks.append(v[0])
+    breaks = np.unique(np.concatenate([np.sort(breaks), np.linspace(-40, 40, 81)]))
+    nodes, weights = np.polynomial.legendre.leggauss(40)
+    t = ((breaks[1:, None] - breaks[:-1, None]) * (nodes + 1) / 2 + breaks[:-1, None]).ravel()
+    w = ((breaks[1:, None] - breaks[:-1, None]) / 2 * weights).ravel()
+    slices = gauss.polytope_moments(rest, e[None, :] - t[:, None] * first[None, :], np.zeros(2), np.eye(2))
+    return logsumexp(slices.log_mass + stats.norm.logpdf(t), b=w)
+
+
+def random_polytope(rng, s, m):
+    G = rng.standard_normal((m, s))
+    h = rng.uniform(0.1, 1.5, m) + G @ rng.standard_normal(s) * 0.3
+    A = rng.standard_normal((s, s))
+    cov = A @ A.T / s + 0.5 * np.eye(s)
+    return G, h, rng.standard_normal(s) * 0.5, cov
+
+
+def test_reported_error_is_calibrated():
+    rng = np.random.default_rng(1)
+    covered, total = 0, 0
+    for trial in range(120):
+        G, h, mean, cov = random_polytope(rng, 3, int(rng.integers(4, 9)))
+        truth = sliced_log_mass(G, h, mean, cov)
+        if not np.isfinite(truth):
+            continue
+        got = gauss.polytope_moments(G, h, mean, cov, rtol=1e-3, seed=trial)
+        true_error = abs(np.expm1(got.log_mass - truth))
+        covered += true_error <= got.error + 1e-12
+        total += 1
+    assert total >= 100
+    assert covered >= 0.95 * total, (covered, total)
+
+
+@pytest.mark.parametrize("kind", ["simplex", "cone", "slab", "random"])
+@pytest.mark.parametrize("s", [3, 4])
+def test_general_polytopes_against_monte_carlo(kind, s):
+    rng = np.random.default_rng(hash((kind, s)) % 2**32)
+    if kind == "simplex":
+        G = np.vstack([-np.eye(s), np.ones((1, s))])
+        h = np.r_[np.full(s, 0.2), 1.5]
+    elif kind == "cone":
+        G = rng.standard_normal((s + 1, s))
+        G[:, 0] = -np.abs(G[:, 0]) - 1.0  # every row bounds z_0 from below: a pointed cone
+        h = np.full(s + 1, -0.5)
+    elif kind == "slab":
+        d = rng.standard_normal(s)
+        G, h = np.vstack([d, -d]), np.array([0.7, 0.1])
+    else:
+        G, h, _, _ = random_polytope(rng, s, 10)
+    A = rng.standard_normal((s, s))
+    cov = A @ A.T / s + 0.3 * np.eye(s)
+    mean = 0.3 * rng.standard_normal(s)
+    got = gauss.polytope_moments(G, h, mean, cov, rtol=1e-5)
+    Z = rng.multivariate_normal(mean, cov, size=2_000_000)
+    inside = np.all(Z @ G.T <= h, axis=1)
+    p = inside.mean()
+    se = np.sqrt(p * (1 - p) / len(Z))
+    assert abs(np.exp(got.log_mass) - p) < 4 * se + 4 * got.error * p, (kind, np.exp(got.log_mass), p, se)
+    Zin = Z[inside]
+    mean_se = Zin.std(axis=0) / np.sqrt(len(Zin))
+    assert np.all(np.abs(got.mean - Zin.mean(axis=0)) < 4 * mean_se + 1e-4)
+    cov_mc = np.cov(Zin.T)
+    cov_se = np.sqrt((np.outer(np.diag(cov_mc), np.diag(cov_mc)) + cov_mc**2) / len(Zin))
+    assert np.all(np.abs(got.cov - cov_mc) < 5 * cov_se + 1e-4)
+
+
+def test_rectangles_against_scipy():
+    rng = np.random.default_rng(3)
+    for s in [2, 3, 5]:
+        A = rng.standard_normal((s, s))
+        cov = A @ A.T / s + 0.5 * np.eye(s)
+        mean = rng.standard_normal(s) * 0.3
+        lower = -rng.uniform(0.3, 2.0, (4, s))
+        upper = rng.uniform(0.3, 2.0, (4, s))
+        lower[0, 0] = -np.inf
+        p, err = gauss.mvn_cdf(lower, upper, mean, cov, rtol=1e-7)
+        mvn = stats.multivariate_normal(mean, cov, abseps=1e-10, releps=1e-10, maxpts=2_000_000 * s)
+        ref = np.array([mvn.cdf(u, lower_limit=l) for l, u in zip(lower, upper)])
+        assert np.allclose(p, ref, rtol=2e-6, atol=0), (s, p, ref)
+        assert np.all(err <= 1e-6 * p + 1e-15)
+
+
+def test_empty_lower_dimensional_and_whole_space():
+    eye = np.eye(3)
+    empty = gauss.polytope_moments(np.vstack([eye[0], -eye[0]]), [-1.0, -1.0], np.zeros(3), eye)
+    assert empty.log_mass == -np.inf and np.all(np.isnan(empty.mean)) and np.all(np.isnan(empty.cov))
+    flat = gauss.polytope_moments(np.vstack([eye[1], -eye[1]]), [0.5, -0.5], np.zeros(3), eye)
+    assert flat.log_mass == -np.inf
+    whole = gauss.polytope_moments(np.zeros((0, 3)), np.zeros(0), np.ones(3), 2 * eye)
+    assert whole.log_mass == 0.0 and np.allclose(whole.mean, 1) and np.allclose(whole.cov, 2 * eye)
+    loose = gauss.polytope_moments(eye, [np.inf, np.inf, np.inf], np.zeros(3), eye)
+    assert loose.log_mass == 0.0
+
+
+def test_batched_form_matches_single_calls_and_is_deterministic():
+    rng = np.random.default_rng(4)
+    for s in [1, 2, 3]:
+        G, h, mean, cov = random_polytope(rng, s, 5)
+        means = mean + rng.standard_normal((6, s))
+        batch = gauss.polytope_moments(G, h, means, cov, seed=7)
+        assert batch.log_mass.shape == (6,) and batch.mean.shape == (6, s) and batch.cov.shape == (6, s, s)
+        for k in range(6):
+            one = gauss.polytope_moments(G, h, means[k], cov, seed=7)
+            assert one.log_mass == batch.log_mass[k]
+            assert np.array_equal(one.mean, batch.mean[k])
+        offsets = h + rng.uniform(0, 1, (3, len(h)))
+        again = gauss.polytope_moments(G, offsets, mean, cov, seed=7)
+        assert again.log_mass.shape == (3,)
+        assert np.array_equal(again.log_mass, gauss.polytope_moments(G, offsets, mean, cov, seed=7).log_mass)
+
+
+def test_bad_input_raises_value_error():
+    eye = np.eye(2)
+    G, h = np.vstack([eye, -eye]), np.ones(4)
+    with pytest.raises(ValueError, match="symmetric"):
+        gauss.polytope_moments(G, h, np.zeros(2), [[1.0, 0.5], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="positive definite"):
+        gauss.polytope_moments(G, h, np.zeros(2), [[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(ValueError, match="shape"):
+        gauss.polytope_moments(G, np.ones(3), np.zeros(2), eye)
+    with pytest.raises(ValueError, match="NaN"):
+        gauss.polytope_moments(G, [1.0, np.nan, 1.0, 1.0], np.zeros(2), eye)
+    with pytest.raises(ValueError, match="shape"):
+        gauss.mvn_cdf(np.zeros((2, 2)), np.ones((3, 2)), np.zeros(2), eye)
+    with pytest.raises(ValueError):
+        gauss.polytope_moments(G, h, np.zeros(2), eye, rtol=0)
+
+
+polytopes = st.integers(0, 2**32 - 1).flatmap(
+    lambda seed: st.tuples(st.just(seed), st.integers(1, 4), st.integers(0, 7)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(polytopes)
+def test_properties_mass_redundancy_splitting_affine_invariance(case):
+    seed, s, m = case
+    rng = np.random.default_rng(seed)
+    G, h, mean, cov = random_polytope(rng, s, m)
+    rtol = 1e-6
+    base = gauss.polytope_moments(G, h, mean, cov, rtol=rtol)
+    assert base.log_mass <= 1e-12
+    if base.log_mass == -np.inf:
+        return
+    tol = lambda *r: 10 * sum(x.error for x in r) + 1e-9  # noqa: E731
+    # A redundant row (a loosened copy of a combination of rows) changes nothing.
+    if m >= 2:
+        extra = gauss.polytope_moments(np.vstack([G, G[0] + G[1]]), np.r_[h, h[0] + h[1] + 0.5], mean, cov, rtol=rtol)
+        assert abs(extra.log_mass - base.log_mass) <= tol(base, extra)
+    # Splitting by a hyperplane through the mean adds up.
+    d = rng.standard_normal(s)
+    left = gauss.polytope_moments(np.vstack([G, d]), np.r_[h, d @ mean], mean, cov, rtol=rtol)
+    right = gauss.polytope_moments(np.vstack([G, -d]), np.r_[h, -d @ mean], mean, cov, rtol=rtol)
+    total = np.logaddexp(left.log_mass, right.log_mass)
+    assert abs(total - base.log_mass) <= tol(base, left, right)
+    # Affine invariance: z -> A z + c maps the polyhedron and the Gaussian together.
+    A = rng.standard_normal((s, s)) + 2 * np.eye(s)
+    c = rng.standard_normal(s)
+    Ainv = np.linalg.inv(A)
+    moved = gauss.polytope_moments(G @ Ainv, h + G @ Ainv @ c, A @ mean + c, A @ cov @ A.T, rtol=rtol)
+    assert abs(moved.log_mass - base.log_mass) <= tol(base, moved)
+    if s <= 2:
+        assert np.allclose(moved.mean, A @ base.mean + c, atol=1e-7 * (1 + np.abs(moved.mean).max()))
