@@ -37,6 +37,8 @@ const FIRST_ROUND: usize = 64;
 pub const MAX_POINTS: usize = 1 << 19;
 /// Non-zero-weight paths each scrambling needs before its spread is trusted.
 const MIN_HITS: usize = 16;
+/// Points after which a starved integral gives up.
+const STARVED_BUDGET: usize = 1 << 14;
 /// The reported error is this many standard errors of the mean over the shifts.
 const ERROR_SCALE: f64 = 3.0;
 
@@ -255,8 +257,14 @@ pub fn integrate(
         error = if estimate > 0.0 { ERROR_SCALE * var.sqrt() / estimate } else { f64::INFINITY };
         // The spread of a handful of non-zero paths says nothing: the estimate is unreliable
         // until every scrambling has a fair number of them.
-        if sums.iter().any(|acc| acc.hits < MIN_HITS) {
+        let starved = sums.iter().any(|acc| acc.hits < MIN_HITS);
+        if starved {
             error = error.max(1.0);
+            // Almost every path dies (a needle-thin polyhedron seen from a bad angle): more
+            // points would barely help, so stop early and let the error say so.
+            if target * SHIFTS >= STARVED_BUDGET {
+                break;
+            }
         }
         if error <= rtol || target * SHIFTS >= max_points {
             break;
