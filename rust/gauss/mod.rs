@@ -18,6 +18,7 @@ use rayon::prelude::*;
 
 use crate::cancel::Cancel;
 use crate::error::{invalid, Result};
+use crate::partition::complement_basis;
 use crate::partition::lp::{chebyshev_ball, Lp, LpOutcome};
 
 /// Point budget of each facet integral in the moment formulas: the moments need less
@@ -438,16 +439,6 @@ fn facet_moments(f: &[f64], e: &[f64], s: usize, tilt: &[f64], rtol: f64, seed: 
         out.second = second;
     }
     Ok(())
-}
-
-/// An orthonormal basis of the hyperplane orthogonal to the unit vector `g` (Householder).
-fn complement_basis(g: &[f64]) -> Vec<Vec<f64>> {
-    let s = g.len();
-    let sign = if g[0] >= 0.0 { 1.0 } else { -1.0 };
-    let mut v = g.to_vec();
-    v[0] += sign;
-    let vv = dot(&v, &v);
-    (1..s).map(|j| (0..s).map(|i| f64::from(u8::from(i == j)) - 2.0 * v[i] * v[j] / vv).collect()).collect()
 }
 
 /// Many integrals over one shape: row `k` uses offsets `h[k]` (`n x m`) and mean `means[k]`

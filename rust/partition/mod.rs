@@ -29,6 +29,7 @@ use crate::model::Decoder;
 pub use interval::Interval;
 pub use polygon::Polygon;
 pub use polyhedron::Polyhedron;
+pub(crate) use polyhedron::complement_basis;
 
 /// Distances below `abs + rel * |z|` are treated as zero: a cell must contain a ball of at
 /// least that radius around its witness point to count as full-dimensional.

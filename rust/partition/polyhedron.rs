@@ -37,7 +37,7 @@ fn norm(v: &[f64]) -> f64 {
 }
 
 /// An orthonormal basis of the hyperplane orthogonal to the unit vector `g` (Householder).
-fn complement_basis(g: &[f64]) -> Vec<Vec<f64>> {
+pub(crate) fn complement_basis(g: &[f64]) -> Vec<Vec<f64>> {
     let s = g.len();
     let sign = if g[0] >= 0.0 { 1.0 } else { -1.0 };
     let mut v = g.to_vec();
