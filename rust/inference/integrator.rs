@@ -74,25 +74,35 @@ impl GaussIntegrator {
 }
 
 impl GaussIntegrator {
-    fn polyhedron(&self, shape: &PolytopeShape, h: &[f64], mean: &[f64], want_moments: bool) -> GaussMoments {
+    fn polyhedron(&self, shape: &PolytopeShape, h: &[f64], mean: &[f64], want_moments: bool, looseness: f64) -> GaussMoments {
+        // Never looser than 10% relative: the moments and the weights still need some digits.
+        let rtol = (self.rtol * looseness).min(0.1).max(self.rtol);
         // The trait has no error channel: the inputs were validated when the region was
         // prepared, and a never-cancelled token cannot interrupt, so the call cannot fail.
         shape
-            .moments(h, mean, self.rtol, self.seed, want_moments, &Cancel::new())
+            .moments(h, mean, rtol, self.seed, want_moments, &Cancel::new())
             .expect("region integrals over validated polyhedra cannot fail")
     }
 }
 
 impl RegionIntegrator for GaussIntegrator {
     fn log_mass(&self, region: usize, mean: &[f64]) -> f64 {
-        match &self.regions[region] {
-            PreparedRegion::Interval { lo, hi, sd } => log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd),
-            PreparedRegion::Polygon(poly) => poly.log_mass(mean),
-            PreparedRegion::Polyhedron { shape, h, .. } => self.polyhedron(shape, h, mean, false).log_mass,
-        }
+        self.log_mass_loose(region, mean, 1.0)
     }
 
     fn moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
+        self.moments_into_loose(region, mean, cond_mean, cond_second, 1.0)
+    }
+
+    fn log_mass_loose(&self, region: usize, mean: &[f64], looseness: f64) -> f64 {
+        match &self.regions[region] {
+            PreparedRegion::Interval { lo, hi, sd } => log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd),
+            PreparedRegion::Polygon(poly) => poly.log_mass(mean),
+            PreparedRegion::Polyhedron { shape, h, .. } => self.polyhedron(shape, h, mean, false, looseness).log_mass,
+        }
+    }
+
+    fn moments_into_loose(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64], looseness: f64) -> f64 {
         match &self.regions[region] {
             PreparedRegion::Interval { lo, hi, sd } => {
                 let (log_mass, m, second) = truncated_normal(mean[0], *sd, *lo, *hi);
@@ -102,7 +112,7 @@ impl RegionIntegrator for GaussIntegrator {
             }
             PreparedRegion::Polygon(poly) => poly.integrate(mean, cond_mean, cond_second),
             PreparedRegion::Polyhedron { shape, h, .. } => {
-                let out = self.polyhedron(shape, h, mean, true);
+                let out = self.polyhedron(shape, h, mean, true, looseness);
                 let s = mean.len();
                 cond_mean.copy_from_slice(&out.mean);
                 for i in 0..s {

@@ -53,6 +53,18 @@ pub trait RegionIntegrator: Send + Sync {
         0.0
     }
 
+    /// As [`Self::log_mass`], where `looseness >= 1` times the integrator's relative error is
+    /// enough: the region's term is known to be that much below the point's largest, so its
+    /// absolute error stays below the largest term's. Exact integrators ignore it.
+    fn log_mass_loose(&self, region: usize, mean: &[f64], _looseness: f64) -> f64 {
+        self.log_mass(region, mean)
+    }
+
+    /// As [`Self::moments_into`], with `looseness` as in [`Self::log_mass_loose`].
+    fn moments_into_loose(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64], _looseness: f64) -> f64 {
+        self.moments_into(region, mean, cond_mean, cond_second)
+    }
+
     fn moments(&self, region: usize, mean: &[f64]) -> RegionMoments {
         let s = mean.len();
         let mut out = RegionMoments { log_mass: 0.0, mean: vec![0.0; s], second: vec![0.0; s * s] };
@@ -206,14 +218,19 @@ impl LocalGaussians {
 
 /// Visits the regions whose terms `log(kappa_q Phi_q)` can matter for one point: first the
 /// one with the largest bound `log kappa_q + log_mass_bound`, then every region whose bound is
-/// within [`PRUNE_GAP`] of the best term found so far. `visit(q, mu_q)` returns the region's
-/// term. Skipped regions change `log p(x)` by less than `R exp(-PRUNE_GAP)` in relative terms.
+/// within [`PRUNE_GAP`] of the best term found so far. `visit(q, mu_q, looseness)` returns the
+/// region's term; `looseness = exp(best - bound_q) >= 1` says how far below the best term so
+/// far the region's bound lies (see [`RegionIntegrator::log_mass_loose`]). Skipped regions
+/// change `log p(x)` by less than `R exp(-PRUNE_GAP)` in relative terms.
+/// The loosest relative accuracy asked of a minor region, as a multiple of the integrator's.
+const MAX_LOOSENESS: f64 = 1e3;
+
 pub(crate) fn visit_regions<I: RegionIntegrator>(
     integrator: &I,
     log_kappa: &[f64],
     mu: &[f64],
     s: usize,
-    mut visit: impl FnMut(usize, &[f64]) -> f64,
+    mut visit: impl FnMut(usize, &[f64], f64) -> f64,
 ) {
     let r = log_kappa.len();
     let bound = |q: usize| log_kappa[q] + integrator.log_mass_bound(q, &mu[q * s..(q + 1) * s]);
@@ -221,10 +238,11 @@ pub(crate) fn visit_regions<I: RegionIntegrator>(
     let Some(first) = (0..r).max_by(|&a, &b| bounds[a].total_cmp(&bounds[b]).then(b.cmp(&a))) else {
         return;
     };
-    let mut best = visit(first, &mu[first * s..(first + 1) * s]);
+    let mut best = visit(first, &mu[first * s..(first + 1) * s], 1.0);
     for q in 0..r {
         if q != first && bounds[q] >= best - PRUNE_GAP {
-            best = best.max(visit(q, &mu[q * s..(q + 1) * s]));
+            let looseness = (best - bounds[q]).exp().clamp(1.0, MAX_LOOSENESS);
+            best = best.max(visit(q, &mu[q * s..(q + 1) * s], looseness));
         }
     }
 }
@@ -273,8 +291,8 @@ pub fn log_likelihood<I: RegionIntegrator>(
 ) -> Result<Vec<f64>> {
     map_points(algebra, x, cancel, |lk, mu| {
         let mut terms = Vec::new();
-        visit_regions(integrator, lk, mu, algebra.s, |q, m| {
-            let t = lk[q] + integrator.log_mass(q, m);
+        visit_regions(integrator, lk, mu, algebra.s, |q, m, looseness| {
+            let t = lk[q] + integrator.log_mass_loose(q, m, looseness);
             terms.push(t);
             t
         });
@@ -304,11 +322,11 @@ pub(crate) fn moment_terms<I: RegionIntegrator>(integrator: &I, log_kappa: &[f64
         mean: Vec::with_capacity(r * s),
         second: Vec::with_capacity(r * s * s),
     };
-    visit_regions(integrator, log_kappa, mu, s, |q, m| {
+    visit_regions(integrator, log_kappa, mu, s, |q, m, looseness| {
         let k = out.region.len();
         out.mean.resize((k + 1) * s, 0.0);
         out.second.resize((k + 1) * s * s, 0.0);
-        let log_mass = integrator.moments_into(q, m, &mut out.mean[k * s..], &mut out.second[k * s * s..]);
+        let log_mass = integrator.moments_into_loose(q, m, &mut out.mean[k * s..], &mut out.second[k * s * s..], looseness);
         let t = log_kappa[q] + log_mass;
         out.region.push(q);
         out.weight.push(t);
