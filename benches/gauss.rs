@@ -1,0 +1,41 @@
+//! Per-call cost of the polyhedral Gaussian engine by dimension and number of rows: mass only
+//! and mass with moments, for random polyhedra around the mean (the E-step's calls).
+//!
+//! `cargo bench --bench gauss` (figures in BENCHMARKS.md).
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use exactem::gauss::PolytopeShape;
+use exactem::Cancel;
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64;
+
+fn polytope(rng: &mut Pcg64, s: usize, m: usize) -> (PolytopeShape, Vec<f64>) {
+    let g: Vec<f64> = (0..m * s).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+    let h: Vec<f64> = (0..m).map(|_| 0.5 + 1.5 * rng.random::<f64>()).collect();
+    let cov: Vec<f64> = (0..s * s).map(|k| if k / s == k % s { 1.0 } else { 0.0 }).collect();
+    (PolytopeShape::new(&g, s, &cov).unwrap(), h)
+}
+
+fn per_call(c: &mut Criterion) {
+    let mut group = c.benchmark_group("polytope_moments");
+    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let mut rng = Pcg64::seed_from_u64(0);
+    for s in 1..=5 {
+        for m in [2 * s, 4 * s] {
+            let (shape, h) = polytope(&mut rng, s, m);
+            let mean = vec![0.1; s];
+            // S >= 3 is quasi-Monte Carlo: timed at rtol 1e-3, where the E-step's minor regions are.
+            let rtol = if s <= 2 { 1e-6 } else { 1e-3 };
+            for (label, moments) in [("mass", false), ("moments", true)] {
+                let id = BenchmarkId::new(label, format!("S={s} m={m}"));
+                group.bench_function(id, |b| b.iter(|| shape.moments(&h, &mean, rtol, 0, moments, &Cancel::new()).unwrap()));
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_call);
+criterion_main!(benches);
