@@ -173,3 +173,21 @@ def test_deterministic_given_random_state():
     a = exactem.ExactEM(hidden=(5,), max_iter=5, random_state=3).fit(X)
     b = exactem.ExactEM(hidden=(5,), max_iter=5, random_state=3).fit(X)
     assert a.history_ == b.history_
+
+
+def test_conjugate_gradient_layer_solve_agrees_with_the_dense_one(monkeypatch):
+    from exactem import em
+
+    X = exactem.datasets.wave(300, 0.1, seed=0)
+    est = exactem.ExactEM(latent_dim=1, hidden=(12, 12), max_iter=2, random_state=0).fit(X)
+    dec, model = est.decoder_, est.model_
+    stats = RegionStats(model.e_step(X), X, len(model.regions))
+    factors = layer_factors(dec, model.regions.patterns)
+    psi = np.full(2, est.noise_var_)
+    for layer in range(3):
+        monkeypatch.setattr(em, "CG_THRESHOLD", 10**9)
+        dense = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, 0.1, 0.01)
+        monkeypatch.setattr(em, "CG_THRESHOLD", 0)
+        iterative = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, 0.1, 0.01)
+        for a, b in zip(dense, iterative):
+            assert np.allclose(a, b, rtol=1e-6, atol=1e-8 * (1 + np.abs(a).max()))

@@ -146,21 +146,26 @@ def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, 
     rhs = np.einsum("rid,rda->ia", FtP, Y)  # (D_l, D_prev+1)
     C = FtP @ F  # (R, D_l, D_l)
     D_l = C.shape[1]
-    # sum_q T_q (x) C_q as one matrix product; unknowns ordered theta[i, a] -> i * A1 + a.
-    system = (T.reshape(R, A1 * A1).T @ C.reshape(R, D_l * D_l)).reshape(A1, A1, D_l, D_l)
-    system = system.transpose(2, 0, 3, 1).reshape(D_l * A1, D_l * A1)
     penalty = np.zeros((D_l, A1))
     penalty[:, :D_prev] = weight_decay
-    system += np.diag(penalty.ravel())
-    # Solved for the change of the parameters, with a ridge at rounding level: directions the
-    # frozen objective does not constrain at all (a unit with no posterior mass on one side) then
-    # keep their values instead of taking arbitrary ones; every other direction gets its exact
-    # maximiser.
-    theta_old = np.hstack([weights[layer], biases[layer][:, None]]).ravel()
-    ridge = 1e-12 * max(np.trace(system) / len(system), 1e-300)
-    damped = system + np.diag(damping * np.diag(system) + ridge)
-    delta = _solve_spd(damped, rhs.ravel() - system @ theta_old)
-    theta = (theta_old + delta).reshape(D_l, A1)
+    theta_old = np.hstack([weights[layer], biases[layer][:, None]])
+    # The system's diagonal: sum_q C_q[i, i] T_q[a, a] (+ decay).
+    diagonal = np.einsum("rii,raa->ia", C, T) + penalty
+    # A ridge at rounding level: directions the frozen objective does not constrain at all (a
+    # unit with no posterior mass on one side) keep their values instead of taking arbitrary
+    # ones; every other direction gets its exact maximiser. The unknown is the change delta.
+    ridge = 1e-12 * max(diagonal.mean(), 1e-300)
+    extra = damping * diagonal + ridge
+    if D_l * A1 <= CG_THRESHOLD:
+        # sum_q T_q (x) C_q as one matrix product; unknowns ordered theta[i, a] -> i * A1 + a.
+        system = (T.reshape(R, A1 * A1).T @ C.reshape(R, D_l * D_l)).reshape(A1, A1, D_l, D_l)
+        system = system.transpose(2, 0, 3, 1).reshape(D_l * A1, D_l * A1)
+        system += np.diag(penalty.ravel())
+        residual = rhs.ravel() - system @ theta_old.ravel()
+        delta = _solve_spd(system + np.diag(extra.ravel()), residual).reshape(D_l, A1)
+    else:
+        delta = _solve_cg(C, T, penalty, extra, diagonal, rhs, theta_old)
+    theta = theta_old + delta
     return theta[:, :D_prev], theta[:, D_prev]
 
 
@@ -185,6 +190,36 @@ def noise_gradient(weights, biases, factors, psi, stats):
     E, f, _, _ = frozen_maps(weights, biases, factors, len(weights) - 1)
     res = _expected_residuals(weights[-1] @ E, f @ weights[-1].T + biases[-1], stats)
     return -stats.n_points / (2 * psi) + res / (2 * psi**2)
+
+
+# Above this many unknowns in a layer (width ~70) the normal equations are solved by conjugate gradients
+# on the Kronecker-structured operator instead of forming the dense system (whose size grows
+# like width^4: 2 GB at width 128). CG stops at a tolerance or an iteration cap; an inexact
+# solve still increases the frozen objective (CG from zero never increases the quadratic),
+# and the exact likelihood check keeps EM monotone either way.
+CG_THRESHOLD = 5000
+
+
+def _solve_cg(C, T, penalty, extra, diagonal, rhs, theta_old):
+    """Jacobi-preconditioned conjugate gradients for ``sum_q C_q X T_q + (penalty + extra) * X =
+    rhs - (sum_q C_q theta_old T_q + penalty * theta_old)``, never forming the system."""
+    from scipy.sparse.linalg import LinearOperator, cg
+
+    shape = theta_old.shape
+    n = theta_old.size
+
+    def apply(x, with_extra=True):
+        X = x.reshape(shape)
+        out = np.matmul(np.matmul(C, X), T).sum(axis=0) + penalty * X
+        if with_extra:
+            out = out + extra * X
+        return out.ravel()
+
+    residual = rhs.ravel() - apply(theta_old.ravel(), with_extra=False)
+    operator = LinearOperator((n, n), matvec=apply, dtype=float)
+    preconditioner = LinearOperator((n, n), matvec=lambda v: v / (diagonal + extra).ravel(), dtype=float)
+    delta, _ = cg(operator, residual, M=preconditioner, rtol=1e-10, atol=0.0, maxiter=10 * int(np.sqrt(n)) + 100)
+    return delta.reshape(shape)
 
 
 def _solve_spd(system, rhs):
