@@ -29,8 +29,11 @@ fn dot(a: [f64; 2], b: [f64; 2]) -> f64 {
     a[0] * b[0] + a[1] * b[1]
 }
 
-/// Angular gaps at least this close to pi mean the polygon is open between two edges.
-const OPEN_GAP: f64 = std::f64::consts::PI - 1e-12;
+/// Angular gaps at least this close to pi mean the polygon is open between two edges. Two
+/// antiparallel edges (the open end of a strip) have a gap of pi up to rounding in either
+/// direction; a gap short of pi by 1e-7 puts the vertex ~1e7 standard deviations out, where
+/// treating the end as open changes no mass.
+const OPEN_GAP: f64 = std::f64::consts::PI - 1e-7;
 
 /// The fan formula is kept when its terms add up to at most this multiple of the mass (so at
 /// most ~4 of the ~15 digits of its terms cancel); otherwise the quadrature decides.
