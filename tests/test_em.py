@@ -52,13 +52,17 @@ def test_exact_log_likelihood_never_decreases(data, S, hidden, noise, seed):
     assert est.n_regions_[-1] == len(est.model_.regions)
 
 
-def test_each_layer_update_maximises_the_frozen_objective():
-    X = exactem.datasets.wave(200, 0.1, seed=0)
-    est = exactem.ExactEM(latent_dim=1, hidden=(3, 3), max_iter=0, random_state=0).fit(X)
+def frozen_problem(X, hidden, max_iter):
+    """A fitted decoder and what a layer update needs: E-step sums, activation slopes, noise."""
+    est = exactem.ExactEM(latent_dim=1, hidden=hidden, max_iter=max_iter, random_state=0).fit(X)
     dec, model = est.decoder_, est.model_
     stats = RegionStats(model.e_step(X), X, len(model.regions))
-    factors = layer_factors(dec, model.regions.patterns)
-    psi = np.full(2, est.noise_var_)
+    return dec, stats, layer_factors(dec, model.regions.patterns), np.full(X.shape[1], est.noise_var_)
+
+
+def test_each_layer_update_maximises_the_frozen_objective():
+    X = exactem.datasets.wave(200, 0.1, seed=0)
+    dec, stats, factors, psi = frozen_problem(X, (3, 3), max_iter=0)
     for layer in range(3):
         for decay in [0.0, 0.5]:
             W, b = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, decay)
@@ -179,11 +183,7 @@ def test_conjugate_gradient_layer_solve_agrees_with_the_dense_one(monkeypatch):
     from exactem import em
 
     X = exactem.datasets.wave(300, 0.1, seed=0)
-    est = exactem.ExactEM(latent_dim=1, hidden=(12, 12), max_iter=2, random_state=0).fit(X)
-    dec, model = est.decoder_, est.model_
-    stats = RegionStats(model.e_step(X), X, len(model.regions))
-    factors = layer_factors(dec, model.regions.patterns)
-    psi = np.full(2, est.noise_var_)
+    dec, stats, factors, psi = frozen_problem(X, (12, 12), max_iter=2)
     for layer in range(3):
         monkeypatch.setattr(em, "CG_THRESHOLD", 10**9)
         dense = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, 0.1, 0.01)

@@ -81,16 +81,19 @@ def frozen_maps(weights, biases, factors, layer):
     return E, f, F, r
 
 
-def frozen_objective(weights, biases, slopes_factors, noise_var, stats):
+def frozen_objective(weights, biases, factors, noise_var, stats):
     """The frozen-mask expected complete-data log-likelihood, up to the prior's constant."""
-    E, f, F, r = frozen_maps(weights, biases, slopes_factors, len(weights) - 1)
+    psi = np.broadcast_to(noise_var, (stats.dim,))
+    res = _expected_residuals(weights, biases, factors, stats)
+    return float(-0.5 * (stats.n_points * np.sum(np.log(2 * np.pi * psi)) + np.sum(res / psi)))
+
+
+def _expected_residuals(weights, biases, factors, stats):
+    """Per output coordinate: sum_{n,q} E[(x_n - A_q z - b_q)^2 1_q], with A_q, b_q the output
+    map of region q with its activation pattern frozen."""
+    E, f, _, _ = frozen_maps(weights, biases, factors, len(weights) - 1)
     A = weights[-1] @ E
     b = f @ weights[-1].T + biases[-1]
-    return _expected_log_lik(A, b, noise_var, stats)
-
-
-def _expected_residuals(A, b, stats):
-    """Per output coordinate: sum_{n,q} E[(x_n - A_q z - b_q)^2 1_q]."""
     res = stats.sum_x2.copy()
     res -= 2 * np.einsum("rd,rd->d", b, stats.sx0)
     res += np.einsum("r,rd->d", stats.s0, b * b)
@@ -98,13 +101,6 @@ def _expected_residuals(A, b, stats):
     res += 2 * np.einsum("rd,rds,rs->d", b, A, stats.s1)
     res += np.einsum("rds,rst,rdt->d", A, stats.s2, A)
     return res
-
-
-def _expected_log_lik(A, b, noise_var, stats):
-    psi = np.broadcast_to(noise_var, (stats.dim,))
-    res = _expected_residuals(A, b, stats)
-    N = stats.n_points
-    return float(-0.5 * (N * np.sum(np.log(2 * np.pi * psi)) + np.sum(res / psi)))
 
 
 def _layer_system(weights, biases, factors, psi, stats, layer):
@@ -179,16 +175,14 @@ def m_step(decoder, patterns, noise_var, stats, weight_decay=0.0, min_noise_var=
     for layer in reversed(range(len(weights))):
         weights[layer], biases[layer] = update_layer(weights, biases, factors, psi, stats, layer, weight_decay,
                                                     damping)
-    E, f, _, _ = frozen_maps(weights, biases, factors, len(weights) - 1)
-    res = _expected_residuals(weights[-1] @ E, f @ weights[-1].T + biases[-1], stats) / stats.n_points
+    res = _expected_residuals(weights, biases, factors, stats) / stats.n_points
     new_noise = np.maximum(res if diagonal else np.full(stats.dim, res.mean()), min_noise_var)
     return weights, biases, new_noise
 
 
 def noise_gradient(weights, biases, factors, psi, stats):
     """d Q / d psi per output coordinate: -N / (2 psi) + residual / (2 psi^2)."""
-    E, f, _, _ = frozen_maps(weights, biases, factors, len(weights) - 1)
-    res = _expected_residuals(weights[-1] @ E, f @ weights[-1].T + biases[-1], stats)
+    res = _expected_residuals(weights, biases, factors, stats)
     return -stats.n_points / (2 * psi) + res / (2 * psi**2)
 
 

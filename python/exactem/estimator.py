@@ -170,8 +170,6 @@ class ExactEM:
                 weights, biases, new_noise = m_step(decoder, model.regions.patterns, noise, stats,
                                                     weight_decay=self.weight_decay, min_noise_var=self.min_noise_var,
                                                     diagonal=self.noise == "diagonal", damping=damping)
-                if self.noise == "isotropic":
-                    new_noise = np.full_like(noise, new_noise.mean())
                 cand = Decoder(weights, biases, activation=self.activation, alpha=self.alpha)
                 cand_model = self._model(cand, new_noise)
                 try:

@@ -36,6 +36,12 @@ def _as_matrix(value, name, shape=None):
     return arr
 
 
+def _rtol(rtol):
+    if not (np.isfinite(rtol) and rtol > 0):
+        raise ValueError(f"rtol must be a positive number; got {rtol}")
+    return float(rtol)
+
+
 def _cov(cov, s):
     cov = _as_matrix(cov, "cov")
     if cov.ndim == 0 and s == 1:
@@ -75,8 +81,7 @@ def polytope_moments(G, h, mean, cov, rtol=1e-6, seed=0):
         raise ValueError("G contains NaN or infinite values")
     if np.any(np.isnan(h)) or not np.all(np.isfinite(mean)):
         raise ValueError("h contains NaN, or mean contains NaN or infinite values")
-    if not (np.isfinite(rtol) and rtol > 0):
-        raise ValueError(f"rtol must be a positive number; got {rtol}")
+    rtol = _rtol(rtol)
     cov = _cov(cov, s)
     single = h.ndim == 1 and mean.ndim == 1
     n = max(h.shape[0] if h.ndim == 2 else 1, mean.shape[0] if mean.ndim == 2 else 1)
@@ -86,7 +91,7 @@ def polytope_moments(G, h, mean, cov, rtol=1e-6, seed=0):
     except ValueError:
         raise ValueError(f"h {h.shape} and mean {mean.shape} have different batch sizes") from None
     log_mass, cond_mean, cond_cov, error = _core.polytope_moments(
-        np.ascontiguousarray(G), H, M, cov, float(rtol), int(seed), True)
+        np.ascontiguousarray(G), H, M, cov, rtol, int(seed), True)
     if single:
         return PolytopeMoments(float(log_mass[0]), cond_mean[0], cond_cov[0], float(error[0]))
     return PolytopeMoments(log_mass, cond_mean, cond_cov, error)
@@ -107,13 +112,12 @@ def mvn_cdf(lower, upper, mean, cov, rtol=1e-6, seed=0):
         raise ValueError(f"lower and upper must both have shape (n, {s}) or ({s},); got {lower.shape} and {upper.shape}")
     if np.any(np.isnan(lower)) or np.any(np.isnan(upper)) or not np.all(np.isfinite(mean)):
         raise ValueError("lower, upper or mean contains NaN")
-    if not (np.isfinite(rtol) and rtol > 0):
-        raise ValueError(f"rtol must be a positive number; got {rtol}")
+    rtol = _rtol(rtol)
     cov = _cov(cov, s)
     G = np.vstack([np.eye(s), -np.eye(s)])
     H = np.ascontiguousarray(np.hstack([upper, -lower]))
     M = np.ascontiguousarray(np.broadcast_to(mean, (len(H), s)))
-    log_mass, _, _, rel_error = _core.polytope_moments(G, H, M, cov, float(rtol), int(seed), False)
+    log_mass, _, _, rel_error = _core.polytope_moments(G, H, M, cov, rtol, int(seed), False)
     p = np.exp(log_mass)
     err = p * rel_error
     if single:

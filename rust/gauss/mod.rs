@@ -49,7 +49,15 @@ impl GaussMoments {
     }
 }
 
-/// Lower Cholesky factor (row-major) of a symmetric positive definite matrix.
+/// Lower Cholesky factor (row-major) of a positive definite matrix (its lower triangle is
+/// read), or `None`.
+pub(crate) fn lower_cholesky(m: &[f64], s: usize) -> Option<Vec<f64>> {
+    let factor = nalgebra::Cholesky::new(nalgebra::DMatrix::from_row_slice(s, s, m))?.l();
+    Some((0..s * s).map(|k| factor[(k / s, k % s)]).collect())
+}
+
+/// Lower Cholesky factor (row-major) of a symmetric positive definite matrix, or a ValueError
+/// saying which of those it is not.
 pub fn cholesky(cov: &[f64], s: usize) -> Result<Vec<f64>> {
     if cov.len() != s * s {
         return invalid(format!("cov must be {s} x {s}; got {} entries", cov.len()));
@@ -65,19 +73,11 @@ pub fn cholesky(cov: &[f64], s: usize) -> Result<Vec<f64>> {
             }
         }
     }
-    let mut l = vec![0.0; s * s];
-    for i in 0..s {
-        for j in 0..=i {
-            let sum = 0.5 * (cov[i * s + j] + cov[j * s + i]) - dot(&l[i * s..i * s + j], &l[j * s..j * s + j]);
-            if i == j {
-                if !(sum > 1e-14 * scale) {
-                    return invalid("cov is not positive definite (a Gaussian needs a positive definite covariance)");
-                }
-                l[i * s + i] = sum.sqrt();
-            } else {
-                l[i * s + j] = sum / l[j * s + j];
-            }
-        }
+    let not_pd = || invalid("cov is not positive definite (a Gaussian needs a positive definite covariance)");
+    let Some(l) = lower_cholesky(cov, s) else { return not_pd() };
+    // A pivot below 1e-14 of the scale is singular to working precision.
+    if (0..s).any(|i| l[i * s + i] * l[i * s + i] <= 1e-14 * scale) {
+        return not_pd();
     }
     Ok(l)
 }
@@ -145,25 +145,7 @@ impl PolytopeShape {
         if h.iter().any(|v| v.is_nan()) || mean.iter().any(|v| !v.is_finite()) {
             return invalid("h or mean contains NaN (or mean an infinite value)");
         }
-        // Whitened rows and offsets, without rows that constrain nothing.
-        let (mut f, mut e) = (Vec::new(), Vec::new());
-        for i in 0..self.n_rows() {
-            let gi = &self.g[i * s..(i + 1) * s];
-            if h[i] == f64::INFINITY {
-                continue;
-            }
-            if self.scale[i] == 0.0 {
-                if h[i] < 0.0 {
-                    return Ok(GaussMoments::empty(s));
-                }
-                continue;
-            }
-            f.extend_from_slice(&self.f[i * s..(i + 1) * s]);
-            e.push((h[i] - dot(gi, mean)) / self.scale[i]);
-        }
-        if e.iter().any(|v| *v == f64::NEG_INFINITY) {
-            return Ok(GaussMoments::empty(s));
-        }
+        let Some((f, e)) = self.whitened(h, mean) else { return Ok(GaussMoments::empty(s)) };
         let whitened = match reduce(&f, &e, s) {
             None => return Ok(GaussMoments::empty(s)),
             Some((_, e, _)) if e.is_empty() => WhitenedMoments::whole_space(s),
@@ -180,13 +162,7 @@ impl PolytopeShape {
     /// the nearest-point QP from `inside`, a point of the polyhedron.
     pub fn log_mass_bound(&self, h: &[f64], mean: &[f64], inside: &[f64]) -> f64 {
         let s = self.s;
-        let (mut f, mut e) = (Vec::new(), Vec::new());
-        for i in 0..self.n_rows() {
-            if self.scale[i] > 0.0 && h[i] < f64::INFINITY {
-                f.extend_from_slice(&self.f[i * s..(i + 1) * s]);
-                e.push((h[i] - dot(&self.g[i * s..(i + 1) * s], mean)) / self.scale[i]);
-            }
-        }
+        let Some((f, e)) = self.whitened(h, mean) else { return f64::NEG_INFINITY };
         // The start in whitened coordinates: L w = inside - mean.
         let mut start = vec![0.0; s];
         for i in 0..s {
@@ -200,6 +176,31 @@ impl PolytopeShape {
         } else {
             -0.5 * d * d - std::f64::consts::LN_2
         }
+    }
+
+    /// The rows and offsets in whitened coordinates `w = L^{-1}(z - mean)`, without the rows
+    /// that constrain nothing (`h = +inf`, or a zero row with `h >= 0`); `None` when a row
+    /// empties the polyhedron (`h = -inf`, or a zero row with `h < 0`).
+    fn whitened(&self, h: &[f64], mean: &[f64]) -> Option<(Vec<f64>, Vec<f64>)> {
+        let s = self.s;
+        let (mut f, mut e) = (Vec::new(), Vec::new());
+        for i in 0..self.n_rows() {
+            if h[i] == f64::INFINITY {
+                continue;
+            }
+            if self.scale[i] == 0.0 {
+                if h[i] < 0.0 {
+                    return None;
+                }
+                continue;
+            }
+            if h[i] == f64::NEG_INFINITY {
+                return None;
+            }
+            f.extend_from_slice(&self.f[i * s..(i + 1) * s]);
+            e.push((h[i] - dot(&self.g[i * s..(i + 1) * s], mean)) / self.scale[i]);
+        }
+        Some((f, e))
     }
 
     /// `z = mean + L w`: moments of w to moments of z.
@@ -353,7 +354,7 @@ fn integrate_whitened(
         }
         _ => {
             let tilt = nearest::nearest_point(f, e, s, &vec![0.0; s], centre);
-            let mass = sov::integrate(f, e, s, &tilt, rtol, seed, false, budget, cancel)?;
+            let mass = sov::integrate(f, e, s, &tilt, rtol, seed, budget, cancel)?;
             let mut out = WhitenedMoments { log_mass: mass.log_mass, mean: vec![f64::NAN; s], second: vec![f64::NAN; s * s], error: mass.error };
             if want > Want::Mass && mass.log_mass > f64::NEG_INFINITY {
                 facet_moments(f, e, s, &tilt, rtol, seed, want, &mut out, cancel)?;

@@ -1,4 +1,4 @@
-//! S >= 3: the mass and moments of the standard normal on a polyhedron `{w : F w <= e}` by
+//! S >= 3: the mass of the standard normal on a polyhedron `{w : F w <= e}` by
 //! Genz's separation of variables with randomised quasi-Monte Carlo and exponential tilting.
 //!
 //! Separation of variables needs each constraint to involve only the first k variables for
@@ -18,8 +18,8 @@
 //!
 //! The points are Owen-scrambled Sobol nets (`sobol.rs`), `SHIFTS` independent scramblings;
 //! the spread of their estimates gives the error. A box in whitened coordinates (orthogonal
-//! rows) is integrated exactly: each
-//! variable is then bounded by its own pair of rows and the weight is constant.
+//! rows) is integrated exactly: each variable is then bounded by its own pair of rows, the
+//! saddle point has no shift, and the weight is constant.
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
@@ -48,12 +48,10 @@ fn dot(u: &[f64], v: &[f64]) -> f64 {
     u.iter().zip(v).map(|(a, b)| a * b).sum()
 }
 
-/// The outcome in whitened coordinates: log mass, conditional mean and second moment (row-major
-/// S x S), and the estimated relative error of the mass.
+/// The log mass and its estimated relative error. (The moments come from facet masses, in
+/// `gauss::facet_moments`, not from these paths.)
 pub struct SovResult {
     pub log_mass: f64,
-    pub mean: Vec<f64>,
-    pub second: Vec<f64>,
     pub error: f64,
 }
 
@@ -162,18 +160,17 @@ fn rotate(f: &[f64], e: &[f64], s: usize, tilt: &[f64]) -> Rotated {
     Rotated { s, q, c, last }
 }
 
-/// Sums over the points of one shift: sum of weights, of weight v, of weight v v^T.
+/// Sums over the points of one scrambling.
 struct Sums {
     weight: f64,
     /// Paths with a non-zero weight.
     hits: usize,
-    first: Vec<f64>,
-    second: Vec<f64>,
 }
 
 /// The polyhedron `{w : F w <= e}` (rows of unit length, `m x S` row-major) under `N(0, I)`;
-/// `tilt` is its point nearest the origin (it orders the variables and starts the saddle search). The mass's relative error is driven below `rtol`
-/// or `max_points` (over all scramblings) are spent. Without `want_moments` the moments come back as zeros.
+/// `tilt` is its point nearest the origin (it orders the variables and starts the saddle
+/// search). The mass's relative error is driven below `rtol` or `max_points` (over all
+/// scramblings) are spent.
 pub fn integrate(
     f: &[f64],
     e: &[f64],
@@ -181,10 +178,15 @@ pub fn integrate(
     tilt: &[f64],
     rtol: f64,
     seed: u64,
-    want_moments: bool,
     max_points: usize,
     cancel: &Cancel,
 ) -> Result<SovResult> {
+    if s > sobol::MAX_DIM {
+        return Err(Error::InvalidInput(format!(
+            "quasi-Monte Carlo integration supports up to {} dimensions; got {s}",
+            sobol::MAX_DIM
+        )));
+    }
     let rot = rotate(f, e, s, tilt);
     let m = e.len();
     let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
@@ -203,15 +205,9 @@ pub fn integrate(
         }
     };
 
-    if s > sobol::MAX_DIM {
-        return Err(Error::InvalidInput(format!(
-            "quasi-Monte Carlo integration supports up to {} dimensions; got {s}",
-            sobol::MAX_DIM
-        )));
-    }
     let mut rng = Pcg64::seed_from_u64(seed);
     let nets: Vec<ScrambledSobol> = (0..SHIFTS).map(|_| ScrambledSobol::new((0..s).map(|_| rng.random::<u32>()).collect())).collect();
-    let mut sums: Vec<Sums> = (0..SHIFTS).map(|_| Sums { weight: 0.0, hits: 0, first: vec![0.0; s], second: vec![0.0; s * s] }).collect();
+    let mut sums: Vec<Sums> = (0..SHIFTS).map(|_| Sums { weight: 0.0, hits: 0 }).collect();
     let mut done = 0usize;
     let mut target = FIRST_ROUND;
     let mut u = vec![0.0; s];
@@ -228,25 +224,13 @@ pub fn integrate(
                     // The reference is only a bound where the saddle point is exact; when a
                     // weight exceeds it by far, move the common scale before anything overflows.
                     let factor = (reference - lw).exp();
-                    for acc in sums.iter_mut() {
-                        acc.weight *= factor;
-                        acc.first.iter_mut().chain(acc.second.iter_mut()).for_each(|x| *x *= factor);
-                    }
+                    sums.iter_mut().for_each(|acc| acc.weight *= factor);
                     reference = lw;
                 }
                 let w = (lw - reference).exp();
                 let acc = &mut sums[shift];
                 acc.weight += w;
                 acc.hits += 1;
-                if !want_moments {
-                    continue;
-                }
-                for a in 0..s {
-                    acc.first[a] += w * v[a];
-                    for b in 0..=a {
-                        acc.second[a * s + b] += w * v[a] * v[b];
-                    }
-                }
             }
         }
         cancel.check()?;
@@ -272,39 +256,9 @@ pub fn integrate(
         target *= 2;
     }
     if !(estimate > 0.0) {
-        return Ok(SovResult { log_mass: f64::NEG_INFINITY, mean: vec![f64::NAN; s], second: vec![f64::NAN; s * s], error: 0.0 });
+        return Ok(SovResult { log_mass: f64::NEG_INFINITY, error: 0.0 });
     }
-    let total: f64 = sums.iter().map(|a| a.weight).sum();
-    let mut mean_v = vec![0.0; s];
-    let mut second_v = vec![0.0; s * s];
-    for acc in &sums {
-        for a in 0..s {
-            mean_v[a] += acc.first[a] / total;
-            for b in 0..=a {
-                second_v[a * s + b] += acc.second[a * s + b] / total;
-            }
-        }
-    }
-    for a in 0..s {
-        for b in 0..a {
-            second_v[b * s + a] = second_v[a * s + b];
-        }
-    }
-    // Back to w = Q v.
-    let mean: Vec<f64> = (0..s).map(|j| dot(&rot.q[j * s..(j + 1) * s], &mean_v)).collect();
-    let mut qs = vec![0.0; s * s];
-    for j in 0..s {
-        for b in 0..s {
-            qs[j * s + b] = (0..s).map(|a| rot.q[j * s + a] * second_v[a * s + b]).sum();
-        }
-    }
-    let mut second = vec![0.0; s * s];
-    for j in 0..s {
-        for l in 0..s {
-            second[j * s + l] = (0..s).map(|b| qs[j * s + b] * rot.q[l * s + b]).sum();
-        }
-    }
-    Ok(SovResult { log_mass: estimate.ln() + reference, mean, second, error })
+    Ok(SovResult { log_mass: estimate.ln() + reference, error })
 }
 
 /// The log weight of one separation-of-variables path: draws `v_k` (into `v`) from `N(nu_k, 1)`

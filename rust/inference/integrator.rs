@@ -71,9 +71,7 @@ impl GaussIntegrator {
         }
         Ok(GaussIntegrator { regions, rtol, seed })
     }
-}
 
-impl GaussIntegrator {
     fn polyhedron(&self, shape: &PolytopeShape, h: &[f64], mean: &[f64], want_moments: bool, looseness: f64) -> GaussMoments {
         // Never looser than 10% relative: the moments and the weights still need some digits.
         let rtol = (self.rtol * looseness).min(0.1).max(self.rtol);

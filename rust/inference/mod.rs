@@ -93,12 +93,6 @@ pub struct RegionAlgebra {
     inv_psi: Vec<f64>,
 }
 
-fn cholesky_lower(m: &[f64], s: usize) -> Option<Vec<f64>> {
-    let chol = nalgebra::Cholesky::new(DMatrix::from_row_slice(s, s, m))?;
-    let l = chol.l();
-    Some((0..s * s).map(|k| l[(k / s, k % s)]).collect())
-}
-
 impl RegionAlgebra {
     pub fn new(partition: &Partition, noise_var: &[f64]) -> Result<Self> {
         let dec = partition.decoder();
@@ -140,7 +134,7 @@ impl RegionAlgebra {
                 }
                 v[q * s + j] = (0..d).map(|i| a[i * s + j] * inv_psi[i] * b[i]).sum();
             }
-            let l = cholesky_lower(&sigma[q * s * s..(q + 1) * s * s], s).expect("Sigma_q is positive definite");
+            let l = crate::gauss::lower_cholesky(&sigma[q * s * s..(q + 1) * s * s], s).expect("Sigma_q is positive definite");
             chol_sigma[q * s * s..(q + 1) * s * s].copy_from_slice(&l);
             log_det_sigma[q] = -log_det_precision;
             let b_psi_b: f64 = (0..d).map(|i| b[i] * b[i] * inv_psi[i]).sum();
