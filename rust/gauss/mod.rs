@@ -5,12 +5,13 @@
 //! The polyhedron is whitened once per `(G, cov)` (`z = mean + L w`, rows normalised); each
 //! offset or mean then gives `{w : F w <= e}` under `N(0, I)`. Redundant rows are dropped by
 //! LP, an empty or lower-dimensional polyhedron has mass zero. S = 1 is an interval in closed
-//! form, S = 2 a polygon (`polygon.rs`, exact), S >= 3 separation of variables with tilted
-//! randomised QMC (`sov.rs`).
+//! form, S = 2 a polygon (`polygon.rs`, exact), S = 3 an adaptive quadrature over exact polygon
+//! slices (`slices.rs`), S >= 4 separation of variables with tilted randomised QMC (`sov.rs`).
 
 pub mod nearest;
 pub mod normal;
 pub mod polygon;
+pub mod slices;
 pub mod sobol;
 pub mod sov;
 
@@ -354,9 +355,14 @@ fn integrate_whitened(
         }
         _ => {
             let tilt = nearest::nearest_point(f, e, s, &vec![0.0; s], centre);
-            let mass = sov::integrate(f, e, s, &tilt, rtol, seed, budget, cancel)?;
-            let mut out = WhitenedMoments { log_mass: mass.log_mass, mean: vec![f64::NAN; s], second: vec![f64::NAN; s * s], error: mass.error };
-            if want > Want::Mass && mass.log_mass > f64::NEG_INFINITY {
+            let (log_mass, error) = if s == 3 {
+                slices::log_mass(f, e, &tilt, rtol)
+            } else {
+                let mass = sov::integrate(f, e, s, &tilt, rtol, seed, budget, cancel)?;
+                (mass.log_mass, mass.error)
+            };
+            let mut out = WhitenedMoments { log_mass, mean: vec![f64::NAN; s], second: vec![f64::NAN; s * s], error };
+            if want > Want::Mass && log_mass > f64::NEG_INFINITY {
                 facet_moments(f, e, s, &tilt, rtol, seed, want, &mut out, cancel)?;
             }
             Ok(out)

@@ -152,6 +152,13 @@ impl Polygon2 {
     fn place(&self, mu: &[f64]) -> Placed<'_> {
         let m = self.g.len();
         let e: Vec<f64> = (0..m).map(|i| (self.h[i] - dot(self.g[i], [mu[0], mu[1]])) / self.scale[i]).collect();
+        self.place_whitened(e)
+    }
+
+    /// The polygon `{w : f_i . w <= e_i}` in whitened coordinates: the same edges (and so the
+    /// same combinatorics) with offsets given directly.
+    fn place_whitened(&self, e: Vec<f64>) -> Placed<'_> {
+        let m = self.g.len();
         let vertex = (0..m)
             .map(|k| {
                 if self.open[k] {
@@ -181,6 +188,13 @@ impl Polygon2 {
 
     pub fn log_mass(&self, mu: &[f64]) -> f64 {
         self.place(mu).log_mass()
+    }
+
+    /// The log mass under `N(0, I)` of `{w : f_i . w <= e_i}`: offsets in whitened units, for
+    /// callers that move edges independently (slices of a polyhedron). The rows must stay
+    /// non-redundant for these offsets.
+    pub fn log_mass_whitened(&self, e: Vec<f64>) -> f64 {
+        self.place_whitened(e).log_mass()
     }
 
     /// `(log mass, E[z | region], E[z z^T | region])` for `z ~ N(mu, Sigma)`.
@@ -301,13 +315,16 @@ impl Placed<'_> {
             if origin_inside && self.vertex[k].is_none() {
                 // The arc at infinity, counter-clockwise from where edge k leaves to where the
                 // next edge comes back.
+                // Between outward normals `gap` apart the recession cone spans `gap - pi`:
+                // nothing for the open end of a strip, whose two normals are antiparallel up
+                // to rounding (an angle difference of the edge directions would jump to 2 pi).
                 let next = self.poly.order[(k + 1) % m];
-                let (out, back) = (rot90(self.poly.f[i]), rot90(self.poly.f[next]));
-                let mut arc = (-back[1]).atan2(-back[0]) - out[1].atan2(out[0]);
-                if arc < 0.0 {
-                    arc += std::f64::consts::TAU;
+                let (a, b) = (self.poly.f[i], self.poly.f[next]);
+                let mut gap = b[1].atan2(b[0]) - a[1].atan2(a[0]);
+                if gap <= 0.0 {
+                    gap += std::f64::consts::TAU;
                 }
-                angles += arc;
+                angles += (gap - std::f64::consts::PI).max(0.0);
             }
         }
         let angles = angles / std::f64::consts::TAU;
