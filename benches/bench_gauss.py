@@ -2,7 +2,7 @@
 (Genz's algorithm, what users reach for), side by side in one run, and the per-call cost of
 exactem.gauss.polytope_moments by dimension.
 
-    python benches/bench_gauss.py [--batch 200] [--repeats 5]
+    python benches/bench_gauss.py [--batch 200] [--repeats 5] [--dims 2 3 ...]
 
 Accuracy: both are compared with a reference from scipy at abseps = releps = 1e-10 (exact
 for S = 2 where exactem is exact). Times are medians over the repeats of one batch call
@@ -40,12 +40,13 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dims", type=int, nargs="+", default=list(range(2, 9)), help="rectangle dimensions to run")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"rectangles, batch of {args.batch}; relative errors are medians (max) against the reference")
     print(f"{'S':>2} {'scipy default':>14} {'err':>16} {'exactem rtol=1e-5':>18} {'err':>16} {'speed-up':>8}"
           f" | {'scipy 1e-7':>10} {'exactem 1e-7':>12} {'speed-up':>8}")
-    for s in range(2, 9):
+    for s in args.dims:
         mean, cov, lower, upper = problem(rng, s, args.batch)
         tight = stats.multivariate_normal(mean, cov, abseps=1e-10, releps=1e-10, maxpts=5_000_000 * s)
         n_ref = min(args.batch, 40)

@@ -2,9 +2,11 @@
 
 For ``Z ~ N(mean, cov)`` and ``P = {z : G z <= h}``: ``log P(Z in P)``, ``E[Z | Z in P]`` and
 ``Cov[Z | Z in P]``. Exact to near machine precision for dimensions 1 and 2, in either tail;
-from dimension 3 up, randomised quasi-Monte Carlo (separation of variables on Owen-scrambled
-Sobol points with Botev's minimax exponential tilting), whose relative error stays bounded
-when the mass is tiny and is reported in ``error``.
+dimension 3 by adaptive Gauss-Kronrod quadrature over exact two-dimensional slices (to
+``rtol``, down to ~1e-13); from dimension 4 up, randomised quasi-Monte Carlo (separation of
+variables on Owen-scrambled Sobol points with Botev's minimax exponential tilting), whose
+relative error stays bounded when the mass is tiny. ``error`` reports the estimated relative
+error in every case.
 """
 
 from dataclasses import dataclass
@@ -20,8 +22,8 @@ class PolytopeMoments:
     or arrays with a leading batch axis for a batch.
 
     ``log_mass`` is ``log P(Z in P)`` (``-inf`` for an empty or lower-dimensional polyhedron,
-    whose moments are NaN); ``error`` the estimated relative error of the mass (0 where the
-    method is exact, S <= 2)."""
+    whose moments are NaN); ``error`` the estimated relative error of the mass (0 for S <= 2,
+    where the formulas are exact; the quadrature's or the randomisation's estimate above)."""
 
     log_mass: object
     mean: np.ndarray

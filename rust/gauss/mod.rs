@@ -248,9 +248,11 @@ impl WhitenedMoments {
     }
 }
 
-/// The minimal H-representation of `{w : F w <= e}` (unit rows) with a point well inside, or
-/// `None` when the polyhedron is empty or lower-dimensional (it has no ball of radius above
-/// `1e-9 (1 + |centre|)`, so its Gaussian mass is zero to that precision).
+/// The minimal H-representation of `{w : F w <= e}` (unit rows) with a point well inside (for
+/// S >= 3, where it starts the nearest-point search), or `None` when the polyhedron is empty or
+/// lower-dimensional (for S >= 3: it has no ball of radius above `1e-9 (1 + |centre|)`, so its
+/// Gaussian mass is zero to that precision). Polygons are reduced exactly by their edges, S >= 3
+/// by one LP per row.
 fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let m = e.len();
     if m == 0 {
@@ -280,6 +282,14 @@ fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f64>, Vec<f64
             re.push(-lo);
         }
         return Some((rf, re, vec![centre]));
+    }
+    if s == 2 {
+        let rows: Vec<[f64; 2]> = (0..m).map(|i| [f[2 * i], f[2 * i + 1]]).collect();
+        let kept = polygon::non_redundant(&rows, e)?;
+        let rf = kept.iter().flat_map(|&i| rows[i]).collect();
+        let re = kept.iter().map(|&i| e[i]).collect();
+        // Polygons are integrated without a start point.
+        return Some((rf, re, vec![0.0; 2]));
     }
     let ball = chebyshev_ball(s, f, e, &vec![0.0; s], BALL_CAP);
     if ball.radius <= 1e-9 * (1.0 + dot(&ball.center, &ball.center).sqrt()) {
@@ -349,6 +359,10 @@ fn integrate_whitened(
         2 => {
             let rows = (0..e.len()).map(|i| [f[2 * i], f[2 * i + 1]]).collect();
             let poly = polygon::Polygon2::new(rows, e.to_vec(), [1.0, 0.0, 0.0, 1.0]);
+            if want == Want::Mass {
+                let log_mass = poly.log_mass(&[0.0, 0.0]);
+                return Ok(WhitenedMoments { log_mass, mean: vec![f64::NAN; 2], second: vec![f64::NAN; 4], error: 0.0 });
+            }
             let (mut mean, mut second) = (vec![0.0; 2], vec![0.0; 4]);
             let log_mass = poly.integrate(&[0.0, 0.0], &mut mean, &mut second);
             Ok(WhitenedMoments { log_mass, mean, second, error: 0.0 })

@@ -94,6 +94,47 @@ fn log_edge_integral(h: f64, a: f64, b: f64) -> f64 {
 /// The integrand is dropped where it is this many nats below its largest value.
 const NEGLIGIBLE: f64 = 50.0;
 
+/// The rows of `{w : g_i . w <= e_i}` (unit rows) that have an edge of positive length, in
+/// order; of two coinciding rows the first. `None` when the polygon is empty or has no
+/// interior (two opposite rows on one line, or no edge left of at least one row). An edge is
+/// what remains of row i's line under the other rows, so this is exact and O(m^2).
+pub fn non_redundant(g: &[[f64; 2]], e: &[f64]) -> Option<Vec<usize>> {
+    let mut kept = Vec::new();
+    'rows: for (i, gi) in g.iter().enumerate() {
+        let along = rot90(*gi);
+        let foot = [e[i] * gi[0], e[i] * gi[1]];
+        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+        for (j, gj) in g.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            let rate = dot(*gj, along);
+            let slack = e[j] - dot(*gj, foot);
+            let tol = 1e-12 * (1.0 + e[j].abs() + e[i].abs());
+            if rate.abs() <= 1e-12 {
+                let same_way = dot(*gj, *gi) > 0.0;
+                if !same_way && slack.abs() <= tol {
+                    return None;
+                }
+                if slack < -tol || (slack <= tol && same_way && j < i) {
+                    continue 'rows;
+                }
+                continue;
+            }
+            if rate > 0.0 {
+                hi = hi.min(slack / rate);
+            } else {
+                lo = lo.max(slack / rate);
+            }
+        }
+        let scale = if lo.is_finite() && hi.is_finite() { 1.0 + lo.abs().max(hi.abs()) } else { 1.0 };
+        if hi - lo > 1e-12 * scale {
+            kept.push(i);
+        }
+    }
+    (!kept.is_empty() || g.is_empty()).then_some(kept)
+}
+
 #[derive(Clone, Debug)]
 pub struct Polygon2 {
     /// Original constraints `g_i . z <= h_i`, and `f_i = (g_i L) / scale_i` with unit length.
@@ -641,6 +682,23 @@ mod tests {
             }
         }
         assert!(compared > 300, "only {compared} polygons compared");
+    }
+
+    #[test]
+    fn non_redundant_rows_of_half_planes_strips_and_degenerate_polygons() {
+        let (x, y, nx, ny) = ([1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]);
+        assert_eq!(non_redundant(&[], &[]), Some(vec![]));
+        assert_eq!(non_redundant(&[x], &[0.3]), Some(vec![0]));
+        assert_eq!(non_redundant(&[x, nx], &[1.0, 1.0]), Some(vec![0, 1]));
+        // A looser copy of a row and a duplicate row go; a corner keeps both rows.
+        assert_eq!(non_redundant(&[x, y, x, x], &[1.0, 1.0, 2.0, 1.0]), Some(vec![0, 1]));
+        // A row beyond a corner of a triangle goes.
+        let d = [std::f64::consts::FRAC_1_SQRT_2, std::f64::consts::FRAC_1_SQRT_2];
+        assert_eq!(non_redundant(&[nx, ny, d, x], &[0.0, 0.0, 1.0, 5.0]), Some(vec![0, 1, 2]));
+        // Empty strip, a zero-width strip, a single point.
+        assert_eq!(non_redundant(&[x, nx], &[-1.0, 0.5]), None);
+        assert_eq!(non_redundant(&[x, nx, y], &[0.2, -0.2, 1.0]), None);
+        assert_eq!(non_redundant(&[x, y, [-d[0], -d[1]]], &[0.0, 0.0, 0.0]), None);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! in `t >= d`, and far in a tail the integrand decays from there at a rate of about `d`.
 
 use super::normal::{log_diff_ndtr, log_pdf, log_sum_exp};
-use super::polygon::Polygon2;
+use super::polygon::{non_redundant, Polygon2};
 use crate::partition::complement_basis;
 
 /// Gauss-Kronrod 7-15 on [-1, 1] (QUADPACK's qk15): the non-negative Kronrod nodes, largest
@@ -231,47 +231,22 @@ impl Slicer {
         }
     }
 
-    /// The rows with an edge of positive length in the slice at `t` (of two coinciding rows
-    /// the first).
-    fn edges_at(&self, t: f64) -> Vec<usize> {
+    /// The rows with an edge of positive length in the slice at `t`; `None` for an empty slice.
+    fn edges_at(&self, t: f64) -> Option<Vec<usize>> {
+        let g: Vec<[f64; 2]> = self.rows.iter().map(|r| r.g).collect();
         let offsets: Vec<f64> = self.rows.iter().map(|r| r.c - r.s * t).collect();
-        let mut kept = Vec::new();
-        'rows: for (i, ri) in self.rows.iter().enumerate() {
-            let along_edge = [-ri.g[1], ri.g[0]];
-            let foot = [offsets[i] * ri.g[0], offsets[i] * ri.g[1]];
-            let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
-            for (j, rj) in self.rows.iter().enumerate() {
-                if j == i {
-                    continue;
-                }
-                let rate = rj.g[0] * along_edge[0] + rj.g[1] * along_edge[1];
-                let slack = offsets[j] - (rj.g[0] * foot[0] + rj.g[1] * foot[1]);
-                let tol = 1e-12 * (1.0 + offsets[j].abs() + offsets[i].abs());
-                if rate.abs() <= 1e-12 {
-                    let same_way = rj.g[0] * ri.g[0] + rj.g[1] * ri.g[1] > 0.0;
-                    if slack < -tol || (slack <= tol && same_way && j < i) {
-                        continue 'rows;
-                    }
-                    continue;
-                }
-                if rate > 0.0 {
-                    hi = hi.min(slack / rate);
-                } else {
-                    lo = lo.max(slack / rate);
-                }
-            }
-            if hi - lo > 1e-12 * (1.0 + lo.abs().min(hi.abs())) {
-                kept.push(i);
-            }
-        }
-        kept
+        non_redundant(&g, &offsets)
     }
 
     fn panel(&self, a: f64, b: f64) -> Panel {
         let (centre, half) = (0.5 * (a + b), 0.5 * (b - a));
-        let edges = self.edges_at(centre);
+        let edges = self.edges_at(centre).unwrap_or_default();
+        let empty = edges.is_empty() && !self.rows.is_empty();
         let polygon = Polygon2::new(edges.iter().map(|&i| self.rows[i].g).collect(), vec![0.0; edges.len()], [1.0, 0.0, 0.0, 1.0]);
         let log_integrand = |t: f64| {
+            if empty {
+                return f64::NEG_INFINITY;
+            }
             let offsets = edges.iter().map(|&i| self.rows[i].c - self.rows[i].s * t).collect();
             log_pdf(t) + polygon.log_mass_whitened(offsets)
         };
