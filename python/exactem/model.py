@@ -100,9 +100,10 @@ class EStepResult:
 class DGN:
     """z ~ N(0, I_S), x | z ~ N(decoder(z), Psi), with Psi = noise_var * I or diag(noise_var).
 
-    Exact inference: ``log_likelihood``, ``posterior``, ``e_step``. ``rtol`` and ``seed`` set the
-    accuracy and randomisation of the quasi-Monte Carlo integrals used when S >= 3 (S = 1, 2 are
-    exact to machine precision).
+    Exact inference: ``log_likelihood``, ``posterior``, ``e_step``. ``rtol`` is the relative
+    accuracy of the region integrals where they are not closed-form: adaptive quadrature over
+    exact slices for S = 3, quasi-Monte Carlo (randomised by ``seed``) for S >= 4. S = 1, 2 are
+    exact to machine precision.
     """
 
     def __init__(self, decoder, noise_var, max_regions=1_000_000, rtol=1e-6, seed=0):

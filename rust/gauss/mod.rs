@@ -158,18 +158,39 @@ impl PolytopeShape {
         Ok(self.unwhiten(whitened, mean))
     }
 
+    /// As [`Self::moments`] for rows known to be non-redundant (a region's facets: whitening
+    /// and moving the mean keep them so) with `inside` an interior point: no LP reduction.
+    #[allow(clippy::too_many_arguments)]
+    pub fn moments_of_facets(&self, h: &[f64], mean: &[f64], inside: &[f64], rtol: f64, seed: u64, want_moments: bool, cancel: &Cancel) -> Result<GaussMoments> {
+        let s = self.s;
+        let Some((f, e)) = self.whitened(h, mean) else { return Ok(GaussMoments::empty(s)) };
+        let whitened = if e.is_empty() {
+            WhitenedMoments::whole_space(s)
+        } else {
+            let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
+            integrate_whitened(&f, &e, s, &self.whiten_point(inside, mean), rtol, seed, want, sov::MAX_POINTS, cancel)?
+        };
+        Ok(self.unwhiten(whitened, mean))
+    }
+
+    /// `w = L^{-1} (z - mean)`.
+    fn whiten_point(&self, z: &[f64], mean: &[f64]) -> Vec<f64> {
+        let s = self.s;
+        let mut w = vec![0.0; s];
+        for i in 0..s {
+            let r: f64 = (0..i).map(|k| self.l[i * s + k] * w[k]).sum();
+            w[i] = (z[i] - mean[i] - r) / self.l[i * s + i];
+        }
+        w
+    }
+
     /// A certain upper bound on the log mass for offsets `h` and `mean`: `Phi(-d) <=
     /// exp(-d^2/2)/2` at the whitened distance `d` from the mean to the polyhedron, found by
     /// the nearest-point QP from `inside`, a point of the polyhedron.
     pub fn log_mass_bound(&self, h: &[f64], mean: &[f64], inside: &[f64]) -> f64 {
         let s = self.s;
         let Some((f, e)) = self.whitened(h, mean) else { return f64::NEG_INFINITY };
-        // The start in whitened coordinates: L w = inside - mean.
-        let mut start = vec![0.0; s];
-        for i in 0..s {
-            let r: f64 = (0..i).map(|k| self.l[i * s + k] * start[k]).sum();
-            start[i] = (inside[i] - mean[i] - r) / self.l[i * s + i];
-        }
+        let start = self.whiten_point(inside, mean);
         let nearest = nearest::nearest_point(&f, &e, s, &vec![0.0; s], &start);
         let d = dot(&nearest, &nearest).sqrt();
         if d == 0.0 {

@@ -1,5 +1,6 @@
 //! The region integrals of inference, from the polyhedral Gaussian engine (`crate::gauss`):
-//! intervals (S = 1) and polygons (S = 2) exactly, prepared once per region.
+//! intervals (S = 1) and polygons (S = 2) exactly, prepared once per region; polyhedra
+//! (S >= 3) through the engine's facet path, without its LP reduction.
 
 use crate::gauss::normal::{log_diff_ndtr, truncated_normal};
 use crate::gauss::polygon::Polygon2;
@@ -19,8 +20,8 @@ enum PreparedRegion {
     Polyhedron { shape: PolytopeShape, h: Vec<f64>, inside: Vec<f64> },
 }
 
-/// Region integrals: exact for latent dimensions 1 and 2, quasi-Monte Carlo with relative
-/// error `rtol` above.
+/// Region integrals: exact for latent dimensions 1 and 2, adaptive quadrature over exact
+/// slices to relative error `rtol` for 3, quasi-Monte Carlo with relative error `rtol` above.
 pub struct GaussIntegrator {
     regions: Vec<PreparedRegion>,
     rtol: f64,
@@ -72,13 +73,14 @@ impl GaussIntegrator {
         Ok(GaussIntegrator { regions, rtol, seed })
     }
 
-    fn polyhedron(&self, shape: &PolytopeShape, h: &[f64], mean: &[f64], want_moments: bool, looseness: f64) -> GaussMoments {
+    #[allow(clippy::too_many_arguments)]
+    fn polyhedron(&self, shape: &PolytopeShape, h: &[f64], inside: &[f64], mean: &[f64], want_moments: bool, looseness: f64) -> GaussMoments {
         // Never looser than 10% relative: the moments and the weights still need some digits.
         let rtol = (self.rtol * looseness).min(0.1).max(self.rtol);
         // The trait has no error channel: the inputs were validated when the region was
         // prepared, and a never-cancelled token cannot interrupt, so the call cannot fail.
         shape
-            .moments(h, mean, rtol, self.seed, want_moments, &Cancel::new())
+            .moments_of_facets(h, mean, inside, rtol, self.seed, want_moments, &Cancel::new())
             .expect("region integrals over validated polyhedra cannot fail")
     }
 }
@@ -96,7 +98,7 @@ impl RegionIntegrator for GaussIntegrator {
         match &self.regions[region] {
             PreparedRegion::Interval { lo, hi, sd } => log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd),
             PreparedRegion::Polygon(poly) => poly.log_mass(mean),
-            PreparedRegion::Polyhedron { shape, h, .. } => self.polyhedron(shape, h, mean, false, looseness).log_mass,
+            PreparedRegion::Polyhedron { shape, h, inside } => self.polyhedron(shape, h, inside, mean, false, looseness).log_mass,
         }
     }
 
@@ -109,8 +111,8 @@ impl RegionIntegrator for GaussIntegrator {
                 log_mass
             }
             PreparedRegion::Polygon(poly) => poly.integrate(mean, cond_mean, cond_second),
-            PreparedRegion::Polyhedron { shape, h, .. } => {
-                let out = self.polyhedron(shape, h, mean, true, looseness);
+            PreparedRegion::Polyhedron { shape, h, inside } => {
+                let out = self.polyhedron(shape, h, inside, mean, true, looseness);
                 let s = mean.len();
                 cond_mean.copy_from_slice(&out.mean);
                 for i in 0..s {
