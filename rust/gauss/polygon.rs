@@ -362,11 +362,10 @@ impl Placed<'_> {
                 edges.push((-e.signum(), log_edge_integral(h, start, end)));
             }
             if origin_inside && self.vertex[k].is_none() {
-                // The arc at infinity, counter-clockwise from where edge k leaves to where the
-                // next edge comes back.
-                // Between outward normals `gap` apart the recession cone spans `gap - pi`:
-                // nothing for the open end of a strip, whose two normals are antiparallel up
-                // to rounding (an angle difference of the edge directions would jump to 2 pi).
+                // The arc at infinity between edge k and the next: between outward normals
+                // `gap` apart the recession cone spans `gap - pi`, nothing for the open end of
+                // a strip, whose two normals are antiparallel up to rounding (an angle
+                // difference of the edge directions would jump to 2 pi there).
                 let next = self.poly.order[(k + 1) % m];
                 let (a, b) = (self.poly.f[i], self.poly.f[next]);
                 let mut gap = b[1].atan2(b[0]) - a[1].atan2(a[0]);

@@ -9,7 +9,8 @@
 //! direction of the polyhedron's point nearest the mean, at distance `d`: the polyhedron lies
 //! in `t >= d`, and far in a tail the integrand decays from there at a rate of about `d`.
 
-use super::normal::{log_diff_ndtr, log_pdf, log_sum_exp};
+use super::dot;
+use super::normal::{log_pdf, log_sum_exp};
 use super::polygon::{non_redundant, Polygon2};
 use crate::partition::complement_basis;
 
@@ -240,13 +241,11 @@ impl Slicer {
 
     fn panel(&self, a: f64, b: f64) -> Panel {
         let (centre, half) = (0.5 * (a + b), 0.5 * (b - a));
-        let edges = self.edges_at(centre).unwrap_or_default();
-        let empty = edges.is_empty() && !self.rows.is_empty();
-        let polygon = Polygon2::new(edges.iter().map(|&i| self.rows[i].g).collect(), vec![0.0; edges.len()], [1.0, 0.0, 0.0, 1.0]);
+        // The panel's slices are empty (no edges) or all have these edges.
+        let edges = self.edges_at(centre);
+        let polygon = edges.as_ref().map(|edges| Polygon2::new(edges.iter().map(|&i| self.rows[i].g).collect(), vec![0.0; edges.len()], [1.0, 0.0, 0.0, 1.0]));
         let log_integrand = |t: f64| {
-            if empty {
-                return f64::NEG_INFINITY;
-            }
+            let (Some(edges), Some(polygon)) = (&edges, &polygon) else { return f64::NEG_INFINITY };
             let offsets = edges.iter().map(|&i| self.rows[i].c - self.rows[i].s * t).collect();
             log_pdf(t) + polygon.log_mass_whitened(offsets)
         };
@@ -300,8 +299,7 @@ fn lineality_direction(rows: &[[f64; 3]]) -> Option<[f64; 3]> {
     rows.iter().all(|r| dot(r, &best.0).abs() <= 1e-10).then_some(best.0)
 }
 
-/// The mass of a polyhedron invariant along `lineality`: a polygon (or interval) in the plane
-/// orthogonal to it.
+/// The mass of a polyhedron invariant along `lineality`: a polygon in the plane orthogonal to it.
 fn lower_dimensional_log_mass(rows: &[[f64; 3]], e: &[f64], lineality: [f64; 3]) -> f64 {
     let b = complement_basis(&lineality);
     let planar: Vec<[f64; 2]> = rows
@@ -312,23 +310,9 @@ fn lower_dimensional_log_mass(rows: &[[f64; 3]], e: &[f64], lineality: [f64; 3])
             [p[0] / n, p[1] / n]
         })
         .collect();
-    let parallel = planar.iter().all(|p| (p[0] * planar[0][1] - p[1] * planar[0][0]).abs() <= 1e-10);
-    if parallel {
-        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
-        for (p, &ei) in planar.iter().zip(e) {
-            if p[0] * planar[0][0] + p[1] * planar[0][1] > 0.0 {
-                hi = hi.min(ei);
-            } else {
-                lo = lo.max(-ei);
-            }
-        }
-        return log_diff_ndtr(lo, hi);
-    }
+    // Parallel rows (a half-space or a slab) are a half-plane or strip, which the polygon
+    // integrates along their common normal.
     Polygon2::new(planar, vec![0.0; e.len()], [1.0, 0.0, 0.0, 1.0]).log_mass_whitened(e.to_vec())
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 fn norm(a: &[f64]) -> f64 {
