@@ -381,11 +381,11 @@ fn integrate_whitened(
             let rows = (0..e.len()).map(|i| [f[2 * i], f[2 * i + 1]]).collect();
             let poly = polygon::Polygon2::new(rows, e.to_vec(), [1.0, 0.0, 0.0, 1.0]);
             if want == Want::Mass {
-                let log_mass = poly.log_mass(&[0.0, 0.0]);
+                let log_mass = poly.log_mass(&[0.0, 0.0], 0.0);
                 return Ok(WhitenedMoments { log_mass, mean: vec![f64::NAN; 2], second: vec![f64::NAN; 4], error: 0.0 });
             }
             let (mut mean, mut second) = (vec![0.0; 2], vec![0.0; 4]);
-            let log_mass = poly.integrate(&[0.0, 0.0], &mut mean, &mut second);
+            let log_mass = poly.integrate(&[0.0, 0.0], 0.0, &mut mean, &mut second);
             Ok(WhitenedMoments { log_mass, mean, second, error: 0.0 })
         }
         _ => {

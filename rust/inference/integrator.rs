@@ -10,6 +10,17 @@ use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::partition::Partition;
 
+/// The loosest relative accuracy asked of a minor region's QMC integral, as a multiple of
+/// `rtol`.
+const MAX_LOOSENESS: f64 = 1e3;
+
+/// The relative accuracy asked of a polygon's mass: ~1e-15 for the largest terms, looser in
+/// proportion for terms known to be smaller (their absolute error stays ~1e-15 of the
+/// largest), but never looser than 1e-6, so that every weight keeps some digits.
+fn polygon_rtol(looseness: f64) -> f64 {
+    (1e-15 * looseness).min(1e-6)
+}
+
 /// A region prepared for integration against `N(mu, Sigma_q)` with any `mu`.
 enum PreparedRegion {
     /// S = 1: the interval and the standard deviation.
@@ -75,8 +86,9 @@ impl GaussIntegrator {
 
     #[allow(clippy::too_many_arguments)]
     fn polyhedron(&self, shape: &PolytopeShape, h: &[f64], inside: &[f64], mean: &[f64], want_moments: bool, looseness: f64) -> GaussMoments {
-        // Never looser than 10% relative: the moments and the weights still need some digits.
-        let rtol = (self.rtol * looseness).min(0.1).max(self.rtol);
+        // Never looser than 10% relative, nor than a thousand times `rtol`: the moments and
+        // the weights still need some digits.
+        let rtol = (self.rtol * looseness.min(MAX_LOOSENESS)).min(0.1).max(self.rtol);
         // The trait has no error channel: the inputs were validated when the region was
         // prepared, and a never-cancelled token cannot interrupt, so the call cannot fail.
         shape
@@ -97,7 +109,7 @@ impl RegionIntegrator for GaussIntegrator {
     fn log_mass_loose(&self, region: usize, mean: &[f64], looseness: f64) -> f64 {
         match &self.regions[region] {
             PreparedRegion::Interval { lo, hi, sd } => log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd),
-            PreparedRegion::Polygon(poly) => poly.log_mass(mean),
+            PreparedRegion::Polygon(poly) => poly.log_mass(mean, polygon_rtol(looseness)),
             PreparedRegion::Polyhedron { shape, h, inside } => self.polyhedron(shape, h, inside, mean, false, looseness).log_mass,
         }
     }
@@ -110,7 +122,7 @@ impl RegionIntegrator for GaussIntegrator {
                 cond_second[0] = second;
                 log_mass
             }
-            PreparedRegion::Polygon(poly) => poly.integrate(mean, cond_mean, cond_second),
+            PreparedRegion::Polygon(poly) => poly.integrate(mean, polygon_rtol(looseness), cond_mean, cond_second),
             PreparedRegion::Polyhedron { shape, h, inside } => {
                 let out = self.polyhedron(shape, h, inside, mean, true, looseness);
                 let s = mean.len();

@@ -213,12 +213,10 @@ impl LocalGaussians {
 /// Visits the regions whose terms `log(kappa_q Phi_q)` can matter for one point: first the
 /// one with the largest bound `log kappa_q + log_mass_bound`, then every region whose bound is
 /// within [`PRUNE_GAP`] of the best term found so far. `visit(q, mu_q, looseness)` returns the
-/// region's term; `looseness = exp(best - bound_q) >= 1` says how far below the best term so
-/// far the region's bound lies (see [`RegionIntegrator::log_mass_loose`]). Skipped regions
-/// change `log p(x)` by less than `R exp(-PRUNE_GAP)` in relative terms.
-/// The loosest relative accuracy asked of a minor region, as a multiple of the integrator's.
-const MAX_LOOSENESS: f64 = 1e3;
-
+/// region's term; `looseness >= 1` says how far below the sum of the terms so far the
+/// region's bound lies (see [`RegionIntegrator::log_mass_loose`]), so that an error of
+/// `looseness` times the integrator's relative accuracy in this term is that accuracy of
+/// `p(x)`. Skipped regions change `log p(x)` by less than `R exp(-PRUNE_GAP)` in relative terms.
 pub(crate) fn visit_regions<I: RegionIntegrator>(
     integrator: &I,
     log_kappa: &[f64],
@@ -233,10 +231,18 @@ pub(crate) fn visit_regions<I: RegionIntegrator>(
         return;
     };
     let mut best = visit(first, &mu[first * s..(first + 1) * s], 1.0);
+    // The terms so far add up to `e^best * sum_below_best`.
+    let mut sum_below_best = 1.0;
     for q in 0..r {
         if q != first && bounds[q] >= best - PRUNE_GAP {
-            let looseness = (best - bounds[q]).exp().clamp(1.0, MAX_LOOSENESS);
-            best = best.max(visit(q, &mu[q * s..(q + 1) * s], looseness));
+            let looseness = ((best - bounds[q]).exp() * sum_below_best).max(1.0);
+            let term = visit(q, &mu[q * s..(q + 1) * s], looseness);
+            if term <= best {
+                sum_below_best += (term - best).exp();
+            } else {
+                sum_below_best = sum_below_best * (best - term).exp() + 1.0;
+                best = term;
+            }
         }
     }
 }
