@@ -24,6 +24,16 @@ pub const GL12_HALF: [(f64, f64); 6] = [
     (0.9041172563704748, 0.10693932599531907),
     (0.9815606342467192, 0.04717533638651141),
 ];
+/// The positive half of [`GL_NODES`] with their weights.
+pub const GL20_HALF: [(f64, f64); 10] = {
+    let mut half = [(0.0, 0.0); 10];
+    let mut k = 0;
+    while k < 10 {
+        half[k] = (GL_NODES[10 + k], GL_WEIGHTS[10 + k]);
+        k += 1;
+    }
+    half
+};
 
 /// `int_{centre - half}^{centre + half} f` by a symmetric Gauss-Legendre rule given by its
 /// positive nodes.

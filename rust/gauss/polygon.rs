@@ -11,7 +11,7 @@
 //! come from the divergence theorem (DESIGN.md §4): each edge contributes one-dimensional
 //! normal masses in closed form.
 
-use super::normal::{gauss_legendre, log_diff_ndtr, GL12_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};
+use super::normal::{log_diff_ndtr, GL12_HALF, GL20_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};
 
 
 #[inline]
@@ -45,50 +45,72 @@ const OPEN_GAP: f64 = std::f64::consts::PI - 1e-7;
 /// most ~4 of the ~15 digits of its terms cancel); otherwise the quadrature decides.
 const FAN_MAX_CANCELLATION: f64 = 1e4;
 
-/// `(h / 2 pi) int_a^b exp(-(h^2 + y^2 - d^2) / 2) / (h^2 + y^2) dy` for `h > 0`: the part of a
-/// fan triangle's mass that the Gaussian removes, for an edge at distance `h` from the mean
-/// whose points are all at least `d` from it, scaled by `e^{d^2 / 2}` so that edges far from
-/// the mean keep their relative accuracy (the exponent is at most 0 on the edge). The integrand
-/// is even, with a peak of width `h` at `y = 0` and Gaussian tails.
-fn scaled_edge_integral(h: f64, a: f64, b: f64, d: f64, accuracy: &EdgeAccuracy) -> f64 {
+/// Two integrals along an edge at distance `h > 0` from the mean, over `y` in `[a, b]` from the
+/// foot point, of `g(y) = exp(-(h^2 + y^2 - d^2) / 2)`: `[(h / 2 pi) int g / (h^2 + y^2),
+/// int g]`. The first is the part of a fan triangle's mass that the Gaussian removes, the second
+/// the edge's Gaussian flux (the divergence theorem's term of the moments). Every point of the
+/// edge is at least `d` from the mean, so the exponent is at most 0: the scaling by `e^{d^2/2}`
+/// keeps edges far from the mean at their relative accuracy. `g` is even, with Gaussian tails;
+/// the first integrand also has a peak of width `h` at `y = 0`.
+fn scaled_edge_integrals(h: f64, a: f64, b: f64, d: f64, accuracy: &EdgeAccuracy) -> [f64; 2] {
     // Beyond where the Gaussian factor has fallen by e^-40 from its value at the edge's point
     // nearest the foot, nothing counts.
     let nearest = if a > 0.0 { a } else if b < 0.0 { -b } else { 0.0 };
     let reach = (nearest * nearest + 80.0).sqrt();
     let (a, b) = (a.max(-reach), b.min(reach));
     if a >= b {
-        return 0.0;
+        return [0.0, 0.0];
     }
     let shift = 0.5 * (d * d - h * h);
-    let integral = if a >= 0.0 {
-        edge_integral_positive(h, a, b, shift, accuracy)
+    let [lorentz, gauss] = if a >= 0.0 {
+        edge_integrals_positive(h, a, b, shift, accuracy)
     } else if b <= 0.0 {
-        edge_integral_positive(h, -b, -a, shift, accuracy)
+        edge_integrals_positive(h, -b, -a, shift, accuracy)
     } else {
-        edge_integral_positive(h, 0.0, -a, shift, accuracy) + edge_integral_positive(h, 0.0, b, shift, accuracy)
+        let (left, right) = (edge_integrals_positive(h, 0.0, -a, shift, accuracy), edge_integrals_positive(h, 0.0, b, shift, accuracy));
+        [left[0] + right[0], left[1] + right[1]]
     };
-    h / std::f64::consts::TAU * integral
+    [h / std::f64::consts::TAU * lorentz, gauss]
 }
 
-/// `int_lo^hi exp(shift - y^2 / 2) / (h^2 + y^2) dy` for `0 <= lo < hi`, by Gauss-Legendre on
-/// segments cut at `h, 4h, 16h, ...`, which keep the poles at `+-ih` at a distance from each
-/// segment (relative to its length) where 20 points still converge to rounding.
-fn edge_integral_positive(h: f64, lo: f64, hi: f64, shift: f64, accuracy: &EdgeAccuracy) -> f64 {
+/// `[int g / (h^2 + y^2), int g]` over `[lo, hi]`, `0 <= lo < hi`, `g = exp(shift - y^2 / 2)`,
+/// by Gauss-Legendre on segments cut at `h, 4h, 16h, ...`, which keep the poles at `+-ih` at a
+/// distance from each segment (relative to its length) where 20 points still converge to
+/// rounding. The rules are chosen for the first integrand; the second, without the poles, is
+/// at least as smooth.
+fn edge_integrals_positive(h: f64, lo: f64, hi: f64, shift: f64, accuracy: &EdgeAccuracy) -> [f64; 2] {
     let h2 = h * h;
-    let integrand = |y: f64| (shift - 0.5 * y * y).exp() / (h2 + y * y);
+    let integrand = |y: f64| {
+        let g = (shift - 0.5 * y * y).exp();
+        [g / (h2 + y * y), g]
+    };
     let mut cut = h;
     while cut <= lo {
         cut *= 4.0;
     }
-    let mut total = 0.0;
+    let mut total = [0.0, 0.0];
     let mut start = lo;
     while start < hi {
         let end = cut.min(hi);
-        total += segment_integral(h, start, end, &integrand, accuracy);
+        let segment = segment_integral(h, start, end, &integrand, accuracy);
+        total = [total[0] + segment[0], total[1] + segment[1]];
         start = end;
         cut *= 4.0;
     }
     total
+}
+
+/// `int_{centre - half}^{centre + half} f` for a pair of integrands, by a symmetric
+/// Gauss-Legendre rule given by its positive nodes.
+#[inline]
+fn gauss_legendre_pair(rule: &[(f64, f64)], centre: f64, half: f64, f: impl Fn(f64) -> [f64; 2]) -> [f64; 2] {
+    let mut sum = [0.0, 0.0];
+    for &(x, w) in rule {
+        let (left, right) = (f(centre - half * x), f(centre + half * x));
+        sum[0] += w * (left[0] + right[0]);
+        sum[1] += w * (left[1] + right[1]);
+    }
+    [half * sum[0], half * sum[1]]
 }
 
 /// The Gauss-Legendre rules fit for the edge integrals at one relative accuracy. Three things
@@ -114,10 +136,10 @@ const EDGE_ACCURACY: [EdgeAccuracy; 3] = [
     EdgeAccuracy { rtol: 1e-8, gl8: [5.1, 1.15, 4.3], gl12: [11.3, 2.27, 2.7], gl20: [25.0, 4.3] },
 ];
 
-/// One segment `[lo, hi]` (`lo >= 0`) of the edge integral, with as few points as its
+/// One segment `[lo, hi]` (`lo >= 0`) of the edge integrals, with as few points as its
 /// smoothness allows at the accuracy asked (each costs an `exp`, and the E-step integrates
 /// millions of edges).
-fn segment_integral(h: f64, lo: f64, hi: f64, integrand: &impl Fn(f64) -> f64, accuracy: &EdgeAccuracy) -> f64 {
+fn segment_integral(h: f64, lo: f64, hi: f64, integrand: &impl Fn(f64) -> [f64; 2], accuracy: &EdgeAccuracy) -> [f64; 2] {
     let h2 = h * h;
     // The Lorentzian's change `ln r` is bounded by `(r - 1) / sqrt(r)` (a square root is
     // cheaper than a logarithm, and too large a change only costs points).
@@ -130,20 +152,21 @@ fn segment_integral(h: f64, lo: f64, hi: f64, integrand: &impl Fn(f64) -> f64, a
     let rho = axis + (axis * axis - 1.0).max(0.0).sqrt();
     let fits = |[c, l, r]: [f64; 3]| change <= c && half <= l && rho >= r;
     if fits(accuracy.gl8) {
-        return gauss_legendre(&GL8_HALF, centre, half, integrand);
+        return gauss_legendre_pair(&GL8_HALF, centre, half, integrand);
     }
     if fits(accuracy.gl12) {
-        return gauss_legendre(&GL12_HALF, centre, half, integrand);
+        return gauss_legendre_pair(&GL12_HALF, centre, half, integrand);
     }
     let [max_change, max_half] = accuracy.gl20;
     let pieces = (change / max_change).max(half / max_half).ceil().max(1.0) as usize;
     let width = (hi - lo) / pieces as f64;
-    (0..pieces)
-        .map(|p| {
-            let centre = lo + (p as f64 + 0.5) * width;
-            GL_NODES.iter().zip(GL_WEIGHTS).map(|(x, w)| w * integrand(centre + 0.5 * width * x)).sum::<f64>() * 0.5 * width
-        })
-        .sum()
+    let mut total = [0.0, 0.0];
+    for p in 0..pieces {
+        let centre = lo + (p as f64 + 0.5) * width;
+        let piece = gauss_legendre_pair(&GL20_HALF, centre, 0.5 * width, integrand);
+        total = [total[0] + piece[0], total[1] + piece[1]];
+    }
+    total
 }
 
 /// The integrand is dropped where it is this many nats below its largest value.
@@ -299,13 +322,14 @@ impl Polygon2 {
     /// relative error `rtol` as in [`Self::log_mass`], the moments in closed form given it.
     pub fn integrate(&self, mu: &[f64], rtol: f64, cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
         let placed = self.place(mu);
-        let log_mass = placed.log_mass(rtol);
+        let mut fluxes = vec![f64::NAN; placed.m()];
+        let (log_mass, d) = placed.log_mass_and_fluxes(rtol, Some(&mut fluxes));
         if log_mass == f64::NEG_INFINITY {
             cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
             cond_second.iter_mut().for_each(|v| *v = f64::NAN);
             return log_mass;
         }
-        let (wm, ws) = placed.whitened_moments(log_mass);
+        let (wm, ws) = placed.whitened_moments(log_mass, d, &fluxes);
         // z = mu + L w.
         let l = self.l;
         let lm = [l[0] * wm[0], l[2] * wm[0] + l[3] * wm[1]];
@@ -375,30 +399,48 @@ impl Placed<'_> {
     }
 
     fn log_mass(&self, rtol: f64) -> f64 {
+        self.log_mass_and_fluxes(rtol, None).0
+    }
+
+    /// The log mass, and the distance `d` from the mean to the polygon. Where the fan decides
+    /// and `fluxes` is given, `fluxes[k]` is edge `order[k]`'s Gaussian flux scaled by
+    /// `e^{d^2/2}` (see [`scaled_edge_integrals`]); NaN where it was not computed.
+    fn log_mass_and_fluxes(&self, rtol: f64, mut fluxes: Option<&mut [f64]>) -> (f64, f64) {
         let m = self.m();
+        if let Some(fluxes) = fluxes.as_deref_mut() {
+            fluxes.fill(f64::NAN);
+        }
         if m == 0 {
-            return 0.0;
+            return (0.0, 0.0);
         }
         if self.vertex.iter().all(Option::is_none) {
-            return self.log_mass_lineal();
+            return (self.log_mass_lineal(), f64::NAN);
         }
         let p = self.nearest_point();
         let d = norm2(p);
         // The fan's error is its terms' times how much they cancel: a loose level is kept when
         // that product meets `rtol`, else the tightest level decides (or the quadrature, when
         // even its terms cancel too much).
-        let fan = |accuracy| self.log_mass_fan(d, accuracy).filter(|&(_, cancellation)| cancellation <= FAN_MAX_CANCELLATION);
         let level = EDGE_ACCURACY.iter().rposition(|a| 10.0 * a.rtol <= rtol).unwrap_or(0);
-        match fan(&EDGE_ACCURACY[level]) {
-            Some((log_mass, cancellation)) if level == 0 || EDGE_ACCURACY[level].rtol * cancellation <= rtol => return log_mass,
-            Some(_) => {
-                if let Some((log_mass, _)) = fan(&EDGE_ACCURACY[0]) {
-                    return log_mass;
-                }
-            }
-            None => {}
+        let mut levels = vec![level];
+        if level != 0 {
+            levels.push(0);
         }
-        self.log_mass_quadrature(p, d)
+        for level in levels {
+            let accuracy = &EDGE_ACCURACY[level];
+            match self.log_mass_fan(d, accuracy, fluxes.as_deref_mut()) {
+                Some((log_mass, cancellation)) if cancellation <= FAN_MAX_CANCELLATION => {
+                    if level == 0 || accuracy.rtol * cancellation <= rtol {
+                        return (log_mass, d);
+                    }
+                }
+                _ => break,
+            }
+        }
+        if let Some(fluxes) = fluxes {
+            fluxes.fill(f64::NAN);
+        }
+        (self.log_mass_quadrature(p, d), d)
     }
 
     /// The mass as a fan of triangles from the mean (the origin): each edge at distance `h`
@@ -409,7 +451,7 @@ impl Placed<'_> {
     /// mean to the polygon) so that one logarithm at the end puts the sum in log space. Returns
     /// the log mass and the cancellation, the sum of the terms' magnitudes over the mass;
     /// `None` when the sum is not positive.
-    fn log_mass_fan(&self, d: f64, accuracy: &EdgeAccuracy) -> Option<(f64, f64)> {
+    fn log_mass_fan(&self, d: f64, accuracy: &EdgeAccuracy, mut fluxes: Option<&mut [f64]>) -> Option<(f64, f64)> {
         let origin_inside = d == 0.0;
         let m = self.m();
         let mut signed = 0.0;
@@ -425,7 +467,10 @@ impl Placed<'_> {
                     signed += angle;
                     magnitude += angle.abs();
                 }
-                let term = scaled_edge_integral(h, start, end, d, accuracy);
+                let [term, flux] = scaled_edge_integrals(h, start, end, d, accuracy);
+                if let Some(fluxes) = fluxes.as_deref_mut() {
+                    fluxes[k] = flux;
+                }
                 signed -= e.signum() * term;
                 magnitude += term;
             }
@@ -579,21 +624,32 @@ impl Placed<'_> {
         log_diff_ndtr(lo, hi)
     }
 
-    /// `E[w | P]` and `E[w w^T | P]` (row-major) by the divergence theorem.
-    fn whitened_moments(&self, log_mass: f64) -> ([f64; 2], [f64; 4]) {
+    /// `E[w | P]` and `E[w w^T | P]` (row-major) by the divergence theorem. Each edge's
+    /// Gaussian flux `phi(e) (Phi(end) - Phi(start))` comes from `fluxes` (scaled by
+    /// `e^{d^2/2}`, as the fan computed it) where finite, else in closed form.
+    fn whitened_moments(&self, log_mass: f64, d: f64, fluxes: &[f64]) -> ([f64; 2], [f64; 4]) {
         let mut mean = [0.0; 2];
         let mut second = [1.0, 0.0, 0.0, 1.0];
-        for k in 0..self.m() {
+        let m = self.m();
+        // phi(e) phi(y) = exp(-(e^2 + y^2) / 2) / 2 pi, at a vertex exp(-|v|^2 / 2) / 2 pi; the
+        // fluxes and the vertex factors are scaled by e^{d^2/2}.
+        let scale = (-0.5 * d * d - std::f64::consts::TAU.ln() - log_mass).exp();
+        let at_vertex: Vec<f64> = self.vertex.iter().map(|v| v.map_or(0.0, |v| (-0.5 * (dot(v, v) - d * d)).exp() * scale)).collect();
+        for k in 0..m {
             let i = self.poly.order[k];
             let (f, t, e) = (self.poly.f[i], rot90(self.poly.f[i]), self.e[i]);
             let (start, end) = self.edge_span(k);
             if start >= end {
                 continue;
             }
-            let base = log_pdf(e) - log_mass;
-            let mass_term = (base + log_diff_ndtr(start, end)).exp();
-            // phi(e) E[y 1_edge] / P = phi(e) (phi(start) - phi(end)) / P
-            let edge_mean = (base + log_pdf(start)).exp() - (base + log_pdf(end)).exp();
+            let mass_term = if fluxes[k].is_finite() {
+                fluxes[k] * scale
+            } else {
+                (log_pdf(e) - log_mass + log_diff_ndtr(start, end)).exp()
+            };
+            // phi(e) E[y 1_edge] / P = phi(e) (phi(start) - phi(end)) / P, one factor per vertex
+            // (nothing at an open end).
+            let edge_mean = at_vertex[(k + m - 1) % m] - at_vertex[k];
             for a in 0..2 {
                 mean[a] -= f[a] * mass_term;
                 for b in 0..2 {
@@ -738,7 +794,7 @@ mod tests {
             let d = (h * h + nearest * nearest).sqrt() * rng.random_range(0.5..1.0);
             let want = fine(h, a, b.min((nearest * nearest + 80.0).sqrt()), d);
             for (level, accuracy) in EDGE_ACCURACY.iter().enumerate() {
-                let got = scaled_edge_integral(h, a, b, d, accuracy);
+                let got = scaled_edge_integrals(h, a, b, d, accuracy)[0];
                 // Both round the exponent `(d^2 - h^2) / 2 - y^2 / 2` at each node to ~eps
                 // times its terms' size.
                 let far = a.abs().max(b.abs()).min((nearest * nearest + 80.0).sqrt());
@@ -794,7 +850,7 @@ mod tests {
             let p = placed.nearest_point();
             let d = p[0].hypot(p[1]);
             let reference = placed.log_mass_quadrature(p, d);
-            if let Some((fan, _)) = placed.log_mass_fan(d, &EDGE_ACCURACY[0]).filter(|f| f.1 <= FAN_MAX_CANCELLATION) {
+            if let Some((fan, _)) = placed.log_mass_fan(d, &EDGE_ACCURACY[0], None).filter(|f| f.1 <= FAN_MAX_CANCELLATION) {
                 assert!((fan - reference).abs() < 1e-10 * (1.0 + reference.abs()), "fan {fan} vs quadrature {reference}");
                 compared += 1;
             }
