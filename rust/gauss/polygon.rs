@@ -356,6 +356,7 @@ impl Placed<'_> {
         self.e.len()
     }
 
+    #[cfg(test)]
     fn inside(&self, w: [f64; 2]) -> bool {
         (0..self.m()).all(|i| dot(self.poly.f[i], w) <= self.e[i] + 1e-12 * (1.0 + self.e[i].abs()))
     }
@@ -373,22 +374,30 @@ impl Placed<'_> {
         (start, end)
     }
 
-    /// The point of the polygon nearest the origin.
+    /// The point of the polygon nearest the origin. From outside, it lies on an edge whose
+    /// constraint the origin violates (at a vertex, the direction to the origin is in the
+    /// normal cone, so it has a positive component along one of the two normals), so only those
+    /// edges are searched; none violated (to rounding) means the origin is inside.
     fn nearest_point(&self) -> [f64; 2] {
-        if self.inside([0.0, 0.0]) {
-            return [0.0, 0.0];
-        }
-        let mut best = [f64::INFINITY, f64::INFINITY];
+        let mut best = [0.0, 0.0];
         let mut best_d = f64::INFINITY;
         for k in 0..self.m() {
             let i = self.poly.order[k];
+            let e = self.e[i];
+            if e >= -1e-12 * (1.0 + e.abs()) {
+                continue;
+            }
+            // Violated, so not inside: without any edge found, the polygon is empty.
+            if best_d == f64::INFINITY {
+                best = [f64::INFINITY, f64::INFINITY];
+            }
             let (f, t) = (self.poly.f[i], rot90(self.poly.f[i]));
             let (start, end) = self.edge_span(k);
             if start > end {
                 continue;
             }
             let y = 0.0f64.clamp(start, end);
-            let p = [self.e[i] * f[0] + y * t[0], self.e[i] * f[1] + y * t[1]];
+            let p = [e * f[0] + y * t[0], e * f[1] + y * t[1]];
             let d = norm2(p);
             if d < best_d {
                 best_d = d;
