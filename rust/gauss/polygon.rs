@@ -73,13 +73,43 @@ fn scaled_edge_integrals(h: f64, a: f64, b: f64, d: f64, accuracy: &EdgeAccuracy
     [h / std::f64::consts::TAU * lorentz, gauss]
 }
 
-/// `[int g / (h^2 + y^2), int g]` over `[lo, hi]`, `0 <= lo < hi`, `g = exp(shift - y^2 / 2)`,
-/// by Gauss-Legendre on segments cut at `h, 4h, 16h, ...`, which keep the poles at `+-ih` at a
-/// distance from each segment (relative to its length) where 20 points still converge to
-/// rounding. The rules are chosen for the first integrand; the second, without the poles, is
-/// at least as smooth.
+/// Near the foot (`h^2 + y^2` below this) the pole of the Lorentzian is taken out in closed
+/// form; beyond, the pole-free rest `(e^{-u/2} - 1) / u` would cancel the closed form by more
+/// than `2 e^{2.25} - 1 ~ 18`.
+const POLE_FREE_RADIUS2: f64 = 4.5;
+
+/// `[int g / (h^2 + y^2), int g]` over `[lo, hi]`, `0 <= lo < hi`, `g = exp(shift - y^2 / 2)`.
+/// Near the foot, `g / (h^2 + y^2) = e^{shift + h^2/2} (1 / u + (e^{-u/2} - 1) / u)` with
+/// `u = h^2 + y^2`: the first term integrates to an arctangent and the second is entire, so no
+/// pole limits the quadrature however small `h` is. Beyond, Gauss-Legendre runs on segments
+/// cut at `h, 4h, 16h, ...`, which keep the poles at `+-ih` at a distance from each segment
+/// (relative to its length) where 20 points still converge to rounding. The rules are chosen
+/// for the first integrand; the second, without the poles, is at least as smooth.
 fn edge_integrals_positive(h: f64, lo: f64, hi: f64, shift: f64, accuracy: &EdgeAccuracy) -> [f64; 2] {
     let h2 = h * h;
+    let mut total = [0.0, 0.0];
+    let mut lo = lo;
+    // Where the pole leaves the first segment of the cuts below only the 20-point rule (the
+    // pole-free form costs an arctangent, and expm1 is dearer than exp); shift + h^2 / 2 =
+    // d^2 / 2 keeps the scale finite.
+    let first_end = if lo < h { h.min(hi) } else { hi };
+    if h2 + lo * lo < POLE_FREE_RADIUS2 && shift + 0.5 * h2 < 600.0 && pole_ellipse(h2, lo, first_end) < accuracy.gl12[2] {
+        let end = (POLE_FREE_RADIUS2 - h2).sqrt().min(hi);
+        let scale = (shift + 0.5 * h2).exp();
+        // atan(end / h) - atan(lo / h), without cancellation when both are near pi / 2.
+        let pole = ((end - lo) * h).atan2(h2 + lo * end) / h;
+        let pole_free = |y: f64| {
+            let u = h2 + y * y;
+            let m = (-0.5 * u).exp_m1();
+            [m / u, m + 1.0]
+        };
+        let [rest, gauss] = segment_integral(lo, end, 0.5 * (end * end - lo * lo), f64::INFINITY, &pole_free, accuracy);
+        total = [scale * (pole + rest), scale * gauss];
+        lo = end;
+        if lo >= hi {
+            return total;
+        }
+    }
     let integrand = |y: f64| {
         let g = (shift - 0.5 * y * y).exp();
         [g / (h2 + y * y), g]
@@ -88,16 +118,27 @@ fn edge_integrals_positive(h: f64, lo: f64, hi: f64, shift: f64, accuracy: &Edge
     while cut <= lo {
         cut *= 4.0;
     }
-    let mut total = [0.0, 0.0];
     let mut start = lo;
     while start < hi {
         let end = cut.min(hi);
-        let segment = segment_integral(h, start, end, &integrand, accuracy);
+        // How much the log integrand changes (the Lorentzian's `ln r` bounded by
+        // `(r - 1) / sqrt(r)`: a square root is cheaper than a logarithm, and too large a
+        // change only costs points).
+        let ratio = (h2 + end * end) / (h2 + start * start);
+        let change = 0.5 * (end * end - start * start) + (ratio - 1.0) / ratio.sqrt();
+        let segment = segment_integral(start, end, change, pole_ellipse(h2, start, end), &integrand, accuracy);
         total = [total[0] + segment[0], total[1] + segment[1]];
         start = end;
         cut *= 4.0;
     }
     total
+}
+
+/// The Bernstein ellipse of `[lo, hi]` through the pole `i sqrt(h2)`, from its semi-major
+/// axis: the sum of the pole's distances to the ends over the segment's length.
+fn pole_ellipse(h2: f64, lo: f64, hi: f64) -> f64 {
+    let axis = ((h2 + hi * hi).sqrt() + (h2 + lo * lo).sqrt()) / (hi - lo);
+    axis + (axis * axis - 1.0).max(0.0).sqrt()
 }
 
 /// `int_{centre - half}^{centre + half} f` for a pair of integrands, by a symmetric
@@ -136,20 +177,12 @@ const EDGE_ACCURACY: [EdgeAccuracy; 3] = [
     EdgeAccuracy { rtol: 1e-8, gl8: [5.1, 1.15, 4.3], gl12: [11.3, 2.27, 2.7], gl20: [25.0, 4.3] },
 ];
 
-/// One segment `[lo, hi]` (`lo >= 0`) of the edge integrals, with as few points as its
-/// smoothness allows at the accuracy asked (each costs an `exp`, and the E-step integrates
+/// One segment `[lo, hi]` of the edge integrals, over which the log integrand changes by
+/// `change` and whose nearest singularity lies on the Bernstein ellipse `rho`, with as few
+/// points as that allows at the accuracy asked (each costs an `exp`, and the E-step integrates
 /// millions of edges).
-fn segment_integral(h: f64, lo: f64, hi: f64, integrand: &impl Fn(f64) -> [f64; 2], accuracy: &EdgeAccuracy) -> [f64; 2] {
-    let h2 = h * h;
-    // The Lorentzian's change `ln r` is bounded by `(r - 1) / sqrt(r)` (a square root is
-    // cheaper than a logarithm, and too large a change only costs points).
-    let ratio = (h2 + hi * hi) / (h2 + lo * lo);
-    let change = 0.5 * (hi * hi - lo * lo) + (ratio - 1.0) / ratio.sqrt();
+fn segment_integral(lo: f64, hi: f64, change: f64, rho: f64, integrand: &impl Fn(f64) -> [f64; 2], accuracy: &EdgeAccuracy) -> [f64; 2] {
     let (centre, half) = (0.5 * (lo + hi), 0.5 * (hi - lo));
-    // Sum of the distances from the pole to the segment's ends, over the segment's length: the
-    // ellipse's semi-major axis in the segment's [-1, 1] coordinates.
-    let axis = ((h2 + hi * hi).sqrt() + (h2 + lo * lo).sqrt()) / (2.0 * half);
-    let rho = axis + (axis * axis - 1.0).max(0.0).sqrt();
     let fits = |[c, l, r]: [f64; 3]| change <= c && half <= l && rho >= r;
     if fits(accuracy.gl8) {
         return gauss_legendre_pair(&GL8_HALF, centre, half, integrand);
