@@ -2,7 +2,7 @@
 (Genz's algorithm, what users reach for), side by side in one run, and the per-call cost of
 exactem.gauss.polytope_moments by dimension.
 
-    python benches/bench_gauss.py [--batch 200] [--repeats 5] [--dims 2 3 ...]
+    python benches/bench_gauss.py [--batch 200] [--repeats 5] [--dims 2 3 ...] [--polytope-dims 1 2 ...]
 
 Accuracy: both are compared with a reference from scipy at abseps = releps = 1e-10 (exact
 for S = 2 where exactem is exact). Times are medians over the repeats of one batch call
@@ -41,6 +41,8 @@ def main():
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dims", type=int, nargs="+", default=list(range(2, 9)), help="rectangle dimensions to run")
+    parser.add_argument("--polytope-dims", type=int, nargs="*", default=list(range(1, 7)),
+                        help="dimensions of the polytope_moments per-call section (none to skip it)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"rectangles, batch of {args.batch}; relative errors are medians (max) against the reference")
@@ -68,7 +70,7 @@ def main():
         print(" ".join(row), flush=True)
 
     print("\npolytope_moments per call, inside one batched call of 2000 (mass + mean + covariance)")
-    for s in range(1, 7):
+    for s in args.polytope_dims:
         for m in (2 * s, 4 * s):
             G = rng.standard_normal((m, s))
             h = rng.uniform(0.5, 2.0, m)
