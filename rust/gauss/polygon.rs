@@ -311,25 +311,65 @@ impl Polygon2 {
     /// same combinatorics) with offsets given directly.
     fn place_whitened(&self, e: Vec<f64>) -> Placed<'_> {
         let m = self.g.len();
-        let vertex = (0..m)
-            .map(|k| {
-                if self.open[k] {
-                    return None;
-                }
-                let (a, b) = (self.order[k], self.order[(k + 1) % m]);
-                let (fa, fb) = (self.f[a], self.f[b]);
-                let det = fa[0] * fb[1] - fa[1] * fb[0];
-                Some([(e[a] * fb[1] - e[b] * fa[1]) / det, (fa[0] * e[b] - fb[0] * e[a]) / det])
-            })
-            .collect();
+        let vertex = (0..m).map(|k| self.vertex(k, |i| e[i])).collect();
         Placed { poly: self, e, vertex }
     }
 
+    /// The vertex between edges `order[k]` and `order[k + 1]` for offsets `e(i)`; `None` where
+    /// the polygon is open between them.
+    fn vertex(&self, k: usize, e: impl Fn(usize) -> f64) -> Option<[f64; 2]> {
+        if self.open[k] {
+            return None;
+        }
+        let (a, b) = (self.order[k], self.order[(k + 1) % self.order.len()]);
+        let (fa, fb) = (self.f[a], self.f[b]);
+        let (ea, eb) = (e(a), e(b));
+        let det = fa[0] * fb[1] - fa[1] * fb[0];
+        Some([(ea * fb[1] - eb * fa[1]) / det, (fa[0] * eb - fb[0] * ea) / det])
+    }
+
+    /// The point nearest the origin of `{w : f_i . w <= e(i)}`, whose vertices are `vertex(k)`.
+    /// From outside, it lies on an edge whose constraint the origin violates (at a vertex, the
+    /// direction to the origin is in the normal cone, so it has a positive component along one
+    /// of the two normals), so only those edges are searched, and only their vertices asked
+    /// for; none violated (to rounding) means the origin is inside.
+    fn nearest_point_with(&self, e: impl Fn(usize) -> f64, vertex: impl Fn(usize) -> Option<[f64; 2]>) -> [f64; 2] {
+        let m = self.order.len();
+        let mut best = [0.0, 0.0];
+        let mut best_d = f64::INFINITY;
+        for k in 0..m {
+            let i = self.order[k];
+            let ei = e(i);
+            if ei >= -1e-12 * (1.0 + ei.abs()) {
+                continue;
+            }
+            // Violated, so not inside: without any edge found, the polygon is empty.
+            if best_d == f64::INFINITY {
+                best = [f64::INFINITY, f64::INFINITY];
+            }
+            let (f, t) = (self.f[i], rot90(self.f[i]));
+            let start = vertex((k + m - 1) % m).map_or(f64::NEG_INFINITY, |v| dot(t, v));
+            let end = vertex(k).map_or(f64::INFINITY, |v| dot(t, v));
+            if start > end {
+                continue;
+            }
+            let y = 0.0f64.clamp(start, end);
+            let p = [ei * f[0] + y * t[0], ei * f[1] + y * t[1]];
+            let d = norm2(p);
+            if d < best_d {
+                best_d = d;
+                best = p;
+            }
+        }
+        best
+    }
+
     /// An upper bound on the log mass: `Phi(-d) <= exp(-d^2 / 2) / 2` at the distance `d` from
-    /// the mean to the region, in whitened coordinates.
+    /// the mean to the region, in whitened coordinates. Inference bounds every region for every
+    /// point, so only the offsets and the vertices next to violated edges are computed.
     pub fn log_mass_bound(&self, mu: &[f64]) -> f64 {
-        let placed = self.place(mu);
-        let p = placed.nearest_point();
+        let e = |i: usize| (self.h[i] - dot(self.g[i], [mu[0], mu[1]])) / self.scale[i];
+        let p = self.nearest_point_with(e, |k| self.vertex(k, e));
         let d = norm2(p);
         if d == 0.0 {
             0.0
@@ -407,37 +447,8 @@ impl Placed<'_> {
         (start, end)
     }
 
-    /// The point of the polygon nearest the origin. From outside, it lies on an edge whose
-    /// constraint the origin violates (at a vertex, the direction to the origin is in the
-    /// normal cone, so it has a positive component along one of the two normals), so only those
-    /// edges are searched; none violated (to rounding) means the origin is inside.
     fn nearest_point(&self) -> [f64; 2] {
-        let mut best = [0.0, 0.0];
-        let mut best_d = f64::INFINITY;
-        for k in 0..self.m() {
-            let i = self.poly.order[k];
-            let e = self.e[i];
-            if e >= -1e-12 * (1.0 + e.abs()) {
-                continue;
-            }
-            // Violated, so not inside: without any edge found, the polygon is empty.
-            if best_d == f64::INFINITY {
-                best = [f64::INFINITY, f64::INFINITY];
-            }
-            let (f, t) = (self.poly.f[i], rot90(self.poly.f[i]));
-            let (start, end) = self.edge_span(k);
-            if start > end {
-                continue;
-            }
-            let y = 0.0f64.clamp(start, end);
-            let p = [e * f[0] + y * t[0], e * f[1] + y * t[1]];
-            let d = norm2(p);
-            if d < best_d {
-                best_d = d;
-                best = p;
-            }
-        }
-        best
+        self.poly.nearest_point_with(|i| self.e[i], |k| self.vertex[k])
     }
 
     fn log_mass(&self, rtol: f64) -> f64 {
