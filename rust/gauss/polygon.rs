@@ -248,17 +248,20 @@ pub fn non_redundant(g: &[[f64; 2]], e: &[f64]) -> Option<Vec<usize>> {
 
 #[derive(Clone, Debug)]
 pub struct Polygon2 {
-    /// Original constraints `g_i . z <= h_i`, and `f_i = (g_i L) / scale_i` with unit length.
-    g: Vec<[f64; 2]>,
-    h: Vec<f64>,
+    /// The constraints `g_i . z <= h_i` divided by `scale_i = |g_i L|`, so that the whitened
+    /// offset for a mean `mu` is `e_i = h_i / scale_i - (g_i / scale_i) . mu`, and the unit
+    /// normals `f_i = (g_i L) / scale_i`.
+    g_scaled: Vec<[f64; 2]>,
+    h_scaled: Vec<f64>,
     f: Vec<[f64; 2]>,
-    scale: Vec<f64>,
     /// Lower Cholesky factor of Sigma_q, row-major.
     l: [f64; 4],
     /// Edges in counter-clockwise order (increasing angle of the outward normal).
     order: Vec<usize>,
     /// `open[k]`: no vertex between edges `order[k]` and `order[k+1]` (the polygon is unbounded there).
     open: Vec<bool>,
+    /// `1 / (f_a x f_b)` for the edges `a = order[k]`, `b = order[k+1]` meeting at vertex `k`.
+    inverse_det: Vec<f64>,
 }
 
 /// The polygon for one mean: offsets and vertices in whitened coordinates.
@@ -274,15 +277,18 @@ impl Polygon2 {
     pub fn new(g: Vec<[f64; 2]>, h: Vec<f64>, l: [f64; 4]) -> Self {
         let m = g.len();
         let mut f = Vec::with_capacity(m);
-        let mut scale = Vec::with_capacity(m);
-        for gi in &g {
+        let mut g_scaled = Vec::with_capacity(m);
+        let mut h_scaled = Vec::with_capacity(m);
+        for (gi, hi) in g.iter().zip(&h) {
             // (g L)_j = sum_k g_k L_kj
             let r = [gi[0] * l[0] + gi[1] * l[2], gi[0] * l[1] + gi[1] * l[3]];
             let s = r[0].hypot(r[1]);
             f.push([r[0] / s, r[1] / s]);
-            scale.push(s);
+            g_scaled.push([gi[0] / s, gi[1] / s]);
+            h_scaled.push(hi / s);
         }
-        let angle = |i: usize| f[i][1].atan2(f[i][0]);
+        let angles: Vec<f64> = f.iter().map(|fi| fi[1].atan2(fi[0])).collect();
+        let angle = |i: usize| angles[i];
         let mut order: Vec<usize> = (0..m).collect();
         order.sort_by(|&a, &b| angle(a).total_cmp(&angle(b)));
         let open = (0..m)
@@ -298,20 +304,30 @@ impl Polygon2 {
                 gap >= OPEN_GAP
             })
             .collect();
-        Polygon2 { g, h, f, scale, l, order, open }
+        let inverse_det = (0..m)
+            .map(|k| {
+                let (fa, fb) = (f[order[k]], f[order[(k + 1) % m]]);
+                1.0 / (fa[0] * fb[1] - fa[1] * fb[0])
+            })
+            .collect();
+        Polygon2 { g_scaled, h_scaled, f, l, order, open, inverse_det }
+    }
+
+    /// The whitened offset of row `i` for the mean `mu`.
+    #[inline]
+    fn offset(&self, i: usize, mu: &[f64]) -> f64 {
+        self.h_scaled[i] - self.g_scaled[i][0] * mu[0] - self.g_scaled[i][1] * mu[1]
     }
 
     fn place(&self, mu: &[f64]) -> Placed<'_> {
-        let m = self.g.len();
-        let e: Vec<f64> = (0..m).map(|i| (self.h[i] - dot(self.g[i], [mu[0], mu[1]])) / self.scale[i]).collect();
+        let e: Vec<f64> = (0..self.f.len()).map(|i| self.offset(i, mu)).collect();
         self.place_whitened(e)
     }
 
     /// The polygon `{w : f_i . w <= e_i}` in whitened coordinates: the same edges (and so the
     /// same combinatorics) with offsets given directly.
     fn place_whitened(&self, e: Vec<f64>) -> Placed<'_> {
-        let m = self.g.len();
-        let vertex = (0..m).map(|k| self.vertex(k, |i| e[i])).collect();
+        let vertex = (0..self.f.len()).map(|k| self.vertex(k, |i| e[i])).collect();
         Placed { poly: self, e, vertex }
     }
 
@@ -324,8 +340,8 @@ impl Polygon2 {
         let (a, b) = (self.order[k], self.order[(k + 1) % self.order.len()]);
         let (fa, fb) = (self.f[a], self.f[b]);
         let (ea, eb) = (e(a), e(b));
-        let det = fa[0] * fb[1] - fa[1] * fb[0];
-        Some([(ea * fb[1] - eb * fa[1]) / det, (fa[0] * eb - fb[0] * ea) / det])
+        let inverse_det = self.inverse_det[k];
+        Some([(ea * fb[1] - eb * fa[1]) * inverse_det, (fa[0] * eb - fb[0] * ea) * inverse_det])
     }
 
     /// The point nearest the origin of `{w : f_i . w <= e(i)}`, whose vertices are `vertex(k)`.
@@ -368,7 +384,7 @@ impl Polygon2 {
     /// the mean to the region, in whitened coordinates. Inference bounds every region for every
     /// point, so only the offsets and the vertices next to violated edges are computed.
     pub fn log_mass_bound(&self, mu: &[f64]) -> f64 {
-        let e = |i: usize| (self.h[i] - dot(self.g[i], [mu[0], mu[1]])) / self.scale[i];
+        let e = |i: usize| self.offset(i, mu);
         let p = self.nearest_point_with(e, |k| self.vertex(k, e));
         let d = norm2(p);
         if d == 0.0 {
