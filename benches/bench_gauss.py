@@ -10,12 +10,12 @@ for S = 2 where exactem is exact). Times are medians over the repeats of one bat
 """
 
 import argparse
-import time
 
 import numpy as np
 from scipy import stats
 
 from exactem import gauss
+from timing import median_time
 
 
 def problem(rng, s, n):
@@ -26,14 +26,6 @@ def problem(rng, s, n):
     upper = rng.uniform(0.2, 2.0, (n, s))
     return mean, cov, lower, upper
 
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), out
 
 
 def main():

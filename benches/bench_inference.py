@@ -7,12 +7,12 @@ Times are medians over the repeats; both sides get the regions precomputed.
 """
 
 import argparse
-import time
 
 import numpy as np
 from scipy.special import log_ndtr, logsumexp
 
 import exactem
+from timing import median_time
 
 
 def log_diff_ndtr(a, b):
@@ -81,14 +81,6 @@ class NumpyS1:
         m2 = m0 * (var + mean * mean)
         return log_p, m0, m1, m2
 
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), out
 
 
 def main():

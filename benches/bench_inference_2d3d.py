@@ -9,20 +9,12 @@ rtol 1e-8 for the log-likelihood to show what the tighter tolerance costs and ch
 """
 
 import argparse
-import time
 
 import numpy as np
 
 import exactem
+from timing import median_time
 
-
-def median_time(fn, repeats):
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), out
 
 
 def main():

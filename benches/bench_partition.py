@@ -7,11 +7,11 @@ Both run in one process on the same decoders; times are medians over the repeats
 """
 
 import argparse
-import time
 
 import numpy as np
 
 import exactem
+from timing import median_time
 
 
 def sampled_patterns(dec, Z, chunk=200_000):
@@ -29,14 +29,6 @@ def sampled_patterns(dec, Z, chunk=200_000):
         keys.update(map(bytes, np.unique(packed, axis=0)))
     return keys
 
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), out
 
 
 def main():
