@@ -875,45 +875,47 @@ mod tests {
         eprintln!("worst relative error by level {worst:?}");
     }
 
+    /// A convex polygon through 3-7 points on a circle, minus up to two of its edges (the rest
+    /// stay non-redundant), possibly unbounded, under the standard normal.
+    fn random_polygon(rng: &mut rand_pcg::Pcg64) -> Option<Polygon2> {
+        use rand::Rng;
+        let k = rng.random_range(3..8);
+        let centre = [rng.random_range(-3.0..3.0), rng.random_range(-3.0..3.0)];
+        let radius = rng.random_range(0.05..4.0);
+        let mut angles: Vec<f64> = (0..k).map(|_| rng.random_range(0.0..std::f64::consts::TAU)).collect();
+        angles.sort_by(f64::total_cmp);
+        let v: Vec<[f64; 2]> = angles.iter().map(|t| [centre[0] + radius * t.cos(), centre[1] + radius * t.sin()]).collect();
+        let mut g = Vec::new();
+        let mut h = Vec::new();
+        let drop = rng.random_range(0..3usize);
+        for j in drop..k {
+            let (a, b) = (v[j], v[(j + 1) % k]);
+            let d = [b[0] - a[0], b[1] - a[1]];
+            let n = d[0].hypot(d[1]);
+            if n < 1e-9 {
+                continue;
+            }
+            let f = [d[1] / n, -d[0] / n];
+            g.push(f);
+            h.push(dot(f, a));
+        }
+        (!g.is_empty()).then(|| Polygon2::new(g, h, [1.0, 0.0, 0.0, 1.0]))
+    }
+
+    /// Placed polygons that exist (their constraints are met at some vertex).
+    fn exists(placed: &Placed) -> bool {
+        placed.vertex.iter().flatten().any(|v| placed.inside(*v))
+    }
+
     #[test]
     fn fan_agrees_with_quadrature_on_random_polygons() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
         let mut compared = 0;
         for _ in 0..3000 {
-            // A convex polygon through points on a circle, minus up to two of its edges (the rest
-            // stay non-redundant), possibly unbounded.
-            let k = rng.random_range(3..8);
-            let centre = [rng.random_range(-3.0..3.0), rng.random_range(-3.0..3.0)];
-            let radius = rng.random_range(0.05..4.0);
-            let mut angles: Vec<f64> = (0..k).map(|_| rng.random_range(0.0..std::f64::consts::TAU)).collect();
-            angles.sort_by(f64::total_cmp);
-            let v: Vec<[f64; 2]> = angles.iter().map(|t| [centre[0] + radius * t.cos(), centre[1] + radius * t.sin()]).collect();
-            let mut g = Vec::new();
-            let mut h = Vec::new();
-            let drop = rng.random_range(0..3usize);
-            for j in drop..k {
-                let (a, b) = (v[j], v[(j + 1) % k]);
-                let d = [b[0] - a[0], b[1] - a[1]];
-                let n = d[0].hypot(d[1]);
-                if n < 1e-9 {
-                    continue;
-                }
-                let f = [d[1] / n, -d[0] / n];
-                g.push(f);
-                h.push(dot(f, a));
-            }
-            if g.is_empty() {
-                continue;
-            }
-            let poly = Polygon2::new(g, h, [1.0, 0.0, 0.0, 1.0]);
+            let Some(poly) = random_polygon(&mut rng) else { continue };
             let placed = poly.place(&[rng.random_range(-2.0..2.0), rng.random_range(-2.0..2.0)]);
-            // Only polygons that exist: their constraints are met at some point.
-            if placed.vertex.iter().all(Option::is_none) {
-                continue;
-            }
-            let inside = placed.vertex.iter().flatten().any(|v| placed.inside(*v));
-            if !inside {
+            if !exists(&placed) {
                 continue;
             }
             let p = placed.nearest_point();
@@ -925,6 +927,41 @@ mod tests {
             }
         }
         assert!(compared > 300, "only {compared} polygons compared");
+    }
+
+    /// A looser request is met (the level's error times the fan's cancellation, else the
+    /// tight level), and the moments from the fan's own edge fluxes equal the closed form's.
+    #[test]
+    fn loose_requests_meet_their_accuracy_and_fan_fluxes_give_the_closed_form_moments() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(12);
+        let mut checked = 0;
+        for _ in 0..3000 {
+            let Some(poly) = random_polygon(&mut rng) else { continue };
+            let mu = [rng.random_range(-6.0..6.0), rng.random_range(-6.0..6.0)];
+            let placed = poly.place(&mu);
+            if !exists(&placed) || placed.vertex.iter().all(Option::is_none) {
+                continue;
+            }
+            let tight = placed.log_mass(0.0);
+            for rtol in [1e-13, 1e-10, 1e-7] {
+                let loose = placed.log_mass(rtol);
+                assert!((loose - tight).abs() <= rtol + 1e-14 * tight.abs(), "rtol {rtol}: {loose} vs {tight}");
+            }
+            let mut fluxes = vec![f64::NAN; placed.m()];
+            let (log_mass, d) = placed.log_mass_and_fluxes(0.0, Some(&mut fluxes));
+            if fluxes.iter().all(|f| f.is_nan()) {
+                continue;
+            }
+            let (mean, second) = placed.whitened_moments(log_mass, d, &fluxes);
+            let (mean_closed, second_closed) = placed.whitened_moments(log_mass, d, &vec![f64::NAN; placed.m()]);
+            let scale = 1.0 + mean_closed.iter().chain(&second_closed).fold(0.0f64, |a, v| a.max(v.abs()));
+            for (a, b) in mean.iter().chain(&second).zip(mean_closed.iter().chain(&second_closed)) {
+                assert!((a - b).abs() < 1e-11 * scale, "moments {a} vs {b} (log mass {log_mass}, d {d})");
+            }
+            checked += 1;
+        }
+        assert!(checked > 500, "only {checked} polygons checked");
     }
 
     #[test]
