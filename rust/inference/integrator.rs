@@ -15,8 +15,8 @@ use crate::partition::Partition;
 const MAX_LOOSENESS: f64 = 1e3;
 
 /// The relative accuracy asked of a polygon's mass: ~1e-15 for the largest terms, looser in
-/// proportion for terms known to be smaller (their absolute error stays ~1e-15 of the
-/// largest), but never looser than 1e-6, so that every weight keeps some digits.
+/// proportion for terms known to be smaller (their absolute error stays ~1e-15 of `p(x)`),
+/// but never looser than 1e-6, so that every weight keeps some digits.
 fn polygon_rtol(looseness: f64) -> f64 {
     (1e-15 * looseness).min(1e-6)
 }
