@@ -490,9 +490,9 @@ impl Placed<'_> {
         }
         let p = self.nearest_point();
         let d = norm2(p);
-        // The fan's error is its terms' times how much they cancel: a loose level is kept when
-        // that product meets `rtol`, else the tightest level decides (or the quadrature, when
-        // even its terms cancel too much).
+        // The fan estimates its own error (its terms' errors over what they cancel down to): a
+        // loose level is kept when that meets `rtol`, else the tightest level decides, or the
+        // quadrature when even its error is too large.
         let loosest = EDGE_ACCURACY.iter().rposition(|a| 10.0 * a.rtol <= rtol).unwrap_or(0);
         let levels = [loosest, 0];
         for &level in &levels[..if loosest == 0 { 1 } else { 2 }] {
@@ -996,8 +996,9 @@ mod tests {
         assert!((placed.log_mass(0.0) - reference).abs() < 1e-13);
     }
 
-    /// A looser request is met (the level's error times the fan's cancellation, else the
-    /// tight level), and the moments from the fan's own edge fluxes equal the closed form's.
+    /// A looser request is met (a loose level only where the fan's error estimate meets it,
+    /// else the tight level or the quadrature), and the moments from the fan's own edge fluxes
+    /// equal the closed form's.
     #[test]
     fn loose_requests_meet_their_accuracy_and_fan_fluxes_give_the_closed_form_moments() {
         use rand::{Rng, SeedableRng};
