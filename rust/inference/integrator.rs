@@ -102,6 +102,11 @@ impl RegionIntegrator for GaussIntegrator {
         self.log_mass_loose(region, mean, 1.0)
     }
 
+    /// Intervals are exact at one fixed cost; polygons and polyhedra get cheaper when looser.
+    fn uses_looseness(&self) -> bool {
+        !matches!(self.regions.first(), Some(PreparedRegion::Interval { .. }))
+    }
+
     fn moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
         self.moments_into_loose(region, mean, cond_mean, cond_second, 1.0)
     }

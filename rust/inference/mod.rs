@@ -53,6 +53,12 @@ pub trait RegionIntegrator: Send + Sync {
         0.0
     }
 
+    /// Whether a looser accuracy makes the integrals cheaper: if not, inference does not
+    /// track what each region may be given (two exponentials per region).
+    fn uses_looseness(&self) -> bool {
+        false
+    }
+
     /// As [`Self::log_mass`], where `looseness >= 1` times the integrator's relative error is
     /// enough: the region's term is known to be that much below the point's largest, so its
     /// absolute error stays below the largest term's. Exact integrators ignore it.
@@ -233,11 +239,14 @@ pub(crate) fn visit_regions<I: RegionIntegrator>(
     let mut best = visit(first, &mu[first * s..(first + 1) * s], 1.0);
     // The terms so far add up to `e^best * sum_below_best`.
     let mut sum_below_best = 1.0;
+    let track = integrator.uses_looseness();
     for q in 0..r {
         if q != first && bounds[q] >= best - PRUNE_GAP {
-            let looseness = ((best - bounds[q]).exp() * sum_below_best).max(1.0);
+            let looseness = if track { ((best - bounds[q]).exp() * sum_below_best).max(1.0) } else { 1.0 };
             let term = visit(q, &mu[q * s..(q + 1) * s], looseness);
-            if term <= best {
+            if !track {
+                best = best.max(term);
+            } else if term <= best {
                 sum_below_best += (term - best).exp();
             } else {
                 sum_below_best = sum_below_best * (best - term).exp() + 1.0;
