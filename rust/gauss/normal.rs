@@ -35,11 +35,18 @@ pub const GL20_HALF: [(f64, f64); 10] = {
     half
 };
 
-/// `int_{centre - half}^{centre + half} f` by a symmetric Gauss-Legendre rule given by its
-/// positive nodes.
+/// `int_{centre - half}^{centre + half} f` for `N` integrands at once (they share the nodes),
+/// by a symmetric Gauss-Legendre rule given by its positive nodes.
 #[inline]
-pub fn gauss_legendre(rule: &[(f64, f64)], centre: f64, half: f64, f: impl Fn(f64) -> f64) -> f64 {
-    half * rule.iter().map(|&(x, w)| w * (f(centre - half * x) + f(centre + half * x))).sum::<f64>()
+pub fn gauss_legendre<const N: usize>(rule: &[(f64, f64)], centre: f64, half: f64, f: impl Fn(f64) -> [f64; N]) -> [f64; N] {
+    let mut sum = [0.0; N];
+    for &(x, w) in rule {
+        let (left, right) = (f(centre - half * x), f(centre + half * x));
+        for j in 0..N {
+            sum[j] += w * (left[j] + right[j]);
+        }
+    }
+    sum.map(|v| half * v)
 }
 
 /// `log Phi(x)`, the log of the standard normal CDF, accurate in both tails.
@@ -85,7 +92,7 @@ pub fn log_diff_ndtr(a: f64, b: f64) -> f64 {
         // log phi changes by at most 0.5 over the interval: the 8-point rule's error for such
         // an integrand is ~1e-25 relative.
         let reference = log_pdf(if a > 0.0 { a } else if b < 0.0 { b } else { 0.0 });
-        let integral = gauss_legendre(&GL8_HALF, centre, half, |x| (log_pdf(x) - reference).exp());
+        let [integral] = gauss_legendre(&GL8_HALF, centre, half, |x| [(log_pdf(x) - reference).exp()]);
         return reference + integral.ln();
     }
     if a > 0.0 {

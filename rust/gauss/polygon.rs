@@ -11,7 +11,7 @@
 //! come from the divergence theorem (DESIGN.md §4): each edge contributes one-dimensional
 //! normal masses in closed form.
 
-use super::normal::{log_diff_ndtr, GL12_HALF, GL20_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};
+use super::normal::{gauss_legendre, log_diff_ndtr, GL12_HALF, GL20_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};
 
 
 #[inline]
@@ -46,7 +46,6 @@ const OPEN_GAP: f64 = std::f64::consts::PI - 1e-7;
 /// quadrature decides. Ordinary polygons estimate 1e-15 to 1e-12; small polygons far from the
 /// mean, whose terms cancel a thousandfold, more.
 const FAN_MAX_ERROR: f64 = 1e-10;
-
 
 /// Two integrals along an edge at distance `h > 0` from the mean, over `y` in `[a, b]` from the
 /// foot point, of `g(y) = exp(-(h^2 + y^2 - d^2) / 2)`: `[(h / 2 pi) int g / (h^2 + y^2),
@@ -144,19 +143,6 @@ fn pole_ellipse(h2: f64, lo: f64, hi: f64) -> f64 {
     axis + (axis * axis - 1.0).max(0.0).sqrt()
 }
 
-/// `int_{centre - half}^{centre + half} f` for a pair of integrands, by a symmetric
-/// Gauss-Legendre rule given by its positive nodes.
-#[inline]
-fn gauss_legendre_pair(rule: &[(f64, f64)], centre: f64, half: f64, f: impl Fn(f64) -> [f64; 2]) -> [f64; 2] {
-    let mut sum = [0.0, 0.0];
-    for &(x, w) in rule {
-        let (left, right) = (f(centre - half * x), f(centre + half * x));
-        sum[0] += w * (left[0] + right[0]);
-        sum[1] += w * (left[1] + right[1]);
-    }
-    [half * sum[0], half * sum[1]]
-}
-
 /// The Gauss-Legendre rules fit for the edge integrals at one relative accuracy. Three things
 /// limit n-point Gauss-Legendre on a segment: how much the log integrand changes over it (`c`:
 /// `e^{c x / 2}` on [-1, 1] is integrated to `~(c/2)^{2n} (n!)^4 2^{2n+1} / ((2n+1) (2n)!^3)`
@@ -188,10 +174,10 @@ fn segment_integral(lo: f64, hi: f64, change: f64, rho: f64, integrand: &impl Fn
     let (centre, half) = (0.5 * (lo + hi), 0.5 * (hi - lo));
     let fits = |[c, l, r]: [f64; 3]| change <= c && half <= l && rho >= r;
     if fits(accuracy.gl8) {
-        return gauss_legendre_pair(&GL8_HALF, centre, half, integrand);
+        return gauss_legendre(&GL8_HALF, centre, half, integrand);
     }
     if fits(accuracy.gl12) {
-        return gauss_legendre_pair(&GL12_HALF, centre, half, integrand);
+        return gauss_legendre(&GL12_HALF, centre, half, integrand);
     }
     let [max_change, max_half] = accuracy.gl20;
     let pieces = (change / max_change).max(half / max_half).ceil().max(1.0) as usize;
@@ -199,7 +185,7 @@ fn segment_integral(lo: f64, hi: f64, change: f64, rho: f64, integrand: &impl Fn
     let mut total = [0.0, 0.0];
     for p in 0..pieces {
         let centre = lo + (p as f64 + 0.5) * width;
-        let piece = gauss_legendre_pair(&GL20_HALF, centre, 0.5 * width, integrand);
+        let piece = gauss_legendre(&GL20_HALF, centre, 0.5 * width, integrand);
         total = [total[0] + piece[0], total[1] + piece[1]];
     }
     total
@@ -594,9 +580,12 @@ impl Placed<'_> {
         if conditioning < 0.01 {
             let best = (0..m)
                 .map(|k| rot90(self.poly.f[self.poly.order[k]]))
-                .max_by(|a, b| self.slicing_conditioning(*a).total_cmp(&self.slicing_conditioning(*b)));
-            if let Some(along) = best.filter(|&along| self.slicing_conditioning(along) >= 10.0 * conditioning) {
-                u = along;
+                .map(|along| (self.slicing_conditioning(along), along))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((better, along)) = best {
+                if better >= 10.0 * conditioning {
+                    u = along;
+                }
             }
         }
         let v = rot90(u);

@@ -60,8 +60,8 @@ pub trait RegionIntegrator: Send + Sync {
     }
 
     /// As [`Self::log_mass`], where `looseness >= 1` times the integrator's relative error is
-    /// enough: the region's term is known to be that much below the point's largest, so its
-    /// absolute error stays below the largest term's. Exact integrators ignore it.
+    /// enough: the region's term is known to be that much below the sum of the terms so far,
+    /// so its absolute error stays that accuracy of `p(x)`. Exact integrators ignore it.
     fn log_mass_loose(&self, region: usize, mean: &[f64], _looseness: f64) -> f64 {
         self.log_mass(region, mean)
     }
