@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from scipy import stats
+from scipy import integrate, optimize, special, stats
 from scipy.special import log_ndtr, logsumexp
 
 from exactem import gauss
@@ -252,6 +252,82 @@ def test_rectangles_against_scipy():
         ref = np.array([mvn.cdf(u, lower_limit=l) for l, u in zip(lower, upper)])
         assert np.allclose(p, ref, rtol=2e-6, atol=0), (s, p, ref)
         assert np.all(err <= 1e-6 * p + 1e-15)
+
+
+def equicorrelated_log_probability(lower, upper, rho):
+    """Independent reference: equicorrelated normals X_i = sqrt(rho) T + sqrt(1 - rho) E_i are
+    independent given T, so a rectangle's probability is a 1-D integral over T (adaptive
+    quadrature of the conditional product, scaled so that far tails do not underflow)."""
+    a, b = np.sqrt(rho), np.sqrt(1 - rho)
+
+    def log_conditional(t):
+        return stats.norm.logpdf(t) + sum(
+            _log_interval((lo - a * t) / b, (hi - a * t) / b) for lo, hi in zip(lower, upper))
+
+    peak = optimize.minimize_scalar(lambda t: -log_conditional(t), bounds=(-40, 40), method="bounded").x
+    top = log_conditional(peak)
+    # Log-concave in t and narrower than N(0, 1): nothing beyond 12 of T's deviations of the peak.
+    value, _ = integrate.quad(lambda t: np.exp(log_conditional(t) - top), peak - 12, peak + 12, points=[peak], epsabs=0, epsrel=1e-12, limit=500)
+    return np.log(value) + top
+
+
+def _log_interval(a, b):
+    if a + b > 0:
+        a, b = -b, -a
+    return special.log_ndtr(b) + np.log1p(-np.exp(special.log_ndtr(a) - special.log_ndtr(b)))
+
+
+def test_rectangles_s4_to_8_error_calibrated_against_quadrature():
+    rng = np.random.default_rng(11)
+    covered, total = 0, 0
+    for s in range(4, 9):
+        for _ in range(24):
+            rho = rng.uniform(0.05, 0.9)
+            cov = np.full((s, s), rho) + (1 - rho) * np.eye(s)
+            lower = np.where(rng.random(s) < 0.2, -np.inf, -rng.uniform(0.2, 2.0, s))
+            upper = rng.uniform(0.2, 2.0, s)
+            truth = equicorrelated_log_probability(lower, upper, rho)
+            p, err = gauss.mvn_cdf(lower, upper, np.zeros(s), cov, rtol=1e-4, seed=total)
+            true_error = abs(p / np.exp(truth) - 1)
+            assert true_error < 1e-3, (s, rho, lower, upper, p, np.exp(truth))
+            covered += true_error <= err / p
+            total += 1
+    assert covered >= 0.95 * total, (covered, total)
+
+
+@pytest.mark.parametrize("s", [4, 6])
+def test_far_tail_rectangles_keep_their_relative_accuracy(s):
+    rng = np.random.default_rng(s)
+    # Offset 2 stays on the lattice path at S = 6; the farther boxes (log p from -20 to -55)
+    # go to the tilted one.
+    for offset in [2.0, 4.0, 7.0]:
+        rho = 0.5
+        cov = np.full((s, s), rho) + (1 - rho) * np.eye(s)
+        lower = offset + rng.uniform(0, 0.5, s)
+        upper = lower + rng.uniform(0.5, 2.0, s)
+        truth = equicorrelated_log_probability(lower, upper, rho)
+        p, err = gauss.mvn_cdf(lower, upper, np.zeros(s), cov, rtol=1e-6)
+        assert abs(np.log(p) - truth) <= 1e-5, (offset, np.log(p), truth)
+
+
+def test_rectangle_probabilities_are_deterministic_and_handle_degenerate_limits():
+    rng = np.random.default_rng(2)
+    s = 5
+    A = rng.standard_normal((s, s))
+    cov = A @ A.T / s + 0.5 * np.eye(s)
+    lower = -rng.uniform(0.2, 2.0, (6, s))
+    upper = rng.uniform(0.2, 2.0, (6, s))
+    lower[1, 2] = upper[1, 2]  # a flat rectangle
+    lower[2, :], upper[2, :] = -np.inf, np.inf  # everything
+    lower[3, 1:], upper[3, 1:] = -np.inf, np.inf  # one bounded variable: a 1-D probability
+    first = gauss.mvn_cdf(lower, upper, np.zeros(s), cov, rtol=1e-5, seed=4)
+    again = gauss.mvn_cdf(lower, upper, np.zeros(s), cov, rtol=1e-5, seed=4)
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    p, err = first
+    assert p[1] == 0 and err[1] == 0
+    assert p[2] == 1 and err[2] == 0
+    one_d = stats.norm.cdf(upper[3, 0], scale=np.sqrt(cov[0, 0])) - stats.norm.cdf(lower[3, 0], scale=np.sqrt(cov[0, 0]))
+    assert abs(p[3] - one_d) < 1e-14 and err[3] == 0
 
 
 def test_empty_lower_dimensional_and_whole_space():

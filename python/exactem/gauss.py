@@ -116,10 +116,7 @@ def mvn_cdf(lower, upper, mean, cov, rtol=1e-6, seed=0):
         raise ValueError("lower, upper or mean contains NaN")
     rtol = _rtol(rtol)
     cov = _cov(cov, s)
-    G = np.vstack([np.eye(s), -np.eye(s)])
-    H = np.ascontiguousarray(np.hstack([upper, -lower]))
-    M = np.ascontiguousarray(np.broadcast_to(mean, (len(H), s)))
-    log_mass, _, _, rel_error = _core.polytope_moments(G, H, M, cov, rtol, int(seed), False)
+    log_mass, rel_error = _core.mvn_cdf(np.ascontiguousarray(lower), np.ascontiguousarray(upper), np.ascontiguousarray(mean), cov, rtol, int(seed))
     p = np.exp(log_mass)
     err = p * rel_error
     if single:

@@ -11,6 +11,7 @@
 pub mod nearest;
 pub mod normal;
 pub mod polygon;
+pub mod rectangle;
 pub mod slices;
 pub mod sobol;
 pub mod sov;
@@ -506,6 +507,47 @@ pub fn moments_batch(
     (0..n)
         .into_par_iter()
         .map(|k| shape.moments(&h[k * m..(k + 1) * m], &means[k * s..(k + 1) * s], rtol, seed, want_moments, cancel))
+        .collect()
+}
+
+/// Rectangle probabilities `P(lower[k] <= Z <= upper[k])`, `Z ~ N(mean, cov)`, for the `n`
+/// rows of `lower` and `upper` (`n x s`): `(log p, relative error)` per row. S >= 4 by the
+/// lattice path of `rectangle.rs`; S <= 3 (exact or nearly), far tails and more than
+/// `rectangle::MAX_DIM` dimensions as the polyhedron `[I; -I] z <= [upper; -lower]`.
+#[allow(clippy::too_many_arguments)]
+pub fn rectangles_batch(
+    lower: &[f64],
+    upper: &[f64],
+    mean: &[f64],
+    cov: &[f64],
+    n: usize,
+    rtol: f64,
+    seed: u64,
+    cancel: &Cancel,
+) -> Result<Vec<(f64, f64)>> {
+    let s = mean.len();
+    if lower.len() != n * s || upper.len() != n * s {
+        return invalid(format!("expected {n} rows of {s} lower and upper limits"));
+    }
+    if !(rtol > 0.0) {
+        return invalid(format!("rtol must be positive; got {rtol}"));
+    }
+    let g: Vec<f64> = (0..2 * s * s).map(|k| if k % s == (k / s) % s { if k < s * s { 1.0 } else { -1.0 } } else { 0.0 }).collect();
+    let shape = PolytopeShape::new(&g, s, cov)?;
+    (0..n)
+        .into_par_iter()
+        .map(|k| {
+            let (lo, hi) = (&lower[k * s..(k + 1) * s], &upper[k * s..(k + 1) * s]);
+            if s >= 4 {
+                let (a, b): (Vec<f64>, Vec<f64>) = lo.iter().zip(hi).zip(mean).map(|((l, u), m)| (l - m, u - m)).unzip();
+                if let Some(found) = rectangle::probability(&a, &b, cov, rtol, seed, sov::MAX_POINTS, cancel)? {
+                    return Ok((found.log_mass, found.error));
+                }
+            }
+            let h: Vec<f64> = hi.iter().copied().chain(lo.iter().map(|l| -l)).collect();
+            let found = shape.moments(&h, mean, rtol, seed, false, cancel)?;
+            Ok((found.log_mass, found.error))
+        })
         .collect()
 }
 

@@ -1,9 +1,9 @@
-use numpy::{PyArray1, PyArray2, PyArray3, PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::{PyArray1, PyArray2, PyArray3, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use numpy::ndarray::{Array1, Array2, Array3};
 use pyo3::prelude::*;
 
 use super::run_released;
-use crate::gauss::{moments_batch, PolytopeShape};
+use crate::gauss::{moments_batch, rectangles_batch, PolytopeShape};
 
 /// `(log_mass (n,), mean (n, S), cov (n, S, S), error (n,))` for `N(means[k], cov)` on
 /// `{z : G z <= h[k]}`. Shapes are checked by the Python wrapper; the engine re-checks sizes.
@@ -45,6 +45,27 @@ fn polytope_moments<'py>(
     Ok((PyArray1::from_owned_array(py, log_mass), PyArray2::from_owned_array(py, mean), PyArray3::from_owned_array(py, covs), PyArray1::from_owned_array(py, error)))
 }
 
+/// `(log p (n,), relative error (n,))` of `P(lower[k] <= Z <= upper[k])`, `Z ~ N(mean, cov)`.
+#[pyfunction]
+#[pyo3(signature = (lower, upper, mean, cov, rtol, seed))]
+fn mvn_cdf<'py>(
+    py: Python<'py>,
+    lower: PyReadonlyArray2<'py, f64>,
+    upper: PyReadonlyArray2<'py, f64>,
+    mean: PyReadonlyArray1<'py, f64>,
+    cov: PyReadonlyArray2<'py, f64>,
+    rtol: f64,
+    seed: u64,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let n = lower.shape()[0];
+    let (lower, upper, mean, cov) = (lower.as_array().iter().copied().collect::<Vec<f64>>(), upper.as_array().iter().copied().collect::<Vec<f64>>(),
+        mean.as_array().to_vec(), cov.as_array().iter().copied().collect::<Vec<f64>>());
+    let results = run_released(py, move |cancel| rectangles_batch(&lower, &upper, &mean, &cov, n, rtol, seed, cancel))?;
+    let (log_p, error): (Vec<f64>, Vec<f64>) = results.into_iter().unzip();
+    Ok((PyArray1::from_vec(py, log_p), PyArray1::from_vec(py, error)))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(polytope_moments, m)?)
+    m.add_function(wrap_pyfunction!(polytope_moments, m)?)?;
+    m.add_function(wrap_pyfunction!(mvn_cdf, m)?)
 }
