@@ -511,9 +511,9 @@ pub fn moments_batch(
 }
 
 /// Rectangle probabilities `P(lower[k] <= Z <= upper[k])`, `Z ~ N(mean, cov)`, for the `n`
-/// rows of `lower` and `upper` (`n x s`): `(log p, relative error)` per row. S >= 4 by the
-/// lattice path of `rectangle.rs`; S <= 3 (exact or nearly), far tails and more than
-/// `rectangle::MAX_DIM` dimensions as the polyhedron `[I; -I] z <= [upper; -lower]`.
+/// rows of `lower` and `upper` (`n x s`): `(log p, relative error)` per row. S = 4 to
+/// `rectangle::MAX_DIM` by the lattice path of `rectangle.rs`; S <= 3 (exact or nearly), far
+/// tails and more dimensions as the polyhedron `[I; -I] z <= [upper; -lower]`.
 #[allow(clippy::too_many_arguments)]
 pub fn rectangles_batch(
     lower: &[f64],
