@@ -1,12 +1,13 @@
 //! Per-call cost of the polyhedral Gaussian engine by dimension and number of rows: mass only
-//! and mass with moments, for random polyhedra around the mean (the E-step's calls).
+//! and mass with moments, for random polyhedra around the mean (the E-step's calls); and one
+//! rectangle probability (`mvn_cdf`'s call) by dimension and accuracy.
 //!
 //! `cargo bench --bench gauss` (figures in BENCHMARKS.md).
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use exactem::gauss::PolytopeShape;
+use exactem::gauss::{rectangles_batch, PolytopeShape};
 use exactem::Cancel;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
@@ -37,5 +38,25 @@ fn per_call(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_call);
+/// The rectangles of `benches/bench_gauss.py`: a random covariance `A A^T / S + I / 2`, limits
+/// 0.2 to 2 on either side of a small mean.
+fn rectangle(c: &mut Criterion) {
+    let mut group = c.benchmark_group("mvn_cdf");
+    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let mut rng = Pcg64::seed_from_u64(1);
+    for s in 4..=8 {
+        let a: Vec<f64> = (0..s * s).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+        let cov: Vec<f64> = (0..s * s).map(|k| (0..s).map(|j| a[(k / s) * s + j] * a[(k % s) * s + j]).sum::<f64>() / s as f64 + if k / s == k % s { 0.5 } else { 0.0 }).collect();
+        let mean: Vec<f64> = (0..s).map(|_| 0.3 * (rng.random::<f64>() - 0.5)).collect();
+        let lower: Vec<f64> = (0..s).map(|_| -0.2 - 1.8 * rng.random::<f64>()).collect();
+        let upper: Vec<f64> = (0..s).map(|_| 0.2 + 1.8 * rng.random::<f64>()).collect();
+        for rtol in [1e-4, 1e-6] {
+            let id = BenchmarkId::new(format!("rtol={rtol:e}"), format!("S={s}"));
+            group.bench_function(id, |b| b.iter(|| rectangles_batch(&lower, &upper, &mean, &cov, 1, rtol, 0, &Cancel::new()).unwrap()));
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_call, rectangle);
 criterion_main!(benches);
