@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from scipy import integrate, optimize, special, stats
+from scipy import integrate, optimize, stats
 from scipy.special import log_ndtr, logsumexp
 
 from exactem import gauss
@@ -260,21 +260,16 @@ def equicorrelated_log_probability(lower, upper, rho):
     quadrature of the conditional product, scaled so that far tails do not underflow)."""
     a, b = np.sqrt(rho), np.sqrt(1 - rho)
 
+    lower, upper = np.asarray(lower, float), np.asarray(upper, float)
+
     def log_conditional(t):
-        return stats.norm.logpdf(t) + sum(
-            _log_interval((lo - a * t) / b, (hi - a * t) / b) for lo, hi in zip(lower, upper))
+        return stats.norm.logpdf(t) + log_interval_mass((lower - a * t) / b, (upper - a * t) / b).sum()
 
     peak = optimize.minimize_scalar(lambda t: -log_conditional(t), bounds=(-40, 40), method="bounded").x
     top = log_conditional(peak)
     # Log-concave in t and narrower than N(0, 1): nothing beyond 12 of T's deviations of the peak.
     value, _ = integrate.quad(lambda t: np.exp(log_conditional(t) - top), peak - 12, peak + 12, points=[peak], epsabs=0, epsrel=1e-12, limit=500)
     return np.log(value) + top
-
-
-def _log_interval(a, b):
-    if a + b > 0:
-        a, b = -b, -a
-    return special.log_ndtr(b) + np.log1p(-np.exp(special.log_ndtr(a) - special.log_ndtr(b)))
 
 
 def test_rectangles_s4_to_8_error_calibrated_against_quadrature():

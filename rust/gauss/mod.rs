@@ -484,6 +484,14 @@ fn facet_moments(f: &[f64], e: &[f64], s: usize, tilt: &[f64], rtol: f64, seed: 
     Ok(())
 }
 
+/// The relative accuracy every integrating entry point asks for: positive (and not NaN).
+pub(crate) fn check_rtol(rtol: f64) -> Result<()> {
+    if !(rtol > 0.0) {
+        return invalid(format!("rtol must be positive; got {rtol}"));
+    }
+    Ok(())
+}
+
 /// Many integrals over one shape: row `k` uses offsets `h[k]` (`n x m`) and mean `means[k]`
 /// (`n x s`). Parallel over rows; results in row order, each with the same seed.
 #[allow(clippy::too_many_arguments)]
@@ -501,9 +509,7 @@ pub fn moments_batch(
     if h.len() != n * m || means.len() != n * s {
         return invalid(format!("expected {n} rows of {m} offsets and {n} means of dimension {s}"));
     }
-    if !(rtol > 0.0) {
-        return invalid(format!("rtol must be positive; got {rtol}"));
-    }
+    check_rtol(rtol)?;
     (0..n)
         .into_par_iter()
         .map(|k| shape.moments(&h[k * m..(k + 1) * m], &means[k * s..(k + 1) * s], rtol, seed, want_moments, cancel))
@@ -529,10 +535,12 @@ pub fn rectangles_batch(
     if lower.len() != n * s || upper.len() != n * s {
         return invalid(format!("expected {n} rows of {s} lower and upper limits"));
     }
-    if !(rtol > 0.0) {
-        return invalid(format!("rtol must be positive; got {rtol}"));
+    check_rtol(rtol)?;
+    let mut g = vec![0.0; 2 * s * s];
+    for k in 0..s {
+        g[k * s + k] = 1.0;
+        g[(s + k) * s + k] = -1.0;
     }
-    let g: Vec<f64> = (0..2 * s * s).map(|k| if k % s == (k / s) % s { if k < s * s { 1.0 } else { -1.0 } } else { 0.0 }).collect();
     let shape = PolytopeShape::new(&g, s, cov)?;
     (0..n)
         .into_par_iter()

@@ -266,9 +266,9 @@ pub fn truncated_standard_normal_at(a: f64, b: f64, u: f64) -> f64 {
     x.clamp(a, b)
 }
 
-/// `Phi(x)` in linear space, for the fast path of [`truncated_draw`].
+/// `Phi(x)` in linear space (accurate relative to itself below 0; above, use `1 - Phi(-x)`).
 #[inline]
-fn ndtr(x: f64) -> f64 {
+pub fn ndtr(x: f64) -> f64 {
     0.5 * libm::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
 }
 

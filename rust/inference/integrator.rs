@@ -42,9 +42,7 @@ pub struct GaussIntegrator {
 impl GaussIntegrator {
     pub fn new(partition: &Partition, algebra: &RegionAlgebra, rtol: f64, seed: u64, cancel: &Cancel) -> Result<Self> {
         let s = algebra.latent_dim();
-        if !(rtol > 0.0) {
-            return Err(Error::InvalidInput(format!("rtol must be positive; got {rtol}")));
-        }
+        crate::gauss::check_rtol(rtol)?;
         if s > crate::gauss::sobol::MAX_DIM {
             return Err(Error::InvalidInput(format!(
                 "inference supports latent dimensions up to {}; this decoder has {s}",
