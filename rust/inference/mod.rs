@@ -217,25 +217,25 @@ impl LocalGaussians {
 }
 
 /// Visits the regions whose terms `log(kappa_q Phi_q)` can matter for one point: first the
-/// one with the largest bound `log kappa_q + log_mass_bound`, then every region whose bound is
-/// within [`PRUNE_GAP`] of the best term found so far. `visit(q, mu_q, looseness)` returns the
-/// region's term; `looseness >= 1` says how far below the sum of the terms so far the
+/// one with the largest bound `log kappa_q + log_mass_bound`, then, in index order, every region
+/// whose bound is within [`PRUNE_GAP`] of the best term found so far. `visit(q, mu_q, looseness)`
+/// returns the region's term; `looseness >= 1` says how far below the sum of the terms so far the
 /// region's bound lies (see [`RegionIntegrator::log_mass_loose`]), so that an error of
 /// `looseness` times the integrator's relative accuracy in this term is that accuracy of
 /// `p(x)`. Skipped regions change `log p(x)` by less than `R exp(-PRUNE_GAP)` in relative terms.
+/// `bounds` is scratch, reused across points. Returns the first region visited.
 pub(crate) fn visit_regions<I: RegionIntegrator>(
     integrator: &I,
     log_kappa: &[f64],
     mu: &[f64],
     s: usize,
+    bounds: &mut Vec<f64>,
     mut visit: impl FnMut(usize, &[f64], f64) -> f64,
-) {
+) -> Option<usize> {
     let r = log_kappa.len();
-    let bound = |q: usize| log_kappa[q] + integrator.log_mass_bound(q, &mu[q * s..(q + 1) * s]);
-    let bounds: Vec<f64> = (0..r).map(bound).collect();
-    let Some(first) = (0..r).max_by(|&a, &b| bounds[a].total_cmp(&bounds[b]).then(b.cmp(&a))) else {
-        return;
-    };
+    bounds.clear();
+    bounds.extend((0..r).map(|q| log_kappa[q] + integrator.log_mass_bound(q, &mu[q * s..(q + 1) * s])));
+    let first = (0..r).max_by(|&a, &b| bounds[a].total_cmp(&bounds[b]).then(b.cmp(&a)))?;
     let mut best = visit(first, &mu[first * s..(first + 1) * s], 1.0);
     // The terms so far add up to `e^best * sum_below_best`.
     let mut sum_below_best = 1.0;
@@ -254,6 +254,38 @@ pub(crate) fn visit_regions<I: RegionIntegrator>(
             }
         }
     }
+    Some(first)
+}
+
+/// `log sum_k exp(t_k)` accumulated one term at a time, without storing the terms.
+#[derive(Clone, Copy)]
+struct RunningLogSumExp {
+    max: f64,
+    /// `sum_k exp(t_k - max)`.
+    scaled: f64,
+}
+
+impl RunningLogSumExp {
+    fn new() -> Self {
+        RunningLogSumExp { max: f64::NEG_INFINITY, scaled: 0.0 }
+    }
+
+    fn add(&mut self, t: f64) {
+        if t <= self.max {
+            self.scaled += (t - self.max).exp();
+        } else if t > f64::NEG_INFINITY {
+            self.scaled = self.scaled * (self.max - t).exp() + 1.0;
+            self.max = t;
+        }
+    }
+
+    fn value(&self) -> f64 {
+        if self.max == f64::NEG_INFINITY {
+            self.max
+        } else {
+            self.max + self.scaled.ln()
+        }
+    }
 }
 
 /// Points per batch of the matrix products: at most tens of megabytes of `n x R x S` buffers,
@@ -264,31 +296,32 @@ fn batch_size(n: usize, r: usize, s: usize) -> usize {
     memory_bound.min(balance_bound).min(4096)
 }
 
-/// Runs `per_point(log_kappa, mu)` for every column of `x` (`D x N`), in parallel batches that
-/// share their matrix products; results come back in point order.
-fn map_points<T: Send>(
+/// Runs `per_point(state, log_kappa, mu)` for every column of `x` (`D x N`), in parallel
+/// batches that share their matrix products; each batch starts from `start()` (its results
+/// and scratch buffers, reused across its points), and the batches come back in point order.
+fn map_batches<T: Send>(
     algebra: &RegionAlgebra,
     x: DMatrixView<f64>,
     cancel: &Cancel,
-    per_point: impl Fn(&[f64], &[f64]) -> T + Sync,
+    start: impl Fn() -> T + Sync,
+    per_point: impl Fn(&mut T, &[f64], &[f64]) + Sync,
 ) -> Result<Vec<T>> {
     let n = x.ncols();
     let batch = batch_size(n, algebra.n_regions(), algebra.s);
     let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
-    let parts: Result<Vec<Vec<T>>> = chunks
+    chunks
         .par_iter()
-        .map(|&(start, end)| {
+        .map(|&(first, end)| {
             cancel.check()?;
-            let local = algebra.local_gaussians(x.columns(start, end - start));
-            Ok((0..end - start)
-                .map(|p| {
-                    let (lk, mu) = local.point(p);
-                    per_point(lk, mu)
-                })
-                .collect())
+            let local = algebra.local_gaussians(x.columns(first, end - first));
+            let mut state = start();
+            for p in 0..end - first {
+                let (lk, mu) = local.point(p);
+                per_point(&mut state, lk, mu);
+            }
+            Ok(state)
         })
-        .collect();
-    Ok(parts?.into_iter().flatten().collect())
+        .collect()
 }
 
 /// `log p(x_n)` for every column of `x` (`D x N`).
@@ -298,62 +331,86 @@ pub fn log_likelihood<I: RegionIntegrator>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
 ) -> Result<Vec<f64>> {
-    map_points(algebra, x, cancel, |lk, mu| {
-        let mut terms = Vec::new();
-        visit_regions(integrator, lk, mu, algebra.s, |q, m, looseness| {
+    let batches = map_batches(algebra, x, cancel, || (Vec::new(), Vec::new()), |(out, bounds), lk, mu| {
+        let mut total = RunningLogSumExp::new();
+        visit_regions(integrator, lk, mu, algebra.s, bounds, |q, m, looseness| {
             let t = lk[q] + integrator.log_mass_loose(q, m, looseness);
-            terms.push(t);
+            total.add(t);
             t
         });
-        log_sum_exp(terms.iter().copied())
-    })
+        out.push(total.value());
+    })?;
+    Ok(batches.into_iter().flat_map(|(out, _)| out).collect())
 }
 
-/// The posterior terms of one point, flat: for each visited region, its index, its posterior
-/// probability, `E[z | q]` (S) and `E[z z^T | q]` (S x S).
+/// The posterior terms of one point, flat, in the order visited (the first region, then the
+/// others by index): for each visited region, its index, its posterior probability,
+/// `E[z | q]` (S) and `E[z z^T | q]` (S x S). The buffers are reused from point to point.
+#[derive(Default)]
 pub(crate) struct PointTerms {
     pub log_likelihood: f64,
     pub region: Vec<usize>,
     pub weight: Vec<f64>,
     pub mean: Vec<f64>,
     pub second: Vec<f64>,
+    bounds: Vec<f64>,
 }
 
-/// Visits the regions of one point and integrates over them. The weights are normalised by
-/// their sum rather than by `exp(log p)`, so they sum to one to rounding even where `log p(x)`
-/// is so large in magnitude that its own rounding is not small.
-pub(crate) fn moment_terms<I: RegionIntegrator>(integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) -> PointTerms {
-    let r = log_kappa.len();
-    let mut out = PointTerms {
-        log_likelihood: 0.0,
-        region: Vec::with_capacity(r),
-        weight: Vec::with_capacity(r),
-        mean: Vec::with_capacity(r * s),
-        second: Vec::with_capacity(r * s * s),
-    };
-    visit_regions(integrator, log_kappa, mu, s, |q, m, looseness| {
-        let k = out.region.len();
-        out.mean.resize((k + 1) * s, 0.0);
-        out.second.resize((k + 1) * s * s, 0.0);
-        let log_mass = integrator.moments_into_loose(q, m, &mut out.mean[k * s..], &mut out.second[k * s * s..], looseness);
-        let t = log_kappa[q] + log_mass;
-        out.region.push(q);
-        out.weight.push(t);
-        t
-    });
-    out.log_likelihood = log_sum_exp(out.weight.iter().copied());
-    let max = out.weight.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let total: f64 = out.weight.iter().map(|t| (t - max).exp()).sum();
-    for w in out.weight.iter_mut() {
-        *w = (*w - max).exp() / total;
+impl PointTerms {
+    /// Visits the regions of one point and integrates over them. The weights are normalised
+    /// by their sum rather than by `exp(log p)`, so they sum to one to rounding even where
+    /// `log p(x)` is so large in magnitude that its own rounding is not small.
+    pub(crate) fn compute<I: RegionIntegrator>(&mut self, integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) {
+        self.region.clear();
+        self.weight.clear();
+        self.mean.clear();
+        self.second.clear();
+        let PointTerms { region, weight, mean, second, bounds, .. } = self;
+        visit_regions(integrator, log_kappa, mu, s, bounds, |q, m, looseness| {
+            let k = region.len();
+            mean.resize((k + 1) * s, 0.0);
+            second.resize((k + 1) * s * s, 0.0);
+            let log_mass = integrator.moments_into_loose(q, m, &mut mean[k * s..], &mut second[k * s * s..], looseness);
+            let t = log_kappa[q] + log_mass;
+            region.push(q);
+            weight.push(t);
+            t
+        });
+        let max = self.weight.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if max == f64::NEG_INFINITY {
+            self.log_likelihood = max;
+            self.weight.iter_mut().for_each(|w| *w = f64::NAN);
+            return;
+        }
+        for w in self.weight.iter_mut() {
+            *w = (*w - max).exp();
+        }
+        let total: f64 = self.weight.iter().sum();
+        self.log_likelihood = max + total.ln();
+        self.weight.iter_mut().for_each(|w| *w /= total);
     }
-    out
+
+    /// The visited entries in increasing region order: the first visited is the only one out
+    /// of order.
+    fn in_region_order(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.region.len();
+        let first = self.region.first().copied().unwrap_or(0);
+        let before = self.region.get(1..).map_or(0, |rest| rest.partition_point(|&q| q < first));
+        (1..=before).chain((n > 0).then_some(0)).chain(before + 1..n)
+    }
+}
+
+pub(crate) fn moment_terms<I: RegionIntegrator>(integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) -> PointTerms {
+    let mut terms = PointTerms::default();
+    terms.compute(integrator, log_kappa, mu, s);
+    terms
 }
 
 /// E-step statistics, stored by point (CSR): for point n, entries `indptr[n]..indptr[n+1]`
-/// hold the regions q that carry posterior mass, with `m0 = P(q | x_n)`,
-/// `m1 = E[z 1_q | x_n]` (S each) and `m2 = E[z z^T 1_q | x_n]` (S x S each, row-major).
-#[derive(Clone, Debug, Default)]
+/// hold the regions q that carry posterior mass, in increasing order, with
+/// `m0 = P(q | x_n)`, `m1 = E[z 1_q | x_n]` (S each) and `m2 = E[z z^T 1_q | x_n]`
+/// (S x S each, row-major).
+#[derive(Clone, Debug)]
 pub struct EStep {
     pub log_likelihood: Vec<f64>,
     pub indptr: Vec<usize>,
@@ -361,6 +418,53 @@ pub struct EStep {
     pub m0: Vec<f64>,
     pub m1: Vec<f64>,
     pub m2: Vec<f64>,
+}
+
+impl Default for EStep {
+    fn default() -> Self {
+        EStep { log_likelihood: Vec::new(), indptr: vec![0], region: Vec::new(), m0: Vec::new(), m1: Vec::new(), m2: Vec::new() }
+    }
+}
+
+impl EStep {
+    /// Appends one point's entries whose weight is stored (above [`MIN_WEIGHT`]).
+    fn push_point(&mut self, terms: &PointTerms, s: usize) {
+        self.log_likelihood.push(terms.log_likelihood);
+        for k in terms.in_region_order() {
+            let w = terms.weight[k];
+            if w > MIN_WEIGHT {
+                self.region.push(terms.region[k]);
+                self.m0.push(w);
+                self.m1.extend(terms.mean[k * s..(k + 1) * s].iter().map(|v| w * v));
+                self.m2.extend(terms.second[k * s * s..(k + 1) * s * s].iter().map(|v| w * v));
+            }
+        }
+        self.indptr.push(self.region.len());
+    }
+
+    /// The batches' points one after the other, each array allocated once.
+    fn concat(batches: &[EStep]) -> EStep {
+        let total = |len: fn(&EStep) -> usize| batches.iter().map(len).sum::<usize>();
+        let mut out = EStep {
+            log_likelihood: Vec::with_capacity(total(|b| b.log_likelihood.len())),
+            indptr: Vec::with_capacity(total(|b| b.log_likelihood.len()) + 1),
+            region: Vec::with_capacity(total(|b| b.region.len())),
+            m0: Vec::with_capacity(total(|b| b.m0.len())),
+            m1: Vec::with_capacity(total(|b| b.m1.len())),
+            m2: Vec::with_capacity(total(|b| b.m2.len())),
+        };
+        out.indptr.push(0);
+        for batch in batches {
+            let offset = out.region.len();
+            out.indptr.extend(batch.indptr[1..].iter().map(|i| i + offset));
+            out.log_likelihood.extend_from_slice(&batch.log_likelihood);
+            out.region.extend_from_slice(&batch.region);
+            out.m0.extend_from_slice(&batch.m0);
+            out.m1.extend_from_slice(&batch.m1);
+            out.m2.extend_from_slice(&batch.m2);
+        }
+        out
+    }
 }
 
 /// Posterior weights below this are not stored (they are below `exp(-PRUNE_GAP)` relative to
@@ -374,22 +478,12 @@ pub fn e_step<I: RegionIntegrator>(
     cancel: &Cancel,
 ) -> Result<EStep> {
     let s = algebra.s;
-    let per_point = map_points(algebra, x, cancel, |lk, mu| moment_terms(integrator, lk, mu, s))?;
-    let mut out = EStep { indptr: vec![0], ..Default::default() };
-    for terms in per_point {
-        out.log_likelihood.push(terms.log_likelihood);
-        let mut order: Vec<usize> = (0..terms.region.len()).filter(|&k| terms.weight[k] > MIN_WEIGHT).collect();
-        order.sort_unstable_by_key(|&k| terms.region[k]);
-        for k in order {
-            let w = terms.weight[k];
-            out.region.push(terms.region[k]);
-            out.m0.push(w);
-            out.m1.extend(terms.mean[k * s..(k + 1) * s].iter().map(|v| w * v));
-            out.m2.extend(terms.second[k * s * s..(k + 1) * s * s].iter().map(|v| w * v));
-        }
-        out.indptr.push(out.region.len());
-    }
-    Ok(out)
+    let batches = map_batches(algebra, x, cancel, || (EStep::default(), PointTerms::default()), |(out, terms), lk, mu| {
+        terms.compute(integrator, lk, mu, s);
+        out.push_point(terms, s);
+    })?;
+    let batches: Vec<EStep> = batches.into_iter().map(|(batch, _)| batch).collect();
+    Ok(if batches.len() == 1 { batches.into_iter().next().unwrap() } else { EStep::concat(&batches) })
 }
 
 /// The DGN: a partition of its decoder and the per-region algebra for a noise variance.
