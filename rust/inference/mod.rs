@@ -177,28 +177,39 @@ impl RegionAlgebra {
         let btx = &self.bt_psi * x; // R x n: b_q^T Psi^-1 x
         let mut log_kappa = vec![0.0; n * r];
         let mut mu = vec![0.0; n * r * s];
-        let mut u = vec![0.0; s];
         for p in 0..n {
             let xpx: f64 = (0..self.d).map(|i| x[(i, p)] * x[(i, p)] * self.inv_psi[i]).sum();
-            for q in 0..r {
-                for j in 0..s {
-                    u[j] = atx[(q * s + j, p)] - self.v[q * s + j];
-                }
-                let sig = self.sigma(q);
-                let mut quad = 0.0;
-                let m = &mut mu[(p * r + q) * s..(p * r + q + 1) * s];
-                for j in 0..s {
-                    let mut acc = 0.0;
-                    for k in 0..s {
-                        acc += sig[j * s + k] * u[k];
-                    }
-                    m[j] = acc;
-                    quad += u[j] * acc;
-                }
-                log_kappa[p * r + q] = self.constant[q] - 0.5 * xpx + btx[(q, p)] + 0.5 * quad;
+            let (lk, m) = (&mut log_kappa[p * r..(p + 1) * r], &mut mu[p * r * s..(p + 1) * r * s]);
+            // Written for any S, inlined for S = 1 and 2 so that those loops unroll.
+            match s {
+                1 => self.local_gaussians_of_point(1, atx.column(p).as_slice(), btx.column(p).as_slice(), xpx, lk, m),
+                2 => self.local_gaussians_of_point(2, atx.column(p).as_slice(), btx.column(p).as_slice(), xpx, lk, m),
+                _ => self.local_gaussians_of_point(s, atx.column(p).as_slice(), btx.column(p).as_slice(), xpx, lk, m),
             }
         }
         LocalGaussians { s, r, log_kappa, mu }
+    }
+
+    /// One point's `log kappa_q` and `mu_q = Sigma_q u_q`, `u_q = A_q^T Psi^-1 x - v_q`, from
+    /// its columns of the two products.
+    #[inline(always)]
+    fn local_gaussians_of_point(&self, s: usize, atx: &[f64], btx: &[f64], xpx: f64, log_kappa: &mut [f64], mu: &mut [f64]) {
+        let mut u = [0.0; crate::gauss::sobol::MAX_DIM];
+        let u = &mut u[..s];
+        for (q, (lk, m)) in log_kappa.iter_mut().zip(mu.chunks_exact_mut(s)).enumerate() {
+            for ((uj, a), v) in u.iter_mut().zip(&atx[q * s..(q + 1) * s]).zip(&self.v[q * s..(q + 1) * s]) {
+                *uj = a - v;
+            }
+            let mut quad = 0.0;
+            for (mj, row) in m.iter_mut().zip(self.sigma[q * s * s..(q + 1) * s * s].chunks_exact(s)) {
+                let acc: f64 = row.iter().zip(u.iter()).map(|(a, b)| a * b).sum();
+                *mj = acc;
+            }
+            for (uj, mj) in u.iter().zip(m.iter()) {
+                quad += uj * mj;
+            }
+            *lk = self.constant[q] - 0.5 * xpx + btx[q] + 0.5 * quad;
+        }
     }
 }
 
