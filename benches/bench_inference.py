@@ -6,6 +6,14 @@ S = 1 formula (per-interval closed form over precomputed regions), in one run.
 Times are medians over the repeats; both sides get the regions precomputed.
 """
 
+import os
+
+# OpenBLAS's worker threads busy-wait for a while after every numpy matrix product (sampling
+# from the model runs the decoder in numpy) and take a core from exactem's thread pool on a
+# 2-core machine: the first calls timed ran up to 2x slower. The products here are tiny, so
+# numpy loses nothing with one BLAS thread.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 
 import numpy as np

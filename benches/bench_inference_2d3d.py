@@ -8,6 +8,14 @@ call. S = 2 times are medians over the repeats; S = 3 runs once each, at rtol 1e
 rtol 1e-8 for the log-likelihood to show what the tighter tolerance costs and changes.
 """
 
+import os
+
+# OpenBLAS's worker threads busy-wait for a while after every numpy matrix product (sampling
+# from the model runs the decoder in numpy) and take a core from exactem's thread pool on a
+# 2-core machine: the first calls timed ran up to 2x slower. The products here are tiny, so
+# numpy loses nothing with one BLAS thread.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 
 import numpy as np
