@@ -275,7 +275,7 @@ impl WhitenedMoments {
 /// lower-dimensional (for S >= 3: it has no ball of radius above `1e-9 (1 + |centre|)`, so its
 /// Gaussian mass is zero to that precision). Polygons are reduced exactly by their edges, S >= 3
 /// by one LP per row.
-fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+pub(crate) fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f64>, Vec<f64>)> {
     let m = e.len();
     if m == 0 {
         return Some((Vec::new(), Vec::new(), vec![0.0; s]));
@@ -394,7 +394,7 @@ fn integrate_whitened(
             let (log_mass, error) = if s == 3 {
                 slices::log_mass(f, e, &tilt, rtol)
             } else {
-                let mass = sov::integrate(f, e, s, &tilt, rtol, seed, budget, cancel)?;
+                let mass = sov::integrate(f, e, s, &tilt, centre, rtol, seed, budget, cancel)?;
                 (mass.log_mass, mass.error)
             };
             let mut out = WhitenedMoments { log_mass, mean: vec![f64::NAN; s], second: vec![f64::NAN; s * s], error };

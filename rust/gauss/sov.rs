@@ -7,6 +7,9 @@
 //! first (Genz-Bretz ordering), so each pivot row bounds one new variable and every other row
 //! bounds the variable of its last nonzero coefficient. Sampling `v_k` from its conditional
 //! truncated normal leaves the product of the interval probabilities as an unbiased weight.
+//! Each variable is also bounded by the rows of the polyhedron's projection onto the variables
+//! so far (Fourier-Motzkin, [`project`]), so that every interval is the exact set of values from
+//! which the path can go on: paths never die, and the integrand has no jumps to zero.
 //!
 //! Far-tail polyhedra (mass 1e-100 and less) need tilting: `v_k` is drawn from `N(mu_k, 1)`
 //! truncated to its interval and the weight carries the likelihood ratio
@@ -55,11 +58,13 @@ pub struct SovResult {
     pub error: f64,
 }
 
-/// The rotated problem: rows `C = F Q` (row-major m x S) with the variable each row bounds.
+/// The rotated problem: rows `C = F Q` (row-major m x S) with their offsets and the variable
+/// each row bounds; after [`project`], also the rows that bound each variable's projection.
 struct Rotated {
     s: usize,
     q: Vec<f64>,
     c: Vec<f64>,
+    e: Vec<f64>,
     last: Vec<usize>,
 }
 
@@ -157,7 +162,78 @@ fn rotate(f: &[f64], e: &[f64], s: usize, tilt: &[f64]) -> Rotated {
             c[i * s + k] = 0.0;
         }
     }
-    Rotated { s, q, c, last }
+    Rotated { s, q, c, e: e.to_vec(), last }
+}
+
+/// Coefficients below this (rows have unit length) are rounding: the row does not involve the
+/// variable.
+const ZERO_COEFFICIENT: f64 = 1e-10;
+
+/// Rows the projections may add before the elimination stops (a polyhedron whose projections
+/// have that many facets keeps the rows found so far: they are valid, only not complete).
+const MAX_PROJECTION_ROWS: usize = 512;
+
+/// Adds, for every k, the rows of the polyhedron's projection onto the first k variables, by
+/// Fourier-Motzkin elimination of the later ones (redundant rows dropped at each step). Then
+/// the interval each row set gives `v_k` given `v_1..v_{k-1}` is exactly the set of values
+/// from which the path can still be completed, so no path dies: without them a path leaves
+/// the polyhedron's shadow whenever a row that bounds a later variable cuts it off, its
+/// weight drops to zero there, and quasi-Monte Carlo on such a discontinuous integrand
+/// converges slowly or, on a thin polyhedron seen from a bad angle, never hits it. Derived rows
+/// are implied by the polyhedron, so any subset keeps the estimate unbiased.
+fn project(rot: &mut Rotated) {
+    let s = rot.s;
+    // The rows of the polyhedron in the first k + 1 variables (its projection there).
+    let mut current: Vec<(Vec<f64>, f64)> = (0..rot.e.len()).map(|i| (rot.c[i * s..(i + 1) * s].to_vec(), rot.e[i])).collect();
+    let mut rows: Vec<(Vec<f64>, f64)> = Vec::new();
+    for k in (0..s).rev() {
+        let (with_k, without_k): (Vec<_>, Vec<_>) = current.into_iter().partition(|(c, _)| c[k].abs() > ZERO_COEFFICIENT);
+        if k == 0 {
+            rows.extend(with_k);
+            rows.extend(without_k);
+            break;
+        }
+        let mut next = without_k;
+        for (ci, ei) in with_k.iter().filter(|(c, _)| c[k] > 0.0) {
+            for (cj, ej) in with_k.iter().filter(|(c, _)| c[k] < 0.0) {
+                let (a, b) = (1.0 / ci[k], -1.0 / cj[k]);
+                let mut row: Vec<f64> = (0..s).map(|j| if j < k { a * ci[j] + b * cj[j] } else { 0.0 }).collect();
+                let offset = a * ei + b * ej;
+                let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+                // A pair of opposite faces (a slab in v_k) implies nothing about the others.
+                if norm <= 1e-9 * (1.0 + offset.abs()) {
+                    continue;
+                }
+                row.iter_mut().for_each(|x| *x = if x.abs() > ZERO_COEFFICIENT * norm { *x / norm } else { 0.0 });
+                next.push((row, offset / norm));
+            }
+        }
+        rows.extend(with_k);
+        let derived = next.len();
+        current = if derived > MAX_PROJECTION_ROWS {
+            next
+        } else {
+            let flat: Vec<f64> = next.iter().flat_map(|(c, _)| c[..k].iter().copied()).collect();
+            let offsets: Vec<f64> = next.iter().map(|(_, e)| *e).collect();
+            match super::reduce(&flat, &offsets, k) {
+                Some((f, e, _)) => e.iter().enumerate().map(|(i, &ei)| {
+                    let mut row = f[i * k..(i + 1) * k].to_vec();
+                    row.resize(s, 0.0);
+                    (row, ei)
+                }).collect(),
+                // Too thin to reduce (the polyhedron itself was not): keep every row.
+                None => next,
+            }
+        };
+        if current.len() > MAX_PROJECTION_ROWS {
+            // Stop deriving: the remaining rows bound their own variables as they are.
+            rows.extend(current);
+            break;
+        }
+    }
+    rot.c = rows.iter().flat_map(|(c, _)| c.iter().copied()).collect();
+    rot.e = rows.iter().map(|(_, e)| *e).collect();
+    rot.last = rows.iter().map(|(c, _)| (0..s).rev().find(|&k| c[k].abs() > ZERO_COEFFICIENT).unwrap_or(0)).collect();
 }
 
 /// Sums over the points of one scrambling.
@@ -169,13 +245,15 @@ struct Sums {
 
 /// The polyhedron `{w : F w <= e}` (rows of unit length, `m x S` row-major) under `N(0, I)`;
 /// `tilt` is its point nearest the origin (it orders the variables and starts the saddle
-/// search). The mass's relative error is driven below `rtol` or `max_points` (over all
-/// scramblings) are spent.
+/// search), `inside` a point of its interior. The mass's relative error is driven below
+/// `rtol` or `max_points` (over all scramblings) are spent.
+#[allow(clippy::too_many_arguments)]
 pub fn integrate(
     f: &[f64],
     e: &[f64],
     s: usize,
     tilt: &[f64],
+    inside: &[f64],
     rtol: f64,
     seed: u64,
     max_points: usize,
@@ -187,17 +265,20 @@ pub fn integrate(
             sobol::MAX_DIM
         )));
     }
-    let rot = rotate(f, e, s, tilt);
+    let mut rot = rotate(f, e, s, tilt);
+    project(&mut rot);
+    let e = &rot.e[..];
     let m = e.len();
     let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
-    let mode: Vec<f64> = (0..s).map(|k| (0..s).map(|j| rot.q[j * s + k] * tilt[j]).sum()).collect();
+    let rotated = |w: &[f64]| -> Vec<f64> { (0..s).map(|k| (0..s).map(|j| rot.q[j * s + k] * w[j]).sum()).collect() };
+    let (mode, interior) = (rotated(tilt), rotated(inside));
     // Botev's minimax tilt; if the saddle point is not found, the shift to the mode, whose
     // likelihood ratio is at most exp(-|mode|^2/2) on the polyhedron (bounded relative error,
     // though a larger variance than the saddle point's). Weights are kept relative to
     // exp(reference), the saddle value or the weight of the path through the mode, so that
     // they neither underflow nor overflow.
     let mut v = vec![0.0; s];
-    let (nu, mut reference) = match minimax_tilt(&rot, e, &rows_of, &mode) {
+    let (nu, mut reference) = match minimax_tilt(&rot, e, &rows_of, &mode, &interior) {
         Some(found) => found,
         None => {
             let reference = path_log_weight(&rot, e, &rows_of, &mode, None, &mut v);
@@ -244,8 +325,9 @@ pub fn integrate(
         let starved = sums.iter().any(|acc| acc.hits < MIN_HITS);
         if starved {
             error = error.max(1.0);
-            // Almost every path dies (a needle-thin polyhedron seen from a bad angle): more
-            // points would barely help, so stop early and let the error say so.
+            // Almost every path dies (only where the projections were cut short at
+            // MAX_PROJECTION_ROWS): more points would barely help, so stop early and let the
+            // error say so.
             if target * SHIFTS >= STARVED_BUDGET {
                 break;
             }
@@ -256,7 +338,9 @@ pub fn integrate(
         target *= 2;
     }
     if !(estimate > 0.0) {
-        return Ok(SovResult { log_mass: f64::NEG_INFINITY, error: 0.0 });
+        // The polyhedron has an interior (the caller checked), so no path finding it is a
+        // failure, not a zero: the error says so.
+        return Ok(SovResult { log_mass: f64::NEG_INFINITY, error: f64::INFINITY });
     }
     Ok(SovResult { log_mass: estimate.ln() + reference, error })
 }
@@ -317,8 +401,10 @@ fn bounds(rot: &Rotated, e: &[f64], rows: &[usize], k: usize, x: &[f64]) -> (f64
 /// `psi(x, mu) = sum_k mu_k^2/2 - mu_k x_k + log(Phi(hi_k(x) - mu_k) - Phi(lo_k(x) - mu_k))`
 /// by damped Newton on its gradient (Jacobian by central differences: 2S <= ~20 unknowns).
 /// With several rows per variable the bounds are a min / max of affine functions; the gradient
-/// uses the active row. Returns `(mu, psi(x*, mu*))`, which bounds the log weights.
-fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], start: &[f64]) -> Option<(Vec<f64>, f64)> {
+/// uses the active row. Returns `(mu, psi(x*, mu*))`, which bounds the log weights. The search
+/// starts at the mode, or, where some interval is empty there (the mode is on the boundary, at
+/// a vertex say), at the first point towards `interior` where none is.
+fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], interior: &[f64]) -> Option<(Vec<f64>, f64)> {
     let s = rot.s;
     let n = 2 * s;
     let phi_ratio = |t: f64, log_z: f64| if t.is_finite() { (log_pdf(t) - log_z).exp() } else { 0.0 };
@@ -353,8 +439,10 @@ fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], start: &[f64])
         Some((grad, psi))
     };
     let norm = |g: &[f64]| dot(g, g).sqrt();
-    let mut y: Vec<f64> = start.iter().copied().chain(std::iter::repeat_n(0.0, s)).collect();
-    let (mut g, mut psi) = gradient(&y)?;
+    let (mut y, mut g, mut psi) = [0.0, 1e-4, 1e-2, 0.1, 0.5, 1.0].iter().find_map(|t| {
+        let y: Vec<f64> = mode.iter().zip(interior).map(|(m, c)| m + t * (c - m)).chain(std::iter::repeat_n(0.0, s)).collect();
+        gradient(&y).map(|(g, psi)| (y, g, psi))
+    })?;
     for _ in 0..100 {
         if norm(&g) <= 1e-10 * (1.0 + norm(&y)) {
             return Some((y[s..].to_vec(), psi));
