@@ -8,7 +8,7 @@
 //! bounds the variable of its last nonzero coefficient. Sampling `v_k` from its conditional
 //! truncated normal leaves the product of the interval probabilities as an unbiased weight.
 //! Each variable is also bounded by the rows of the polyhedron's projection onto the variables
-//! so far (Fourier-Motzkin, [`project`]), so that every interval is the exact set of values from
+//! so far (Fourier-Motzkin, `project`), so that every interval is the exact set of values from
 //! which the path can go on: paths never die, and the integrand has no jumps to zero.
 //!
 //! Far-tail polyhedra (mass 1e-100 and less) need tilting: `v_k` is drawn from `N(mu_k, 1)`
