@@ -439,44 +439,47 @@ fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], 
         Some((grad, psi))
     };
     let norm = |g: &[f64]| dot(g, g).sqrt();
-    let (mut y, mut g, mut psi) = [0.0, 1e-4, 1e-2, 0.1, 0.5, 1.0].iter().find_map(|t| {
-        let y: Vec<f64> = mode.iter().zip(interior).map(|(m, c)| m + t * (c - m)).chain(std::iter::repeat_n(0.0, s)).collect();
-        gradient(&y).map(|(g, psi)| (y, g, psi))
-    })?;
-    for _ in 0..100 {
-        if norm(&g) <= 1e-10 * (1.0 + norm(&y)) {
-            return Some((y[s..].to_vec(), psi));
-        }
-        let mut jac = vec![0.0; n * n];
-        for c in 0..n {
-            let h = 1e-6 * (1.0 + y[c].abs());
-            let (mut yp, mut ym) = (y.clone(), y.clone());
-            yp[c] += h;
-            ym[c] -= h;
-            let (gp, _) = gradient(&yp)?;
-            let (gm, _) = gradient(&ym)?;
-            for r in 0..n {
-                jac[r * n + c] = (gp[r] - gm[r]) / (2.0 * h);
+    // Newton from the mode, else from points towards the interior: the gradient has kinks
+    // where rows tie, and a start on one can send the finite-difference Jacobian astray.
+    let start = |t: f64| -> Vec<f64> { mode.iter().zip(interior).map(|(m, c)| m + t * (c - m)).chain(std::iter::repeat_n(0.0, s)).collect() };
+    let newton = |mut y: Vec<f64>| -> Option<(Vec<f64>, f64)> {
+        let (mut g, mut psi) = gradient(&y)?;
+        for _ in 0..100 {
+            if norm(&g) <= 1e-10 * (1.0 + norm(&y)) {
+                return Some((y[s..].to_vec(), psi));
             }
-        }
-        let step = solve_dense(&mut jac, g.clone(), n)?;
-        let mut t = 1.0;
-        let current = norm(&g);
-        loop {
-            let trial: Vec<f64> = y.iter().zip(&step).map(|(yi, di)| yi - t * di).collect();
-            if let Some((gt, pt)) = gradient(&trial) {
-                if norm(&gt) < current {
-                    (y, g, psi) = (trial, gt, pt);
-                    break;
+            let mut jac = vec![0.0; n * n];
+            for c in 0..n {
+                let h = 1e-6 * (1.0 + y[c].abs());
+                let (mut yp, mut ym) = (y.clone(), y.clone());
+                yp[c] += h;
+                ym[c] -= h;
+                let (gp, _) = gradient(&yp)?;
+                let (gm, _) = gradient(&ym)?;
+                for r in 0..n {
+                    jac[r * n + c] = (gp[r] - gm[r]) / (2.0 * h);
                 }
             }
-            t *= 0.5;
-            if t < 1e-6 {
-                return None;
+            let step = solve_dense(&mut jac, g.clone(), n)?;
+            let mut t = 1.0;
+            let current = norm(&g);
+            loop {
+                let trial: Vec<f64> = y.iter().zip(&step).map(|(yi, di)| yi - t * di).collect();
+                if let Some((gt, pt)) = gradient(&trial) {
+                    if norm(&gt) < current {
+                        (y, g, psi) = (trial, gt, pt);
+                        break;
+                    }
+                }
+                t *= 0.5;
+                if t < 1e-6 {
+                    return None;
+                }
             }
         }
-    }
-    None
+        None
+    };
+    [0.0, 1e-2, 0.1, 0.5, 1.0].iter().find_map(|&t| newton(start(t)))
 }
 
 /// Solves `A x = b` (row-major `n x n`) by Gaussian elimination with partial pivoting.
