@@ -230,7 +230,9 @@ impl PolytopeShape {
     fn unwhiten(&self, w: WhitenedMoments, mean: &[f64]) -> GaussMoments {
         let s = self.s;
         if w.log_mass == f64::NEG_INFINITY {
-            return GaussMoments::empty(s);
+            // Zero mass: exact (0) for an empty polyhedron, unknown (infinite) where the
+            // integrator found none in one that has an interior.
+            return GaussMoments { error: w.error, ..GaussMoments::empty(s) };
         }
         let l = &self.l;
         let z_mean: Vec<f64> = (0..s).map(|i| mean[i] + dot(&l[i * s..i * s + i + 1], &w.mean[..i + 1])).collect();
