@@ -209,8 +209,7 @@ fn project(rot: &mut Rotated) {
             }
         }
         rows.extend(with_k);
-        let derived = next.len();
-        current = if derived > MAX_PROJECTION_ROWS {
+        current = if next.len() > MAX_PROJECTION_ROWS {
             next
         } else {
             let flat: Vec<f64> = next.iter().flat_map(|(c, _)| c[..k].iter().copied()).collect();
@@ -401,9 +400,8 @@ fn bounds(rot: &Rotated, e: &[f64], rows: &[usize], k: usize, x: &[f64]) -> (f64
 /// `psi(x, mu) = sum_k mu_k^2/2 - mu_k x_k + log(Phi(hi_k(x) - mu_k) - Phi(lo_k(x) - mu_k))`
 /// by damped Newton on its gradient (Jacobian by central differences: 2S <= ~20 unknowns).
 /// With several rows per variable the bounds are a min / max of affine functions; the gradient
-/// uses the active row. Returns `(mu, psi(x*, mu*))`, which bounds the log weights. The search
-/// starts at the mode, or, where some interval is empty there (the mode is on the boundary, at
-/// a vertex say), at the first point towards `interior` where none is.
+/// uses the active row. Returns `(mu, psi(x*, mu*))`, which bounds the log weights. Newton
+/// starts at the mode and, where it fails from there, again from points towards `interior`.
 fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], interior: &[f64]) -> Option<(Vec<f64>, f64)> {
     let s = rot.s;
     let n = 2 * s;
