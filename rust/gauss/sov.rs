@@ -317,8 +317,11 @@ pub fn integrate(
         done = target;
         let means: Vec<f64> = sums.iter().map(|acc| acc.weight / done as f64).collect();
         estimate = means.iter().sum::<f64>() / SHIFTS as f64;
-        let var = means.iter().map(|x| (x - estimate).powi(2)).sum::<f64>() / ((SHIFTS - 1) * SHIFTS) as f64;
-        error = if estimate > 0.0 { ERROR_SCALE * var.sqrt() / estimate } else { f64::INFINITY };
+        // The spread relative to the estimate: the means are relative to exp(reference) and
+        // can be so small (a reference far above every weight) that their squares underflow,
+        // which would report an error of 0.
+        let relative_var = means.iter().map(|x| (x / estimate - 1.0).powi(2)).sum::<f64>() / ((SHIFTS - 1) * SHIFTS) as f64;
+        error = if estimate > 0.0 { ERROR_SCALE * relative_var.sqrt() } else { f64::INFINITY };
         // The spread of a handful of non-zero paths says nothing: the estimate is unreliable
         // until every scrambling has a fair number of them.
         let starved = sums.iter().any(|acc| acc.hits < MIN_HITS);
@@ -378,22 +381,42 @@ fn path_log_weight(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], nu: &[f64],
     log_weight
 }
 
-/// The bounds of variable `k` given `x_1..x_{k-1}`: `(lo, row of lo, hi, row of hi)`.
-fn bounds(rot: &Rotated, e: &[f64], rows: &[usize], k: usize, x: &[f64]) -> (f64, Option<usize>, f64, Option<usize>) {
+/// The bounds of variable `k` given `x_1..x_{k-1}` and their gradients in `x_1..x_{k-1}`:
+/// `(lo, d lo, hi, d hi)`. With `smoothing > 0` the min / max over rows is replaced by a soft
+/// one (`-t log sum exp(-bound / t)`), which has no kinks where rows tie.
+fn bounds(rot: &Rotated, e: &[f64], rows: &[usize], k: usize, x: &[f64], smoothing: f64) -> (f64, Vec<f64>, f64, Vec<f64>) {
     let s = rot.s;
-    let (mut lo, mut lo_row, mut hi, mut hi_row) = (f64::NEG_INFINITY, None, f64::INFINITY, None);
-    for &i in rows {
-        let row = &rot.c[i * s..(i + 1) * s];
-        let bound = (e[i] - dot(&row[..k], &x[..k])) / row[k];
-        if row[k] > 0.0 {
-            if bound < hi {
-                (hi, hi_row) = (bound, Some(i));
+    let bound = |i: usize| (e[i] - dot(&rot.c[i * s..i * s + k], &x[..k])) / rot.c[i * s + k];
+    // sign +1: the smallest upper bound; -1: the largest lower bound.
+    let side = |sign: f64| -> (f64, Vec<f64>) {
+        let candidates: Vec<(usize, f64)> = rows.iter().filter(|&&i| rot.c[i * s + k] * sign > 0.0).map(|&i| (i, bound(i))).collect();
+        let mut gradient = vec![0.0; k];
+        let Some(&(first, best)) = candidates.iter().min_by(|a, b| (sign * a.1).total_cmp(&(sign * b.1))) else {
+            return (sign * f64::INFINITY, gradient);
+        };
+        let weights: Vec<(usize, f64)> = if smoothing > 0.0 {
+            let w: Vec<(usize, f64)> = candidates.iter().map(|&(i, b)| (i, (-(sign * (b - best)) / smoothing).exp())).collect();
+            let total: f64 = w.iter().map(|p| p.1).sum();
+            w.into_iter().map(|(i, v)| (i, v / total)).collect()
+        } else {
+            vec![(first, 1.0)]
+        };
+        for &(i, w) in &weights {
+            for (j, g) in gradient.iter_mut().enumerate() {
+                *g += w * (-rot.c[i * s + j] / rot.c[i * s + k]);
             }
-        } else if bound > lo {
-            (lo, lo_row) = (bound, Some(i));
         }
-    }
-    (lo, lo_row, hi, hi_row)
+        let value = if smoothing > 0.0 {
+            let total: f64 = candidates.iter().map(|&(_, b)| (-(sign * (b - best)) / smoothing).exp()).sum();
+            best - sign * smoothing * total.ln()
+        } else {
+            best
+        };
+        (value, gradient)
+    };
+    let (hi, d_hi) = side(1.0);
+    let (lo, d_lo) = side(-1.0);
+    (lo, d_lo, hi, d_hi)
 }
 
 /// Botev's (2017) minimax exponential tilting: the saddle point of
@@ -406,13 +429,13 @@ fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], 
     let s = rot.s;
     let n = 2 * s;
     let phi_ratio = |t: f64, log_z: f64| if t.is_finite() { (log_pdf(t) - log_z).exp() } else { 0.0 };
-    // (gradient, psi) at y = [x; mu].
-    let gradient = |y: &[f64]| -> Option<(Vec<f64>, f64)> {
+    // (gradient, psi) at y = [x; mu], for a smoothing of the bounds' kinks.
+    let gradient = |y: &[f64], smoothing: f64| -> Option<(Vec<f64>, f64)> {
         let (x, mu) = y.split_at(s);
         let mut grad = vec![0.0; n];
         let mut psi = 0.0;
         for k in 0..s {
-            let (lo, lo_row, hi, hi_row) = bounds(rot, e, &rows_of[k], k, x);
+            let (lo, d_lo, hi, d_hi) = bounds(rot, e, &rows_of[k], k, x, smoothing);
             let (a, b) = (lo - mu[k], hi - mu[k]);
             let log_z = log_diff_ndtr(a, b);
             if !log_z.is_finite() {
@@ -422,16 +445,9 @@ fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], 
             let (ra, rb) = (phi_ratio(a, log_z), phi_ratio(b, log_z));
             grad[s + k] = mu[k] - x[k] + (ra - rb);
             grad[k] -= mu[k];
-            // d log Z_k / d x_j through the active rows' bounds.
+            // d log Z_k / d x_j through the bounds.
             for j in 0..k {
-                let mut d = 0.0;
-                if let Some(r) = hi_row {
-                    d += rb * (-rot.c[r * s + j] / rot.c[r * s + k]);
-                }
-                if let Some(r) = lo_row {
-                    d -= ra * (-rot.c[r * s + j] / rot.c[r * s + k]);
-                }
-                grad[j] += d;
+                grad[j] += rb * d_hi[j] - ra * d_lo[j];
             }
         }
         Some((grad, psi))
@@ -440,7 +456,8 @@ fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], 
     // Newton from the mode, else from points towards the interior: the gradient has kinks
     // where rows tie, and a start on one can send the finite-difference Jacobian astray.
     let start = |t: f64| -> Vec<f64> { mode.iter().zip(interior).map(|(m, c)| m + t * (c - m)).chain(std::iter::repeat_n(0.0, s)).collect() };
-    let newton = |mut y: Vec<f64>| -> Option<(Vec<f64>, f64)> {
+    let newton = |mut y: Vec<f64>, smoothing: f64| -> Option<(Vec<f64>, f64)> {
+        let gradient = |y: &[f64]| gradient(y, smoothing);
         let (mut g, mut psi) = gradient(&y)?;
         for _ in 0..100 {
             if norm(&g) <= 1e-10 * (1.0 + norm(&y)) {
@@ -477,7 +494,7 @@ fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], 
         }
         None
     };
-    [0.0, 1e-2, 0.1, 0.5, 1.0].iter().find_map(|&t| newton(start(t)))
+    [0.0, 0.1, 1.0].iter().find_map(|&smoothing| [0.0, 1e-2, 0.1, 0.5, 1.0].iter().find_map(|&t| newton(start(t), smoothing)))
 }
 
 /// Solves `A x = b` (row-major `n x n`) by Gaussian elimination with partial pivoting.
