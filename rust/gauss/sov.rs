@@ -394,24 +394,19 @@ fn bounds(rot: &Rotated, e: &[f64], rows: &[usize], k: usize, x: &[f64], smoothi
         let Some(&(first, best)) = candidates.iter().min_by(|a, b| (sign * a.1).total_cmp(&(sign * b.1))) else {
             return (sign * f64::INFINITY, gradient);
         };
-        let weights: Vec<(usize, f64)> = if smoothing > 0.0 {
+        // Soft-min weights exp(-(b - best) / t) (for the upper side), summing to `total`.
+        let (weights, value): (Vec<(usize, f64)>, f64) = if smoothing > 0.0 {
             let w: Vec<(usize, f64)> = candidates.iter().map(|&(i, b)| (i, (-(sign * (b - best)) / smoothing).exp())).collect();
             let total: f64 = w.iter().map(|p| p.1).sum();
-            w.into_iter().map(|(i, v)| (i, v / total)).collect()
+            (w.into_iter().map(|(i, v)| (i, v / total)).collect(), best - sign * smoothing * total.ln())
         } else {
-            vec![(first, 1.0)]
+            (vec![(first, 1.0)], best)
         };
         for &(i, w) in &weights {
             for (j, g) in gradient.iter_mut().enumerate() {
                 *g += w * (-rot.c[i * s + j] / rot.c[i * s + k]);
             }
         }
-        let value = if smoothing > 0.0 {
-            let total: f64 = candidates.iter().map(|&(_, b)| (-(sign * (b - best)) / smoothing).exp()).sum();
-            best - sign * smoothing * total.ln()
-        } else {
-            best
-        };
         (value, gradient)
     };
     let (hi, d_hi) = side(1.0);
