@@ -521,3 +521,59 @@ fn solve_dense(a: &mut [f64], mut b: Vec<f64>, n: usize) -> Option<Vec<f64>> {
     }
     b.iter().all(|v| v.is_finite()).then_some(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random polyhedra around the origin: `m` random unit rows at offsets 0.2..1.5, and a
+    /// thin slab (two nearly opposite rows) so that rows which do not bound their own variable
+    /// cut paths off.
+    fn random_polyhedron(rng: &mut Pcg64, s: usize, m: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut f = Vec::new();
+        let mut e = Vec::new();
+        let mut unit = |rng: &mut Pcg64| -> Vec<f64> {
+            let v: Vec<f64> = (0..s).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+            let n = dot(&v, &v).sqrt();
+            v.iter().map(|x| x / n).collect()
+        };
+        for _ in 0..m {
+            f.extend(unit(rng));
+            e.push(0.2 + 1.3 * rng.random::<f64>());
+        }
+        let d = unit(rng);
+        f.extend(d.iter().copied());
+        f.extend(d.iter().map(|x| -x));
+        e.extend([0.01, 0.01]);
+        (f, e)
+    }
+
+    #[test]
+    fn projections_are_valid_and_leave_no_path_dead() {
+        let mut rng = Pcg64::seed_from_u64(11);
+        for s in [3, 4, 5] {
+            for _ in 0..10 {
+                let (f, e) = random_polyhedron(&mut rng, s, 2 * s);
+                let tilt = vec![0.0; s];
+                let mut rot = rotate(&f, &e, s, &tilt);
+                let original = rot.e.len();
+                project(&mut rot);
+                let m = rot.e.len();
+                let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
+                let nu = vec![0.0; s];
+                let mut v = vec![0.0; s];
+                // Every path completes.
+                for _ in 0..2000 {
+                    let u: Vec<f64> = (0..s).map(|_| rng.random::<f64>()).collect();
+                    let lw = path_log_weight(&rot, &rot.e, &rows_of, &nu, Some(&u), &mut v);
+                    assert!(lw.is_finite(), "S={s}: a path died ({original} rows, {m} with projections)");
+                    // ... and ends inside the polyhedron: the derived rows cut nothing off.
+                    for i in 0..original {
+                        let w: f64 = (0..s).map(|j| f[i * s + j] * (0..s).map(|k| rot.q[j * s + k] * v[k]).sum::<f64>()).sum();
+                        assert!(w <= e[i] + 1e-9, "S={s}: the path left row {i}");
+                    }
+                }
+            }
+        }
+    }
+}
