@@ -169,6 +169,12 @@ fn rotate(f: &[f64], e: &[f64], s: usize, tilt: &[f64]) -> Rotated {
 /// variable.
 const ZERO_COEFFICIENT: f64 = 1e-10;
 
+/// The most dimensions whose polyhedra get the projection rows (and the saddle search its
+/// retries). Measured gains are for S = 4..6; above, the rows multiply with each elimination:
+/// an S = 12 polyhedron with 24 random rows took 4.6x longer with them at rtol 1e-2, while
+/// S = 8 and 10 moved within this machine's noise (`BENCHMARKS.md`).
+const MAX_PROJECTED_DIM: usize = 6;
+
 /// Rows the projections may add before the elimination stops (a polyhedron whose projections
 /// have that many facets keeps the rows found so far: they are valid, only not complete).
 const MAX_PROJECTION_ROWS: usize = 512;
@@ -194,6 +200,7 @@ fn project(rot: &mut Rotated) {
             break;
         }
         let mut next = without_k;
+        let kept = next.len();
         for (ci, ei) in with_k.iter().filter(|(c, _)| c[k] > 0.0) {
             for (cj, ej) in with_k.iter().filter(|(c, _)| c[k] < 0.0) {
                 let (a, b) = (1.0 / ci[k], -1.0 / cj[k]);
@@ -209,7 +216,9 @@ fn project(rot: &mut Rotated) {
             }
         }
         rows.extend(with_k);
-        current = if next.len() > MAX_PROJECTION_ROWS {
+        // Rows that do not involve v_k stay non-redundant in the projection (the derived ones
+        // do not use them), so without derived rows there is nothing to drop.
+        current = if next.len() == kept || next.len() > MAX_PROJECTION_ROWS {
             next
         } else {
             let flat: Vec<f64> = next.iter().flat_map(|(c, _)| c[..k].iter().copied()).collect();
@@ -265,7 +274,9 @@ pub fn integrate(
         )));
     }
     let mut rot = rotate(f, e, s, tilt);
-    project(&mut rot);
+    if s <= MAX_PROJECTED_DIM {
+        project(&mut rot);
+    }
     let e = &rot.e[..];
     let m = e.len();
     let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
@@ -489,7 +500,10 @@ fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], 
         }
         None
     };
-    [0.0, 0.1, 1.0].iter().find_map(|&smoothing| [0.0, 1e-2, 0.1, 0.5, 1.0].iter().find_map(|&t| newton(start(t), smoothing)))
+    // Above MAX_PROJECTED_DIM the retries are not worth their cost (measured with the
+    // projections: a smoothed saddle point did worse there than the shift to the mode).
+    let (smoothings, starts): (&[f64], &[f64]) = if s <= MAX_PROJECTED_DIM { (&[0.0, 0.1, 1.0], &[0.0, 1e-2, 0.1, 0.5, 1.0]) } else { (&[0.0], &[0.0]) };
+    smoothings.iter().find_map(|&smoothing| starts.iter().find_map(|&t| newton(start(t), smoothing)))
 }
 
 /// Solves `A x = b` (row-major `n x n`) by Gaussian elimination with partial pivoting.
