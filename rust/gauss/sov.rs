@@ -546,7 +546,7 @@ mod tests {
     fn random_polyhedron(rng: &mut Pcg64, s: usize, m: usize) -> (Vec<f64>, Vec<f64>) {
         let mut f = Vec::new();
         let mut e = Vec::new();
-        let mut unit = |rng: &mut Pcg64| -> Vec<f64> {
+        let unit = |rng: &mut Pcg64| -> Vec<f64> {
             let v: Vec<f64> = (0..s).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
             let n = dot(&v, &v).sqrt();
             v.iter().map(|x| x / n).collect()
