@@ -277,8 +277,7 @@ pub fn integrate(
     if s <= MAX_PROJECTED_DIM {
         project(&mut rot);
     }
-    let e = &rot.e[..];
-    let m = e.len();
+    let m = rot.e.len();
     let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
     let rotated = |w: &[f64]| -> Vec<f64> { (0..s).map(|k| (0..s).map(|j| rot.q[j * s + k] * w[j]).sum()).collect() };
     let (mode, interior) = (rotated(tilt), rotated(inside));
@@ -288,10 +287,10 @@ pub fn integrate(
     // exp(reference), the saddle value or the weight of the path through the mode, so that
     // they neither underflow nor overflow.
     let mut v = vec![0.0; s];
-    let (nu, mut reference) = match minimax_tilt(&rot, e, &rows_of, &mode, &interior) {
+    let (nu, mut reference) = match minimax_tilt(&rot, &rows_of, &mode, &interior) {
         Some(found) => found,
         None => {
-            let reference = path_log_weight(&rot, e, &rows_of, &mode, None, &mut v);
+            let reference = path_log_weight(&rot, &rows_of, &mode, None, &mut v);
             (mode.clone(), if reference.is_finite() { reference } else { -0.5 * dot(&mode, &mode) })
         }
     };
@@ -307,7 +306,7 @@ pub fn integrate(
         for shift in 0..SHIFTS {
             for j in done..target {
                 nets[shift].point(j as u32, &mut u);
-                let lw = path_log_weight(&rot, e, &rows_of, &nu, Some(&u), &mut v);
+                let lw = path_log_weight(&rot, &rows_of, &nu, Some(&u), &mut v);
                 if lw == f64::NEG_INFINITY {
                     continue;
                 }
@@ -361,14 +360,14 @@ pub fn integrate(
 /// The log weight of one separation-of-variables path: draws `v_k` (into `v`) from `N(nu_k, 1)`
 /// truncated to the interval the rows allow given `v_1..v_{k-1}`, at the uniforms `u` (at the
 /// interval's point nearest `nu_k` when `u` is `None`).
-fn path_log_weight(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], nu: &[f64], u: Option<&[f64]>, v: &mut [f64]) -> f64 {
+fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], u: Option<&[f64]>, v: &mut [f64]) -> f64 {
     let s = rot.s;
     let mut log_weight = 0.0;
     for k in 0..s {
         let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
         for &i in &rows_of[k] {
             let row = &rot.c[i * s..(i + 1) * s];
-            let rest = e[i] - dot(&row[..k], &v[..k]);
+            let rest = rot.e[i] - dot(&row[..k], &v[..k]);
             let coef = row[k];
             if coef > 0.0 {
                 hi = hi.min(rest / coef);
@@ -395,9 +394,9 @@ fn path_log_weight(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], nu: &[f64],
 /// The bounds of variable `k` given `x_1..x_{k-1}` and their gradients in `x_1..x_{k-1}`:
 /// `(lo, d lo, hi, d hi)`. With `smoothing > 0` the min / max over rows is replaced by a soft
 /// one (`-t log sum exp(-bound / t)`), which has no kinks where rows tie.
-fn bounds(rot: &Rotated, e: &[f64], rows: &[usize], k: usize, x: &[f64], smoothing: f64) -> (f64, Vec<f64>, f64, Vec<f64>) {
+fn bounds(rot: &Rotated, rows: &[usize], k: usize, x: &[f64], smoothing: f64) -> (f64, Vec<f64>, f64, Vec<f64>) {
     let s = rot.s;
-    let bound = |i: usize| (e[i] - dot(&rot.c[i * s..i * s + k], &x[..k])) / rot.c[i * s + k];
+    let bound = |i: usize| (rot.e[i] - dot(&rot.c[i * s..i * s + k], &x[..k])) / rot.c[i * s + k];
     // sign +1: the smallest upper bound; -1: the largest lower bound.
     let side = |sign: f64| -> (f64, Vec<f64>) {
         let candidates: Vec<(usize, f64)> = rows.iter().filter(|&&i| rot.c[i * s + k] * sign > 0.0).map(|&i| (i, bound(i))).collect();
@@ -431,7 +430,7 @@ fn bounds(rot: &Rotated, e: &[f64], rows: &[usize], k: usize, x: &[f64], smoothi
 /// With several rows per variable the bounds are a min / max of affine functions; the gradient
 /// uses the active row. Returns `(mu, psi(x*, mu*))`, which bounds the log weights. Newton
 /// starts at the mode and, where it fails from there, again from points towards `interior`.
-fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], interior: &[f64]) -> Option<(Vec<f64>, f64)> {
+fn minimax_tilt(rot: &Rotated, rows_of: &[Vec<usize>], mode: &[f64], interior: &[f64]) -> Option<(Vec<f64>, f64)> {
     let s = rot.s;
     let n = 2 * s;
     let phi_ratio = |t: f64, log_z: f64| if t.is_finite() { (log_pdf(t) - log_z).exp() } else { 0.0 };
@@ -441,7 +440,7 @@ fn minimax_tilt(rot: &Rotated, e: &[f64], rows_of: &[Vec<usize>], mode: &[f64], 
         let mut grad = vec![0.0; n];
         let mut psi = 0.0;
         for k in 0..s {
-            let (lo, d_lo, hi, d_hi) = bounds(rot, e, &rows_of[k], k, x, smoothing);
+            let (lo, d_lo, hi, d_hi) = bounds(rot, &rows_of[k], k, x, smoothing);
             let (a, b) = (lo - mu[k], hi - mu[k]);
             let log_z = log_diff_ndtr(a, b);
             if !log_z.is_finite() {
@@ -579,7 +578,7 @@ mod tests {
                 // Every path completes.
                 for _ in 0..2000 {
                     let u: Vec<f64> = (0..s).map(|_| rng.random::<f64>()).collect();
-                    let lw = path_log_weight(&rot, &rot.e, &rows_of, &nu, Some(&u), &mut v);
+                    let lw = path_log_weight(&rot, &rows_of, &nu, Some(&u), &mut v);
                     assert!(lw.is_finite(), "S={s}: a path died ({original} rows, {m} with projections)");
                     // ... and ends inside the polyhedron: the derived rows cut nothing off.
                     for i in 0..original {
