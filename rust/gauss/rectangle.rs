@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
 use super::normal::{log_diff_ndtr, ndtr, ndtri, truncated_normal};
-use super::sov::SovResult;
+use super::sov::{mean_and_relative_error, SovResult, SHIFTS};
 use crate::cancel::Cancel;
 use crate::error::Result;
 
@@ -31,10 +31,6 @@ const GENERATOR: [u64; 5] = [1, 19817, 89305, 80181, 84241];
 const LATTICE_BITS: u32 = 18;
 /// The first round's net: `2^FIRST_BITS` points per shift.
 const FIRST_BITS: u32 = 6;
-/// Independent random shifts of the lattice; their spread estimates the error.
-const SHIFTS: usize = 8;
-/// The reported error is this many standard errors of the mean over the shifts.
-const ERROR_SCALE: f64 = 3.0;
 /// Rectangles whose probability, guessed from the ordering, is below `exp(S *` this`)` are left
 /// to the tilted path: untilted weights of a tail rectangle vary over orders of magnitude, while
 /// the tilted path's cost grows with S. Measured crossovers (equicorrelated boxes moved out along
@@ -193,10 +189,7 @@ pub fn probability(lower: &[f64], upper: &[f64], cov: &[f64], rtol: f64, seed: u
             }
         }
         cancel.check()?;
-        let means = sums.map(|total| total * scale);
-        estimate = means.iter().sum::<f64>() / SHIFTS as f64;
-        let var = means.iter().map(|x| (x - estimate).powi(2)).sum::<f64>() / ((SHIFTS - 1) * SHIFTS) as f64;
-        error = if estimate > 0.0 { ERROR_SCALE * var.sqrt() / estimate } else { f64::INFINITY };
+        (estimate, error) = mean_and_relative_error(&sums.map(|total| total * scale));
         if error <= rtol || bits >= LATTICE_BITS || (2 * n) as usize * SHIFTS > max_points {
             break;
         }

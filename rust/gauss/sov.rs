@@ -32,8 +32,9 @@ use crate::cancel::Cancel;
 use super::sobol::{self, ScrambledSobol};
 use crate::error::{Error, Result};
 
-/// Independent scramblings of the Sobol net; their spread estimates the error.
-const SHIFTS: usize = 8;
+/// Independent randomisations of the point set (scramblings of the Sobol net here, shifts of
+/// the lattice in `rectangle.rs`); their spread estimates the error.
+pub(crate) const SHIFTS: usize = 8;
 /// Points per scrambling in the first round; doubled each round (nets want powers of two).
 const FIRST_ROUND: usize = 64;
 /// The default budget: points over all scramblings.
@@ -44,6 +45,16 @@ const MIN_HITS: usize = 16;
 const STARVED_BUDGET: usize = 1 << 14;
 /// The reported error is this many standard errors of the mean over the shifts.
 const ERROR_SCALE: f64 = 3.0;
+
+/// The mean of the randomisations' estimates and its relative error ([`ERROR_SCALE`] standard
+/// errors; infinite unless the mean is positive). The spread is taken relative to the mean:
+/// estimates kept relative to a far-off scale can be so small that their squares underflow,
+/// which would report an error of 0.
+pub(crate) fn mean_and_relative_error(means: &[f64; SHIFTS]) -> (f64, f64) {
+    let estimate = means.iter().sum::<f64>() / SHIFTS as f64;
+    let relative_var = means.iter().map(|x| (x / estimate - 1.0).powi(2)).sum::<f64>() / ((SHIFTS - 1) * SHIFTS) as f64;
+    (estimate, if estimate > 0.0 { ERROR_SCALE * relative_var.sqrt() } else { f64::INFINITY })
+}
 
 
 #[inline]
@@ -325,13 +336,7 @@ pub fn integrate(
         }
         cancel.check()?;
         done = target;
-        let means: Vec<f64> = sums.iter().map(|acc| acc.weight / done as f64).collect();
-        estimate = means.iter().sum::<f64>() / SHIFTS as f64;
-        // The spread relative to the estimate: the means are relative to exp(reference) and
-        // can be so small (a reference far above every weight) that their squares underflow,
-        // which would report an error of 0.
-        let relative_var = means.iter().map(|x| (x / estimate - 1.0).powi(2)).sum::<f64>() / ((SHIFTS - 1) * SHIFTS) as f64;
-        error = if estimate > 0.0 { ERROR_SCALE * relative_var.sqrt() } else { f64::INFINITY };
+        (estimate, error) = mean_and_relative_error(&std::array::from_fn(|k| sums[k].weight / done as f64));
         // The spread of a handful of non-zero paths says nothing: the estimate is unreliable
         // until every scrambling has a fair number of them.
         let starved = sums.iter().any(|acc| acc.hits < MIN_HITS);
