@@ -234,7 +234,7 @@ impl LocalGaussians {
 /// region's bound lies (see [`RegionIntegrator::log_mass_loose`]), so that an error of
 /// `looseness` times the integrator's relative accuracy in this term is that accuracy of
 /// `p(x)`. Skipped regions change `log p(x)` by less than `R exp(-PRUNE_GAP)` in relative terms.
-/// `bounds` is scratch, reused across points. Returns the first region visited.
+/// `bounds` is scratch, reused across points.
 pub(crate) fn visit_regions<I: RegionIntegrator>(
     integrator: &I,
     log_kappa: &[f64],
@@ -242,30 +242,30 @@ pub(crate) fn visit_regions<I: RegionIntegrator>(
     s: usize,
     bounds: &mut Vec<f64>,
     mut visit: impl FnMut(usize, &[f64], f64) -> f64,
-) -> Option<usize> {
+) {
     let r = log_kappa.len();
     bounds.clear();
     bounds.extend((0..r).map(|q| log_kappa[q] + integrator.log_mass_bound(q, &mu[q * s..(q + 1) * s])));
-    let first = (0..r).max_by(|&a, &b| bounds[a].total_cmp(&bounds[b]).then(b.cmp(&a)))?;
+    let Some(first) = (0..r).max_by(|&a, &b| bounds[a].total_cmp(&bounds[b]).then(b.cmp(&a))) else {
+        return;
+    };
     let mut best = visit(first, &mu[first * s..(first + 1) * s], 1.0);
-    // The terms so far add up to `e^best * sum_below_best`.
-    let mut sum_below_best = 1.0;
+    // The terms so far, summed only where the integrator uses the looseness (an exp each).
     let track = integrator.uses_looseness();
+    let mut terms = RunningLogSumExp::new();
+    if track {
+        terms.add(best);
+    }
     for q in 0..r {
         if q != first && bounds[q] >= best - PRUNE_GAP {
-            let looseness = if track { ((best - bounds[q]).exp() * sum_below_best).max(1.0) } else { 1.0 };
+            let looseness = if track { terms.looseness(bounds[q]) } else { 1.0 };
             let term = visit(q, &mu[q * s..(q + 1) * s], looseness);
-            if !track {
-                best = best.max(term);
-            } else if term <= best {
-                sum_below_best += (term - best).exp();
-            } else {
-                sum_below_best = sum_below_best * (best - term).exp() + 1.0;
-                best = term;
+            best = best.max(term);
+            if track {
+                terms.add(term);
             }
         }
     }
-    Some(first)
 }
 
 /// `log sum_k exp(t_k)` accumulated one term at a time, without storing the terms.
@@ -288,6 +288,11 @@ impl RunningLogSumExp {
             self.scaled = self.scaled * (self.max - t).exp() + 1.0;
             self.max = t;
         }
+    }
+
+    /// How far a term bounded by `bound` lies below the sum so far, as a factor of at least 1.
+    fn looseness(&self, bound: f64) -> f64 {
+        ((self.max - bound).exp() * self.scaled).max(1.0)
     }
 
     fn value(&self) -> f64 {
