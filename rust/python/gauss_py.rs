@@ -5,6 +5,11 @@ use pyo3::prelude::*;
 use super::run_released;
 use crate::gauss::{moments_batch, rectangles_batch, PolytopeShape};
 
+/// The array's entries in row-major order, whatever its memory layout.
+fn row_major(a: &PyReadonlyArray2<'_, f64>) -> Vec<f64> {
+    a.as_array().iter().copied().collect()
+}
+
 /// `(log_mass (n,), mean (n, S), cov (n, S, S), error (n,))` for `N(means[k], cov)` on
 /// `{z : G z <= h[k]}`. Shapes are checked by the Python wrapper; the engine re-checks sizes.
 #[pyfunction]
@@ -22,8 +27,7 @@ fn polytope_moments<'py>(
 ) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray2<f64>>, Bound<'py, PyArray3<f64>>, Bound<'py, PyArray1<f64>>)> {
     let s = cov.shape()[1];
     let n = means.shape()[0];
-    let (g, h, means, cov) = (g.as_array().iter().copied().collect::<Vec<f64>>(), h.as_array().iter().copied().collect::<Vec<f64>>(),
-        means.as_array().iter().copied().collect::<Vec<f64>>(), cov.as_array().iter().copied().collect::<Vec<f64>>());
+    let (g, h, means, cov) = (row_major(&g), row_major(&h), row_major(&means), row_major(&cov));
     let results = run_released(py, move |cancel| {
         let shape = PolytopeShape::new(&g, s, &cov)?;
         moments_batch(&shape, &h, &means, n, rtol, seed, want_moments, cancel)
@@ -58,8 +62,7 @@ fn mvn_cdf<'py>(
     seed: u64,
 ) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
     let n = lower.shape()[0];
-    let (lower, upper, mean, cov) = (lower.as_array().iter().copied().collect::<Vec<f64>>(), upper.as_array().iter().copied().collect::<Vec<f64>>(),
-        mean.as_array().to_vec(), cov.as_array().iter().copied().collect::<Vec<f64>>());
+    let (lower, upper, mean, cov) = (row_major(&lower), row_major(&upper), mean.as_array().to_vec(), row_major(&cov));
     let results = run_released(py, move |cancel| rectangles_batch(&lower, &upper, &mean, &cov, n, rtol, seed, cancel))?;
     let (log_p, error): (Vec<f64>, Vec<f64>) = results.into_iter().unzip();
     Ok((PyArray1::from_vec(py, log_p), PyArray1::from_vec(py, error)))
