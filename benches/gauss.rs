@@ -1,13 +1,15 @@
 //! Per-call cost of the polyhedral Gaussian engine by dimension and number of rows: mass only
 //! and mass with moments, for random polyhedra around the mean (the E-step's calls); and one
-//! rectangle probability (`mvn_cdf`'s call) by dimension and accuracy.
+//! rectangle probability (`mvn_cdf`'s call) by dimension and accuracy; and the normal CDF
+//! itself, ours (Cody's rational approximations, one `exp`) against `libm::erfc`.
 //!
 //! `cargo bench --bench gauss` (figures in BENCHMARKS.md).
 
+use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use exactem::gauss::{rectangles_batch, PolytopeShape};
+use exactem::gauss::{normal, rectangles_batch, PolytopeShape};
 use exactem::Cancel;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
@@ -58,5 +60,21 @@ fn rectangle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_call, rectangle);
+/// `Phi` and `log(Phi(b) - Phi(a))` over 1024 arguments spread across the range the engine
+/// evaluates (interval ends of the S = 1 E-step and of the separation of variables).
+fn normal_cdf(c: &mut Criterion) {
+    let mut group = c.benchmark_group("normal_cdf");
+    group.sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let mut rng = Pcg64::seed_from_u64(2);
+    let x: Vec<f64> = (0..1024).map(|_| rng.random::<f64>() * 12.0 - 9.0).collect();
+    let width: Vec<f64> = (0..1024).map(|_| 0.3 + 3.0 * rng.random::<f64>()).collect();
+    group.bench_function("ndtr/cody", |b| b.iter(|| x.iter().map(|&v| normal::ndtr(black_box(v))).sum::<f64>()));
+    group.bench_function("ndtr/libm_erfc", |b| {
+        b.iter(|| x.iter().map(|&v| 0.5 * libm::erfc(-black_box(v) * std::f64::consts::FRAC_1_SQRT_2)).sum::<f64>())
+    });
+    group.bench_function("log_diff_ndtr", |b| b.iter(|| x.iter().zip(&width).map(|(&a, &w)| normal::log_diff_ndtr(black_box(a), a + w)).sum::<f64>()));
+    group.finish();
+}
+
+criterion_group!(benches, per_call, rectangle, normal_cdf);
 criterion_main!(benches);
