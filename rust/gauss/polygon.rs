@@ -69,8 +69,11 @@ fn scaled_edge_integrals(h: f64, a: f64, b: f64, d: f64, accuracy: &EdgeAccuracy
     } else if b <= 0.0 {
         edge_integrals_positive(h, -b, -a, shift, accuracy)
     } else {
-        let (left, right) = (edge_integrals_positive(h, 0.0, -a, shift, accuracy), edge_integrals_positive(h, 0.0, b, shift, accuracy));
-        [left[0] + right[0], left[1] + right[1]]
+        // The foot inside the edge: the integrands are even, so [0, min(-a, b)] counts twice.
+        let (near, far) = if -a < b { (-a, b) } else { (b, -a) };
+        let both = edge_integrals_positive(h, 0.0, near, shift, accuracy);
+        let rest = if far > near { edge_integrals_positive(h, near, far, shift, accuracy) } else { [0.0, 0.0] };
+        [2.0 * both[0] + rest[0], 2.0 * both[1] + rest[1]]
     };
     [h / std::f64::consts::TAU * lorentz, gauss]
 }
