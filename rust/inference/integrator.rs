@@ -5,6 +5,7 @@
 use crate::gauss::normal::{log_diff_ndtr, truncated_normal};
 use crate::gauss::polygon::Polygon2;
 use crate::gauss::{GaussMoments, PolytopeShape};
+use super::interval::Intervals;
 use super::{RegionAlgebra, RegionIntegrator};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
@@ -35,6 +36,8 @@ enum PreparedRegion {
 /// slices to relative error `rtol` for 3, quasi-Monte Carlo with relative error `rtol` above.
 pub struct GaussIntegrator {
     regions: Vec<PreparedRegion>,
+    /// S = 1: the same intervals for the linear-space path.
+    intervals: Option<Intervals>,
     rtol: f64,
     seed: u64,
 }
@@ -79,7 +82,17 @@ impl GaussIntegrator {
             };
             regions.push(region);
         }
-        Ok(GaussIntegrator { regions, rtol, seed })
+        let intervals = (s == 1).then(|| {
+            let (ends, sd): (Vec<(f64, f64)>, Vec<f64>) = regions
+                .iter()
+                .map(|region| match region {
+                    PreparedRegion::Interval { lo, hi, sd } => ((*lo, *hi), *sd),
+                    _ => unreachable!("S = 1 regions are intervals"),
+                })
+                .unzip();
+            Intervals::new(&ends, sd)
+        });
+        Ok(GaussIntegrator { regions, intervals, rtol, seed })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -107,6 +120,10 @@ impl RegionIntegrator for GaussIntegrator {
 
     fn moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
         self.moments_into_loose(region, mean, cond_mean, cond_second, 1.0)
+    }
+
+    fn intervals(&self) -> Option<&Intervals> {
+        self.intervals.as_ref()
     }
 
     fn log_mass_loose(&self, region: usize, mean: &[f64], looseness: f64) -> f64 {

@@ -5,11 +5,13 @@
 //! `p(x) = sum_q kappa_q(x) Phi_q(x)` with `Phi_q` the mass of `N(mu_q, Sigma_q)` on the region.
 //! Everything independent of x (Sigma_q, its Cholesky factor, the whitened constraints) is
 //! prepared once per region; the x-dependent parts for a batch of points are two matrix
-//! products. Regions are visited in decreasing `kappa_q`, and the visit stops once
-//! `log kappa_q < best log(kappa Phi) - PRUNE_GAP`: as `Phi <= 1` the rest changes `log p(x)` by
-//! less than `R exp(-PRUNE_GAP)`.
+//! products. Regions are visited best bound first, and a region is skipped where
+//! `log kappa_q + B_q < best log(kappa Phi) - PRUNE_GAP`, `B_q >= log Phi_q` a Gaussian tail
+//! bound: the skipped terms change `log p(x)` by less than `R exp(-PRUNE_GAP)`. For S = 1 the
+//! terms are computed in linear space along the chain of intervals (`interval.rs`).
 
 pub mod integrator;
+pub mod interval;
 pub mod posterior;
 
 pub use crate::gauss::normal::log_sum_exp;
@@ -69,6 +71,12 @@ pub trait RegionIntegrator: Send + Sync {
     /// As [`Self::moments_into`], with `looseness` as in [`Self::log_mass_loose`].
     fn moments_into_loose(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64], _looseness: f64) -> f64 {
         self.moments_into(region, mean, cond_mean, cond_second)
+    }
+
+    /// For S = 1, the regions as intervals, for inference's linear-space path (see
+    /// `interval.rs`); `None` sends every point through the per-region methods above.
+    fn intervals(&self) -> Option<&interval::Intervals> {
+        None
     }
 
     fn moments(&self, region: usize, mean: &[f64]) -> RegionMoments {
@@ -347,7 +355,14 @@ pub fn log_likelihood<I: RegionIntegrator>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
 ) -> Result<Vec<f64>> {
-    let batches = map_batches(algebra, x, cancel, || (Vec::new(), Vec::new()), |(out, bounds), lk, mu| {
+    let start = || (Vec::new(), Vec::new(), interval::IntervalTerms::default());
+    let batches = map_batches(algebra, x, cancel, start, |(out, bounds, interval_terms), lk, mu| {
+        if let Some(intervals) = integrator.intervals() {
+            if intervals.point::<false>(lk, mu, interval_terms) {
+                out.push(interval_terms.scale + interval_terms.total.ln());
+                return;
+            }
+        }
         let mut total = RunningLogSumExp::new();
         visit_regions(integrator, lk, mu, algebra.s, bounds, |q, m, looseness| {
             let t = lk[q] + integrator.log_mass_loose(q, m, looseness);
@@ -356,7 +371,7 @@ pub fn log_likelihood<I: RegionIntegrator>(
         });
         out.push(total.value());
     })?;
-    Ok(batches.into_iter().flat_map(|(out, _)| out).collect())
+    Ok(batches.into_iter().flat_map(|(out, ..)| out).collect())
 }
 
 /// The posterior terms of one point, flat, in the order visited (the first region, then the
@@ -370,6 +385,7 @@ pub(crate) struct PointTerms {
     pub mean: Vec<f64>,
     pub second: Vec<f64>,
     bounds: Vec<f64>,
+    interval_terms: interval::IntervalTerms,
 }
 
 impl PointTerms {
@@ -381,6 +397,21 @@ impl PointTerms {
         self.weight.clear();
         self.mean.clear();
         self.second.clear();
+        if let Some(intervals) = integrator.intervals() {
+            let terms = &mut self.interval_terms;
+            if intervals.point::<true>(log_kappa, mu, terms) {
+                self.log_likelihood = terms.scale + terms.total.ln();
+                self.region.extend_from_slice(&terms.region);
+                for &[mass, first, second] in &terms.term {
+                    self.weight.push(mass / terms.total);
+                    // E[z | q] and E[z^2 | q]; a region whose term underflowed has none.
+                    let (m, m2) = if mass > 0.0 { (first / mass, second / mass) } else { (f64::NAN, f64::NAN) };
+                    self.mean.push(m);
+                    self.second.push(m2);
+                }
+                return;
+            }
+        }
         let PointTerms { region, weight, mean, second, bounds, .. } = self;
         visit_regions(integrator, log_kappa, mu, s, bounds, |q, m, looseness| {
             let k = region.len();

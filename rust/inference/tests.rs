@@ -169,3 +169,58 @@ fn one_dimensional_posterior_density_map_and_samples() {
     assert!((sample_mean - post.mean[0]).abs() < 4.0 * sd / (samples.len() as f64).sqrt());
     assert_eq!(post.sample(&part, &algebra, 5, 7).unwrap(), post.sample(&part, &algebra, 5, 7).unwrap());
 }
+
+#[test]
+fn interval_path_matches_region_by_region_quadrature() {
+    // The linear-space S = 1 path (shared end densities, Cody tails, the centred series for
+    // short intervals) against Simpson's rule per region through the log-space path, for wide
+    // and narrow posteriors and for points far from the data, where every region is in a tail.
+    let dec = Arc::new(Decoder::random_uniform(&[1, 16, 16, 2], 0.1, 11).unwrap());
+    let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
+    for psi in [[0.5, 0.5], [0.05, 0.2], [1e-4, 1e-4]] {
+        let algebra = RegionAlgebra::new(&part, &psi).unwrap();
+        let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
+        assert!(gauss.intervals().is_some());
+        let quad = Quadrature { partition: &part, algebra: &algebra };
+        let zs = DMatrix::from_row_slice(1, 4, &[-2.5, -0.2, 0.9, 1.6]);
+        let mut x = dec.forward_batch(zs.as_view());
+        x[(0, 2)] += 0.3;
+        x[(1, 3)] += 25.0;
+        let got = e_step(&algebra, &gauss, x.as_view(), &Cancel::new()).unwrap();
+        let want = e_step(&algebra, &quad, x.as_view(), &Cancel::new()).unwrap();
+        let ll = log_likelihood(&algebra, &gauss, x.as_view(), &Cancel::new()).unwrap();
+        for p in 0..4 {
+            assert!((got.log_likelihood[p] - want.log_likelihood[p]).abs() < 1e-9, "psi {psi:?} point {p}");
+            assert!((ll[p] - got.log_likelihood[p]).abs() < 1e-12);
+            let dense = |stats: &EStep| {
+                let mut rows = vec![[0.0; 3]; part.len()];
+                for k in stats.indptr[p]..stats.indptr[p + 1] {
+                    rows[stats.region[k]] = [stats.m0[k], stats.m1[k], stats.m2[k]];
+                }
+                rows
+            };
+            let (got_rows, want_rows) = (dense(&got), dense(&want));
+            let scale = want_rows.iter().map(|r| r[2]).sum::<f64>().sqrt().max(1.0);
+            for (q, (g, w)) in got_rows.iter().zip(&want_rows).enumerate() {
+                assert!((g[0] - w[0]).abs() < 1e-9, "psi {psi:?} point {p} region {q}: m0 {g:?} vs {w:?}");
+                assert!((g[1] - w[1]).abs() < 1e-8 * scale, "psi {psi:?} point {p} region {q}: m1 {g:?} vs {w:?}");
+                assert!((g[2] - w[2]).abs() < 1e-8 * scale * scale, "psi {psi:?} point {p} region {q}: m2 {g:?} vs {w:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn interval_path_declines_points_whose_terms_underflow_its_scale() {
+    // A region far narrower than its standard deviation around its mean: the bound (0) exceeds
+    // the term (~1e-260) by more than the linear scale keeps, so the caller must use logs.
+    let intervals = interval::Intervals::new(&[(0.0, 1e-260)], vec![1.0]);
+    let mut terms = interval::IntervalTerms::default();
+    assert!(!intervals.point::<false>(&[0.0], &[0.0], &mut terms));
+    let wide = interval::Intervals::new(&[(0.0, 1e-3)], vec![1.0]);
+    assert!(wide.point::<true>(&[0.0], &[0.0], &mut terms));
+    // Phi(w) - 1/2 = phi(0) (w - w^3 / 6 + w^5 / 40 - ...).
+    let (mass, w) = (terms.total * terms.scale.exp(), 1e-3f64);
+    let want = crate::gauss::normal::FRAC_1_SQRT_2PI * (w - w.powi(3) / 6.0 + w.powi(5) / 40.0);
+    assert!((mass - want).abs() < 1e-14 * want, "{mass} vs {want}");
+}
