@@ -437,14 +437,15 @@ impl PointTerms {
         self.weight.iter_mut().for_each(|w| *w /= total);
     }
 
-    /// The visited entries in increasing region order: the first visited is the only one out
-    /// of order.
-    fn in_region_order(&self) -> impl Iterator<Item = usize> + '_ {
-        let n = self.region.len();
-        let first = self.region.first().copied().unwrap_or(0);
-        let before = self.region.get(1..).map_or(0, |rest| rest.partition_point(|&q| q < first));
-        (1..=before).chain((n > 0).then_some(0)).chain(before + 1..n)
-    }
+}
+
+/// The positions of visited regions (as `visit_regions` orders them) in increasing region
+/// order: the first visited is the only one out of order.
+fn in_region_order(visited: &[usize]) -> impl Iterator<Item = usize> {
+    let n = visited.len();
+    let first = visited.first().copied().unwrap_or(0);
+    let before = visited.get(1..).map_or(0, |rest| rest.partition_point(|&q| q < first));
+    (1..=before).chain((n > 0).then_some(0)).chain(before + 1..n)
 }
 
 pub(crate) fn moment_terms<I: RegionIntegrator>(integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) -> PointTerms {
@@ -477,13 +478,29 @@ impl EStep {
     /// Appends one point's entries whose weight is stored (above [`MIN_WEIGHT`]).
     fn push_point(&mut self, terms: &PointTerms, s: usize) {
         self.log_likelihood.push(terms.log_likelihood);
-        for k in terms.in_region_order() {
+        for k in in_region_order(&terms.region) {
             let w = terms.weight[k];
             if w > MIN_WEIGHT {
                 self.region.push(terms.region[k]);
                 self.m0.push(w);
                 self.m1.extend(terms.mean[k * s..(k + 1) * s].iter().map(|v| w * v));
                 self.m2.extend(terms.second[k * s * s..(k + 1) * s * s].iter().map(|v| w * v));
+            }
+        }
+        self.indptr.push(self.region.len());
+    }
+
+    /// As [`Self::push_point`] for the S = 1 path's scaled terms (a copy fewer).
+    fn push_interval_point(&mut self, terms: &interval::IntervalTerms) {
+        self.log_likelihood.push(terms.scale + terms.total.ln());
+        for k in in_region_order(&terms.region) {
+            let [mass, first, second] = terms.term[k];
+            let w = mass / terms.total;
+            if w > MIN_WEIGHT {
+                self.region.push(terms.region[k]);
+                self.m0.push(w);
+                self.m1.push(first / terms.total);
+                self.m2.push(second / terms.total);
             }
         }
         self.indptr.push(self.region.len());
@@ -525,11 +542,18 @@ pub fn e_step<I: RegionIntegrator>(
     cancel: &Cancel,
 ) -> Result<EStep> {
     let s = algebra.s;
-    let batches = map_batches(algebra, x, cancel, || (EStep::default(), PointTerms::default()), |(out, terms), lk, mu| {
+    let start = || (EStep::default(), PointTerms::default(), interval::IntervalTerms::default());
+    let batches = map_batches(algebra, x, cancel, start, |(out, terms, interval_terms), lk, mu| {
+        if let Some(intervals) = integrator.intervals() {
+            if intervals.point::<true>(lk, mu, interval_terms) {
+                out.push_interval_point(interval_terms);
+                return;
+            }
+        }
         terms.compute(integrator, lk, mu, s);
         out.push_point(terms, s);
     })?;
-    let batches: Vec<EStep> = batches.into_iter().map(|(batch, _)| batch).collect();
+    let batches: Vec<EStep> = batches.into_iter().map(|(batch, ..)| batch).collect();
     Ok(if batches.len() == 1 { batches.into_iter().next().unwrap() } else { EStep::concat(&batches) })
 }
 
