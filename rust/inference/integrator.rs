@@ -161,14 +161,7 @@ impl RegionIntegrator for GaussIntegrator {
     /// deviations, whitened) from the mean to the region.
     fn log_mass_bound(&self, region: usize, mean: &[f64]) -> f64 {
         match &self.regions[region] {
-            PreparedRegion::Interval { lo, hi, sd } => {
-                let distance = (lo - mean[0]).max(mean[0] - hi);
-                if distance <= 0.0 {
-                    return 0.0;
-                }
-                let t = distance / sd;
-                -0.5 * t * t - std::f64::consts::LN_2
-            }
+            PreparedRegion::Interval { .. } => self.intervals.as_ref().map_or(0.0, |intervals| intervals.log_mass_bound(region, mean[0])),
             PreparedRegion::Polygon(poly) => poly.log_mass_bound(mean),
             PreparedRegion::Polyhedron { shape, h, inside } => shape.log_mass_bound(h, mean, inside),
         }

@@ -123,7 +123,8 @@ impl Intervals {
         }
     }
 
-    /// The Gaussian tail bound, as [`super::RegionIntegrator::log_mass_bound`].
+    /// The Gaussian tail bound `Phi(-t) <= exp(-t^2 / 2) / 2` at the distance `t` (in standard
+    /// deviations) from the mean to the interval; also the log-space path's bound.
     #[inline]
     pub(crate) fn log_mass_bound(&self, q: usize, mu: f64) -> f64 {
         let distance = (self.lo[q] - mu).max(mu - self.hi[q]);
