@@ -24,8 +24,8 @@ fn polygon_rtol(looseness: f64) -> f64 {
 
 /// A region prepared for integration against `N(mu, Sigma_q)` with any `mu`.
 enum PreparedRegion {
-    /// S = 1: the interval and the standard deviation.
-    Interval { lo: f64, hi: f64, sd: f64 },
+    /// S = 1: an interval, held with its standard deviation in `GaussIntegrator::intervals`.
+    Interval,
     /// S = 2: a convex polygon.
     Polygon(Polygon2),
     /// S >= 3: the region's facets under Sigma_q, and its interior point.
@@ -36,7 +36,7 @@ enum PreparedRegion {
 /// slices to relative error `rtol` for 3, quasi-Monte Carlo with relative error `rtol` above.
 pub struct GaussIntegrator {
     regions: Vec<PreparedRegion>,
-    /// S = 1: the same intervals for the linear-space path.
+    /// S = 1: the intervals and their standard deviations.
     intervals: Option<Intervals>,
     rtol: f64,
     seed: u64,
@@ -53,6 +53,7 @@ impl GaussIntegrator {
             )));
         }
         let mut regions = Vec::with_capacity(partition.len());
+        let (mut ends, mut sd) = (Vec::new(), Vec::new());
         for q in 0..partition.len() {
             cancel.check()?;
             let facets = partition.facets(q);
@@ -66,7 +67,9 @@ impl GaussIntegrator {
                         lo = lo.max(facet.offset / facet.normal[0]);
                     }
                 }
-                PreparedRegion::Interval { lo, hi, sd: algebra.sigma(q)[0].sqrt() }
+                ends.push((lo, hi));
+                sd.push(algebra.sigma(q)[0].sqrt());
+                PreparedRegion::Interval
             } else if s >= 3 {
                 let g: Vec<f64> = facets.iter().flat_map(|f| f.normal.iter().copied()).collect();
                 PreparedRegion::Polyhedron {
@@ -82,17 +85,12 @@ impl GaussIntegrator {
             };
             regions.push(region);
         }
-        let intervals = (s == 1).then(|| {
-            let (ends, sd): (Vec<(f64, f64)>, Vec<f64>) = regions
-                .iter()
-                .map(|region| match region {
-                    PreparedRegion::Interval { lo, hi, sd } => ((*lo, *hi), *sd),
-                    _ => unreachable!("S = 1 regions are intervals"),
-                })
-                .unzip();
-            Intervals::new(&ends, sd)
-        });
+        let intervals = (s == 1).then(|| Intervals::new(&ends, sd));
         Ok(GaussIntegrator { regions, intervals, rtol, seed })
+    }
+
+    fn s1_intervals(&self) -> &Intervals {
+        self.intervals.as_ref().expect("an S = 1 integrator holds its intervals")
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -115,7 +113,7 @@ impl RegionIntegrator for GaussIntegrator {
 
     /// Intervals are exact at one fixed cost; polygons and polyhedra get cheaper when looser.
     fn uses_looseness(&self) -> bool {
-        !matches!(self.regions.first(), Some(PreparedRegion::Interval { .. }))
+        !matches!(self.regions.first(), Some(PreparedRegion::Interval))
     }
 
     fn moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
@@ -128,7 +126,10 @@ impl RegionIntegrator for GaussIntegrator {
 
     fn log_mass_loose(&self, region: usize, mean: &[f64], looseness: f64) -> f64 {
         match &self.regions[region] {
-            PreparedRegion::Interval { lo, hi, sd } => log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd),
+            PreparedRegion::Interval => {
+                let (lo, hi, sd) = self.s1_intervals().interval(region);
+                log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd)
+            }
             PreparedRegion::Polygon(poly) => poly.log_mass(mean, polygon_rtol(looseness)),
             PreparedRegion::Polyhedron { shape, h, inside } => self.polyhedron(shape, h, inside, mean, false, looseness).log_mass,
         }
@@ -136,8 +137,9 @@ impl RegionIntegrator for GaussIntegrator {
 
     fn moments_into_loose(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64], looseness: f64) -> f64 {
         match &self.regions[region] {
-            PreparedRegion::Interval { lo, hi, sd } => {
-                let (log_mass, m, second) = truncated_normal(mean[0], *sd, *lo, *hi);
+            PreparedRegion::Interval => {
+                let (lo, hi, sd) = self.s1_intervals().interval(region);
+                let (log_mass, m, second) = truncated_normal(mean[0], sd, lo, hi);
                 cond_mean[0] = m;
                 cond_second[0] = second;
                 log_mass
@@ -161,7 +163,7 @@ impl RegionIntegrator for GaussIntegrator {
     /// deviations, whitened) from the mean to the region.
     fn log_mass_bound(&self, region: usize, mean: &[f64]) -> f64 {
         match &self.regions[region] {
-            PreparedRegion::Interval { .. } => self.intervals.as_ref().map_or(0.0, |intervals| intervals.log_mass_bound(region, mean[0])),
+            PreparedRegion::Interval => self.s1_intervals().log_mass_bound(region, mean[0]),
             PreparedRegion::Polygon(poly) => poly.log_mass_bound(mean),
             PreparedRegion::Polyhedron { shape, h, inside } => shape.log_mass_bound(h, mean, inside),
         }

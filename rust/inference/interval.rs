@@ -106,6 +106,13 @@ pub(crate) struct IntervalTerms {
     density: Vec<f64>,
 }
 
+impl IntervalTerms {
+    /// `log p(x)` of the point.
+    pub(crate) fn log_likelihood(&self) -> f64 {
+        self.scale + self.total.ln()
+    }
+}
+
 impl Intervals {
     pub(crate) fn new(ends: &[(f64, f64)], sd: Vec<f64>) -> Self {
         let mut finite: Vec<f64> = ends.iter().flat_map(|&(lo, hi)| [lo, hi]).filter(|t| t.is_finite()).collect();
@@ -121,6 +128,11 @@ impl Intervals {
             log_sd: sd.iter().map(|v| v.ln()).collect(),
             sd,
         }
+    }
+
+    /// Region q's `(lo, hi, sd)`.
+    pub(crate) fn interval(&self, q: usize) -> (f64, f64, f64) {
+        (self.lo[q], self.hi[q], self.sd[q])
     }
 
     /// The Gaussian tail bound `Phi(-t) <= exp(-t^2 / 2) / 2` at the distance `t` (in standard
@@ -179,7 +191,7 @@ impl Intervals {
     /// Region q's scaled `[kappa Phi, E[z 1_q], E[z^2 1_q]]`, given `log kappa_q - M`.
     #[inline]
     fn term<const MOMENTS: bool>(&self, q: usize, log_kappa: f64, mu: f64, density: &mut [f64]) -> [f64; 3] {
-        let (lo, hi, sd) = (self.lo[q], self.hi[q], self.sd[q]);
+        let (lo, hi, sd) = self.interval(q);
         let (a, b) = ((lo - mu) / sd, (hi - mu) / sd);
         let (centre, half) = (0.5 * (a + b), 0.5 * (b - a));
         if half * (1.0 + centre.abs()) <= SERIES_REACH {

@@ -359,7 +359,7 @@ pub fn log_likelihood<I: RegionIntegrator>(
     let batches = map_batches(algebra, x, cancel, start, |(out, bounds, interval_terms), lk, mu| {
         if let Some(intervals) = integrator.intervals() {
             if intervals.point::<false>(lk, mu, interval_terms) {
-                out.push(interval_terms.scale + interval_terms.total.ln());
+                out.push(interval_terms.log_likelihood());
                 return;
             }
         }
@@ -393,14 +393,11 @@ impl PointTerms {
     /// by their sum rather than by `exp(log p)`, so they sum to one to rounding even where
     /// `log p(x)` is so large in magnitude that its own rounding is not small.
     pub(crate) fn compute<I: RegionIntegrator>(&mut self, integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) {
-        self.region.clear();
-        self.weight.clear();
-        self.mean.clear();
-        self.second.clear();
         if let Some(intervals) = integrator.intervals() {
-            let terms = &mut self.interval_terms;
-            if intervals.point::<true>(log_kappa, mu, terms) {
-                self.log_likelihood = terms.scale + terms.total.ln();
+            if intervals.point::<true>(log_kappa, mu, &mut self.interval_terms) {
+                self.clear();
+                let terms = &self.interval_terms;
+                self.log_likelihood = terms.log_likelihood();
                 self.region.extend_from_slice(&terms.region);
                 for &[mass, first, second] in &terms.term {
                     self.weight.push(mass / terms.total);
@@ -412,6 +409,19 @@ impl PointTerms {
                 return;
             }
         }
+        self.compute_by_regions(integrator, log_kappa, mu, s);
+    }
+
+    fn clear(&mut self) {
+        self.region.clear();
+        self.weight.clear();
+        self.mean.clear();
+        self.second.clear();
+    }
+
+    /// [`Self::compute`] through the per-region methods of the integrator, in log space.
+    fn compute_by_regions<I: RegionIntegrator>(&mut self, integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) {
+        self.clear();
         let PointTerms { region, weight, mean, second, bounds, .. } = self;
         visit_regions(integrator, log_kappa, mu, s, bounds, |q, m, looseness| {
             let k = region.len();
@@ -492,7 +502,7 @@ impl EStep {
 
     /// As [`Self::push_point`] for the S = 1 path's scaled terms (a copy fewer).
     fn push_interval_point(&mut self, terms: &interval::IntervalTerms) {
-        self.log_likelihood.push(terms.scale + terms.total.ln());
+        self.log_likelihood.push(terms.log_likelihood());
         for k in in_region_order(&terms.region) {
             let [mass, first, second] = terms.term[k];
             let w = mass / terms.total;
@@ -550,7 +560,8 @@ pub fn e_step<I: RegionIntegrator>(
                 return;
             }
         }
-        terms.compute(integrator, lk, mu, s);
+        // The interval path declined (or does not apply): region by region, in log space.
+        terms.compute_by_regions(integrator, lk, mu, s);
         out.push_point(terms, s);
     })?;
     let batches: Vec<EStep> = batches.into_iter().map(|(batch, ..)| batch).collect();
