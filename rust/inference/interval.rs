@@ -21,6 +21,15 @@ const NO_END: usize = usize::MAX;
 /// caller uses the log-space path instead.
 const MIN_SCALED_TOTAL: f64 = 1e-250;
 
+/// `b^2 - a^2` beyond which the far end `b` of an interval on one side of the mean counts
+/// nothing: its tail and density are below `2 e^{-50}` (2e-22) of the near end's.
+const NEGLIGIBLE_SPREAD: f64 = 100.0;
+
+/// A standardised end beyond this, with the mean inside the interval, counts nothing: the
+/// mass is at least `kappa / 2` there, against `kappa Phi(-9) = 1.1e-19 kappa` for the tail
+/// and `y phi(y) <= 1e-17` (relative to the scale of `z^2`) for the moments' end terms.
+const NEGLIGIBLE_END: f64 = 9.0;
+
 /// Intervals with `half (1 + |centre|)` (standardised) up to this take the centred series.
 const SERIES_REACH: f64 = 0.5;
 
@@ -124,9 +133,27 @@ fn log_lower_bound(x: f64) -> f64 {
 /// deviations from the mean `mu` to `[lo, hi]`; 0 for a mean inside.
 #[inline(always)]
 fn tail_bound(lo: f64, hi: f64, inv_sd: f64, mu: f64) -> f64 {
-    let distance = (lo - mu).max(mu - hi);
-    let t = distance * inv_sd;
-    if distance > 0.0 { -0.5 * t * t - std::f64::consts::LN_2 } else { 0.0 }
+    // Plain comparisons rather than `f64::max` (no NaN here) and a select of constants, so
+    // that the compiler keeps the passes over all regions free of branches.
+    let (below, above) = (lo - mu, mu - hi);
+    let distance = if below > above { below } else { above };
+    let outside = distance > 0.0;
+    let t = if outside { distance } else { 0.0 } * inv_sd;
+    -0.5 * t * t - if outside { std::f64::consts::LN_2 } else { 0.0 }
+}
+
+/// The largest of `values` (at least one, none NaN), with four running maxima: one chain of
+/// dependent comparisons would cost their latency per region.
+fn largest(values: &[f64]) -> f64 {
+    let mut maxima = [f64::NEG_INFINITY; 4];
+    let chunks = values.chunks_exact(4);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in maxima.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    rest.iter().chain(&maxima).fold(f64::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// The regions of a one-dimensional latent space with their local standard deviations.
@@ -215,8 +242,8 @@ impl Intervals {
     /// at every point, visited or not).
     fn bounds_into(&self, log_kappa: &[f64], mu: &[f64], bounds: &mut Vec<f64>) {
         let r = log_kappa.len();
-        let (mu, lo, hi, inv_sd) = (&mu[..r], &self.lo[..r], &self.hi[..r], &self.inv_sd[..r]);
         bounds.resize(r, 0.0);
+        let (bounds, mu, lo, hi, inv_sd) = (&mut bounds[..r], &mu[..r], &self.lo[..r], &self.hi[..r], &self.inv_sd[..r]);
         for q in 0..r {
             bounds[q] = log_kappa[q] + tail_bound(lo[q], hi[q], inv_sd[q], mu[q]);
         }
@@ -239,30 +266,28 @@ impl Intervals {
             return true;
         }
         // The first of the largest bounds (no NaN: the inputs were checked).
-        let (mut first, mut scale) = (0, out.bounds[0]);
-        for (q, &bound) in out.bounds.iter().enumerate().skip(1) {
-            if bound > scale {
-                (first, scale) = (q, bound);
-            }
-        }
+        let scale = largest(&out.bounds);
         if !scale.is_finite() {
             return false;
         }
+        let first = out.bounds.iter().position(|&bound| bound == scale).unwrap_or(0);
         out.scale = scale;
-        let mut total = 0.0;
-        let (mut best, mut log_best) = (0.0, f64::NEG_INFINITY);
-        for q in std::iter::once(first).chain((0..r).filter(|&q| q != first)) {
-            if q != first && out.bounds[q] - scale < log_best - PRUNE_GAP {
-                continue;
-            }
+        let (mut total, mut best, mut log_best) = (0.0, 0.0, f64::NEG_INFINITY);
+        let mut visit = |q: usize, out: &mut IntervalTerms, log_best: &mut f64| {
             let term = self.term::<MOMENTS>(q, log_kappa[q] - scale, mu[q], &mut out.density);
             total += term[0];
             if term[0] > best {
                 best = term[0];
-                log_best = log_lower_bound(best);
+                *log_best = log_lower_bound(best);
             }
             out.region.push(q);
             out.term.push(term);
+        };
+        visit(first, out, &mut log_best);
+        for q in 0..r {
+            if q != first && out.bounds[q] - scale >= log_best - PRUNE_GAP {
+                visit(q, out, &mut log_best);
+            }
         }
         out.total = total;
         total > MIN_SCALED_TOTAL && total.is_finite()
@@ -287,15 +312,16 @@ impl Intervals {
             return [mass, z * mass + sd * first, z * z * mass + sd * (2.0 * z * first + sd * second)];
         }
         let (a, b) = ((lo - mu) / sd, (hi - mu) / sd);
-        if let Some(mass) = self.linear_mass(q, a, b, log_kappa, density) {
+        let (lo_end, hi_end) = self.ends_that_count(q, a, b);
+        if let Some(mass) = self.linear_mass(q, (lo_end, hi_end), a, b, log_kappa, density) {
             if !MOMENTS {
                 return [mass, 0.0, 0.0];
             }
             // kappa phi(a) e^-M at each end (zero at an infinite one); by parts,
             // int z phi = mu Z + sd (phi(a) - phi(b)), and
             // int z^2 phi = (mu^2 + sd^2) Z + sd ((mu + lo) phi(a) - (mu + hi) phi(b)).
-            let density_a = self.end_gaussian(q, self.lo_end[q], a, log_kappa, density) * FRAC_1_SQRT_2PI;
-            let density_b = self.end_gaussian(q, self.hi_end[q], b, log_kappa, density) * FRAC_1_SQRT_2PI;
+            let density_a = self.end_gaussian(q, lo_end, a, log_kappa, density) * FRAC_1_SQRT_2PI;
+            let density_b = self.end_gaussian(q, hi_end, b, log_kappa, density) * FRAC_1_SQRT_2PI;
             let moment_a = if density_a > 0.0 { (mu + lo) * density_a } else { 0.0 };
             let moment_b = if density_b > 0.0 { (mu + hi) * density_b } else { 0.0 };
             let first = mu * mass + sd * (density_a - density_b);
@@ -313,6 +339,35 @@ impl Intervals {
         } else {
             [(log_kappa + log_diff_ndtr(a, b)).exp(), 0.0, 0.0]
         }
+    }
+
+    /// Region q's ends as indices into the cached densities, with an end whose tail and
+    /// density are below the rounding of the other end's taken as infinite (`NO_END`): at a
+    /// far end `b` of an interval beyond the mean (`0 <= a < b`), `Phi(-b) / Phi(-a)` and
+    /// `phi(b) / phi(a)` are below `2 e^{-(b^2 - a^2) / 2}`; with the mean inside, a
+    /// standardised end beyond [`NEGLIGIBLE_END`] leaves `Phi(b) - 1/2` and the moments' end
+    /// terms unchanged to rounding. Narrow posteriors meet such ends at most regions they
+    /// visit, and skip an exponential and a tail factor for each.
+    #[inline(always)]
+    fn ends_that_count(&self, q: usize, a: f64, b: f64) -> (usize, usize) {
+        let (mut lo_end, mut hi_end) = (self.lo_end[q], self.hi_end[q]);
+        if a >= 0.0 {
+            if (b - a) * (b + a) > NEGLIGIBLE_SPREAD {
+                hi_end = NO_END;
+            }
+        } else if b <= 0.0 {
+            if (b - a) * -(b + a) > NEGLIGIBLE_SPREAD {
+                lo_end = NO_END;
+            }
+        } else {
+            if b > NEGLIGIBLE_END {
+                hi_end = NO_END;
+            }
+            if -a > NEGLIGIBLE_END {
+                lo_end = NO_END;
+            }
+        }
+        (lo_end, hi_end)
     }
 
     /// `E = exp(log kappa - M - y^2 / 2) = sd_q f(t) sqrt(2 pi) e^-M` at region q's end `t`
@@ -334,8 +389,7 @@ impl Intervals {
     /// Each tail `kappa Phi(-y) e^-M` (`y >= 0`) is `E(y) r(y)` in Cody's tail form
     /// ([`Self::end_gaussian`]), or `K (1/2 - t(y))` near zero, `K = kappa e^-M`.
     #[inline(always)]
-    fn linear_mass(&self, q: usize, a: f64, b: f64, log_kappa: f64, density: &mut [f64]) -> Option<f64> {
-        let (lo_end, hi_end) = (self.lo_end[q], self.hi_end[q]);
+    fn linear_mass(&self, q: usize, (lo_end, hi_end): (usize, usize), a: f64, b: f64, log_kappa: f64, density: &mut [f64]) -> Option<f64> {
         // kappa Phi(-y) e^-M for y >= 0 (none beyond an infinite end).
         let mut tail = |end: usize, y: f64| {
             if end == NO_END {
