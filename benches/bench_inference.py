@@ -3,7 +3,8 @@ S = 1 formula (per-interval closed form over precomputed regions), in one run.
 
     python benches/bench_inference.py [--points 4000] [--repeats 7]
 
-Times are medians over the repeats; both sides get the regions precomputed.
+Times are medians over the repeats, exactem and numpy called in turn; both sides get the regions
+precomputed.
 """
 
 import os
@@ -20,7 +21,7 @@ import numpy as np
 from scipy.special import log_ndtr, logsumexp
 
 import exactem
-from timing import median_time
+from timing import median_time, paired_median_times
 
 
 def log_diff_ndtr(a, b):
@@ -105,10 +106,8 @@ def main():
         X, _ = model.sample(args.points, seed=0)
         peer = NumpyS1(model.regions, noise)
         model.log_likelihood(X[:10])  # build the engine once: the peer's set-up is not timed either
-        t_ll, ll = median_time(lambda: model.log_likelihood(X), args.repeats)
-        t_ll_np, ll_np = median_time(lambda: peer.log_likelihood(X), args.repeats)
-        t_es, es = median_time(lambda: model.e_step(X), args.repeats)
-        t_es_np, (_, m0_np, _, _) = median_time(lambda: peer.e_step(X), args.repeats)
+        (t_ll, t_ll_np), (ll, ll_np) = paired_median_times([lambda: model.log_likelihood(X), lambda: peer.log_likelihood(X)], args.repeats)
+        (t_es, t_es_np), (es, (_, m0_np, _, _)) = paired_median_times([lambda: model.e_step(X), lambda: peer.e_step(X)], args.repeats)
         assert np.allclose(ll, ll_np, rtol=1e-10, atol=1e-10), np.abs(ll - ll_np).max()
         assert np.allclose(es.m0.toarray(), m0_np, atol=1e-12)
         visited = es.m0.nnz / args.points

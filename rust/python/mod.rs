@@ -13,6 +13,12 @@ use pyo3::prelude::*;
 use crate::cancel::Cancel;
 use crate::error::Error;
 
+/// The extension's allocator keeps freed pages for reuse: with the system allocator every
+/// E-step's output arrays (megabytes) came from fresh pages, and faulting them in took half of
+/// an S = 1 E-step (`BENCHMARKS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod gauss_py;
 mod inference_py;
 mod model_py;
