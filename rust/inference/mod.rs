@@ -515,14 +515,17 @@ impl EStep {
     /// As [`Self::push_point`] for the S = 1 path's scaled terms (a copy fewer).
     fn push_interval_point(&mut self, terms: &interval::IntervalTerms) {
         self.log_likelihood.push(terms.log_likelihood());
+        // One division per point, not three per term (the total is at least 1e-250: its
+        // reciprocal is finite).
+        let inv_total = 1.0 / terms.total;
         for k in in_region_order(&terms.region) {
             let [mass, first, second] = terms.term[k];
-            let w = mass / terms.total;
+            let w = mass * inv_total;
             if w > MIN_WEIGHT {
                 self.region.push(terms.region[k]);
                 self.m0.push(w);
-                self.m1.push(first / terms.total);
-                self.m2.push(second / terms.total);
+                self.m1.push(first * inv_total);
+                self.m2.push(second * inv_total);
             }
         }
         self.indptr.push(self.region.len());
