@@ -236,8 +236,8 @@ impl PolytopeShape {
         }
         let l = &self.l;
         let z_mean: Vec<f64> = (0..s).map(|i| mean[i] + dot(&l[i * s..i * s + i + 1], &w.mean[..i + 1])).collect();
-        // Cov[w] = E[w w^T] - E[w] E[w]^T; Cov[z] = L Cov[w] L^T.
-        let cw: Vec<f64> = (0..s * s).map(|k| w.second[k] - w.mean[k / s] * w.mean[k % s]).collect();
+        // Cov[z] = L Cov[w] L^T.
+        let cw = &w.cov;
         let mut lc = vec![0.0; s * s];
         for i in 0..s {
             for j in 0..s {
@@ -256,19 +256,21 @@ impl PolytopeShape {
     }
 }
 
-/// Moments under `N(0, I)`: log mass, `E[w]`, `E[w w^T]` (row-major), relative error.
+/// Moments under `N(0, I)`: log mass, `E[w]`, `Cov[w]` (row-major), relative error.
 struct WhitenedMoments {
     log_mass: f64,
     mean: Vec<f64>,
-    second: Vec<f64>,
+    /// `Cov[w]`, carried as such: forming it as `E[w w^T] - E[w] E[w]^T` at the end loses its
+    /// digits for a polyhedron narrow against its distance from the mean.
+    cov: Vec<f64>,
     error: f64,
 }
 
 impl WhitenedMoments {
     fn whole_space(s: usize) -> Self {
-        let mut second = vec![0.0; s * s];
-        (0..s).for_each(|i| second[i * s + i] = 1.0);
-        WhitenedMoments { log_mass: 0.0, mean: vec![0.0; s], second, error: 0.0 }
+        let mut cov = vec![0.0; s * s];
+        (0..s).for_each(|i| cov[i * s + i] = 1.0);
+        WhitenedMoments { log_mass: 0.0, mean: vec![0.0; s], cov, error: 0.0 }
     }
 }
 
@@ -377,19 +379,20 @@ fn integrate_whitened(
                     lo = -*ei;
                 }
             }
-            let (log_mass, mean, second) = normal::truncated_normal(0.0, 1.0, lo, hi);
-            Ok(WhitenedMoments { log_mass, mean: vec![mean], second: vec![second], error: 0.0 })
+            let (log_mass, mean, variance) = normal::truncated_normal_central(0.0, 1.0, lo, hi);
+            Ok(WhitenedMoments { log_mass, mean: vec![mean], cov: vec![variance], error: 0.0 })
         }
         2 => {
             let rows = (0..e.len()).map(|i| [f[2 * i], f[2 * i + 1]]).collect();
             let poly = polygon::Polygon2::new(rows, e.to_vec(), [1.0, 0.0, 0.0, 1.0]);
             if want == Want::Mass {
                 let log_mass = poly.log_mass(&[0.0, 0.0], 0.0);
-                return Ok(WhitenedMoments { log_mass, mean: vec![f64::NAN; 2], second: vec![f64::NAN; 4], error: 0.0 });
+                return Ok(WhitenedMoments { log_mass, mean: vec![f64::NAN; 2], cov: vec![f64::NAN; 4], error: 0.0 });
             }
             let (mut mean, mut second) = (vec![0.0; 2], vec![0.0; 4]);
             let log_mass = poly.integrate(&[0.0, 0.0], 0.0, &mut mean, &mut second);
-            Ok(WhitenedMoments { log_mass, mean, second, error: 0.0 })
+            let cov = (0..4).map(|k| second[k] - mean[k / 2] * mean[k % 2]).collect();
+            Ok(WhitenedMoments { log_mass, mean, cov, error: 0.0 })
         }
         _ => {
             let tilt = nearest::nearest_point(f, e, s, &vec![0.0; s], centre);
@@ -399,7 +402,7 @@ fn integrate_whitened(
                 let mass = sov::integrate(f, e, s, &tilt, centre, rtol, seed, budget, cancel)?;
                 (mass.log_mass, mass.error)
             };
-            let mut out = WhitenedMoments { log_mass, mean: vec![f64::NAN; s], second: vec![f64::NAN; s * s], error };
+            let mut out = WhitenedMoments { log_mass, mean: vec![f64::NAN; s], cov: vec![f64::NAN; s * s], error };
             if want > Want::Mass && log_mass > f64::NEG_INFINITY {
                 facet_moments(f, e, s, &tilt, rtol, seed, want, &mut out, cancel)?;
             }
@@ -469,19 +472,19 @@ fn facet_moments(f: &[f64], e: &[f64], s: usize, tilt: &[f64], rtol: f64, seed: 
     }
     out.mean = mean;
     if want == Want::MeanAndSecond {
-        // Cov_jk = E[w_j (w_k - t_k) | P] - m_j (m_k - t_k), symmetrised; second = Cov + m m^T.
+        // Cov_jk = E[w_j (w_k - t_k) | P] - m_j (m_k - t_k), symmetrised.
         let m_ = &out.mean;
-        let mut second = vec![0.0; s * s];
+        let mut cov = vec![0.0; s * s];
         for j in 0..s {
             for k in 0..=j {
                 let c_jk = f64::from(u8::from(j == k)) - cross[j * s + k] - m_[j] * (m_[k] - tilt[k]);
                 let c_kj = f64::from(u8::from(j == k)) - cross[k * s + j] - m_[k] * (m_[j] - tilt[j]);
                 let v = 0.5 * (c_jk + c_kj);
-                second[j * s + k] = v + m_[j] * m_[k];
-                second[k * s + j] = v + m_[j] * m_[k];
+                cov[j * s + k] = v;
+                cov[k * s + j] = v;
             }
         }
-        out.second = second;
+        out.cov = cov;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! the log-space path.
 
 use super::PRUNE_GAP;
-use crate::gauss::normal::{cody, log_diff_ndtr, truncated_normal, CodyForm, FRAC_1_SQRT_2PI};
+use crate::gauss::normal::{cody, log_diff_ndtr, truncated_normal, CentredSeries, CodyForm, FRAC_1_SQRT_2PI, SERIES_REACH};
 
 /// An infinite end.
 const NO_END: usize = usize::MAX;
@@ -29,97 +29,6 @@ const NEGLIGIBLE_SPREAD: f64 = 100.0;
 /// mass is at least `kappa / 2` there, against `kappa Phi(-9) = 1.1e-19 kappa` for the tail
 /// and `y phi(y) <= 1e-17` (relative to the scale of `z^2`) for the moments' end terms.
 const NEGLIGIBLE_END: f64 = 9.0;
-
-/// Intervals with `half (1 + |centre|)` (standardised) up to this take the centred series.
-const SERIES_REACH: f64 = 0.5;
-
-/// Coefficients of each centred series: powers `c^0, c^2, ..., c^16`. Within [`SERIES_REACH`],
-/// `|c| h <= 1/2` and the integrand is at least `e^{-5/8}` on the interval, so the `k`-th term
-/// is at most `e^{5/8} 2^{-2k} / (2k)!` of the sum's first term: 9e-17 at `k = 7`, 4e-20 at
-/// `k = 8`.
-const SERIES_TERMS: usize = 9;
-
-/// `1 / n!` for `n` up to `2 SERIES_TERMS`.
-const INV_FACTORIALS: [f64; 2 * SERIES_TERMS + 1] = {
-    let mut f = [1.0; 2 * SERIES_TERMS + 1];
-    let mut n = 1;
-    while n < f.len() {
-        f[n] = f[n - 1] / n as f64;
-        n += 1;
-    }
-    f
-};
-
-/// `int_{-h}^{h} s^{2k} e^{-s^2/2} ds` for `k = 0 .. 2 SERIES_TERMS / 2 + 1`, `h <= 1/2`, from
-/// `e^{-s^2/2} = sum_j (-1/2)^j s^{2j} / j!`: alternating, each term at most 1/8 of the one
-/// before, so the sum keeps its digits.
-fn even_gaussian_moments(h: f64) -> [f64; SERIES_TERMS + 2] {
-    let mut moments = [0.0; SERIES_TERMS + 2];
-    for (k, moment) in moments.iter_mut().enumerate() {
-        let (mut term, mut sum) = (2.0 * h.powi(2 * k as i32 + 1), 0.0);
-        for j in 0..30 {
-            let piece = term / (2 * k + 2 * j + 1) as f64;
-            sum += piece;
-            if piece.abs() <= 1e-18 * sum {
-                break;
-            }
-            term *= -0.5 * h * h / (j + 1) as f64;
-        }
-        *moment = sum;
-    }
-    moments
-}
-
-/// A short interval's integrals `I_j(c) = int_{-h}^{h} s^j phi(c + s) / phi(c) ds`, `j = 0, 1, 2`,
-/// as polynomials in `c^2` whose coefficients depend only on the interval's standardised
-/// half-width `h`, which is the region's own: `phi(c + s) / phi(c) = e^{-c s} e^{-s^2/2}`, and
-/// expanding `e^{-c s}` gives `I_j = sum_n (-c)^n / n! mu_{n+j}` with the region's constants
-/// `mu_m = int_{-h}^{h} s^m e^{-s^2/2} ds` (zero for odd m). So a point pays a polynomial, not
-/// the recurrence of the Taylor series of `phi` around `c`, and the terms of `I_0` and `I_2` are
-/// all positive, those of `I_1 / c` too: no cancellation.
-#[derive(Clone, Copy)]
-struct CentredSeries {
-    /// `I_0 = sum_k c^{2k} mu_{2k} / (2k)!`.
-    mass: [f64; SERIES_TERMS],
-    /// `I_1 = -c sum_k c^{2k} mu_{2k+2} / (2k+1)!`.
-    first: [f64; SERIES_TERMS],
-    /// `I_2 = sum_k c^{2k} mu_{2k+2} / (2k)!`.
-    second: [f64; SERIES_TERMS],
-}
-
-impl CentredSeries {
-    fn new(h: f64) -> Self {
-        let mu = even_gaussian_moments(h);
-        let mut series = CentredSeries { mass: [0.0; SERIES_TERMS], first: [0.0; SERIES_TERMS], second: [0.0; SERIES_TERMS] };
-        for k in 0..SERIES_TERMS {
-            series.mass[k] = mu[k] * INV_FACTORIALS[2 * k];
-            series.first[k] = mu[k + 1] * INV_FACTORIALS[2 * k + 1];
-            series.second[k] = mu[k + 1] * INV_FACTORIALS[2 * k];
-        }
-        series
-    }
-
-    /// `[I_0, I_1, I_2]` at `c` (only `I_0` unless `MOMENTS`).
-    #[inline(always)]
-    fn at<const MOMENTS: bool>(&self, c: f64) -> [f64; 3] {
-        let c2 = c * c;
-        if !MOMENTS {
-            return [estrin(c2, &self.mass), 0.0, 0.0];
-        }
-        [estrin(c2, &self.mass), -c * estrin(c2, &self.first), estrin(c2, &self.second)]
-    }
-}
-
-/// `sum_k p[k] x^k` by Estrin's scheme: four multiply-add levels instead of Horner's eight
-/// dependent steps.
-#[inline(always)]
-fn estrin(x: f64, p: &[f64; SERIES_TERMS]) -> f64 {
-    let x2 = x * x;
-    let x4 = x2 * x2;
-    let low = (p[0] + p[1] * x) + x2 * (p[2] + p[3] * x);
-    let high = (p[4] + p[5] * x) + x2 * (p[6] + p[7] * x);
-    low + x4 * (high + x4 * p[8])
-}
 
 /// `log2(x)` rounded down, times `ln 2`: within `ln 2` below `ln x` for a positive normal
 /// double, and the pruning only needs a lower bound (a region visited in excess costs time,
@@ -217,10 +126,7 @@ impl Intervals {
             inv_sd: sd.iter().map(|v| 1.0 / v).collect(),
             mid: ends.iter().map(|e| 0.5 * (e.0 + e.1)).collect(),
             half: half.clone(),
-            series: half
-                .iter()
-                .map(|&h| if h <= SERIES_REACH { CentredSeries::new(h) } else { CentredSeries { mass: [f64::NAN; SERIES_TERMS], first: [f64::NAN; SERIES_TERMS], second: [f64::NAN; SERIES_TERMS] } })
-                .collect(),
+            series: half.iter().map(|&h| CentredSeries::new(h)).collect(),
             sd,
         }
     }
@@ -417,46 +323,5 @@ impl Intervals {
             }
         };
         Some(half(hi_end, b) + half(lo_end, -a))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::gauss::normal::{gauss_legendre, GL20_HALF};
-
-    #[test]
-    fn centred_series_match_gauss_legendre_over_their_reach() {
-        // 20 Gauss-Legendre nodes on each of 8 pieces of [-h, h]: an entire integrand over a
-        // short interval, exact to rounding.
-        let quadrature = |c: f64, h: f64| {
-            let pieces = 8;
-            let width = 2.0 * h / pieces as f64;
-            let mut sums = [0.0; 3];
-            for piece in 0..pieces {
-                let centre = -h + (piece as f64 + 0.5) * width;
-                let part = gauss_legendre(&GL20_HALF, centre, 0.5 * width, |s| {
-                    let f = (-c * s - 0.5 * s * s).exp();
-                    [f, s * f, s * s * f]
-                });
-                for j in 0..3 {
-                    sums[j] += part[j];
-                }
-            }
-            sums
-        };
-        for h in [1e-9, 1e-4, 0.01, 0.1, 0.25, 0.4, 0.5] {
-            let series = CentredSeries::new(h);
-            let reach = SERIES_REACH / h - 1.0;
-            for step in -10..=10 {
-                let c = reach * step as f64 / 10.0;
-                let got = series.at::<true>(c);
-                let want = quadrature(c, h);
-                // I_1 may be near 0 (c ~ 0): measured against h I_0, its natural scale.
-                let errors = [(got[0] / want[0] - 1.0).abs(), (got[1] - want[1]).abs() / (h * want[0]), (got[2] / want[2] - 1.0).abs()];
-                assert!(errors.iter().all(|e| *e < 4e-15), "h {h} c {c}: {got:?} vs {want:?} ({errors:?})");
-                assert_eq!(series.at::<false>(c)[0], got[0]);
-            }
-        }
     }
 }
