@@ -11,6 +11,7 @@
 pub mod nearest;
 pub mod normal;
 pub mod polygon;
+mod polygon_series;
 pub mod rectangle;
 pub mod slices;
 pub mod sobol;

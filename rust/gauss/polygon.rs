@@ -12,6 +12,7 @@
 //! normal masses in closed form.
 
 use super::normal::{gauss_legendre, log_diff_ndtr, GL12_HALF, GL20_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};
+use super::polygon_series::PolygonSeries;
 
 
 #[inline]
@@ -254,6 +255,9 @@ pub struct Polygon2 {
     open: Vec<bool>,
     /// `1 / (f_a x f_b)` for the edges `a = order[k]`, `b = order[k+1]` meeting at vertex `k`.
     inverse_det: Vec<f64>,
+    /// The power series of a small bounded polygon, for callers that integrate it against
+    /// many means ([`Self::add_series`]).
+    series: Option<PolygonSeries>,
 }
 
 /// The polygon for one mean: offsets and vertices in whitened coordinates.
@@ -302,7 +306,25 @@ impl Polygon2 {
                 1.0 / (fa[0] * fb[1] - fa[1] * fb[0])
             })
             .collect();
-        Polygon2 { g_scaled, h_scaled, f, l, order, open, inverse_det }
+        Polygon2 { g_scaled, h_scaled, f, l, order, open, inverse_det, series: None }
+    }
+
+    /// The polygon with its power series in the mean (`polygon_series.rs`) where it is bounded
+    /// and small enough: ~30 us once, after which means near it cost a polynomial instead of
+    /// the fan's edge quadratures.
+    pub fn add_series(&mut self) {
+        let at_zero = |i: usize| self.h_scaled[i];
+        let vertices: Option<Vec<[f64; 2]>> = (0..self.f.len()).map(|k| self.vertex(k, at_zero)).collect();
+        self.series = vertices.and_then(|v| PolygonSeries::new(&v));
+    }
+
+    /// `L^{-1} mu`: the polygon for the mean `mu` is the one for 0 moved by minus this, in
+    /// whitened coordinates.
+    #[inline]
+    fn whitened_mean(&self, mu: &[f64]) -> [f64; 2] {
+        let l = self.l;
+        let m0 = mu[0] / l[0];
+        [m0, (mu[1] - l[2] * m0) / l[3]]
     }
 
     /// The whitened offset of row `i` for the mean `mu`.
@@ -389,6 +411,9 @@ impl Polygon2 {
     /// The log mass for `z ~ N(mu, Sigma)`, to relative error `rtol` (0 asks for all the
     /// digits the method has: ~1e-14).
     pub fn log_mass(&self, mu: &[f64], rtol: f64) -> f64 {
+        if let Some((log_mass, ..)) = self.series.as_ref().and_then(|series| series.moments::<false>(self.whitened_mean(mu))) {
+            return log_mass;
+        }
         self.place(mu).log_mass(rtol)
     }
 
@@ -402,15 +427,21 @@ impl Polygon2 {
     /// `(log mass, E[z | region], E[z z^T | region])` for `z ~ N(mu, Sigma)`; the mass to
     /// relative error `rtol` as in [`Self::log_mass`], the moments in closed form given it.
     pub fn integrate(&self, mu: &[f64], rtol: f64, cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
-        let placed = self.place(mu);
-        let mut fluxes = vec![f64::NAN; placed.m()];
-        let (log_mass, d) = placed.log_mass_and_fluxes(rtol, Some(&mut fluxes));
-        if log_mass == f64::NEG_INFINITY {
-            cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
-            cond_second.iter_mut().for_each(|v| *v = f64::NAN);
-            return log_mass;
-        }
-        let (wm, ws) = placed.whitened_moments(log_mass, d, &fluxes);
+        let (log_mass, wm, ws) = match self.series.as_ref().and_then(|series| series.moments::<true>(self.whitened_mean(mu))) {
+            Some(moments) => moments,
+            None => {
+                let placed = self.place(mu);
+                let mut fluxes = vec![f64::NAN; placed.m()];
+                let (log_mass, d) = placed.log_mass_and_fluxes(rtol, Some(&mut fluxes));
+                if log_mass == f64::NEG_INFINITY {
+                    cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
+                    cond_second.iter_mut().for_each(|v| *v = f64::NAN);
+                    return log_mass;
+                }
+                let (wm, ws) = placed.whitened_moments(log_mass, d, &fluxes);
+                (log_mass, wm, ws)
+            }
+        };
         // z = mu + L w.
         let l = self.l;
         let lm = [l[0] * wm[0], l[2] * wm[0] + l[3] * wm[1]];
@@ -936,6 +967,136 @@ mod tests {
             h.push(dot(f, a));
         }
         (!g.is_empty()).then(|| Polygon2::new(g, h, [1.0, 0.0, 0.0, 1.0]))
+    }
+
+    /// The power series of small polygons against a brute-force cubature, under random
+    /// covariances, for means out to beyond where the series stops serving (the fan and the
+    /// quadrature take over there); and a rotated box, against products of one-dimensional
+    /// masses.
+    #[test]
+    fn series_agree_with_the_fan_near_small_polygons() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(23);
+        let (mut served, mut compared) = (0, 0);
+        for _ in 0..300 {
+            let k = rng.random_range(3..8);
+            let centre = [rng.random_range(-2.0..2.0), rng.random_range(-2.0..2.0)];
+            let radius = 10f64.powf(rng.random_range(-3.0..0.0));
+            let mut angles: Vec<f64> = (0..k).map(|_| rng.random_range(0.0..std::f64::consts::TAU)).collect();
+            angles.sort_by(f64::total_cmp);
+            let v: Vec<[f64; 2]> = angles.iter().map(|t| [centre[0] + radius * t.cos(), centre[1] + radius * t.sin()]).collect();
+            let (mut g, mut h) = (Vec::new(), Vec::new());
+            for j in 0..k {
+                let (a, b) = (v[j], v[(j + 1) % k]);
+                let d = [b[0] - a[0], b[1] - a[1]];
+                let n = d[0].hypot(d[1]);
+                if n < 1e-6 * radius {
+                    continue;
+                }
+                let f = [d[1] / n, -d[0] / n];
+                g.push(f);
+                h.push(dot(f, a));
+            }
+            let l = [rng.random_range(0.3..1.5), 0.0, rng.random_range(-0.5..0.5), rng.random_range(0.3..1.5)];
+            let mut series = Polygon2::new(g, h, l);
+            series.add_series();
+            let Some(s) = series.series.as_ref() else { continue };
+            for _ in 0..6 {
+                let reach = rng.random_range(0.0..1.3) / s.radius;
+                let angle = rng.random_range(0.0..std::f64::consts::TAU);
+                // A whitened mean at distance `reach` from the centre, back in z = L m.
+                let m = [s.centre[0] + reach * angle.cos(), s.centre[1] + reach * angle.sin()];
+                let mu = [l[0] * m[0], l[2] * m[0] + l[3] * m[1]];
+                if s.moments::<false>(series.whitened_mean(&mu)).is_none() {
+                    // Beyond the series' reach the fan decides.
+                    let (fan, want) = (series.log_mass(&mu, 0.0), brute_force_moments(&series, &mu).0);
+                    assert!((fan - want).abs() < 1e-10 * (1.0 + want.abs()), "fan {fan} vs {want}");
+                    continue;
+                }
+                served += 1;
+                let (mut mean, mut second) = ([0.0; 2], [0.0; 4]);
+                let got = series.integrate(&mu, 0.0, &mut mean, &mut second);
+                let (want, want_mean, want_second) = brute_force_moments(&series, &mu);
+                let context = format!("radius {radius} whitened {} reach {}", s.radius, reach * s.radius);
+                assert!((got - want).abs() < 1e-13 * (1.0 + want.abs()), "log mass {got} vs {want}; {context}");
+                assert_eq!(series.log_mass(&mu, 0.0), got);
+                // Moments relative to the polygon's size (their spread) and to the distances
+                // involved (the mean's position, and the mean of the Gaussian it is moved by).
+                let size = 2.0 * radius;
+                let scale = 1.0 + want_mean[0].abs().max(want_mean[1].abs()).max(mu[0].abs()).max(mu[1].abs());
+                for a in 0..2 {
+                    assert!((mean[a] - want_mean[a]).abs() < 1e-12 * size + 1e-15 * scale, "mean {mean:?} vs {want_mean:?}; {context}");
+                }
+                for a in 0..4 {
+                    assert!((second[a] - want_second[a]).abs() < (1e-12 * size + 1e-15 * scale) * scale, "second {second:?} vs {want_second:?}; {context}");
+                }
+                compared += 1;
+            }
+        }
+        assert!(served > compared / 2, "the series served {served} of {compared} means");
+        // A rotated box whose moments are products of one-dimensional ones.
+        let (l, mu) = ([0.8, 0.0, 0.3, 0.5], [0.4, -0.2]);
+        check_rotated_box_with_series(0.7, [0.1, -0.2], [0.3, 0.1], l, mu);
+    }
+
+    /// `(log mass, E[z | P], E[z z^T | P])` by a 20 x 20-point Gauss-Legendre rule on each
+    /// triangle of a fan from the vertices' average (collapsed squares): for a small bounded
+    /// polygon, on which the density is smooth, exact to rounding.
+    fn brute_force_moments(poly: &Polygon2, mu: &[f64]) -> (f64, [f64; 2], [f64; 4]) {
+        let at_zero = |i: usize| poly.h_scaled[i];
+        let v: Vec<[f64; 2]> = (0..poly.f.len()).map(|k| poly.vertex(k, at_zero).unwrap()).collect();
+        let n = v.len();
+        let c = [v.iter().map(|p| p[0]).sum::<f64>() / n as f64, v.iter().map(|p| p[1]).sum::<f64>() / n as f64];
+        let m = poly.whitened_mean(mu);
+        let base = 0.5 * ((c[0] - m[0]).powi(2) + (c[1] - m[1]).powi(2));
+        let mut sums = [0.0; 6];
+        for e in 0..n {
+            let (a, b) = (v[e], v[(e + 1) % n]);
+            let det = ((a[0] - c[0]) * (b[1] - c[1]) - (a[1] - c[1]) * (b[0] - c[0])).abs();
+            for (s, ws) in GL_NODES.iter().zip(GL_WEIGHTS) {
+                let s = 0.5 * (1.0 + s);
+                for (t, wt) in GL_NODES.iter().zip(GL_WEIGHTS) {
+                    let t = 0.5 * (1.0 + t);
+                    let p = [c[0] + s * (a[0] - c[0]) + s * t * (b[0] - a[0]), c[1] + s * (a[1] - c[1]) + s * t * (b[1] - a[1])];
+                    let w = 0.25 * ws * wt * s * det * (base - 0.5 * ((p[0] - m[0]).powi(2) + (p[1] - m[1]).powi(2))).exp();
+                    let terms = [1.0, p[0], p[1], p[0] * p[0], p[0] * p[1], p[1] * p[1]];
+                    for (sum, term) in sums.iter_mut().zip(terms) {
+                        *sum += w * term;
+                    }
+                }
+            }
+        }
+        let log_mass = sums[0].ln() - base - std::f64::consts::LN_2 - std::f64::consts::PI.ln();
+        let ev = [sums[1] / sums[0], sums[2] / sums[0]];
+        let evv = [sums[3] / sums[0], sums[4] / sums[0], sums[4] / sums[0], sums[5] / sums[0]];
+        let l = poly.l;
+        let mean = [l[0] * ev[0], l[2] * ev[0] + l[3] * ev[1]];
+        let lv = [l[0] * evv[0], l[0] * evv[1], l[2] * evv[0] + l[3] * evv[2], l[2] * evv[1] + l[3] * evv[3]];
+        let second = [lv[0] * l[0], lv[0] * l[2] + lv[1] * l[3], lv[2] * l[0], lv[2] * l[2] + lv[3] * l[3]];
+        (log_mass, mean, second)
+    }
+
+    fn check_rotated_box_with_series(angle: f64, lo: [f64; 2], hi: [f64; 2], l: [f64; 4], mu: [f64; 2]) {
+        let r = [[angle.cos(), angle.sin()], [-angle.sin(), angle.cos()]];
+        let linv = [1.0 / l[0], 0.0, -l[2] / (l[0] * l[3]), 1.0 / l[3]];
+        let (mut g, mut h) = (Vec::new(), Vec::new());
+        for j in 0..2 {
+            let row = [r[j][0] * linv[0] + r[j][1] * linv[2], r[j][0] * linv[1] + r[j][1] * linv[3]];
+            let n = row[0].hypot(row[1]);
+            let unit = [row[0] / n, row[1] / n];
+            let shift = dot(unit, mu);
+            g.push(unit);
+            h.push(hi[j] / n + shift);
+            g.push([-unit[0], -unit[1]]);
+            h.push(-lo[j] / n - shift);
+        }
+        let mut poly = Polygon2::new(g, h, l);
+        poly.add_series();
+        assert!(poly.series.is_some());
+        let (mut mean, mut second) = ([0.0; 2], [0.0; 4]);
+        let got = poly.integrate(&mu, 0.0, &mut mean, &mut second);
+        let want: f64 = (0..2).map(|j| log_diff_ndtr(lo[j], hi[j])).sum();
+        assert!((got - want).abs() < 1e-13, "{got} vs {want}");
     }
 
     /// Placed polygons that exist (their constraints are met at some vertex).

@@ -1,0 +1,195 @@
+//! S = 2, polygons small against the distance over which the Gaussian changes: their mass and
+//! moments as power series in the position of the mean.
+//!
+//! In whitened coordinates the polygon for the mean `mu` is `P0 - m`, `m = L^{-1} mu`, under
+//! `N(0, I)`. With `c` a point of `P0` (the vertices' average) and `g = m - c`,
+//! `phi(c + u - m) = phi(g) e^{g . u} e^{-|u|^2 / 2}`, so the mass is
+//! `phi(g) sum_alpha g^alpha K_alpha / alpha!` with the polygon's Gaussian moments
+//! `K_ij = int_{P0 - c} u1^i u2^j e^{-|u|^2 / 2} du`, which depend on the region alone; the
+//! moments are the same sums with `K` shifted by one or two degrees. Computing `K` once per
+//! region (~30 us) replaces, for every point that meets the region, the fan's edge quadratures
+//! (~50 exponentials) by one exponential and a polynomial.
+//!
+//! The terms of degree `n` add up to at most `(|g| r)^n / n!` of `int_{P0} e^{-|u|^2/2}` (`r` the
+//! largest distance from `c` to a vertex), and the sum is at least `e^{-|g| r}` of it, so the
+//! series stops where `2 e^t t^{n+1} / (n+1)! <= 1e-17`, `t = |g| r`, and is used for
+//! `t <= MAX_REACH` only; its terms then cancel at most `e^{2t}`-fold.
+
+use super::normal::{GL_NODES, GL_WEIGHTS};
+
+/// The highest degree of the series in `g` (reached at `t = MAX_REACH`).
+const MAX_DEGREE: usize = 19;
+/// `K_ij` is kept for `i + j <= MAX_DEGREE + 2` (the second moments need two degrees more).
+const K_SIZE: usize = MAX_DEGREE + 3;
+/// The series serves means with `|g| r` up to this.
+const MAX_REACH: f64 = 1.0;
+/// Polygons with a vertex farther than this from their centre get no series: `K` is computed
+/// by power series that converge fast only for `|u| <= 1`, and such polygons would meet
+/// `|g| r <= 1` only for means close to their centre.
+const MAX_RADIUS: f64 = 1.0;
+
+const LN_2PI: f64 = 1.8378770664093453;
+
+/// `1 / n!` for `n < K_SIZE`.
+const INV_FACTORIALS: [f64; K_SIZE] = {
+    let mut f = [1.0; K_SIZE];
+    let mut n = 1;
+    while n < K_SIZE {
+        f[n] = f[n - 1] / n as f64;
+        n += 1;
+    }
+    f
+};
+
+#[derive(Clone, Debug)]
+pub(crate) struct PolygonSeries {
+    /// The vertices' average `c` (whitened, for the mean 0) and their largest distance `r` from it.
+    pub(crate) centre: [f64; 2],
+    pub(crate) radius: f64,
+    /// `k[i][j] = K_ij`, for `i + j < K_SIZE` (zero beyond).
+    k: Box<[[f64; K_SIZE]; K_SIZE]>,
+}
+
+/// `Phi_i(x) = int_0^x s^i e^{-s^2/2} ds` for `i < K_SIZE`, `|x| <= MAX_RADIUS`, from
+/// `e^{-s^2/2} = sum_k (-1/2)^k s^{2k} / k!`: alternating, each term at most half the one before.
+fn gaussian_antiderivatives(x: f64) -> [f64; K_SIZE] {
+    let mut out = [0.0; K_SIZE];
+    let x2 = x * x;
+    let mut power = x; // x^{i+1}
+    for (i, slot) in out.iter_mut().enumerate() {
+        let (mut term, mut sum) = (power, 0.0);
+        for k in 0..40 {
+            let piece = term / (i + 2 * k + 1) as f64;
+            sum += piece;
+            if piece.abs() <= 1e-18 * sum.abs() {
+                break;
+            }
+            term *= -0.5 * x2 / (k + 1) as f64;
+        }
+        *slot = sum;
+        power *= x;
+    }
+    out
+}
+
+/// The smallest degree whose truncation error is below 1e-17 for `t = |g| r` (see the module
+/// notes).
+fn degree_for(t: f64) -> usize {
+    let scale = 2.0 * t.exp();
+    let mut term = t; // t^{n+1} / (n+1)!
+    for n in 0..MAX_DEGREE {
+        if scale * term <= 1e-17 {
+            return n;
+        }
+        term *= t / (n + 2) as f64;
+    }
+    MAX_DEGREE
+}
+
+impl PolygonSeries {
+    /// The series of the bounded polygon with these whitened vertices, in counter-clockwise
+    /// order; `None` when a vertex lies farther than [`MAX_RADIUS`] from their average.
+    pub(crate) fn new(vertices: &[[f64; 2]]) -> Option<Self> {
+        let n = vertices.len();
+        if n < 3 {
+            return None;
+        }
+        let centre = [vertices.iter().map(|v| v[0]).sum::<f64>() / n as f64, vertices.iter().map(|v| v[1]).sum::<f64>() / n as f64];
+        let radius = vertices.iter().map(|v| (v[0] - centre[0]).hypot(v[1] - centre[1])).fold(0.0, f64::max);
+        if radius.is_nan() || radius > MAX_RADIUS {
+            return None;
+        }
+        // Green's theorem: int_P dQ/dx = oint Q dy (counter-clockwise) with
+        // Q = Phi_i(x) y^j e^{-y^2/2}; along each edge a 20-point Gauss-Legendre rule, exact
+        // for the polynomial parts (degree <= K_SIZE) and far below rounding for the Gaussian
+        // factors over edges at most 2 long.
+        let mut k = Box::new([[0.0; K_SIZE]; K_SIZE]);
+        for e in 0..n {
+            let (a, b) = (vertices[e], vertices[(e + 1) % n]);
+            let (a, b) = ([a[0] - centre[0], a[1] - centre[1]], [b[0] - centre[0], b[1] - centre[1]]);
+            let dy = b[1] - a[1];
+            if dy == 0.0 {
+                continue;
+            }
+            for (node, weight) in GL_NODES.iter().zip(GL_WEIGHTS) {
+                let t = 0.5 * (1.0 + node);
+                let (x, y) = (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]));
+                let phi = gaussian_antiderivatives(x);
+                let mut y_power = 0.5 * weight * dy * (-0.5 * y * y).exp();
+                for j in 0..K_SIZE {
+                    for i in 0..K_SIZE - j {
+                        k[i][j] += phi[i] * y_power;
+                    }
+                    y_power *= y;
+                }
+            }
+        }
+        (k[0][0] > 0.0).then_some(PolygonSeries { centre, radius, k })
+    }
+
+    /// Under `N(0, I)`, for the polygon moved by `-m` (whitened): `(log mass, E[w | P],
+    /// E[w w^T | P])`, the moments only if `MOMENTS` (else NaN); `None` where the mean is too
+    /// far for the series.
+    pub(crate) fn moments<const MOMENTS: bool>(&self, m: [f64; 2]) -> Option<(f64, [f64; 2], [f64; 4])> {
+        let g = [m[0] - self.centre[0], m[1] - self.centre[1]];
+        let reach = (g[0] * g[0] + g[1] * g[1]).sqrt() * self.radius;
+        if reach.is_nan() || reach > MAX_REACH {
+            return None;
+        }
+        // Terms up to degree `top` in K's indices: `degree` for the mass; for the moments,
+        // whose sums shift K by up to two degrees, `degree + 2` for all six sums, so that they
+        // share their partial sums (the terms of degree above `degree` are within the
+        // truncation error, and only make the sums more accurate).
+        let degree = degree_for(reach);
+        let top = if MOMENTS { degree + 2 } else { degree };
+        // g1^i / i! and g2^j / j!: the powers by a chain of products, the factorials from a
+        // table (a division in the chain would cost its latency at every step).
+        let (mut p1, mut p2) = ([0.0; K_SIZE], [0.0; K_SIZE]);
+        (p1[0], p2[0]) = (1.0, 1.0);
+        for i in 1..=top {
+            p1[i] = p1[i - 1] * g[0];
+            p2[i] = p2[i - 1] * g[1];
+        }
+        for i in 2..=top {
+            p1[i] *= INV_FACTORIALS[i];
+            p2[i] *= INV_FACTORIALS[i];
+        }
+        // Column sums over i first (`a[j] = sum_i K_ij p1[i]`, and the same with p1 moved by
+        // one and two places for the moments in u1): element-wise over j, so they vectorise and
+        // carry no chain of dependent additions; then one dot product with p2 per sum.
+        let k = &*self.k;
+        let (mut a, mut b, mut c) = ([0.0; K_SIZE], [0.0; K_SIZE], [0.0; K_SIZE]);
+        for i in 0..=top {
+            let row = &k[i][..=top - i];
+            let (w, w1, w2) = (p1[i], if i >= 1 { p1[i - 1] } else { 0.0 }, if i >= 2 { p1[i - 2] } else { 0.0 });
+            for (j, &kij) in row.iter().enumerate() {
+                a[j] += kij * w;
+                if MOMENTS {
+                    b[j] += kij * w1;
+                    c[j] += kij * w2;
+                }
+            }
+        }
+        let dot = |v: &[f64; K_SIZE], shift: usize| (0..=top - shift).map(|j| v[j + shift] * p2[j]).sum::<f64>();
+        let sums = if MOMENTS { [dot(&a, 0), dot(&b, 0), dot(&a, 1), dot(&c, 0), dot(&b, 1), dot(&a, 2)] } else { [dot(&a, 0), 0.0, 0.0, 0.0, 0.0, 0.0] };
+        let [f, f1, f2, f11, f12, f22] = sums;
+        if f.is_nan() || f <= 0.0 {
+            return None;
+        }
+        let log_mass = -LN_2PI - 0.5 * (g[0] * g[0] + g[1] * g[1]) + f.ln();
+        if !MOMENTS {
+            return Some((log_mass, [f64::NAN; 2], [f64::NAN; 4]));
+        }
+        // w = u - g, with E[u | P] = (f1, f2) / f and E[u u^T | P] = (f11, f12; f12, f22) / f.
+        let eu = [f1 / f, f2 / f];
+        let mean = [eu[0] - g[0], eu[1] - g[1]];
+        let euu = [f11 / f, f12 / f, f12 / f, f22 / f];
+        let mut second = [0.0; 4];
+        for a in 0..2 {
+            for b in 0..2 {
+                second[2 * a + b] = euu[2 * a + b] - g[a] * eu[b] - eu[a] * g[b] + g[a] * g[b];
+            }
+        }
+        Some((log_mass, mean, second))
+    }
+}
