@@ -13,6 +13,7 @@
 
 use super::normal::{gauss_legendre, log_diff_ndtr, GL12_HALF, GL20_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};
 use super::polygon_series::PolygonSeries;
+use std::sync::OnceLock;
 
 
 #[inline]
@@ -256,8 +257,9 @@ pub struct Polygon2 {
     /// `1 / (f_a x f_b)` for the edges `a = order[k]`, `b = order[k+1]` meeting at vertex `k`.
     inverse_det: Vec<f64>,
     /// The power series of a small bounded polygon, for callers that integrate it against
-    /// many means ([`Self::add_series`]).
-    series: Option<PolygonSeries>,
+    /// many means ([`Self::enable_series`]): built at its first use (`None` inside where the
+    /// polygon is too large or unbounded for one).
+    series: Option<OnceLock<Option<PolygonSeries>>>,
 }
 
 /// The polygon for one mean: offsets and vertices in whitened coordinates.
@@ -309,13 +311,23 @@ impl Polygon2 {
         Polygon2 { g_scaled, h_scaled, f, l, order, open, inverse_det, series: None }
     }
 
-    /// The polygon with its power series in the mean (`polygon_series.rs`) where it is bounded
-    /// and small enough: ~30 us once, after which means near it cost a polynomial instead of
-    /// the fan's edge quadratures.
-    pub fn add_series(&mut self) {
-        let at_zero = |i: usize| self.h_scaled[i];
-        let vertices: Option<Vec<[f64; 2]>> = (0..self.f.len()).map(|k| self.vertex(k, at_zero)).collect();
-        self.series = vertices.and_then(|v| PolygonSeries::new(&v));
+    /// Lets the polygon use its power series in the mean (`polygon_series.rs`) where it is
+    /// bounded and small enough: ~30 us at the first mean that asks, after which means near it
+    /// cost a polynomial instead of the fan's edge quadratures. The series is the same
+    /// whichever thread builds it, so results do not depend on the order of the calls.
+    pub fn enable_series(&mut self) {
+        self.series = Some(OnceLock::new());
+    }
+
+    fn series(&self) -> Option<&PolygonSeries> {
+        self.series
+            .as_ref()?
+            .get_or_init(|| {
+                let at_zero = |i: usize| self.h_scaled[i];
+                let vertices: Option<Vec<[f64; 2]>> = (0..self.f.len()).map(|k| self.vertex(k, at_zero)).collect();
+                vertices.and_then(|v| PolygonSeries::new(&v))
+            })
+            .as_ref()
     }
 
     /// `L^{-1} mu`: the polygon for the mean `mu` is the one for 0 moved by minus this, in
@@ -411,7 +423,7 @@ impl Polygon2 {
     /// The log mass for `z ~ N(mu, Sigma)`, to relative error `rtol` (0 asks for all the
     /// digits the method has: ~1e-14).
     pub fn log_mass(&self, mu: &[f64], rtol: f64) -> f64 {
-        if let Some((log_mass, ..)) = self.series.as_ref().and_then(|series| series.moments::<false>(self.whitened_mean(mu))) {
+        if let Some((log_mass, ..)) = self.series().and_then(|series| series.moments::<false>(self.whitened_mean(mu))) {
             return log_mass;
         }
         self.place(mu).log_mass(rtol)
@@ -427,7 +439,7 @@ impl Polygon2 {
     /// `(log mass, E[z | region], E[z z^T | region])` for `z ~ N(mu, Sigma)`; the mass to
     /// relative error `rtol` as in [`Self::log_mass`], the moments in closed form given it.
     pub fn integrate(&self, mu: &[f64], rtol: f64, cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
-        let (log_mass, wm, ws) = match self.series.as_ref().and_then(|series| series.moments::<true>(self.whitened_mean(mu))) {
+        let (log_mass, wm, ws) = match self.series().and_then(|series| series.moments::<true>(self.whitened_mean(mu))) {
             Some(moments) => moments,
             None => {
                 let placed = self.place(mu);
@@ -999,8 +1011,8 @@ mod tests {
             }
             let l = [rng.random_range(0.3..1.5), 0.0, rng.random_range(-0.5..0.5), rng.random_range(0.3..1.5)];
             let mut series = Polygon2::new(g, h, l);
-            series.add_series();
-            let Some(s) = series.series.as_ref() else { continue };
+            series.enable_series();
+            let Some(s) = series.series() else { continue };
             for _ in 0..6 {
                 let reach = rng.random_range(0.0..1.3) / s.radius;
                 let angle = rng.random_range(0.0..std::f64::consts::TAU);
@@ -1091,8 +1103,8 @@ mod tests {
             h.push(-lo[j] / n - shift);
         }
         let mut poly = Polygon2::new(g, h, l);
-        poly.add_series();
-        assert!(poly.series.is_some());
+        poly.enable_series();
+        assert!(poly.series().is_some());
         let (mut mean, mut second) = ([0.0; 2], [0.0; 4]);
         let got = poly.integrate(&mu, 0.0, &mut mean, &mut second);
         let want: f64 = (0..2).map(|j| log_diff_ndtr(lo[j], hi[j])).sum();

@@ -4,7 +4,6 @@
 
 use crate::gauss::normal::{log_diff_ndtr, truncated_normal};
 use crate::gauss::polygon::Polygon2;
-use rayon::prelude::*;
 use crate::gauss::{GaussMoments, PolytopeShape};
 use super::interval::Intervals;
 use super::{RegionAlgebra, RegionIntegrator};
@@ -82,16 +81,14 @@ impl GaussIntegrator {
                 let g = facets.iter().map(|f| [f.normal[0], f.normal[1]]).collect();
                 let h = facets.iter().map(|f| f.offset).collect();
                 let l = algebra.chol(q);
-                PreparedRegion::Polygon(Polygon2::new(g, h, [l[0], l[1], l[2], l[3]]))
+                let mut poly = Polygon2::new(g, h, [l[0], l[1], l[2], l[3]]);
+                // Inference integrates a polygon against many means, so its series, built at the
+                // first that asks, pays for itself.
+                poly.enable_series();
+                PreparedRegion::Polygon(poly)
             };
             regions.push(region);
         }
-        // Each point integrates most polygons, so their series (~30 us each) pay for themselves.
-        regions.par_iter_mut().for_each(|region| {
-            if let PreparedRegion::Polygon(poly) = region {
-                poly.add_series();
-            }
-        });
         let intervals = (s == 1).then(|| Intervals::new(&ends, sd));
         Ok(GaussIntegrator { regions, intervals, rtol, seed })
     }
