@@ -260,6 +260,8 @@ pub struct Polygon2 {
     /// many means ([`Self::enable_series`]): built at its first use (`None` inside where the
     /// polygon is too large or unbounded for one).
     series: Option<OnceLock<Option<PolygonSeries>>>,
+    /// `vertex(k)` for the mean 0 (whitened).
+    vertices_at_zero: Vec<Option<[f64; 2]>>,
 }
 
 /// The polygon for one mean: offsets and vertices in whitened coordinates.
@@ -308,7 +310,9 @@ impl Polygon2 {
                 1.0 / (fa[0] * fb[1] - fa[1] * fb[0])
             })
             .collect();
-        Polygon2 { g_scaled, h_scaled, f, l, order, open, inverse_det, series: None }
+        let mut poly = Polygon2 { g_scaled, h_scaled, f, l, order, open, inverse_det, series: None, vertices_at_zero: Vec::new() };
+        poly.vertices_at_zero = (0..m).map(|k| poly.vertex(k, |i| poly.h_scaled[i])).collect();
+        poly
     }
 
     /// Lets the polygon use its power series in the mean (`polygon_series.rs`) where it is
@@ -323,8 +327,7 @@ impl Polygon2 {
         self.series
             .as_ref()?
             .get_or_init(|| {
-                let at_zero = |i: usize| self.h_scaled[i];
-                let vertices: Option<Vec<[f64; 2]>> = (0..self.f.len()).map(|k| self.vertex(k, at_zero)).collect();
+                let vertices: Option<Vec<[f64; 2]>> = self.vertices_at_zero.iter().copied().collect();
                 vertices.and_then(|v| PolygonSeries::new(&v))
             })
             .as_ref()
@@ -411,7 +414,11 @@ impl Polygon2 {
     /// point, so only the offsets and the vertices next to violated edges are computed.
     pub fn log_mass_bound(&self, mu: &[f64]) -> f64 {
         let e = |i: usize| self.offset(i, mu);
-        let p = self.nearest_point_with(e, |k| self.vertex(k, e));
+        // The vertices for the mean 0, moved by -L^{-1} mu: two subtractions where solving for
+        // each from the offsets costs a dozen operations (this is for pruning, and rounding
+        // of the order of the mean's distance does not matter to it).
+        let m = self.whitened_mean(mu);
+        let p = self.nearest_point_with(e, |k| self.vertices_at_zero[k].map(|v| [v[0] - m[0], v[1] - m[1]]));
         let d = norm2(p);
         if d == 0.0 {
             0.0
