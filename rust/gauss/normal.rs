@@ -260,9 +260,9 @@ pub(crate) const SERIES_REACH: f64 = 0.5;
 /// `k = 8`.
 const SERIES_TERMS: usize = 9;
 
-/// `1 / n!` for `n` up to `2 SERIES_TERMS`.
-const INV_FACTORIALS: [f64; 2 * SERIES_TERMS + 1] = {
-    let mut f = [1.0; 2 * SERIES_TERMS + 1];
+/// `1 / n!` for `n < 32`.
+pub(crate) const INV_FACTORIALS: [f64; 32] = {
+    let mut f = [1.0; 32];
     let mut n = 1;
     while n < f.len() {
         f[n] = f[n - 1] / n as f64;
@@ -271,7 +271,7 @@ const INV_FACTORIALS: [f64; 2 * SERIES_TERMS + 1] = {
     f
 };
 
-/// `int_{-h}^{h} s^{2k} e^{-s^2/2} ds` for `k = 0 .. 2 SERIES_TERMS / 2 + 1`, `h <= 1/2`, from
+/// `int_{-h}^{h} s^{2k} e^{-s^2/2} ds` for `k = 0 ..= SERIES_TERMS + 1`, `h <= 1/2`, from
 /// `e^{-s^2/2} = sum_j (-1/2)^j s^{2j} / j!`: alternating, each term at most 1/8 of the one
 /// before, so the sum keeps its digits.
 fn even_gaussian_moments(h: f64) -> [f64; SERIES_TERMS + 2] {

@@ -15,7 +15,7 @@
 //! series stops where `2 e^t t^{n+1} / (n+1)! <= 1e-17`, `t = |g| r`, and is used for
 //! `t <= MAX_REACH` only; its terms then cancel at most `e^{2t}`-fold.
 
-use super::normal::{GL_NODES, GL_WEIGHTS};
+use super::normal::{GL_NODES, GL_WEIGHTS, INV_FACTORIALS, LN_SQRT_2PI};
 
 /// The highest degree of the series in `g` (reached at `t = MAX_REACH`).
 const MAX_DEGREE: usize = 19;
@@ -28,18 +28,7 @@ const MAX_REACH: f64 = 1.0;
 /// `|g| r <= 1` only for means close to their centre.
 const MAX_RADIUS: f64 = 1.0;
 
-const LN_2PI: f64 = 1.8378770664093453;
 
-/// `1 / n!` for `n < K_SIZE`.
-const INV_FACTORIALS: [f64; K_SIZE] = {
-    let mut f = [1.0; K_SIZE];
-    let mut n = 1;
-    while n < K_SIZE {
-        f[n] = f[n - 1] / n as f64;
-        n += 1;
-    }
-    f
-};
 
 #[derive(Clone, Debug)]
 pub(crate) struct PolygonSeries {
@@ -176,7 +165,7 @@ impl PolygonSeries {
         if f.is_nan() || f <= 0.0 {
             return None;
         }
-        let log_mass = -LN_2PI - 0.5 * (g[0] * g[0] + g[1] * g[1]) + f.ln();
+        let log_mass = -2.0 * LN_SQRT_2PI - 0.5 * (g[0] * g[0] + g[1] * g[1]) + f.ln();
         if !MOMENTS {
             return Some((log_mass, [f64::NAN; 2], [f64::NAN; 4]));
         }

@@ -125,8 +125,8 @@ impl Intervals {
             log_sd: sd.iter().map(|v| v.ln()).collect(),
             inv_sd: sd.iter().map(|v| 1.0 / v).collect(),
             mid: ends.iter().map(|e| 0.5 * (e.0 + e.1)).collect(),
-            half: half.clone(),
             series: half.iter().map(|&h| CentredSeries::new(h)).collect(),
+            half,
             sd,
         }
     }
