@@ -993,7 +993,7 @@ mod tests {
     /// quadrature take over there); and a rotated box, against products of one-dimensional
     /// masses.
     #[test]
-    fn series_agree_with_the_fan_near_small_polygons() {
+    fn series_match_a_brute_force_cubature_near_small_polygons() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_pcg::Pcg64::seed_from_u64(23);
         let (mut served, mut compared) = (0, 0);
