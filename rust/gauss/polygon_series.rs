@@ -39,6 +39,11 @@ pub(crate) struct PolygonSeries {
     k: Box<[[f64; K_SIZE]; K_SIZE]>,
 }
 
+/// Polygons whose edge terms cancel more than this many times over (slivers: long edges around
+/// a small area) get no series, whose rounding would exceed ~1e-14 of their mass; the fan
+/// estimates its own cancellation and takes them.
+const MAX_CANCELLATION: f64 = 64.0;
+
 /// Edges up to this long take a 12-point Gauss-Legendre rule in [`PolygonSeries::new`].
 const SHORT_EDGE: f64 = 0.5;
 
@@ -133,6 +138,9 @@ impl PolygonSeries {
         // force cubature), 20 points on longer ones (at most 2).
         // Accumulated as `transposed[j][i]`, so that the innermost loop runs along memory.
         let mut transposed = [[0.0; K_SIZE]; K_SIZE];
+        // What the edges' terms of K_00 add up to in magnitude: over the area they cancel down
+        // to, the factor by which rounding is magnified.
+        let mut magnitude = 0.0;
         for e in 0..n {
             let (a, b) = (vertices[e], vertices[(e + 1) % n]);
             let (a, b) = ([a[0] - centre[0], a[1] - centre[1]], [b[0] - centre[0], b[1] - centre[1]]);
@@ -147,6 +155,7 @@ impl PolygonSeries {
                 let (x, y) = (a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1]));
                 let phi = gaussian_antiderivatives(x);
                 let mut y_power = 0.5 * weight * dy * (-0.5 * y * y).exp();
+                magnitude += (phi[0] * y_power).abs();
                 for (j, column) in transposed.iter_mut().enumerate() {
                     for (kij, phi_i) in column[..K_SIZE - j].iter_mut().zip(&phi) {
                         *kij += phi_i * y_power;
@@ -161,7 +170,7 @@ impl PolygonSeries {
                 k[i][j] = value;
             }
         }
-        (k[0][0] > 0.0).then_some(PolygonSeries { centre, radius, k })
+        (k[0][0] > 0.0 && magnitude <= MAX_CANCELLATION * k[0][0]).then_some(PolygonSeries { centre, radius, k })
     }
 
     /// Under `N(0, I)`, for the polygon moved by `-m` (whitened): `(log mass, E[w | P],
@@ -228,5 +237,25 @@ impl PolygonSeries {
             }
         }
         Some((log_mass, mean, second))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slivers_and_large_polygons_get_no_series() {
+        // Two edges of length 1.26 around an area of 6e-5: their terms cancel ~1e4-fold.
+        let sliver = [[-3.5483201631653882, -1.3894553337384317], [-2.3626777972856736, -1.8206607798113932], [-2.362651441836852, -1.8205615563658146]];
+        assert!(PolygonSeries::new(&sliver).is_none());
+        let triangle = [[0.0, 0.0], [0.5, 0.0], [0.2, 0.4]];
+        let series = PolygonSeries::new(&triangle).unwrap();
+        // K_00 is the area (0.1) weighted by e^{-|u|^2/2}, which lies in [e^{-r^2/2}, 1] with
+        // r = 0.3 (the moments themselves are checked against a cubature in polygon.rs).
+        let ratio = series.k[0][0] / 0.1;
+        assert!(ratio > (-0.045f64).exp() && ratio < 1.0, "{ratio}");
+        let large = [[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]];
+        assert!(PolygonSeries::new(&large).is_none());
     }
 }
