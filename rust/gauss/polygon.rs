@@ -316,7 +316,7 @@ impl Polygon2 {
     }
 
     /// Lets the polygon use its power series in the mean (`polygon_series.rs`) where it is
-    /// bounded and small enough: ~30 us at the first mean that asks, after which means near it
+    /// bounded and small enough: ~10 us at the first mean that asks, after which means near it
     /// cost a polynomial instead of the fan's edge quadratures. The series is the same
     /// whichever thread builds it, so results do not depend on the order of the calls.
     pub fn enable_series(&mut self) {

@@ -7,7 +7,7 @@
 //! `phi(g) sum_alpha g^alpha K_alpha / alpha!` with the polygon's Gaussian moments
 //! `K_ij = int_{P0 - c} u1^i u2^j e^{-|u|^2 / 2} du`, which depend on the region alone; the
 //! moments are the same sums with `K` shifted by one or two degrees. Computing `K` once per
-//! region (~30 us) replaces, for every point that meets the region, the fan's edge quadratures
+//! region (~10 us) replaces, for every point that meets the region, the fan's edge quadratures
 //! (~50 exponentials) by one exponential and a polynomial.
 //!
 //! The terms of degree `n` add up to at most `(|g| r)^n / n!` of `int_{P0} e^{-|u|^2/2}` (`r` the
