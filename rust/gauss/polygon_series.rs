@@ -28,8 +28,6 @@ const MAX_REACH: f64 = 1.0;
 /// `|g| r <= 1` only for means close to their centre.
 const MAX_RADIUS: f64 = 1.0;
 
-
-
 #[derive(Clone, Debug)]
 pub(crate) struct PolygonSeries {
     /// The vertices' average `c` (whitened, for the mean 0) and their largest distance `r` from it.
@@ -119,7 +117,8 @@ fn degree_for(t: f64) -> usize {
 
 impl PolygonSeries {
     /// The series of the bounded polygon with these whitened vertices, in counter-clockwise
-    /// order; `None` when a vertex lies farther than [`MAX_RADIUS`] from their average.
+    /// order; `None` when a vertex lies farther than [`MAX_RADIUS`] from their average, or for a
+    /// sliver ([`MAX_CANCELLATION`]).
     pub(crate) fn new(vertices: &[[f64; 2]]) -> Option<Self> {
         let n = vertices.len();
         if n < 3 {
