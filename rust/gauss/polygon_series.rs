@@ -33,8 +33,9 @@ pub(crate) struct PolygonSeries {
     /// The vertices' average `c` (whitened, for the mean 0) and their largest distance `r` from it.
     pub(crate) centre: [f64; 2],
     pub(crate) radius: f64,
-    /// `k[i][j] = K_ij`, for `i + j < K_SIZE` (zero beyond).
-    k: Box<[[f64; K_SIZE]; K_SIZE]>,
+    /// `K_ij` for `i + j < K_SIZE`, row by row: row `i` holds `j = 0 .. K_SIZE - i` (see
+    /// [`Self::row`]); half the square's memory, which matters with tens of thousands of regions.
+    k: Box<[f64]>,
 }
 
 /// Polygons whose edge terms cancel more than this many times over (slivers: long edges around
@@ -163,13 +164,16 @@ impl PolygonSeries {
                 }
             }
         }
-        let mut k = Box::new([[0.0; K_SIZE]; K_SIZE]);
-        for (j, column) in transposed.iter().enumerate() {
-            for (i, &value) in column.iter().enumerate() {
-                k[i][j] = value;
-            }
-        }
-        (k[0][0] > 0.0 && magnitude <= MAX_CANCELLATION * k[0][0]).then_some(PolygonSeries { centre, radius, k })
+        let k: Box<[f64]> = (0..K_SIZE).flat_map(|i| (0..K_SIZE - i).map(move |j| (i, j))).map(|(i, j)| transposed[j][i]).collect();
+        (k[0] > 0.0 && magnitude <= MAX_CANCELLATION * k[0]).then_some(PolygonSeries { centre, radius, k })
+    }
+
+    /// `K_ij` for `j = 0 .. K_SIZE - i`.
+    #[inline]
+    fn row(&self, i: usize) -> &[f64] {
+        // Rows 0 .. i hold K_SIZE, K_SIZE - 1, ... entries: i K_SIZE - i (i - 1) / 2 in all.
+        let start = i * (2 * K_SIZE + 1 - i) / 2;
+        &self.k[start..start + K_SIZE - i]
     }
 
     /// Under `N(0, I)`, for the polygon moved by `-m` (whitened): `(log mass, E[w | P],
@@ -202,10 +206,9 @@ impl PolygonSeries {
         // Column sums over i first (`a[j] = sum_i K_ij p1[i]`, and the same with p1 moved by
         // one and two places for the moments in u1): element-wise over j, so they vectorise and
         // carry no chain of dependent additions; then one dot product with p2 per sum.
-        let k = &*self.k;
         let (mut a, mut b, mut c) = ([0.0; K_SIZE], [0.0; K_SIZE], [0.0; K_SIZE]);
         for i in 0..=top {
-            let row = &k[i][..=top - i];
+            let row = &self.row(i)[..=top - i];
             let (w, w1, w2) = (p1[i], if i >= 1 { p1[i - 1] } else { 0.0 }, if i >= 2 { p1[i - 2] } else { 0.0 });
             for (j, &kij) in row.iter().enumerate() {
                 a[j] += kij * w;
@@ -252,7 +255,7 @@ mod tests {
         let series = PolygonSeries::new(&triangle).unwrap();
         // K_00 is the area (0.1) weighted by e^{-|u|^2/2}, which lies in [e^{-r^2/2}, 1] with
         // r = 0.3 (the moments themselves are checked against a cubature in polygon.rs).
-        let ratio = series.k[0][0] / 0.1;
+        let ratio = series.row(0)[0] / 0.1;
         assert!(ratio > (-0.045f64).exp() && ratio < 1.0, "{ratio}");
         let large = [[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]];
         assert!(PolygonSeries::new(&large).is_none());
