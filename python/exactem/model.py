@@ -45,8 +45,7 @@ class Posterior:
     @property
     def cov(self):
         """(S, S) Cov[z | x]."""
-        m = self._core.mean
-        return self._core.second_moment - np.outer(m, m)
+        return self._core.cov
 
     def logpdf(self, Z):
         """(n,) log p(z | x) at latent points (n, S)."""

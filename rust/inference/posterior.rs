@@ -7,6 +7,7 @@ use rand_distr::StandardNormal;
 use rand_pcg::Pcg64;
 
 use crate::gauss::nearest::nearest_point;
+use crate::gauss::normal::truncated_normal_central;
 use super::{moment_terms, RegionAlgebra, RegionIntegrator, LOG_2PI};
 use crate::error::{Error, Result};
 use crate::partition::Partition;
@@ -26,9 +27,9 @@ pub struct PointPosterior {
     pub mu: Vec<f64>,
     /// Posterior probability of every region (zero where pruned).
     pub weights: Vec<f64>,
-    /// `E[z | x]` and `E[z z^T | x]`.
+    /// `E[z | x]` and `Cov[z | x]` (S x S).
     pub mean: Vec<f64>,
-    pub second: Vec<f64>,
+    pub cov: Vec<f64>,
 }
 
 /// The region's constraints in whitened coordinates `w = L^{-1}(z - mu)`: `F w <= e` with
@@ -74,20 +75,40 @@ impl PointPosterior {
         let terms = moment_terms(integrator, lk, mu, s);
         let mut weights = vec![0.0; r];
         let mut mean = vec![0.0; s];
-        let mut second = vec![0.0; s * s];
         for (k, (&q, &w)) in terms.region.iter().zip(&terms.weight).enumerate() {
             weights[q] = w;
             if w > 0.0 {
                 for j in 0..s {
                     mean[j] += w * terms.mean[k * s + j];
                 }
-                for j in 0..s * s {
-                    second[j] += w * terms.second[k * s * s + j];
+            }
+        }
+        // The law of total variance, sum_q w_q (Cov[z | q] + (m_q - m)(m_q - m)^T), rather than
+        // E[z z^T] - m m^T: a posterior narrow against its distance from 0 would lose its digits
+        // to that difference. At S = 1 each region's variance comes from the truncated normal's
+        // own (accurate also for short and far intervals); elsewhere from the region's moments.
+        let mut cov = vec![0.0; s * s];
+        for (k, (&q, &w)) in terms.region.iter().zip(&terms.weight).enumerate() {
+            if w <= 0.0 {
+                continue;
+            }
+            let m_q = &terms.mean[k * s..(k + 1) * s];
+            let region_variance = integrator.intervals().map(|intervals| {
+                let (lo, hi, sd) = intervals.interval(q);
+                truncated_normal_central(mu[q], sd, lo, hi).2
+            });
+            for a in 0..s {
+                for b in 0..s {
+                    let within = match region_variance {
+                        Some(variance) => variance,
+                        None => terms.second[k * s * s + a * s + b] - m_q[a] * m_q[b],
+                    };
+                    cov[a * s + b] += w * (within + (m_q[a] - mean[a]) * (m_q[b] - mean[b]));
                 }
             }
         }
         let log_likelihood = terms.log_likelihood;
-        PointPosterior { log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, second }
+        PointPosterior { log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, cov }
     }
 
     fn mu(&self, algebra: &RegionAlgebra, q: usize) -> &[f64] {

@@ -164,7 +164,7 @@ fn one_dimensional_posterior_density_map_and_samples() {
     assert!((map[0] - argmax).abs() < 2.0 * h, "MAP {} vs grid argmax {argmax}", map[0]);
     // Sample mean within 4 standard errors of the exact mean.
     let samples = post.sample(&part, &algebra, 20_000, 1).unwrap();
-    let sd = (post.second[0] - post.mean[0] * post.mean[0]).sqrt();
+    let sd = post.cov[0].sqrt();
     let sample_mean = samples.iter().sum::<f64>() / samples.len() as f64;
     assert!((sample_mean - post.mean[0]).abs() < 4.0 * sd / (samples.len() as f64).sqrt());
     assert_eq!(post.sample(&part, &algebra, 5, 7).unwrap(), post.sample(&part, &algebra, 5, 7).unwrap());
@@ -223,4 +223,33 @@ fn interval_path_declines_points_whose_terms_underflow_its_scale() {
     let (mass, w) = (terms.total * terms.scale.exp(), 1e-3f64);
     let want = crate::gauss::normal::FRAC_1_SQRT_2PI * (w - w.powi(3) / 6.0 + w.powi(5) / 40.0);
     assert!((mass - want).abs() < 1e-14 * want, "{mass} vs {want}");
+}
+
+#[test]
+fn narrow_posteriors_far_from_zero_keep_their_variance() {
+    // Noise 1e-14: a posterior ~1e-7 wide around z = 2.7, so E[z^2] - E[z]^2 would keep no digit
+    // of the variance (7.3 against ~1e-14). The reference sums (z - mean)^2 over a grid of
+    // offsets around the mean, in the posterior's own scale.
+    let dec = Arc::new(Decoder::random_uniform(&[1, 8, 8, 2], -1.0, 5).unwrap());
+    let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
+    let algebra = RegionAlgebra::new(&part, &[1e-14, 1e-14]).unwrap();
+    let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
+    let x = dec.forward_batch(DMatrix::from_element(1, 1, 2.7).as_view()).column(0).into_owned();
+    let post = posterior::PointPosterior::new(&algebra, &gauss, x.as_slice());
+    let (mean, variance) = (post.mean[0], post.cov[0]);
+    assert!((mean - 2.7).abs() < 1e-6 && variance > 0.0 && variance < 1e-12, "{mean} {variance}");
+    let sd = variance.sqrt();
+    let n = 20_000;
+    let h = 24.0 * sd / n as f64;
+    let peak = post.log_density(&part, &algebra, &[mean]);
+    let (mut total, mut shift, mut spread) = (0.0, 0.0, 0.0);
+    for i in 0..=n {
+        let offset = -12.0 * sd + i as f64 * h;
+        let density = (post.log_density(&part, &algebra, &[mean + offset]) - peak).exp();
+        total += density;
+        shift += density * offset;
+        spread += density * offset * offset;
+    }
+    let reference = spread / total - (shift / total).powi(2);
+    assert!((variance / reference - 1.0).abs() < 1e-6, "variance {variance} vs grid {reference}");
 }

@@ -113,11 +113,11 @@ impl PyPosterior {
         PyArray1::from_slice(py, &self.posterior.mean)
     }
 
-    /// `E[z z^T | x]`, S x S.
+    /// `Cov[z | x]`, S x S.
     #[getter]
-    fn second_moment<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    fn cov<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f64>>> {
         let s = self.posterior.mean.len();
-        PyArray1::from_slice(py, &self.posterior.second).reshape([s, s])
+        PyArray1::from_slice(py, &self.posterior.cov).reshape([s, s])
     }
 
     fn logpdf<'py>(&self, py: Python<'py>, z: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray1<f64>>> {
