@@ -226,7 +226,7 @@ fn split_at<const DENSITY: bool>(y: f64) -> (f64, f64, f64) {
 /// Short enough that any difference of CDFs cancels, while the density varies by less than a
 /// factor e^0.5 over it.
 #[inline(always)]
-pub(crate) fn is_short_interval(a: f64, b: f64) -> bool {
+fn is_short_interval(a: f64, b: f64) -> bool {
     (b - a) * (1.0 + a.abs().max(b.abs())) < 0.5
 }
 
@@ -325,6 +325,13 @@ impl CentredSeries {
         series
     }
 
+    /// Whether an interval of standardised half-width `half` whose centre lies `centre` from
+    /// the mean is within [`SERIES_REACH`], where the series takes it.
+    #[inline(always)]
+    pub(crate) fn reaches(half: f64, centre: f64) -> bool {
+        half * (1.0 + centre.abs()) <= SERIES_REACH
+    }
+
     /// `[I_0, I_1, I_2]` at `c` (only `I_0` unless `MOMENTS`).
     #[inline(always)]
     pub(crate) fn at<const MOMENTS: bool>(&self, c: f64) -> [f64; 3] {
@@ -401,7 +408,7 @@ pub fn truncated_normal(mu: f64, sd: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
 /// `1 / width^2` (relative error ~1e-3 for `[12, 12.001]` under `N(0, 1)`).
 pub fn truncated_normal_central(mu: f64, sd: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
     let (centre, half) = ((0.5 * (lo + hi) - mu) / sd, 0.5 * (hi - lo) / sd);
-    if half * (1.0 + centre.abs()) <= SERIES_REACH {
+    if CentredSeries::reaches(half, centre) {
         let [i0, i1, i2] = CentredSeries::new(half).at::<true>(centre);
         let shift = i1 / i0;
         return (i0.ln() + log_pdf(centre), 0.5 * (lo + hi) + sd * shift, sd * sd * (i2 / i0 - shift * shift));

@@ -1062,8 +1062,7 @@ mod tests {
     /// triangle of a fan from the vertices' average (collapsed squares): for a small bounded
     /// polygon, on which the density is smooth, exact to rounding.
     fn brute_force_moments(poly: &Polygon2, mu: &[f64]) -> (f64, [f64; 2], [f64; 4]) {
-        let at_zero = |i: usize| poly.h_scaled[i];
-        let v: Vec<[f64; 2]> = (0..poly.f.len()).map(|k| poly.vertex(k, at_zero).unwrap()).collect();
+        let v: Vec<[f64; 2]> = poly.vertices_at_zero.iter().map(|v| v.unwrap()).collect();
         let n = v.len();
         let c = [v.iter().map(|p| p[0]).sum::<f64>() / n as f64, v.iter().map(|p| p[1]).sum::<f64>() / n as f64];
         let m = poly.whitened_mean(mu);

@@ -12,7 +12,7 @@
 //! the log-space path.
 
 use super::PRUNE_GAP;
-use crate::gauss::normal::{cody, log_diff_ndtr, truncated_normal, CentredSeries, CodyForm, FRAC_1_SQRT_2PI, SERIES_REACH};
+use crate::gauss::normal::{cody, log_diff_ndtr, truncated_normal, CentredSeries, CodyForm, FRAC_1_SQRT_2PI};
 
 /// An infinite end.
 const NO_END: usize = usize::MAX;
@@ -75,7 +75,7 @@ pub struct Intervals {
     n_ends: usize,
     /// Midpoint and half-width, standardised by `sd`, of each region; the centred series of
     /// each region short enough to take it (NaN coefficients otherwise: never read, since
-    /// `half` exceeds [`SERIES_REACH`]).
+    /// `half` is beyond the series' reach).
     mid: Vec<f64>,
     half: Vec<f64>,
     series: Vec<CentredSeries>,
@@ -204,7 +204,7 @@ impl Intervals {
     fn term<const MOMENTS: bool>(&self, q: usize, log_kappa: f64, mu: f64, density: &mut [f64]) -> [f64; 3] {
         let (lo, hi, sd) = self.interval(q);
         let centre = (self.mid[q] - mu) * self.inv_sd[q];
-        if self.half[q] * (1.0 + centre.abs()) <= SERIES_REACH {
+        if CentredSeries::reaches(self.half[q], centre) {
             // Short against the density's scale: around the centre c, phi(c + s) / phi(c) is a
             // fast power series in s. Any difference of CDFs or of end densities would cancel.
             let density_c = (log_kappa - 0.5 * centre * centre).exp() * FRAC_1_SQRT_2PI;
