@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use exactem::gauss::{normal, rectangles_batch, PolytopeShape};
+use exactem::gauss::{normal, normal_batch, rectangles_batch, PolytopeShape};
 use exactem::Cancel;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
@@ -72,6 +72,12 @@ fn normal_cdf(c: &mut Criterion) {
     group.bench_function("ndtr/libm_erfc", |b| {
         b.iter(|| x.iter().map(|&v| 0.5 * libm::erfc(-black_box(v) * std::f64::consts::FRAC_1_SQRT_2)).sum::<f64>())
     });
+    let mut out = vec![0.0; x.len()];
+    group.bench_function("ndtr/batch", |b| b.iter(|| normal_batch::ndtr_many(black_box(&x), &mut out)));
+    // Probabilities as the separation of variables meets them: mostly central, some far out.
+    let p: Vec<f64> = x.iter().map(|&v| normal::ndtr(v)).collect();
+    group.bench_function("ndtri/as241", |b| b.iter(|| p.iter().map(|&v| normal::ndtri(black_box(v))).sum::<f64>()));
+    group.bench_function("ndtri/batch", |b| b.iter(|| normal_batch::ndtri_many(black_box(&p), &mut out)));
     group.bench_function("log_diff_ndtr", |b| b.iter(|| x.iter().zip(&width).map(|(&a, &w)| normal::log_diff_ndtr(black_box(a), a + w)).sum::<f64>()));
     group.finish();
 }

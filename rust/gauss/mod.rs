@@ -10,6 +10,7 @@
 
 pub mod nearest;
 pub mod normal;
+pub mod normal_batch;
 pub mod polygon;
 mod polygon_series;
 pub mod rectangle;

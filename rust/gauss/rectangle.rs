@@ -14,7 +14,8 @@
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
-use super::normal::{log_diff_ndtr, ndtr, ndtri, truncated_normal};
+use super::normal::{log_diff_ndtr, ndtr, truncated_normal};
+use super::normal_batch::{ndtr_into, ndtri_into, with_wide_vectors, VectorKernel};
 use super::sov::{mean_and_relative_error, SovResult, SHIFTS};
 use crate::cancel::Cancel;
 use crate::error::Result;
@@ -115,30 +116,98 @@ fn interval(a: f64, b: f64) -> (f64, f64, bool) {
     }
 }
 
+/// Paths integrated together, each step of the separation of variables as one loop over them:
+/// long enough for vector instructions, short enough for the scratch to stay in L1.
+const BATCH: usize = 64;
+
 impl Ordered {
-    /// The separation-of-variables weight at the point `u` of `[0, 1]^(dim - 1)`; `y` is scratch.
-    #[inline]
-    fn weight(&self, first: (f64, f64, bool), u: &[f64], y: &mut [f64]) -> f64 {
+    /// The sum of the separation-of-variables weights at the lattice points `first_index`,
+    /// `first_index + step`, ... below `n` (a multiple of [`BATCH`] of them), each moved by
+    /// `shift` and folded by the tent transform. `first` is the first variable's interval,
+    /// the same for every path.
+    #[inline(always)]
+    fn shift_sum(&self, first: (f64, f64, bool), shift: &[f64], n: u64, first_index: u64, step: u64) -> f64 {
         let s = self.s;
-        let (mut start, mut width, mut flipped) = first;
-        let mut weight = width;
-        for k in 1..self.dim {
-            // The same map u -> y either way (y increasing in u): a map that reversed with the
-            // side would make y jump where an interval crosses the middle, and lattice rules
-            // need a smooth integrand.
-            let along = if flipped { 1.0 - u[k - 1] } else { u[k - 1] };
-            let p = (start + along * width).clamp(f64::MIN_POSITIVE, 1.0 - f64::EPSILON);
-            y[k - 1] = if flipped { -ndtri(p) } else { ndtri(p) };
-            let row = &self.chol[k * s..k * s + k];
-            let mean: f64 = row.iter().zip(&y[..k]).map(|(l, v)| l * v).sum();
-            let diagonal = self.chol[k * s + k];
-            (start, width, flipped) = interval((self.lower[k] - mean) / diagonal, (self.upper[k] - mean) / diagonal);
-            weight *= width;
-            if weight == 0.0 {
-                break;
+        let d = self.dim - 1;
+        debug_assert!((n - first_index) / step % BATCH as u64 == 0);
+        let scale = 1.0 / n as f64;
+        // Products modulo n <= 2^32 are exact in wrapping 32-bit arithmetic, which vectorises.
+        let mask = (n - 1) as u32;
+        let mut u = [[0.0; BATCH]; MAX_DIM - 1];
+        let mut y = [[0.0; BATCH]; MAX_DIM - 1];
+        let (mut lo, mut hi) = ([0.0; BATCH], [0.0; BATCH]);
+        let mut total = 0.0;
+        let mut base = first_index;
+        while base < n {
+            for k in 0..d {
+                let generator = GENERATOR[k] as u32;
+                for (l, u) in u[k].iter_mut().enumerate() {
+                    let j = (base + l as u64 * step) as u32;
+                    let x = (j.wrapping_mul(generator) & mask) as f64 * scale + shift[k];
+                    let x = if x >= 1.0 { x - 1.0 } else { x };
+                    *u = 1.0 - (2.0 * x - 1.0).abs();
+                }
             }
+            let (mut start, mut width, mut flipped) = ([first.0; BATCH], [first.1; BATCH], [first.2; BATCH]);
+            let mut weight = width;
+            for k in 1..self.dim {
+                // The same map u -> y on either side (y increasing in u): a map that reversed
+                // with the side would make y jump where an interval crosses the middle, and
+                // lattice rules need a smooth integrand.
+                for l in 0..BATCH {
+                    let along = if flipped[l] { 1.0 - u[k - 1][l] } else { u[k - 1][l] };
+                    lo[l] = (start[l] + along * width[l]).clamp(f64::MIN_POSITIVE, 1.0 - f64::EPSILON);
+                }
+                ndtri_into(&lo, &mut y[k - 1]);
+                for l in 0..BATCH {
+                    y[k - 1][l] = if flipped[l] { -y[k - 1][l] } else { y[k - 1][l] };
+                }
+                let mut mean = [0.0; BATCH];
+                for (coefficient, y) in self.chol[k * s..k * s + k].iter().zip(&y) {
+                    for l in 0..BATCH {
+                        mean[l] += coefficient * y[l];
+                    }
+                }
+                let (lower, upper, diagonal) = (self.lower[k], self.upper[k], self.chol[k * s + k]);
+                for l in 0..BATCH {
+                    let (a, b) = ((lower - mean[l]) / diagonal, (upper - mean[l]) / diagonal);
+                    // The interval as a stretch of cumulative probability from the upper tail
+                    // when it lies mostly above 0, so that neither end loses its digits to
+                    // `1 - tiny`.
+                    flipped[l] = a + b > 0.0;
+                    (lo[l], hi[l]) = if flipped[l] { (-b, -a) } else { (a, b) };
+                }
+                ndtr_into(&lo, &mut start);
+                ndtr_into(&hi, &mut width);
+                for l in 0..BATCH {
+                    width[l] -= start[l];
+                    weight[l] *= width[l];
+                }
+            }
+            for w in weight {
+                total += w;
+            }
+            base += BATCH as u64 * step;
         }
-        weight
+        total
+    }
+}
+
+/// [`Ordered::shift_sum`] as a kernel for the widest vectors.
+struct ShiftSum<'a> {
+    ordered: &'a Ordered,
+    first: (f64, f64, bool),
+    shift: &'a [f64],
+    n: u64,
+    first_index: u64,
+    step: u64,
+}
+
+impl VectorKernel for ShiftSum<'_> {
+    type Output = f64;
+    #[inline(always)]
+    fn run(self) -> f64 {
+        self.ordered.shift_sum(self.first, self.shift, self.n, self.first_index, self.step)
     }
 }
 
@@ -167,26 +236,15 @@ pub fn probability(lower: &[f64], upper: &[f64], cov: &[f64], rtol: f64, seed: u
     let mut rng = Pcg64::seed_from_u64(seed);
     let shifts: Vec<Vec<f64>> = (0..SHIFTS).map(|_| (0..d).map(|_| rng.random::<f64>()).collect()).collect();
     let mut sums = [0.0; SHIFTS];
-    let (mut u, mut y) = (vec![0.0; d], vec![0.0; d]);
     let mut bits = FIRST_BITS;
     let (mut estimate, mut error);
     loop {
         let n = 1u64 << bits;
-        let mask = n - 1;
         let scale = 1.0 / n as f64;
         // After the first round only the odd points of the finer net are new.
         let (first_index, step) = if bits == FIRST_BITS { (0, 1) } else { (1, 2) };
         for (shift, sum) in shifts.iter().zip(sums.iter_mut()) {
-            let mut j = first_index;
-            while j < n {
-                for k in 0..d {
-                    let x = ((j * GENERATOR[k]) & mask) as f64 * scale + shift[k];
-                    let x = if x >= 1.0 { x - 1.0 } else { x };
-                    u[k] = 1.0 - (2.0 * x - 1.0).abs();
-                }
-                *sum += ordered.weight(first, &u, &mut y);
-                j += step;
-            }
+            *sum += with_wide_vectors(ShiftSum { ordered: &ordered, first, shift, n, first_index, step });
         }
         cancel.check()?;
         (estimate, error) = mean_and_relative_error(&sums.map(|total| total * scale));
