@@ -171,22 +171,64 @@ pub(crate) trait VectorKernel {
     fn run(self) -> Self::Output;
 }
 
-/// Runs `kernel` compiled for AVX2 where the processor has it (four doubles per instruction
-/// instead of SSE2's two), else as built. The results are the same bits either way.
+/// Instruction sets a kernel can be compiled for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Vectors {
+    /// As built (SSE2 on x86-64: two doubles per instruction).
+    Baseline,
+    /// Four doubles per instruction.
+    Avx2,
+    /// Eight doubles per instruction and 32 registers, enough for the approximations'
+    /// coefficients.
+    Avx512,
+}
+
+impl Vectors {
+    /// The widest this processor has.
+    pub(crate) fn widest() -> Vectors {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Vectors::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Vectors::Avx2;
+            }
+        }
+        Vectors::Baseline
+    }
+
+    /// Runs `kernel` compiled for these instructions (the baseline if the processor lacks them).
+    #[inline(always)]
+    pub(crate) fn run<K: VectorKernel>(self, kernel: K) -> K::Output {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512<K: VectorKernel>(kernel: K) -> K::Output {
+                kernel.run()
+            }
+            #[target_feature(enable = "avx2")]
+            unsafe fn avx2<K: VectorKernel>(kernel: K) -> K::Output {
+                kernel.run()
+            }
+            if self == Vectors::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the processor supports AVX-512F, checked just above.
+                return unsafe { avx512(kernel) };
+            }
+            if self != Vectors::Baseline && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the processor supports AVX2, checked just above.
+                return unsafe { avx2(kernel) };
+            }
+        }
+        kernel.run()
+    }
+}
+
+/// Runs `kernel` on the processor's widest vectors. The results are the same bits on every
+/// width: the kernels use no fused multiply-add, and each lane is its own path.
 #[inline(always)]
 pub(crate) fn with_wide_vectors<K: VectorKernel>(kernel: K) -> K::Output {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn wide<K: VectorKernel>(kernel: K) -> K::Output {
-            kernel.run()
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the processor supports AVX2, checked just above.
-            return unsafe { wide(kernel) };
-        }
-    }
-    kernel.run()
+    Vectors::widest().run(kernel)
 }
 
 struct Many<'a, const INVERSE: bool>(&'a [f64], &'a mut [f64]);
@@ -270,16 +312,18 @@ mod tests {
     }
 
     #[test]
-    fn wide_vectors_give_the_same_bits() {
+    fn every_vector_width_gives_the_same_bits() {
         let x: Vec<f64> = (0..1000).map(|i| -7.0 + 0.014 * i as f64).collect();
-        let (mut narrow, mut wide) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-        ndtr_into(&x, &mut narrow);
-        ndtr_many(&x, &mut wide);
-        assert_eq!(narrow, wide);
         let p: Vec<f64> = (1..1000).map(|i| (-0.03 * i as f64).exp()).collect();
-        let (mut narrow, mut wide) = (vec![0.0; p.len()], vec![0.0; p.len()]);
-        ndtri_into(&p, &mut narrow);
-        ndtri_many(&p, &mut wide);
-        assert_eq!(narrow, wide);
+        let run = |vectors: Vectors| {
+            let (mut phi, mut inverse) = (vec![0.0; x.len()], vec![0.0; p.len()]);
+            vectors.run(Many::<false>(&x, &mut phi));
+            vectors.run(Many::<true>(&p, &mut inverse));
+            (phi, inverse)
+        };
+        let baseline = run(Vectors::Baseline);
+        for vectors in [Vectors::Avx2, Vectors::Avx512] {
+            assert_eq!(run(vectors), baseline, "{vectors:?}");
+        }
     }
 }

@@ -321,4 +321,26 @@ mod tests {
         let empty = probability(&[0.0, 0.0, 0.0, 1.0, 0.0], &[1.0, 1.0, 1.0, 1.0, 1.0], &cov, 1e-6, 0, 1 << 19, &Cancel::new()).unwrap().unwrap();
         assert_eq!(empty.log_mass, f64::NEG_INFINITY);
     }
+
+    /// The lanes of a batch are independent paths and the kernel uses no fused multiply-add,
+    /// so a probability does not depend on the processor's vector width.
+    #[test]
+    fn every_vector_width_gives_the_same_sums() {
+        use crate::gauss::normal_batch::Vectors;
+        let s = 7;
+        let mut rng = Pcg64::seed_from_u64(3);
+        let factor: Vec<f64> = (0..s * s).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let cov: Vec<f64> = (0..s * s).map(|k| (0..s).map(|j| factor[k / s * s + j] * factor[k % s * s + j]).sum::<f64>() + if k / s == k % s { 0.5 } else { 0.0 }).collect();
+        let lower: Vec<f64> = (0..s).map(|_| -rng.random_range(0.2..2.0)).collect();
+        let upper: Vec<f64> = (0..s).map(|_| rng.random_range(0.2..2.0)).collect();
+        let ordered = order(&lower, &upper, &cov, s).unwrap();
+        let first = interval(ordered.lower[0] / ordered.chol[0], ordered.upper[0] / ordered.chol[0]);
+        let shift: Vec<f64> = (0..s).map(|_| rng.random()).collect();
+        let sum = |vectors: Vectors| vectors.run(ShiftSum { ordered: &ordered, first, shift: &shift, n: 1 << 10, first_index: 1, step: 2 });
+        let baseline = sum(Vectors::Baseline);
+        assert!(baseline > 0.0);
+        for vectors in [Vectors::Avx2, Vectors::Avx512] {
+            assert_eq!(sum(vectors).to_bits(), baseline.to_bits(), "{vectors:?}");
+        }
+    }
 }
