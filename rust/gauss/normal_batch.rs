@@ -12,7 +12,7 @@
 //! square roots are used, never a fused multiply-add, so a batch gives the same bits with or
 //! without the wider instructions of [`with_wide_vectors`].
 
-use super::normal::{ndtr, ndtri};
+use super::normal::{ndtr, ndtri, truncated_draw};
 
 /// Beyond this `|x|` the batch `Phi` hands the argument to the scalar one (Cody's asymptotic
 /// range, `Phi(-x) < 7.8e-9`).
@@ -163,6 +163,60 @@ pub(crate) fn ndtri_into(p: &[f64], out: &mut [f64]) {
     }
 }
 
+/// Below this `Phi(hi)` a truncated draw is left to the log-space scalar function, so that
+/// `u Phi(hi)` (`u >= 2^-33`) stays a normal double for `Phi^{-1}`.
+const MIN_LINEAR_MASS: f64 = 1e-280;
+
+/// Lanes of the batched truncated draws: paths drawn together.
+pub(crate) const LANES: usize = 64;
+pub(crate) type Lanes = [f64; LANES];
+
+/// `(log_mass[j], x[j]) = truncated_draw(a[j], b[j], u[j])` for the lanes marked `live`
+/// (the others get `-inf` and 0): `log(Phi(b) - Phi(a))` and the standard normal truncated to
+/// `[a, b]` drawn by inversion at `u`, on the side of the smaller tail. The lanes where the
+/// linear-space difference keeps its digits (the common case) are done here; short intervals
+/// and far tails go to the scalar function, in log space.
+#[inline(always)]
+pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool; LANES], log_mass: &mut Lanes, x: &mut Lanes) {
+    let (mut lo, mut hi, mut minus_abs_hi) = ([0.0; LANES], [0.0; LANES], [0.0; LANES]);
+    for l in 0..LANES {
+        (lo[l], hi[l]) = if a[l] + b[l] > 0.0 { (-b[l], -a[l]) } else { (a[l], b[l]) };
+        minus_abs_hi[l] = -hi[l].abs();
+    }
+    let (mut p_lo, mut tail) = ([0.0; LANES], [0.0; LANES]);
+    ndtr_into(&lo, &mut p_lo);
+    // Phi(-|hi|) gives both Phi(hi) and Phi(-hi) without cancellation.
+    ndtr_into(&minus_abs_hi, &mut tail);
+    let (mut p_hi, mut mass, mut argument, mut lower_side) = ([0.0; LANES], [0.0; LANES], [0.0; LANES], [false; LANES]);
+    for l in 0..LANES {
+        let v = if a[l] + b[l] > 0.0 { 1.0 - u[l] } else { u[l] };
+        let q_hi;
+        (p_hi[l], q_hi) = if hi[l] <= 0.0 { (tail[l], 1.0 - tail[l]) } else { (1.0 - tail[l], tail[l]) };
+        mass[l] = p_hi[l] - p_lo[l];
+        let p = p_lo[l] + v * mass[l];
+        lower_side[l] = p <= 0.5;
+        argument[l] = if lower_side[l] { p } else { q_hi + (1.0 - v) * mass[l] };
+    }
+    ndtri_into(&argument, x);
+    for l in 0..LANES {
+        let y = if lower_side[l] { x[l] } else { -x[l] };
+        // max / min rather than clamp: a dead lane's ends may be crossed or NaN.
+        let y = y.max(lo[l]).min(hi[l]);
+        x[l] = if a[l] + b[l] > 0.0 { -y } else { y };
+        log_mass[l] = ln(mass[l]);
+    }
+    for l in 0..LANES {
+        if !live[l] {
+            (log_mass[l], x[l]) = (f64::NEG_INFINITY, 0.0);
+        } else if !(p_hi[l] > MIN_LINEAR_MASS && mass[l] > 1e-3 * p_hi[l]) {
+            // The difference would lose digits, or Phi(hi) is too small for every draw's
+            // probability to be a normal double: log space. (An infinite or far `lo` is fine:
+            // its Phi is 0 or negligible against the mass.)
+            (log_mass[l], x[l]) = truncated_draw(a[l], b[l], u[l]);
+        }
+    }
+}
+
 /// A loop over batches that [`with_wide_vectors`] compiles for the processor's widest vectors.
 pub(crate) trait VectorKernel {
     type Output;
@@ -309,6 +363,51 @@ mod tests {
             let exact = ndtri(p);
             assert!(o == exact || (o - exact).abs() <= 4e-15 * exact.abs().max(1e-3), "Phi^-1({p}) = {o} against {exact}");
         }
+    }
+
+    /// Against the scalar draws (which `normal.rs` tests against quadrature), over intervals of
+    /// every kind: long and short, infinite on either side, far in either tail, and dead lanes.
+    #[test]
+    fn truncated_draws_match_the_scalar_ones() {
+        let mut rng = Pcg64::seed_from_u64(4);
+        let mut mismatches = 0;
+        for round in 0..400 {
+            let (mut a, mut b, mut u) = ([0.0; LANES], [0.0; LANES], [0.0; LANES]);
+            let mut live = [true; LANES];
+            for l in 0..LANES {
+                let centre: f64 = rng.random_range(-40.0..40.0) * rng.random::<f64>().powi(2);
+                let width = 10f64.powf(rng.random_range(-12.0..1.5));
+                (a[l], b[l]) = (centre - width * rng.random::<f64>(), centre + width * rng.random::<f64>());
+                match rng.random_range(0..8) {
+                    0 => a[l] = f64::NEG_INFINITY,
+                    1 => b[l] = f64::INFINITY,
+                    2 => (a[l], b[l]) = (f64::NEG_INFINITY, f64::INFINITY),
+                    _ => {}
+                }
+                u[l] = (f64::from(rng.random::<u32>()) + 0.5) / 4_294_967_296.0;
+                if round % 4 == 0 && l % 7 == 0 {
+                    live[l] = false;
+                    b[l] = a[l] - 1.0;
+                }
+            }
+            let (mut log_mass, mut x) = ([0.0; LANES], [0.0; LANES]);
+            truncated_draws_into(&a, &b, &u, &live, &mut log_mass, &mut x);
+            for l in 0..LANES {
+                if !live[l] {
+                    assert_eq!((log_mass[l], x[l]), (f64::NEG_INFINITY, 0.0));
+                    continue;
+                }
+                let (want_log_mass, want_x) = truncated_draw(a[l], b[l], u[l]);
+                let close = (log_mass[l] - want_log_mass).abs() <= 1e-13 * (1.0 + want_log_mass.abs())
+                    && (x[l] - want_x).abs() <= 1e-10 * (1.0 + want_x.abs()) * (b[l] - a[l]).min(1.0);
+                assert!(x[l] >= a[l] && x[l] <= b[l], "x = {} outside [{}, {}]", x[l], a[l], b[l]);
+                if !close {
+                    mismatches += 1;
+                    eprintln!("[{}, {}] at u = {}: ({}, {}) against ({want_log_mass}, {want_x})", a[l], b[l], u[l], log_mass[l], x[l]);
+                }
+            }
+        }
+        assert_eq!(mismatches, 0);
     }
 
     #[test]

@@ -89,20 +89,47 @@ impl ScrambledSobol {
     /// Point `index` into `out` (one entry per dimension), strictly inside (0, 1).
     pub fn point(&self, index: u32, out: &mut [f64]) {
         for (k, o) in out.iter_mut().enumerate() {
-            let mut x = 0u32;
-            let mut bits = index;
-            let mut j = 0;
-            while bits != 0 {
-                if bits & 1 == 1 {
-                    x ^= self.directions[k][j];
-                }
-                bits >>= 1;
-                j += 1;
-            }
-            let scrambled = nested_uniform_scramble(x, self.seeds[k]);
-            *o = (f64::from(scrambled) + 0.5) * (1.0 / 4_294_967_296.0);
+            *o = to_unit(nested_uniform_scramble(self.unscrambled(k, index), self.seeds[k]));
         }
     }
+
+    /// The points of Gray-code indices `g(i) = i ^ (i >> 1)` for the `N` indices `i` from
+    /// `start`, into `out[k][lane]` (one row per dimension). Each follows from the one before by
+    /// one XOR (`g(i)` and `g(i - 1)` differ in bit `ctz(i)`), where [`Self::point`] walks the
+    /// index's bits in every dimension; and `g` maps every block `[2^m, 2^(m+1))` (and
+    /// `[0, 2^m)`) onto itself, so a round of such indices is the same net in another order.
+    pub fn gray_points_into<const N: usize>(&self, start: u32, out: &mut [[f64; N]]) {
+        for (k, row) in out.iter_mut().enumerate() {
+            let mut x = self.unscrambled(k, start ^ (start >> 1));
+            for (lane, o) in row.iter_mut().enumerate() {
+                if lane > 0 {
+                    x ^= self.directions[k][(start + lane as u32).trailing_zeros() as usize];
+                }
+                *o = to_unit(nested_uniform_scramble(x, self.seeds[k]));
+            }
+        }
+    }
+
+    /// Dimension `k` of point `index` before scrambling.
+    fn unscrambled(&self, k: usize, index: u32) -> u32 {
+        let mut x = 0u32;
+        let mut bits = index;
+        let mut j = 0;
+        while bits != 0 {
+            if bits & 1 == 1 {
+                x ^= self.directions[k][j];
+            }
+            bits >>= 1;
+            j += 1;
+        }
+        x
+    }
+}
+
+/// The centre of the `2^-32` cell of `x`: strictly inside (0, 1).
+#[inline]
+fn to_unit(x: u32) -> f64 {
+    (f64::from(x) + 0.5) * (1.0 / 4_294_967_296.0)
 }
 
 /// Burley's hash approximation of the Laine-Karras permutation: each bit is flipped by a hash
@@ -156,6 +183,30 @@ mod tests {
                 assert!(!seen[cell as usize], "a = {a}: two points in one box");
                 seen[cell as usize] = true;
             }
+        }
+    }
+
+    #[test]
+    fn gray_code_rounds_are_the_same_nets() {
+        let sobol = ScrambledSobol::new(vec![5, 6, 7, 8]);
+        let sorted = |mut v: Vec<[u64; 4]>| {
+            v.sort();
+            v
+        };
+        for (start, end) in [(0u32, 64u32), (64, 128), (1024, 2048)] {
+            let mut direct = Vec::new();
+            let mut u = [0.0; 4];
+            for i in start..end {
+                sobol.point(i, &mut u);
+                direct.push(u.map(f64::to_bits));
+            }
+            let mut gray = Vec::new();
+            let mut rows = [[0.0; 64]; 4];
+            for batch in (start..end).step_by(64) {
+                sobol.gray_points_into(batch, &mut rows);
+                gray.extend((0..64).map(|lane| std::array::from_fn(|k| rows[k][lane].to_bits())));
+            }
+            assert_eq!(sorted(gray), sorted(direct), "indices {start}..{end}");
         }
     }
 }

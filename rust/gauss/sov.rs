@@ -29,6 +29,7 @@ use rand_pcg::Pcg64;
 
 use super::normal::{log_diff_ndtr, log_pdf, truncated_draw};
 use crate::cancel::Cancel;
+use super::normal_batch::{truncated_draws_into, with_wide_vectors, Lanes, VectorKernel, LANES};
 use super::sobol::{self, ScrambledSobol};
 use crate::error::{Error, Result};
 
@@ -37,6 +38,7 @@ use crate::error::{Error, Result};
 pub(crate) const SHIFTS: usize = 8;
 /// Points per scrambling in the first round; doubled each round (nets want powers of two).
 const FIRST_ROUND: usize = 64;
+const _: () = assert!(FIRST_ROUND % LANES == 0, "rounds are whole batches of paths");
 /// The default budget: points over all scramblings.
 pub const MAX_POINTS: usize = 1 << 19;
 /// Non-zero-weight paths each scrambling needs before its spread is trusted.
@@ -311,27 +313,32 @@ pub fn integrate(
     let mut sums: Vec<Sums> = (0..SHIFTS).map(|_| Sums { weight: 0.0, hits: 0 }).collect();
     let mut done = 0usize;
     let mut target = FIRST_ROUND;
-    let mut u = vec![0.0; s];
+    let mut u = vec![[0.0; LANES]; s];
+    let mut drawn = vec![[0.0; LANES]; s];
+    let mut log_weights = [0.0; LANES];
     let (mut estimate, mut error);
     loop {
         for shift in 0..SHIFTS {
-            for j in done..target {
-                nets[shift].point(j as u32, &mut u);
-                let lw = path_log_weight(&rot, &rows_of, &nu, Some(&u), &mut v);
-                if lw == f64::NEG_INFINITY {
-                    continue;
+            // Rounds add multiples of LANES points (FIRST_ROUND, then doublings).
+            for batch in (done..target).step_by(LANES) {
+                nets[shift].gray_points_into(batch as u32, &mut u);
+                with_wide_vectors(PathBatch { rot: &rot, rows_of: &rows_of, nu: &nu, u: &u, v: &mut drawn, log_weight: &mut log_weights });
+                for &lw in &log_weights {
+                    if lw == f64::NEG_INFINITY {
+                        continue;
+                    }
+                    if lw > reference + 300.0 {
+                        // The reference is only a bound where the saddle point is exact; when a
+                        // weight exceeds it by far, move the common scale before anything overflows.
+                        let factor = (reference - lw).exp();
+                        sums.iter_mut().for_each(|acc| acc.weight *= factor);
+                        reference = lw;
+                    }
+                    let w = (lw - reference).exp();
+                    let acc = &mut sums[shift];
+                    acc.weight += w;
+                    acc.hits += 1;
                 }
-                if lw > reference + 300.0 {
-                    // The reference is only a bound where the saddle point is exact; when a
-                    // weight exceeds it by far, move the common scale before anything overflows.
-                    let factor = (reference - lw).exp();
-                    sums.iter_mut().for_each(|acc| acc.weight *= factor);
-                    reference = lw;
-                }
-                let w = (lw - reference).exp();
-                let acc = &mut sums[shift];
-                acc.weight += w;
-                acc.hits += 1;
             }
         }
         cancel.check()?;
@@ -360,6 +367,69 @@ pub fn integrate(
         return Ok(SovResult { log_mass: f64::NEG_INFINITY, error: f64::INFINITY });
     }
     Ok(SovResult { log_mass: estimate.ln() + reference, error })
+}
+
+/// [`path_log_weight`] for [`LANES`] paths at once, at the uniforms `u[k][lane]`, with the
+/// draws into `v[k][lane]`: each step of the separation of variables one loop over the paths,
+/// for the processor's vectors.
+struct PathBatch<'a> {
+    rot: &'a Rotated,
+    rows_of: &'a [Vec<usize>],
+    nu: &'a [f64],
+    u: &'a [Lanes],
+    v: &'a mut [Lanes],
+    log_weight: &'a mut Lanes,
+}
+
+impl VectorKernel for PathBatch<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let PathBatch { rot, rows_of, nu, u, v, log_weight } = self;
+        let s = rot.s;
+        *log_weight = [0.0; LANES];
+        let mut live = [true; LANES];
+        let (mut a, mut b, mut log_mass, mut x) = ([0.0; LANES], [0.0; LANES], [0.0; LANES], [0.0; LANES]);
+        for k in 0..s {
+            let (mut lo, mut hi) = ([f64::NEG_INFINITY; LANES], [f64::INFINITY; LANES]);
+            for &i in &rows_of[k] {
+                let row = &rot.c[i * s..(i + 1) * s];
+                let mut sum = [0.0; LANES];
+                for (coefficient, v) in row[..k].iter().zip(v.iter()) {
+                    for l in 0..LANES {
+                        sum[l] += coefficient * v[l];
+                    }
+                }
+                let coef = row[k];
+                for l in 0..LANES {
+                    let bound = (rot.e[i] - sum[l]) / coef;
+                    if coef > 0.0 {
+                        hi[l] = hi[l].min(bound);
+                    } else {
+                        lo[l] = lo[l].max(bound);
+                    }
+                }
+            }
+            for l in 0..LANES {
+                // A path whose interval closes is dead (weight zero); its lane runs on unused.
+                live[l] &= lo[l] < hi[l];
+                (a[l], b[l]) = (lo[l] - nu[k], hi[l] - nu[k]);
+            }
+            truncated_draws_into(&a, &b, &u[k], &live, &mut log_mass, &mut x);
+            for l in 0..LANES {
+                v[k][l] = nu[k] + x[l];
+                // Likelihood ratio of N(0, 1) to N(nu_k, 1) at v_k.
+                log_weight[l] += log_mass[l];
+                log_weight[l] += -nu[k] * v[k][l] + 0.5 * nu[k] * nu[k];
+            }
+        }
+        for l in 0..LANES {
+            if !live[l] {
+                log_weight[l] = f64::NEG_INFINITY;
+            }
+        }
+    }
 }
 
 /// The log weight of one separation-of-variables path: draws `v_k` (into `v`) from `N(nu_k, 1)`
