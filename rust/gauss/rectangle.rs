@@ -10,6 +10,7 @@
 //! Pillichshammer 2014) converges faster than the Sobol points there: 2.5-8.5x less time at
 //! rtol 1e-7 for S = 4..6 (`BENCHMARKS.md`). Without a tilt, though, its variance grows in the
 //! tails and with the dimension, so tail rectangles and S > [`MAX_DIM`] go to the tilted path.
+//! The paths run in batches on the processor's vectors (`normal_batch.rs`).
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
