@@ -12,13 +12,19 @@
 //! square roots are used, never a fused multiply-add, so a batch gives the same bits with or
 //! without the wider instructions of [`with_wide_vectors`].
 
-use super::normal::{ndtr, ndtri, truncated_draw};
+use super::normal::{ndtr, ndtri, polynomial, truncated_draw, AS241_A, AS241_B, AS241_C, AS241_D, CODY_A, CODY_B, CODY_C, CODY_D};
 
 /// Beyond this `|x|` the batch `Phi` hands the argument to the scalar one (Cody's asymptotic
 /// range, `Phi(-x) < 7.8e-9`).
 const SQRT_32: f64 = 5.656854249492380195206754896838;
 /// The smallest tail probability AS 241's middle range covers (`r <= 5`: `exp(-25)`).
 const NDTRI_MIDDLE_LIMIT: f64 = 1.388_794_386_496_402e-11;
+
+/// `log 2` split as fdlibm does: `n LN2_HI` is exact for the exponents of a double.
+#[allow(clippy::excessive_precision)]
+const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
+#[allow(clippy::excessive_precision)]
+const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
 
 /// `exp(x)` for `-700 <= x <= 700` (clamped to that range), ~1 ulp: `x = n log 2 + r` with
 /// `|r| <= log 2 / 2`, a degree-13 Taylor polynomial of `e^r` (truncation 4e-18) and `2^n` put
@@ -35,8 +41,6 @@ pub(crate) fn exp(x: f64) -> f64 {
         c
     };
     const SHIFTER: f64 = 6755399441055744.0; // 1.5 * 2^52: adding it rounds to an integer
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
     let x = x.clamp(-700.0, 700.0);
     let shifted = x * std::f64::consts::LOG2_E + SHIFTER;
     let n = shifted - SHIFTER;
@@ -50,8 +54,7 @@ pub(crate) fn exp(x: f64) -> f64 {
 /// then fdlibm's minimax series of `log(1 + f)` in `s = f / (2 + f)`.
 #[inline(always)]
 pub(crate) fn ln(x: f64) -> f64 {
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    #[allow(clippy::excessive_precision)]
     const LG: [f64; 7] = [6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01, 2.222219843214978396e-01,
         1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01];
     const MANTISSA: u64 = (1 << 52) - 1;
@@ -72,33 +75,22 @@ pub(crate) fn ln(x: f64) -> f64 {
     e * LN2_HI - ((half_square - (s * (half_square + r) + e * LN2_LO)) - f)
 }
 
-#[inline(always)]
-fn polynomial(coefficients: &[f64], x: f64) -> f64 {
-    coefficients.iter().rev().fold(0.0, |acc, c| acc * x + c)
-}
-
 /// `Phi(-y)` for `0 <= y <= sqrt(32)` (anything else gives garbage, not a trap): Cody's central
 /// and middle approximations, both evaluated.
 #[allow(clippy::excessive_precision)]
 #[inline(always)]
 fn upper_tail_near(y: f64) -> f64 {
-    const A: [f64; 5] = [2.2352520354606839287, 161.02823106855587881, 1067.6894854603709582, 18154.981253343561249, 0.065682337918207449113];
-    const B: [f64; 4] = [47.20258190468824187, 976.09855173777669322, 10260.932208618978205, 45507.789335026729956];
-    const C: [f64; 9] = [0.39894151208813466764, 8.8831497943883759412, 93.506656132177855979, 597.27027639480026226,
-        2494.5375852903726711, 6848.1904505362823326, 11602.651437647350124, 9842.7148383839780218, 1.0765576773720192317e-8];
-    const D: [f64; 8] = [22.266688044328115691, 235.38790178262499861, 1519.377599407554805, 6485.558298266760755,
-        18615.571640885098091, 34900.952721145977266, 38912.003286093271411, 19685.429676859990727];
     let z = y * y;
-    let (mut num, mut den) = (A[4] * z, z);
+    let (mut num, mut den) = (CODY_A[4] * z, z);
     for i in 0..3 {
-        num = (num + A[i]) * z;
-        den = (den + B[i]) * z;
+        num = (num + CODY_A[i]) * z;
+        den = (den + CODY_B[i]) * z;
     }
-    let (central_num, central_den) = (y * (num + A[3]), den + B[3]);
-    let (mut num, mut den) = (C[8] * y, y);
+    let (central_num, central_den) = (y * (num + CODY_A[3]), den + CODY_B[3]);
+    let (mut num, mut den) = (CODY_C[8] * y, y);
     for i in 0..7 {
-        num = (num + C[i]) * y;
-        den = (den + D[i]) * y;
+        num = (num + CODY_C[i]) * y;
+        den = (den + CODY_D[i]) * y;
     }
     // exp(-y^2 / 2) with the rounding error of y^2 applied to first order (Dekker's product).
     let c = 134_217_729.0 * y;
@@ -108,7 +100,7 @@ fn upper_tail_near(y: f64) -> f64 {
     let density = exp(-0.5 * z) * (1.0 - 0.5 * error);
     // One division for whichever form the argument takes.
     let is_central = y <= 0.67448975;
-    let ratio = if is_central { central_num } else { num + C[7] } / if is_central { central_den } else { den + D[7] };
+    let ratio = if is_central { central_num } else { num + CODY_C[7] } / if is_central { central_den } else { den + CODY_D[7] };
     if is_central {
         0.5 - ratio
     } else {
@@ -124,7 +116,7 @@ pub(crate) fn ndtr_into(x: &[f64], out: &mut [f64]) {
         *o = if x <= 0.0 { tail } else { 1.0 - tail };
     }
     for (o, &x) in out.iter_mut().zip(x) {
-        if !(x.abs() <= SQRT_32) {
+        if x.is_nan() || x.abs() > SQRT_32 {
             *o = ndtr(x);
         }
     }
@@ -135,14 +127,6 @@ pub(crate) fn ndtr_into(x: &[f64], out: &mut [f64]) {
 #[allow(clippy::excessive_precision)]
 #[inline(always)]
 pub(crate) fn ndtri_into(p: &[f64], out: &mut [f64]) {
-    const A: [f64; 8] = [3.387132872796366608, 133.14166789178437745, 1971.5909503065514427, 13731.693765509461125,
-        45921.953931549871457, 67265.770927008700853, 33430.575583588128105, 2509.0809287301226727];
-    const B: [f64; 8] = [1.0, 42.313330701600911252, 687.1870074920579083, 5394.1960214247511077,
-        21213.794301586595867, 39307.89580009271061, 28729.085735721942674, 5226.495278852545925];
-    const C: [f64; 8] = [1.42343711074968357734, 4.6303378461565452959, 5.7694972214606914055, 3.64784832476320460504,
-        1.27045825245236838258, 0.24178072517745061177, 0.0227238449892691845833, 7.7454501427834140764e-4];
-    const D: [f64; 8] = [1.0, 2.05319162663775882187, 1.6763848301838038494, 0.68976733498510000455,
-        0.14810397642748007459, 0.0151986665636164571966, 5.475938084995344946e-4, 1.05075007164441684324e-9];
     for (o, &p) in out.iter_mut().zip(p) {
         let q = p - 0.5;
         let r = 0.180625 - q * q;
@@ -151,13 +135,13 @@ pub(crate) fn ndtri_into(p: &[f64], out: &mut [f64]) {
         let t = (-ln(small.max(f64::MIN_POSITIVE))).sqrt() - 1.6;
         // One division for whichever form the argument takes.
         let is_central = q.abs() <= 0.425;
-        let num = if is_central { q * polynomial(&A, r) } else { polynomial(&C, t) };
-        let ratio = num / if is_central { polynomial(&B, r) } else { polynomial(&D, t) };
+        let num = if is_central { q * polynomial(&AS241_A, r) } else { polynomial(&AS241_C, t) };
+        let ratio = num / if is_central { polynomial(&AS241_B, r) } else { polynomial(&AS241_D, t) };
         *o = if is_central || q >= 0.0 { ratio } else { -ratio };
     }
     for (o, &p) in out.iter_mut().zip(p) {
         let small = if p < 0.5 { p } else { 1.0 - p };
-        if !(small >= NDTRI_MIDDLE_LIMIT) {
+        if small.is_nan() || small < NDTRI_MIDDLE_LIMIT {
             *o = ndtri(p);
         }
     }

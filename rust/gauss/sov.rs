@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 pub(crate) const SHIFTS: usize = 8;
 /// Points per scrambling in the first round; doubled each round (nets want powers of two).
 const FIRST_ROUND: usize = 64;
-const _: () = assert!(FIRST_ROUND % LANES == 0, "rounds are whole batches of paths");
+const _: () = assert!(FIRST_ROUND.is_multiple_of(LANES), "rounds are whole batches of paths");
 /// The default budget: points over all scramblings.
 pub const MAX_POINTS: usize = 1 << 19;
 /// Non-zero-weight paths each scrambling needs before its spread is trusted.
