@@ -72,9 +72,9 @@ pub(crate) enum CodyForm {
     Tail(f64),
 }
 
-/// Cody's coefficients for `y <= 0.674` (`A / B`, in `y^2`) and up to `sqrt(32)` (`C / D`), as
-/// published, digit for digit, so that they can be checked against the source (also those in
-/// [`cody`] for the range beyond).
+/// Cody's coefficients for `y <= 0.674` (`A / B`, in `y^2`), up to `sqrt(32)` (`C / D`) and
+/// beyond (`P / Q`, in `1 / y^2`), as published, digit for digit, so that they can be checked
+/// against the source.
 #[allow(clippy::excessive_precision)]
 pub(crate) const CODY_A: [f64; 5] = [2.2352520354606839287, 161.02823106855587881, 1067.6894854603709582, 18154.981253343561249, 0.065682337918207449113];
 #[allow(clippy::excessive_precision)]
@@ -83,15 +83,17 @@ pub(crate) const CODY_B: [f64; 4] = [47.20258190468824187, 976.09855173777669322
 pub(crate) const CODY_C: [f64; 9] = [0.39894151208813466764, 8.8831497943883759412, 93.506656132177855979, 597.27027639480026226,
     2494.5375852903726711, 6848.1904505362823326, 11602.651437647350124, 9842.7148383839780218, 1.0765576773720192317e-8];
 #[allow(clippy::excessive_precision)]
+pub(crate) const CODY_P: [f64; 6] = [0.21589853405795699, 0.1274011611602473639, 0.022235277870649807, 0.001421619193227893466,
+    2.9112874951168792e-5, 0.02307344176494017303];
+#[allow(clippy::excessive_precision)]
+pub(crate) const CODY_Q: [f64; 5] = [1.28426009614491121, 0.468238212480865118, 0.0659881378689285515, 0.00378239633202758244, 7.29751555083966205e-5];
+#[allow(clippy::excessive_precision)]
 pub(crate) const CODY_D: [f64; 8] = [22.266688044328115691, 235.38790178262499861, 1519.377599407554805, 6485.558298266760755,
     18615.571640885098091, 34900.952721145977266, 38912.003286093271411, 19685.429676859990727];
 
 #[allow(clippy::excessive_precision)]
 #[inline(always)]
 pub(crate) fn cody(y: f64) -> CodyForm {
-    const P: [f64; 6] = [0.21589853405795699, 0.1274011611602473639, 0.022235277870649807, 0.001421619193227893466,
-        2.9112874951168792e-5, 0.02307344176494017303];
-    const Q: [f64; 5] = [1.28426009614491121, 0.468238212480865118, 0.0659881378689285515, 0.00378239633202758244, 7.29751555083966205e-5];
     const SQRT_32: f64 = 5.656854249492380195206754896838;
     if y <= 0.67448975 {
         let z = y * y;
@@ -111,12 +113,12 @@ pub(crate) fn cody(y: f64) -> CodyForm {
     } else {
         // Also beyond Cody's 37.5, where the value underflows but its logarithm does not.
         let z = 1.0 / (y * y);
-        let (mut num, mut den) = (P[5] * z, z);
+        let (mut num, mut den) = (CODY_P[5] * z, z);
         for i in 0..4 {
-            num = (num + P[i]) * z;
-            den = (den + Q[i]) * z;
+            num = (num + CODY_P[i]) * z;
+            den = (den + CODY_Q[i]) * z;
         }
-        CodyForm::Tail((FRAC_1_SQRT_2PI - z * (num + P[4]) / (den + Q[4])) / y)
+        CodyForm::Tail((FRAC_1_SQRT_2PI - z * (num + CODY_P[4]) / (den + CODY_Q[4])) / y)
     }
 }
 
