@@ -27,7 +27,7 @@
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
-use super::normal::{log_diff_ndtr, log_pdf, truncated_draw};
+use super::normal::{log_diff_ndtr, log_pdf};
 use crate::cancel::Cancel;
 use super::normal_batch::{truncated_draws_into, with_wide_vectors, Lanes, VectorKernel, LANES};
 use super::sobol::{self, ScrambledSobol};
@@ -303,7 +303,7 @@ pub fn integrate(
     let (nu, mut reference) = match minimax_tilt(&rot, &rows_of, &mode, &interior) {
         Some(found) => found,
         None => {
-            let reference = path_log_weight(&rot, &rows_of, &mode, None, &mut v);
+            let reference = path_log_weight(&rot, &rows_of, &mode, &mut v);
             (mode.clone(), if reference.is_finite() { reference } else { -0.5 * dot(&mode, &mode) })
         }
     };
@@ -432,10 +432,9 @@ impl VectorKernel for PathBatch<'_> {
     }
 }
 
-/// The log weight of one separation-of-variables path: draws `v_k` (into `v`) from `N(nu_k, 1)`
-/// truncated to the interval the rows allow given `v_1..v_{k-1}`, at the uniforms `u` (at the
-/// interval's point nearest `nu_k` when `u` is `None`).
-fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], u: Option<&[f64]>, v: &mut [f64]) -> f64 {
+/// The log weight of the separation-of-variables path that takes each `v_k` (into `v`) at the
+/// point of its interval nearest `nu_k` (the sampled paths are [`PathBatch`]'s).
+fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], v: &mut [f64]) -> f64 {
     let s = rot.s;
     let mut log_weight = 0.0;
     for k in 0..s {
@@ -454,10 +453,7 @@ fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], u: Option<
             return f64::NEG_INFINITY;
         }
         let (a, b) = (lo - nu[k], hi - nu[k]);
-        let (log_mass, x) = match u {
-            Some(u) => truncated_draw(a, b, u[k]),
-            None => (log_diff_ndtr(a, b), 0.0f64.clamp(a, b)),
-        };
+        let (log_mass, x) = (log_diff_ndtr(a, b), 0.0f64.clamp(a, b));
         log_weight += log_mass;
         v[k] = nu[k] + x;
         // Likelihood ratio of N(0, 1) to N(nu_k, 1) at v_k.
@@ -649,16 +645,21 @@ mod tests {
                 let m = rot.e.len();
                 let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
                 let nu = vec![0.0; s];
-                let mut v = vec![0.0; s];
+                let (mut u, mut v) = (vec![[0.0; LANES]; s], vec![[0.0; LANES]; s]);
+                let mut log_weight = [0.0; LANES];
                 // Every path completes.
-                for _ in 0..2000 {
-                    let u: Vec<f64> = (0..s).map(|_| rng.random::<f64>()).collect();
-                    let lw = path_log_weight(&rot, &rows_of, &nu, Some(&u), &mut v);
-                    assert!(lw.is_finite(), "S={s}: a path died ({original} rows, {m} with projections)");
-                    // ... and ends inside the polyhedron: the derived rows cut nothing off.
-                    for i in 0..original {
-                        let w: f64 = (0..s).map(|j| f[i * s + j] * (0..s).map(|k| rot.q[j * s + k] * v[k]).sum::<f64>()).sum();
-                        assert!(w <= e[i] + 1e-9, "S={s}: the path left row {i}");
+                for _ in 0..32 {
+                    for row in u.iter_mut() {
+                        row.iter_mut().for_each(|x| *x = rng.random::<f64>());
+                    }
+                    PathBatch { rot: &rot, rows_of: &rows_of, nu: &nu, u: &u, v: &mut v, log_weight: &mut log_weight }.run();
+                    for lane in 0..LANES {
+                        assert!(log_weight[lane].is_finite(), "S={s}: a path died ({original} rows, {m} with projections)");
+                        // ... and ends inside the polyhedron: the derived rows cut nothing off.
+                        for i in 0..original {
+                            let w: f64 = (0..s).map(|j| f[i * s + j] * (0..s).map(|k| rot.q[j * s + k] * v[k][lane]).sum::<f64>()).sum();
+                            assert!(w <= e[i] + 1e-9, "S={s}: the path left row {i}");
+                        }
                     }
                 }
             }
