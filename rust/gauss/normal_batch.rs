@@ -151,7 +151,9 @@ pub(crate) fn ndtri_into(p: &[f64], out: &mut [f64]) {
 /// `u Phi(hi)` (`u >= 2^-33`) stays a normal double for `Phi^{-1}`.
 const MIN_LINEAR_MASS: f64 = 1e-280;
 
-/// Lanes of the batched truncated draws: paths drawn together.
+/// Paths integrated together (the rectangles' and the tilted path's), each step of the
+/// separation of variables one loop over them: long enough for vector instructions, short enough
+/// for the scratch to stay in L1.
 pub(crate) const LANES: usize = 64;
 pub(crate) type Lanes = [f64; LANES];
 

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
 use super::normal::{log_diff_ndtr, ndtr, truncated_normal};
-use super::normal_batch::{ndtr_into, ndtri_into, with_wide_vectors, VectorKernel};
+use super::normal_batch::{ndtr_into, ndtri_into, with_wide_vectors, VectorKernel, LANES};
 use super::sov::{mean_and_relative_error, SovResult, SHIFTS};
 use crate::cancel::Cancel;
 use crate::error::Result;
@@ -33,6 +33,7 @@ const GENERATOR: [u64; 7] = [1, 70517, 112957, 15151, 26049, 81007, 89629];
 const LATTICE_BITS: u32 = 18;
 /// The first round's net: `2^FIRST_BITS` points per shift.
 const FIRST_BITS: u32 = 6;
+const _: () = assert!((1usize << FIRST_BITS).is_multiple_of(LANES), "every round is whole batches of paths");
 /// Rectangles whose probability, guessed from the ordering, is below `exp(S *` this`)` are left
 /// to the tilted path: untilted weights of a tail rectangle vary over orders of magnitude, while
 /// the tilted path's cost grows with S. Measured crossovers (equicorrelated boxes moved out along
@@ -117,26 +118,22 @@ fn interval(a: f64, b: f64) -> (f64, f64, bool) {
     }
 }
 
-/// Paths integrated together, each step of the separation of variables as one loop over them:
-/// long enough for vector instructions, short enough for the scratch to stay in L1.
-const BATCH: usize = 64;
-
 impl Ordered {
     /// The sum of the separation-of-variables weights at the lattice points `first_index`,
-    /// `first_index + step`, ... below `n` (a multiple of [`BATCH`] of them), each moved by
+    /// `first_index + step`, ... below `n` (a multiple of [`LANES`] of them), each moved by
     /// `shift` and folded by the tent transform. `first` is the first variable's interval,
     /// the same for every path.
     #[inline(always)]
     fn shift_sum(&self, first: (f64, f64, bool), shift: &[f64], n: u64, first_index: u64, step: u64) -> f64 {
         let s = self.s;
         let d = self.dim - 1;
-        debug_assert!(((n - first_index) / step).is_multiple_of(BATCH as u64));
+        debug_assert!(((n - first_index) / step).is_multiple_of(LANES as u64));
         let scale = 1.0 / n as f64;
         // Products modulo n <= 2^32 are exact in wrapping 32-bit arithmetic, which vectorises.
         let mask = (n - 1) as u32;
-        let mut u = [[0.0; BATCH]; MAX_DIM - 1];
-        let mut y = [[0.0; BATCH]; MAX_DIM - 1];
-        let (mut lo, mut hi) = ([0.0; BATCH], [0.0; BATCH]);
+        let mut u = [[0.0; LANES]; MAX_DIM - 1];
+        let mut y = [[0.0; LANES]; MAX_DIM - 1];
+        let (mut lo, mut hi) = ([0.0; LANES], [0.0; LANES]);
         let mut total = 0.0;
         let mut base = first_index;
         while base < n {
@@ -149,28 +146,28 @@ impl Ordered {
                     *u = 1.0 - (2.0 * x - 1.0).abs();
                 }
             }
-            let (mut start, mut width, mut flipped) = ([first.0; BATCH], [first.1; BATCH], [first.2; BATCH]);
+            let (mut start, mut width, mut flipped) = ([first.0; LANES], [first.1; LANES], [first.2; LANES]);
             let mut weight = width;
             for k in 1..self.dim {
                 // The same map u -> y on either side (y increasing in u): a map that reversed
                 // with the side would make y jump where an interval crosses the middle, and
                 // lattice rules need a smooth integrand.
-                for l in 0..BATCH {
+                for l in 0..LANES {
                     let along = if flipped[l] { 1.0 - u[k - 1][l] } else { u[k - 1][l] };
                     lo[l] = (start[l] + along * width[l]).clamp(f64::MIN_POSITIVE, 1.0 - f64::EPSILON);
                 }
                 ndtri_into(&lo, &mut y[k - 1]);
-                for l in 0..BATCH {
+                for l in 0..LANES {
                     y[k - 1][l] = if flipped[l] { -y[k - 1][l] } else { y[k - 1][l] };
                 }
-                let mut mean = [0.0; BATCH];
+                let mut mean = [0.0; LANES];
                 for (coefficient, y) in self.chol[k * s..k * s + k].iter().zip(&y) {
-                    for l in 0..BATCH {
+                    for l in 0..LANES {
                         mean[l] += coefficient * y[l];
                     }
                 }
                 let (lower, upper, diagonal) = (self.lower[k], self.upper[k], self.chol[k * s + k]);
-                for l in 0..BATCH {
+                for l in 0..LANES {
                     let (a, b) = ((lower - mean[l]) / diagonal, (upper - mean[l]) / diagonal);
                     // The interval as a stretch of cumulative probability from the upper tail
                     // when it lies mostly above 0, so that neither end loses its digits to
@@ -180,7 +177,7 @@ impl Ordered {
                 }
                 ndtr_into(&lo, &mut start);
                 ndtr_into(&hi, &mut width);
-                for l in 0..BATCH {
+                for l in 0..LANES {
                     width[l] -= start[l];
                     weight[l] *= width[l];
                 }
@@ -188,7 +185,7 @@ impl Ordered {
             for w in weight {
                 total += w;
             }
-            base += BATCH as u64 * step;
+            base += LANES as u64 * step;
         }
         total
     }
