@@ -127,7 +127,7 @@ impl Ordered {
     fn shift_sum(&self, first: (f64, f64, bool), shift: &[f64], n: u64, first_index: u64, step: u64) -> f64 {
         let s = self.s;
         let d = self.dim - 1;
-        debug_assert!(((n - first_index) / step).is_multiple_of(LANES as u64));
+        debug_assert!((n - first_index).div_ceil(step).is_multiple_of(LANES as u64));
         let scale = 1.0 / n as f64;
         // Products modulo n <= 2^32 are exact in wrapping 32-bit arithmetic, which vectorises.
         let mask = (n - 1) as u32;
