@@ -12,7 +12,7 @@
 //! square roots are used, never a fused multiply-add, so a batch gives the same bits with or
 //! without the wider instructions of [`with_wide_vectors`].
 
-use super::normal::{ndtr, ndtri, polynomial, truncated_draw, AS241_A, AS241_B, AS241_C, AS241_D, CODY_A, CODY_B, CODY_C, CODY_D};
+use super::normal::{ndtr, ndtri, polynomial, truncated_draw, CODY_P, CODY_Q, FRAC_1_SQRT_2PI, AS241_A, AS241_B, AS241_C, AS241_D, CODY_A, CODY_B, CODY_C, CODY_D};
 
 /// Beyond this `|x|` the batch `Phi` hands the argument to the scalar one (Cody's asymptotic
 /// range, `Phi(-x) < 7.8e-9`).
@@ -191,15 +191,119 @@ pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool
         x[l] = if a[l] + b[l] > 0.0 { -y } else { y };
         log_mass[l] = ln(mass[l]);
     }
+    // Lanes whose Phi(hi) is too small for every draw's probability to be a normal double go
+    // to `far_tail_draws` in gathered groups, unless the interval is short against the tail's
+    // scale `1 / |hi|` (there the difference of the tail factors would cancel); those and the
+    // lanes where the difference of CDFs would lose digits go to the scalar draw, in log space.
+    let mut far = [0usize; LANES];
+    let mut n_far = 0;
     for l in 0..LANES {
         if !live[l] {
             (log_mass[l], x[l]) = (f64::NEG_INFINITY, 0.0);
+        } else if !(p_hi[l] > MIN_LINEAR_MASS) && hi[l] < -FAR_TAIL_END && (hi[l] - lo[l]) * -hi[l] >= 1.0 {
+            far[n_far] = l;
+            n_far += 1;
         } else if !(p_hi[l] > MIN_LINEAR_MASS && mass[l] > 1e-3 * p_hi[l]) {
-            // The difference would lose digits, or Phi(hi) is too small for every draw's
-            // probability to be a normal double: log space. (An infinite or far `lo` is fine:
-            // its Phi is 0 or negligible against the mass.)
             (log_mass[l], x[l]) = truncated_draw(a[l], b[l], u[l]);
         }
+    }
+    for group in far[..n_far].chunks(FAR_LANES) {
+        let (mut w, mut v, mut width) = ([FAR_TAIL_END; FAR_LANES], [0.5; FAR_LANES], [1.0; FAR_LANES]);
+        for (k, &l) in group.iter().enumerate() {
+            let flipped = a[l] + b[l] > 0.0;
+            // In the upper tail's variable y = -x: [w, w + width], drawn at 1 - v.
+            (w[k], width[k]) = (-hi[l], hi[l] - lo[l]);
+            v[k] = if flipped { u[l] } else { 1.0 - u[l] };
+        }
+        let (mut group_log_mass, mut y) = ([0.0; FAR_LANES], [0.0; FAR_LANES]);
+        far_tail_draws(&w, &width, &v, &mut group_log_mass, &mut y);
+        for (k, &l) in group.iter().enumerate() {
+            let flipped = a[l] + b[l] > 0.0;
+            log_mass[l] = group_log_mass[k];
+            x[l] = if flipped { y[k] } else { -y[k] };
+        }
+    }
+}
+
+/// Upper-tail ends beyond this (standardised) may take [`far_tail_draws`]; every lane sent
+/// there is in fact beyond ~36 (where `Phi` falls below [`MIN_LINEAR_MASS`]).
+const FAR_TAIL_END: f64 = 8.0;
+/// Lanes of [`far_tail_draws`]: a batch's far-tail intervals, gathered.
+const FAR_LANES: usize = 8;
+
+/// `(y^2, log(Q(y) e^{y^2/2}))` for `y > sqrt(32)`, `Q` the upper tail: Cody's far-range
+/// factor, with the rounding error of `y^2` moved into the second part (Dekker's product), so
+/// that `log Q(y) = -y^2 / 2 + second` and differences of `log Q` can leave out the squares.
+#[inline(always)]
+fn far_tail_factor(y: f64) -> (f64, f64) {
+    let z = 1.0 / (y * y);
+    let (mut num, mut den) = (CODY_P[5] * z, z);
+    for i in 0..4 {
+        num = (num + CODY_P[i]) * z;
+        den = (den + CODY_Q[i]) * z;
+    }
+    let r = (FRAC_1_SQRT_2PI - z * (num + CODY_P[4]) / (den + CODY_Q[4])) / y;
+    let square = y * y;
+    let c = 134_217_729.0 * y;
+    let high = c - (c - y);
+    let low = y - high;
+    let error = ((high * high - square) + 2.0 * high * low) + low * low;
+    (square, ln(r) - 0.5 * error)
+}
+
+/// `log(1 + z)` for `z > -1` without losing a small `z` (Goldberg's correction).
+#[inline(always)]
+fn ln_1p(z: f64) -> f64 {
+    let w = 1.0 + z;
+    if w == 1.0 {
+        z
+    } else {
+        ln(w) * z / (w - 1.0)
+    }
+}
+
+/// `exp(x) - 1` for `x <= 0` without losing a small `x` (Kahan's correction).
+#[inline(always)]
+fn exp_m1(x: f64) -> f64 {
+    let e = exp(x);
+    if x < -40.0 {
+        -1.0
+    } else if e == 1.0 {
+        x
+    } else {
+        (e - 1.0) * x / ln(e)
+    }
+}
+
+/// Far in the upper tail (`w > 8`, `w width >= 1`): `log(Q(w) - Q(w + width))` and the draw `y` from the
+/// standard normal truncated to `[w, w + width]` at the uniform `v`, where
+/// `Q(y) = Q(w) - v (Q(w) - Q(w + width))` (`Q` the upper tail), in log space: with
+/// `rho = Q(w + width) / Q(w)` from Cody's far-range factors, the mass is `Q(w) (1 - rho)`, and
+/// `y` solves `log(Q(y) / Q(w)) = log(1 - v (1 - rho))` by Newton's method (the derivative is
+/// `-1 / M(y)`, `M` the Mills ratio) from the exponential tail's solution. The scalar draw
+/// reaches the same by Newton's method on `log Phi` differences, at ten times the cost.
+#[inline(always)]
+fn far_tail_draws(w: &[f64; FAR_LANES], width: &[f64; FAR_LANES], v: &[f64; FAR_LANES], log_mass: &mut [f64; FAR_LANES], y: &mut [f64; FAR_LANES]) {
+    for l in 0..FAR_LANES {
+        let (w, v) = (w[l], v[l]);
+        let end = w + width[l];
+        let (square_w, factor_w) = far_tail_factor(w);
+        // log(Q(y) / Q(w)) for y >= w, the Gaussian part as a product (y^2 - w^2 would cancel).
+        let log_ratio = |y: f64| -0.5 * (y - w) * (y + w) + far_tail_factor(y).1 - factor_w;
+        let log_rho = if end < f64::INFINITY { log_ratio(end) } else { f64::NEG_INFINITY };
+        let one_minus_rho = -exp_m1(log_rho);
+        log_mass[l] = (-0.5 * square_w + factor_w) + ln(one_minus_rho);
+        let target = ln_1p(-v * one_minus_rho);
+        let mut t = w - target / w;
+        // From the exponential tail's solution (off by ~1/w^3 relative for w >= 36), two
+        // steps reach rounding.
+        for _ in 0..2 {
+            t = t.max(w).min(end);
+            // The Mills ratio M(t) = Q(t) / phi(t) = exp(factor) sqrt(2 pi).
+            let mills = exp(far_tail_factor(t).1) * (2.0 * std::f64::consts::PI).sqrt();
+            t += (log_ratio(t) - target) * mills;
+        }
+        y[l] = t.max(w).min(end);
     }
 }
 
@@ -361,7 +465,12 @@ mod tests {
             let (mut a, mut b, mut u) = ([0.0; LANES], [0.0; LANES], [0.0; LANES]);
             let mut live = [true; LANES];
             for l in 0..LANES {
-                let centre: f64 = rng.random_range(-40.0..40.0) * rng.random::<f64>().powi(2);
+                // A quarter far in a tail (up to 600 standard deviations out), where Phi underflows.
+                let centre: f64 = if rng.random::<f64>() < 0.25 {
+                    rng.random_range(30.0..600.0) * if rng.random::<bool>() { 1.0 } else { -1.0 }
+                } else {
+                    rng.random_range(-40.0..40.0) * rng.random::<f64>().powi(2)
+                };
                 let width = 10f64.powf(rng.random_range(-12.0..1.5));
                 (a[l], b[l]) = (centre - width * rng.random::<f64>(), centre + width * rng.random::<f64>());
                 match rng.random_range(0..8) {
