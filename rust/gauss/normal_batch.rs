@@ -200,7 +200,7 @@ pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool
     for l in 0..LANES {
         if !live[l] {
             (log_mass[l], x[l]) = (f64::NEG_INFINITY, 0.0);
-        } else if !(p_hi[l] > MIN_LINEAR_MASS) && hi[l] < -FAR_TAIL_END && (hi[l] - lo[l]) * -hi[l] >= 1.0 {
+        } else if (p_hi[l].is_nan() || p_hi[l] <= MIN_LINEAR_MASS) && hi[l] < -FAR_TAIL_END && (hi[l] - lo[l]) * -hi[l] >= 1.0 {
             far[n_far] = l;
             n_far += 1;
         } else if !(p_hi[l] > MIN_LINEAR_MASS && mass[l] > 1e-3 * p_hi[l]) {
