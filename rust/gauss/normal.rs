@@ -76,64 +76,85 @@ pub(crate) enum CodyForm {
 /// beyond (`P / Q`, in `1 / y^2`), as published, digit for digit, so that they can be checked
 /// against the source.
 #[allow(clippy::excessive_precision)]
-pub(crate) const CODY_A: [f64; 5] = [2.2352520354606839287, 161.02823106855587881, 1067.6894854603709582, 18154.981253343561249, 0.065682337918207449113];
+const CODY_A: [f64; 5] = [2.2352520354606839287, 161.02823106855587881, 1067.6894854603709582, 18154.981253343561249, 0.065682337918207449113];
 #[allow(clippy::excessive_precision)]
-pub(crate) const CODY_B: [f64; 4] = [47.20258190468824187, 976.09855173777669322, 10260.932208618978205, 45507.789335026729956];
+const CODY_B: [f64; 4] = [47.20258190468824187, 976.09855173777669322, 10260.932208618978205, 45507.789335026729956];
 #[allow(clippy::excessive_precision)]
-pub(crate) const CODY_C: [f64; 9] = [0.39894151208813466764, 8.8831497943883759412, 93.506656132177855979, 597.27027639480026226,
+const CODY_C: [f64; 9] = [0.39894151208813466764, 8.8831497943883759412, 93.506656132177855979, 597.27027639480026226,
     2494.5375852903726711, 6848.1904505362823326, 11602.651437647350124, 9842.7148383839780218, 1.0765576773720192317e-8];
 #[allow(clippy::excessive_precision)]
-pub(crate) const CODY_P: [f64; 6] = [0.21589853405795699, 0.1274011611602473639, 0.022235277870649807, 0.001421619193227893466,
+const CODY_P: [f64; 6] = [0.21589853405795699, 0.1274011611602473639, 0.022235277870649807, 0.001421619193227893466,
     2.9112874951168792e-5, 0.02307344176494017303];
 #[allow(clippy::excessive_precision)]
-pub(crate) const CODY_Q: [f64; 5] = [1.28426009614491121, 0.468238212480865118, 0.0659881378689285515, 0.00378239633202758244, 7.29751555083966205e-5];
+const CODY_Q: [f64; 5] = [1.28426009614491121, 0.468238212480865118, 0.0659881378689285515, 0.00378239633202758244, 7.29751555083966205e-5];
 #[allow(clippy::excessive_precision)]
-pub(crate) const CODY_D: [f64; 8] = [22.266688044328115691, 235.38790178262499861, 1519.377599407554805, 6485.558298266760755,
+const CODY_D: [f64; 8] = [22.266688044328115691, 235.38790178262499861, 1519.377599407554805, 6485.558298266760755,
     18615.571640885098091, 34900.952721145977266, 38912.003286093271411, 19685.429676859990727];
 
-#[allow(clippy::excessive_precision)]
+/// Beyond this `y` Cody's far range takes `Phi(-y)`.
+pub(crate) const SQRT_32: f64 = 5.656854249492380195206754896838;
+
 #[inline(always)]
 pub(crate) fn cody(y: f64) -> CodyForm {
-    const SQRT_32: f64 = 5.656854249492380195206754896838;
     if y <= 0.67448975 {
-        let z = y * y;
-        let (mut num, mut den) = (CODY_A[4] * z, z);
-        for i in 0..3 {
-            num = (num + CODY_A[i]) * z;
-            den = (den + CODY_B[i]) * z;
-        }
-        CodyForm::Central(y * (num + CODY_A[3]) / (den + CODY_B[3]))
+        let (num, den) = cody_central(y);
+        CodyForm::Central(num / den)
     } else if y <= SQRT_32 {
-        let (mut num, mut den) = (CODY_C[8] * y, y);
-        for i in 0..7 {
-            num = (num + CODY_C[i]) * y;
-            den = (den + CODY_D[i]) * y;
-        }
-        CodyForm::Tail((num + CODY_C[7]) / (den + CODY_D[7]))
+        let (num, den) = cody_middle(y);
+        CodyForm::Tail(num / den)
     } else {
-        // Also beyond Cody's 37.5, where the value underflows but its logarithm does not.
-        let z = 1.0 / (y * y);
-        let (mut num, mut den) = (CODY_P[5] * z, z);
-        for i in 0..4 {
-            num = (num + CODY_P[i]) * z;
-            den = (den + CODY_Q[i]) * z;
-        }
-        CodyForm::Tail((FRAC_1_SQRT_2PI - z * (num + CODY_P[4]) / (den + CODY_Q[4])) / y)
+        CodyForm::Tail(cody_far(y))
     }
+}
+
+/// Cody's central range, `y <= 0.674`: `Phi(y) - 1/2 = num / den`, as `(num, den)` (the batch
+/// functions divide once for whichever range an argument takes).
+#[inline(always)]
+pub(crate) fn cody_central(y: f64) -> (f64, f64) {
+    let z = y * y;
+    let (mut num, mut den) = (CODY_A[4] * z, z);
+    for i in 0..3 {
+        num = (num + CODY_A[i]) * z;
+        den = (den + CODY_B[i]) * z;
+    }
+    (y * (num + CODY_A[3]), den + CODY_B[3])
+}
+
+/// Cody's middle range, `0.674 < y <= sqrt(32)`: `Phi(-y) = exp(-y^2 / 2) num / den`.
+#[inline(always)]
+pub(crate) fn cody_middle(y: f64) -> (f64, f64) {
+    let (mut num, mut den) = (CODY_C[8] * y, y);
+    for i in 0..7 {
+        num = (num + CODY_C[i]) * y;
+        den = (den + CODY_D[i]) * y;
+    }
+    (num + CODY_C[7], den + CODY_D[7])
+}
+
+/// Cody's far range, `y > sqrt(32)` (also beyond Cody's 37.5, where the value underflows but
+/// its logarithm does not): `Phi(-y) = exp(-y^2 / 2) r`, returning `r`.
+#[inline(always)]
+pub(crate) fn cody_far(y: f64) -> f64 {
+    let z = 1.0 / (y * y);
+    let (mut num, mut den) = (CODY_P[5] * z, z);
+    for i in 0..4 {
+        num = (num + CODY_P[i]) * z;
+        den = (den + CODY_Q[i]) * z;
+    }
+    (FRAC_1_SQRT_2PI - z * (num + CODY_P[4]) / (den + CODY_Q[4])) / y
 }
 
 /// `(hi, lo)` with `hi = fl(y^2)` and `hi + lo = y^2` exactly (Dekker's product; `lo = 0` where
 /// `y^2` overflows).
+/// A select rather than a branch, so that batch loops over it vectorise.
 #[inline(always)]
-fn square_with_error(y: f64) -> (f64, f64) {
+pub(crate) fn square_with_error(y: f64) -> (f64, f64) {
     let hi = y * y;
-    if !(hi < 1e300) {
-        return (hi, 0.0);
-    }
     let c = 134_217_729.0 * y; // 2^27 + 1 splits y into two halves of 26 bits
     let high = c - (c - y);
     let low = y - high;
-    (hi, ((high * high - hi) + 2.0 * high * low) + low * low)
+    let lo = ((high * high - hi) + 2.0 * high * low) + low * low;
+    (hi, if hi < 1e300 { lo } else { 0.0 })
 }
 
 /// `exp(-y^2 / 2)` to the accuracy of `exp`: the rounding error of `y^2` (relative error up to

@@ -12,11 +12,10 @@
 //! square roots are used, never a fused multiply-add, so a batch gives the same bits with or
 //! without the wider instructions of [`with_wide_vectors`].
 
-use super::normal::{ndtr, ndtri, polynomial, truncated_draw, CODY_P, CODY_Q, FRAC_1_SQRT_2PI, AS241_A, AS241_B, AS241_C, AS241_D, CODY_A, CODY_B, CODY_C, CODY_D};
+use super::normal::{
+    cody_central, cody_far, cody_middle, ndtr, ndtri, polynomial, square_with_error, truncated_draw, AS241_A, AS241_B, AS241_C, AS241_D, SQRT_32,
+};
 
-/// Beyond this `|x|` the batch `Phi` hands the argument to the scalar one (Cody's asymptotic
-/// range, `Phi(-x) < 7.8e-9`).
-const SQRT_32: f64 = 5.656854249492380195206754896838;
 /// The smallest tail probability AS 241's middle range covers (`r <= 5`: `exp(-25)`).
 const NDTRI_MIDDLE_LIMIT: f64 = 1.388_794_386_496_402e-11;
 
@@ -76,31 +75,18 @@ pub(crate) fn ln(x: f64) -> f64 {
 }
 
 /// `Phi(-y)` for `0 <= y <= sqrt(32)` (anything else gives garbage, not a trap): Cody's central
-/// and middle approximations, both evaluated.
-#[allow(clippy::excessive_precision)]
+/// and middle approximations, both evaluated. Beyond `sqrt(32)` (`Phi(-y) < 7.8e-9`) the
+/// callers redo the argument with the scalar `Phi`.
 #[inline(always)]
 fn upper_tail_near(y: f64) -> f64 {
-    let z = y * y;
-    let (mut num, mut den) = (CODY_A[4] * z, z);
-    for i in 0..3 {
-        num = (num + CODY_A[i]) * z;
-        den = (den + CODY_B[i]) * z;
-    }
-    let (central_num, central_den) = (y * (num + CODY_A[3]), den + CODY_B[3]);
-    let (mut num, mut den) = (CODY_C[8] * y, y);
-    for i in 0..7 {
-        num = (num + CODY_C[i]) * y;
-        den = (den + CODY_D[i]) * y;
-    }
-    // exp(-y^2 / 2) with the rounding error of y^2 applied to first order (Dekker's product).
-    let c = 134_217_729.0 * y;
-    let high = c - (c - y);
-    let low = y - high;
-    let error = ((high * high - z) + 2.0 * high * low) + low * low;
-    let density = exp(-0.5 * z) * (1.0 - 0.5 * error);
+    let (central_num, central_den) = cody_central(y);
+    let (middle_num, middle_den) = cody_middle(y);
+    // exp(-y^2 / 2) with the rounding error of y^2 applied to first order.
+    let (square, error) = square_with_error(y);
+    let density = exp(-0.5 * square) * (1.0 - 0.5 * error);
     // One division for whichever form the argument takes.
     let is_central = y <= 0.67448975;
-    let ratio = if is_central { central_num } else { num + CODY_C[7] } / if is_central { central_den } else { den + CODY_D[7] };
+    let ratio = if is_central { central_num } else { middle_num } / if is_central { central_den } else { middle_den };
     if is_central {
         0.5 - ratio
     } else {
@@ -124,7 +110,6 @@ pub(crate) fn ndtr_into(x: &[f64], out: &mut [f64]) {
 
 /// `out[j] = Phi^{-1}(p[j])` for `0 < p[j] < 1`, AS 241 (relative accuracy ~1e-16 as published;
 /// with the inline `log`, a few ulps).
-#[allow(clippy::excessive_precision)]
 #[inline(always)]
 pub(crate) fn ndtri_into(p: &[f64], out: &mut [f64]) {
     for (o, &p) in out.iter_mut().zip(p) {
@@ -164,9 +149,11 @@ pub(crate) type Lanes = [f64; LANES];
 /// and far tails go to the scalar function, in log space.
 #[inline(always)]
 pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool; LANES], log_mass: &mut Lanes, x: &mut Lanes) {
-    let (mut lo, mut hi, mut minus_abs_hi) = ([0.0; LANES], [0.0; LANES], [0.0; LANES]);
+    // On the side of the smaller tail: lanes mostly above 0 are drawn as their mirror image.
+    let (mut lo, mut hi, mut minus_abs_hi, mut flipped) = ([0.0; LANES], [0.0; LANES], [0.0; LANES], [false; LANES]);
     for l in 0..LANES {
-        (lo[l], hi[l]) = if a[l] + b[l] > 0.0 { (-b[l], -a[l]) } else { (a[l], b[l]) };
+        flipped[l] = a[l] + b[l] > 0.0;
+        (lo[l], hi[l]) = if flipped[l] { (-b[l], -a[l]) } else { (a[l], b[l]) };
         minus_abs_hi[l] = -hi[l].abs();
     }
     let (mut p_lo, mut tail) = ([0.0; LANES], [0.0; LANES]);
@@ -175,7 +162,7 @@ pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool
     ndtr_into(&minus_abs_hi, &mut tail);
     let (mut p_hi, mut mass, mut argument, mut lower_side) = ([0.0; LANES], [0.0; LANES], [0.0; LANES], [false; LANES]);
     for l in 0..LANES {
-        let v = if a[l] + b[l] > 0.0 { 1.0 - u[l] } else { u[l] };
+        let v = if flipped[l] { 1.0 - u[l] } else { u[l] };
         let q_hi;
         (p_hi[l], q_hi) = if hi[l] <= 0.0 { (tail[l], 1.0 - tail[l]) } else { (1.0 - tail[l], tail[l]) };
         mass[l] = p_hi[l] - p_lo[l];
@@ -188,7 +175,7 @@ pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool
         let y = if lower_side[l] { x[l] } else { -x[l] };
         // max / min rather than clamp: a dead lane's ends may be crossed or NaN.
         let y = y.max(lo[l]).min(hi[l]);
-        x[l] = if a[l] + b[l] > 0.0 { -y } else { y };
+        x[l] = if flipped[l] { -y } else { y };
         log_mass[l] = ln(mass[l]);
     }
     // Lanes whose Phi(hi) is too small for every draw's probability to be a normal double go
@@ -210,17 +197,15 @@ pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool
     for group in far[..n_far].chunks(FAR_LANES) {
         let (mut w, mut v, mut width) = ([FAR_TAIL_END; FAR_LANES], [0.5; FAR_LANES], [1.0; FAR_LANES]);
         for (k, &l) in group.iter().enumerate() {
-            let flipped = a[l] + b[l] > 0.0;
             // In the upper tail's variable y = -x: [w, w + width], drawn at 1 - v.
             (w[k], width[k]) = (-hi[l], hi[l] - lo[l]);
-            v[k] = if flipped { u[l] } else { 1.0 - u[l] };
+            v[k] = if flipped[l] { u[l] } else { 1.0 - u[l] };
         }
         let (mut group_log_mass, mut y) = ([0.0; FAR_LANES], [0.0; FAR_LANES]);
         far_tail_draws(&w, &width, &v, &mut group_log_mass, &mut y);
         for (k, &l) in group.iter().enumerate() {
-            let flipped = a[l] + b[l] > 0.0;
             log_mass[l] = group_log_mass[k];
-            x[l] = if flipped { y[k] } else { -y[k] };
+            x[l] = if flipped[l] { y[k] } else { -y[k] };
         }
     }
 }
@@ -236,19 +221,8 @@ const FAR_LANES: usize = 8;
 /// that `log Q(y) = -y^2 / 2 + second` and differences of `log Q` can leave out the squares.
 #[inline(always)]
 fn far_tail_factor(y: f64) -> (f64, f64) {
-    let z = 1.0 / (y * y);
-    let (mut num, mut den) = (CODY_P[5] * z, z);
-    for i in 0..4 {
-        num = (num + CODY_P[i]) * z;
-        den = (den + CODY_Q[i]) * z;
-    }
-    let r = (FRAC_1_SQRT_2PI - z * (num + CODY_P[4]) / (den + CODY_Q[4])) / y;
-    let square = y * y;
-    let c = 134_217_729.0 * y;
-    let high = c - (c - y);
-    let low = y - high;
-    let error = ((high * high - square) + 2.0 * high * low) + low * low;
-    (square, ln(r) - 0.5 * error)
+    let (square, error) = square_with_error(y);
+    (square, ln(cody_far(y)) - 0.5 * error)
 }
 
 /// `log(1 + z)` for `z > -1` without losing a small `z` (Goldberg's correction).
