@@ -437,18 +437,9 @@ impl VectorKernel for PathBatch<'_> {
 fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], v: &mut [f64]) -> f64 {
     let s = rot.s;
     let mut log_weight = 0.0;
+    let (mut d_lo, mut d_hi) = (vec![0.0; s], vec![0.0; s]);
     for k in 0..s {
-        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
-        for &i in &rows_of[k] {
-            let row = &rot.c[i * s..(i + 1) * s];
-            let rest = rot.e[i] - dot(&row[..k], &v[..k]);
-            let coef = row[k];
-            if coef > 0.0 {
-                hi = hi.min(rest / coef);
-            } else {
-                lo = lo.max(rest / coef);
-            }
-        }
+        let (lo, hi) = bounds(rot, &rows_of[k], k, v, 0.0, &mut d_lo[..k], &mut d_hi[..k]);
         if !(lo < hi) {
             return f64::NEG_INFINITY;
         }
