@@ -101,9 +101,13 @@ pub(crate) fn ndtr_into(x: &[f64], out: &mut [f64]) {
         let tail = upper_tail_near(x.abs());
         *o = if x <= 0.0 { tail } else { 1.0 - tail };
     }
-    for (o, &x) in out.iter_mut().zip(x) {
-        if x.is_nan() || x.abs() > SQRT_32 {
-            *o = ndtr(x);
+    // An or-reduction over the batch vectorises where a loop that branches per lane would not;
+    // the scalar pass runs only for the rare batches that need it.
+    if x.iter().fold(false, |any, &x| any | !(x.abs() <= SQRT_32)) {
+        for (o, &x) in out.iter_mut().zip(x) {
+            if !(x.abs() <= SQRT_32) {
+                *o = ndtr(x);
+            }
         }
     }
 }
@@ -124,10 +128,12 @@ pub(crate) fn ndtri_into(p: &[f64], out: &mut [f64]) {
         let ratio = num / if is_central { polynomial(&AS241_B, r) } else { polynomial(&AS241_D, t) };
         *o = if is_central || q >= 0.0 { ratio } else { -ratio };
     }
-    for (o, &p) in out.iter_mut().zip(p) {
-        let small = if p < 0.5 { p } else { 1.0 - p };
-        if small.is_nan() || small < NDTRI_MIDDLE_LIMIT {
-            *o = ndtri(p);
+    let beyond_middle = |p: f64| !((if p < 0.5 { p } else { 1.0 - p }) >= NDTRI_MIDDLE_LIMIT);
+    if p.iter().fold(false, |any, &p| any | beyond_middle(p)) {
+        for (o, &p) in out.iter_mut().zip(p) {
+            if beyond_middle(p) {
+                *o = ndtri(p);
+            }
         }
     }
 }

@@ -152,13 +152,18 @@ impl Ordered {
                 // The same map u -> y on either side (y increasing in u): a map that reversed
                 // with the side would make y jump where an interval crosses the middle, and
                 // lattice rules need a smooth integrand.
+                let u = &u[k - 1];
                 for l in 0..LANES {
-                    let along = if flipped[l] { 1.0 - u[k - 1][l] } else { u[k - 1][l] };
-                    lo[l] = (start[l] + along * width[l]).clamp(f64::MIN_POSITIVE, 1.0 - f64::EPSILON);
+                    let along = if flipped[l] { 1.0 - u[l] } else { u[l] };
+                    // Comparisons rather than `clamp`, whose NaN handling kept this loop scalar.
+                    let p = start[l] + along * width[l];
+                    let p = if p > f64::MIN_POSITIVE { p } else { f64::MIN_POSITIVE };
+                    lo[l] = if p < 1.0 - f64::EPSILON { p } else { 1.0 - f64::EPSILON };
                 }
-                ndtri_into(&lo, &mut y[k - 1]);
+                let y_k = &mut y[k - 1];
+                ndtri_into(&lo, y_k);
                 for l in 0..LANES {
-                    y[k - 1][l] = if flipped[l] { -y[k - 1][l] } else { y[k - 1][l] };
+                    y_k[l] = if flipped[l] { -y_k[l] } else { y_k[l] };
                 }
                 let mut mean = [0.0; LANES];
                 for (coefficient, y) in self.chol[k * s..k * s + k].iter().zip(&y) {
