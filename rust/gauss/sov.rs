@@ -439,7 +439,7 @@ fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], v: &mut [f
     let mut log_weight = 0.0;
     let (mut d_lo, mut d_hi) = (vec![0.0; s], vec![0.0; s]);
     for k in 0..s {
-        let (lo, hi) = bounds(rot, &rows_of[k], k, v, 0.0, &mut d_lo[..k], &mut d_hi[..k]);
+        let (lo, hi) = bounds(rot, &rows_of[k], k, v, 0.0, &mut d_lo[..k], &mut d_hi[..k], None);
         if !(lo < hi) {
             return f64::NEG_INFINITY;
         }
@@ -455,14 +455,16 @@ fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], v: &mut [f
 
 /// The bounds `(lo, hi)` of variable `k` given `x_1..x_{k-1}`, with their gradients in
 /// `x_1..x_{k-1}` into `d_lo`, `d_hi` (length `k`). With `smoothing > 0` the min / max over rows is replaced by a soft
-/// one (`-t log sum exp(-bound / t)`), which has no kinks where rows tie.
-fn bounds(rot: &Rotated, rows: &[usize], k: usize, x: &[f64], smoothing: f64, d_lo: &mut [f64], d_hi: &mut [f64]) -> (f64, f64) {
+/// one (`-t log sum exp(-bound / t)`), which has no kinks where rows tie; `curvature`, if given,
+/// receives the soft bounds' Hessians (`k x k` each, lower then upper; zero without smoothing,
+/// where the bounds are affine between kinks).
+fn bounds(rot: &Rotated, rows: &[usize], k: usize, x: &[f64], smoothing: f64, d_lo: &mut [f64], d_hi: &mut [f64], curvature: Option<(&mut [f64], &mut [f64])>) -> (f64, f64) {
     let s = rot.s;
     let bound = |i: usize| (rot.e[i] - dot(&rot.c[i * s..i * s + k], &x[..k])) / rot.c[i * s + k];
     // sign +1: the smallest upper bound; -1: the largest lower bound. Two passes over the rows
-    // rather than a list of candidates: the saddle search calls this ~100 times per Newton
-    // step, and allocations were a fifth of its time.
-    let side = |sign: f64, gradient: &mut [f64]| -> f64 {
+    // rather than a list of candidates: the saddle search calls this for every gradient, and
+    // allocations were a fifth of its time.
+    let side = |sign: f64, gradient: &mut [f64], hessian: Option<&mut [f64]>| -> f64 {
         gradient.fill(0.0);
         let on_side = |i: &&usize| rot.c[*i * s + k] * sign > 0.0;
         // The first of the tightest rows.
@@ -473,96 +475,140 @@ fn bounds(rot: &Rotated, rows: &[usize], k: usize, x: &[f64], smoothing: f64, d_
                 tightest = Some((i, b));
             }
         }
+        let row_gradient = |i: usize, j: usize| -rot.c[i * s + j] / rot.c[i * s + k];
+        let mut hessian = hessian.map(|h| {
+            h.fill(0.0);
+            h
+        });
         let Some((first, best)) = tightest else {
             return sign * f64::INFINITY;
-        };
-        let add_row = |gradient: &mut [f64], i: usize, w: f64| {
-            for (j, g) in gradient.iter_mut().enumerate() {
-                *g += w * (-rot.c[i * s + j] / rot.c[i * s + k]);
-            }
         };
         if smoothing > 0.0 {
             // Soft-min weights exp(-(b - best) / t) (for the upper side), summing to `total`.
             let weight = |i: usize| (-(sign * (bound(i) - best)) / smoothing).exp();
             let total: f64 = rows.iter().filter(on_side).map(|&i| weight(i)).sum();
             for &i in rows.iter().filter(on_side) {
-                add_row(gradient, i, weight(i) / total);
+                let w = weight(i) / total;
+                for (j, g) in gradient.iter_mut().enumerate() {
+                    *g += w * row_gradient(i, j);
+                }
+                // The soft bound's Hessian is -sign / t (sum_i w_i g_i g_i^T - g g^T).
+                if let Some(h) = hessian.as_deref_mut() {
+                    for a in 0..k {
+                        for b in 0..k {
+                            h[a * k + b] -= sign / smoothing * w * row_gradient(i, a) * row_gradient(i, b);
+                        }
+                    }
+                }
+            }
+            if let Some(h) = hessian {
+                for a in 0..k {
+                    for b in 0..k {
+                        h[a * k + b] += sign / smoothing * gradient[a] * gradient[b];
+                    }
+                }
             }
             best - sign * smoothing * total.ln()
         } else {
-            add_row(gradient, first, 1.0);
+            for (j, g) in gradient.iter_mut().enumerate() {
+                *g = row_gradient(first, j);
+            }
             best
         }
     };
-    let hi = side(1.0, d_hi);
-    let lo = side(-1.0, d_lo);
+    let (lo_curvature, hi_curvature) = match curvature {
+        Some((lo, hi)) => (Some(lo), Some(hi)),
+        None => (None, None),
+    };
+    let hi = side(1.0, d_hi, hi_curvature);
+    let lo = side(-1.0, d_lo, lo_curvature);
     (lo, hi)
+}
+
+/// `(gradient, psi)` of [`minimax_tilt`]'s `psi` at `y = [x; mu]`, with the bounds' kinks
+/// smoothed by `smoothing` (see [`bounds`]), and its Hessian (row-major `2S x 2S`) into
+/// `hessian` if given. `None` where a variable's interval has no mass.
+fn psi_derivatives(rot: &Rotated, rows_of: &[Vec<usize>], y: &[f64], smoothing: f64, mut hessian: Option<&mut [f64]>) -> Option<(Vec<f64>, f64)> {
+    let s = rot.s;
+    let n = 2 * s;
+    let phi_ratio = |t: f64, log_z: f64| if t.is_finite() { (log_pdf(t) - log_z).exp() } else { 0.0 };
+    let (x, mu) = y.split_at(s);
+    let mut grad = vec![0.0; n];
+    let mut psi = 0.0;
+    let (mut d_lo, mut d_hi) = (vec![0.0; s], vec![0.0; s]);
+    let (mut lo_curvature, mut hi_curvature) = (vec![0.0; s * s], vec![0.0; s * s]);
+    if let Some(h) = hessian.as_deref_mut() {
+        h.fill(0.0);
+    }
+    for k in 0..s {
+        let (d_lo, d_hi) = (&mut d_lo[..k], &mut d_hi[..k]);
+        let curvature = (hessian.is_some() && smoothing > 0.0).then(|| (&mut lo_curvature[..k * k], &mut hi_curvature[..k * k]));
+        let (lo, hi) = bounds(rot, &rows_of[k], k, x, smoothing, d_lo, d_hi, curvature);
+        let (a, b) = (lo - mu[k], hi - mu[k]);
+        let log_z = log_diff_ndtr(a, b);
+        if !log_z.is_finite() {
+            return None;
+        }
+        psi += 0.5 * mu[k] * mu[k] - mu[k] * x[k] + log_z;
+        let (ra, rb) = (phi_ratio(a, log_z), phi_ratio(b, log_z));
+        grad[s + k] = mu[k] - x[k] + (ra - rb);
+        grad[k] -= mu[k];
+        // d log Z_k / d x_j through the bounds.
+        for j in 0..k {
+            grad[j] += rb * d_hi[j] - ra * d_lo[j];
+        }
+        let Some(h) = hessian.as_deref_mut() else { continue };
+        // Second derivatives of log Z in (a, b); an infinite end contributes nothing.
+        let a_ra = if a.is_finite() { a * ra } else { 0.0 };
+        let b_rb = if b.is_finite() { b * rb } else { 0.0 };
+        let (l_aa, l_ab, l_bb) = (a_ra - ra * ra, ra * rb, -b_rb - rb * rb);
+        let m = s + k;
+        // a = lo(x) - mu_k, b = hi(x) - mu_k.
+        h[m * n + m] += 1.0 + l_aa + 2.0 * l_ab + l_bb;
+        h[m * n + k] -= 1.0;
+        h[k * n + m] -= 1.0;
+        for i in 0..k {
+            let mixed = -((l_aa + l_ab) * d_lo[i] + (l_ab + l_bb) * d_hi[i]);
+            h[m * n + i] += mixed;
+            h[i * n + m] += mixed;
+            for j in 0..k {
+                h[i * n + j] += l_aa * d_lo[i] * d_lo[j] + l_ab * (d_lo[i] * d_hi[j] + d_hi[i] * d_lo[j]) + l_bb * d_hi[i] * d_hi[j];
+                if smoothing > 0.0 {
+                    h[i * n + j] += rb * hi_curvature[i * k + j] - ra * lo_curvature[i * k + j];
+                }
+            }
+        }
+    }
+    Some((grad, psi))
 }
 
 /// Botev's (2017) minimax exponential tilting: the saddle point of
 /// `psi(x, mu) = sum_k mu_k^2/2 - mu_k x_k + log(Phi(hi_k(x) - mu_k) - Phi(lo_k(x) - mu_k))`
-/// by damped Newton on its gradient (Jacobian by central differences: 2S <= ~20 unknowns).
-/// With several rows per variable the bounds are a min / max of affine functions; the gradient
-/// uses the active row. Returns `(mu, psi(x*, mu*))`, which bounds the log weights. Newton
-/// starts at the mode and, where it fails from there, again from points towards `interior`.
+/// by damped Newton on its gradient, with the Hessian in closed form. With several rows per
+/// variable the bounds are a min / max of affine functions; the derivatives use the active row
+/// (or a soft min / max, see [`bounds`]). Returns `(mu, psi(x*, mu*))`, which bounds the log
+/// weights. Newton starts at the mode and, where it fails from there, again from points towards
+/// `interior`.
 fn minimax_tilt(rot: &Rotated, rows_of: &[Vec<usize>], mode: &[f64], interior: &[f64]) -> Option<(Vec<f64>, f64)> {
     let s = rot.s;
     let n = 2 * s;
-    let phi_ratio = |t: f64, log_z: f64| if t.is_finite() { (log_pdf(t) - log_z).exp() } else { 0.0 };
-    // (gradient, psi) at y = [x; mu], for a smoothing of the bounds' kinks.
-    let gradient = |y: &[f64], smoothing: f64| -> Option<(Vec<f64>, f64)> {
-        let (x, mu) = y.split_at(s);
-        let mut grad = vec![0.0; n];
-        let mut psi = 0.0;
-        let (mut d_lo, mut d_hi) = (vec![0.0; s], vec![0.0; s]);
-        for k in 0..s {
-            let (d_lo, d_hi) = (&mut d_lo[..k], &mut d_hi[..k]);
-            let (lo, hi) = bounds(rot, &rows_of[k], k, x, smoothing, d_lo, d_hi);
-            let (a, b) = (lo - mu[k], hi - mu[k]);
-            let log_z = log_diff_ndtr(a, b);
-            if !log_z.is_finite() {
-                return None;
-            }
-            psi += 0.5 * mu[k] * mu[k] - mu[k] * x[k] + log_z;
-            let (ra, rb) = (phi_ratio(a, log_z), phi_ratio(b, log_z));
-            grad[s + k] = mu[k] - x[k] + (ra - rb);
-            grad[k] -= mu[k];
-            // d log Z_k / d x_j through the bounds.
-            for j in 0..k {
-                grad[j] += rb * d_hi[j] - ra * d_lo[j];
-            }
-        }
-        Some((grad, psi))
-    };
     let norm = |g: &[f64]| dot(g, g).sqrt();
     // Newton from the mode, else from points towards the interior: the gradient has kinks
-    // where rows tie, and a start on one can send the finite-difference Jacobian astray.
+    // where rows tie, and a start on one can send Newton astray.
     let start = |t: f64| -> Vec<f64> { mode.iter().zip(interior).map(|(m, c)| m + t * (c - m)).chain(std::iter::repeat_n(0.0, s)).collect() };
     let newton = |mut y: Vec<f64>, smoothing: f64| -> Option<(Vec<f64>, f64)> {
-        let gradient = |y: &[f64]| gradient(y, smoothing);
-        let (mut g, mut psi) = gradient(&y)?;
+        let mut hessian = vec![0.0; n * n];
+        let (mut g, mut psi) = psi_derivatives(rot, rows_of, &y, smoothing, Some(&mut hessian))?;
         for _ in 0..100 {
             if norm(&g) <= 1e-10 * (1.0 + norm(&y)) {
                 return Some((y[s..].to_vec(), psi));
             }
-            let mut jac = vec![0.0; n * n];
-            for c in 0..n {
-                let h = 1e-6 * (1.0 + y[c].abs());
-                let (mut yp, mut ym) = (y.clone(), y.clone());
-                yp[c] += h;
-                ym[c] -= h;
-                let (gp, _) = gradient(&yp)?;
-                let (gm, _) = gradient(&ym)?;
-                for r in 0..n {
-                    jac[r * n + c] = (gp[r] - gm[r]) / (2.0 * h);
-                }
-            }
-            let step = solve_dense(&mut jac, g.clone(), n)?;
+            let step = solve_dense(&mut hessian, g.clone(), n)?;
             let mut t = 1.0;
             let current = norm(&g);
             loop {
                 let trial: Vec<f64> = y.iter().zip(&step).map(|(yi, di)| yi - t * di).collect();
-                if let Some((gt, pt)) = gradient(&trial) {
+                if let Some((gt, pt)) = psi_derivatives(rot, rows_of, &trial, smoothing, Some(&mut hessian)) {
                     if norm(&gt) < current {
                         (y, g, psi) = (trial, gt, pt);
                         break;
@@ -665,6 +711,43 @@ mod tests {
                         for i in 0..original {
                             let w: f64 = (0..s).map(|j| f[i * s + j] * (0..s).map(|k| rot.q[j * s + k] * v[k][lane]).sum::<f64>()).sum();
                             assert!(w <= e[i] + 1e-9, "S={s}: the path left row {i}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The closed-form Hessian of the saddle search against central differences of the
+    /// gradient, with and without smoothing of the bounds' kinks, at random points near the
+    /// polyhedron's inside (away from kinks with probability one).
+    #[test]
+    fn psi_hessian_matches_differences_of_its_gradient() {
+        let mut rng = Pcg64::seed_from_u64(5);
+        for s in [2, 3, 4] {
+            for _ in 0..5 {
+                let (f, e) = random_polyhedron(&mut rng, s, 2 * s);
+                let mut rot = rotate(&f, &e, s, &vec![0.0; s]);
+                project(&mut rot);
+                let m = rot.e.len();
+                let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
+                let n = 2 * s;
+                let y: Vec<f64> = (0..n).map(|j| if j < s { 0.002 * (rng.random::<f64>() - 0.5) } else { rng.random::<f64>() * 2.0 - 1.0 }).collect();
+                for smoothing in [0.0, 0.3] {
+                    let mut hessian = vec![0.0; n * n];
+                    psi_derivatives(&rot, &rows_of, &y, smoothing, Some(&mut hessian)).unwrap();
+                    let scale = hessian.iter().fold(1.0f64, |a, h| a.max(h.abs()));
+                    for c in 0..n {
+                        let h = 1e-5;
+                        let (mut yp, mut ym) = (y.clone(), y.clone());
+                        yp[c] += h;
+                        ym[c] -= h;
+                        let (gp, _) = psi_derivatives(&rot, &rows_of, &yp, smoothing, None).unwrap();
+                        let (gm, _) = psi_derivatives(&rot, &rows_of, &ym, smoothing, None).unwrap();
+                        for r in 0..n {
+                            let difference = (gp[r] - gm[r]) / (2.0 * h);
+                            assert!((hessian[r * n + c] - difference).abs() <= 1e-6 * scale,
+                                "S={s} smoothing {smoothing}: H[{r}][{c}] = {} against {difference}", hessian[r * n + c]);
                         }
                     }
                 }
