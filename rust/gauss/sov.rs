@@ -439,7 +439,7 @@ fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], v: &mut [f
     let mut log_weight = 0.0;
     let (mut d_lo, mut d_hi) = (vec![0.0; s], vec![0.0; s]);
     for k in 0..s {
-        let (lo, hi) = bounds(rot, &rows_of[k], k, v, 0.0, &mut d_lo[..k], &mut d_hi[..k], None);
+        let (lo, hi) = bounds(rot, &rows_of[k], k, v, 0.0, (&mut d_lo[..k], &mut d_hi[..k]), None);
         if !(lo < hi) {
             return f64::NEG_INFINITY;
         }
@@ -458,7 +458,7 @@ fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], v: &mut [f
 /// one (`-t log sum exp(-bound / t)`), which has no kinks where rows tie; `curvature`, if given,
 /// receives the soft bounds' Hessians (`k x k` each, lower then upper; zero without smoothing,
 /// where the bounds are affine between kinks).
-fn bounds(rot: &Rotated, rows: &[usize], k: usize, x: &[f64], smoothing: f64, d_lo: &mut [f64], d_hi: &mut [f64], curvature: Option<(&mut [f64], &mut [f64])>) -> (f64, f64) {
+fn bounds(rot: &Rotated, rows: &[usize], k: usize, x: &[f64], smoothing: f64, (d_lo, d_hi): (&mut [f64], &mut [f64]), curvature: Option<(&mut [f64], &mut [f64])>) -> (f64, f64) {
     let s = rot.s;
     let bound = |i: usize| (rot.e[i] - dot(&rot.c[i * s..i * s + k], &x[..k])) / rot.c[i * s + k];
     // sign +1: the smallest upper bound; -1: the largest lower bound. Two passes over the rows
@@ -476,10 +476,10 @@ fn bounds(rot: &Rotated, rows: &[usize], k: usize, x: &[f64], smoothing: f64, d_
             }
         }
         let row_gradient = |i: usize, j: usize| -rot.c[i * s + j] / rot.c[i * s + k];
-        let mut hessian = hessian.map(|h| {
+        let mut hessian = hessian;
+        if let Some(h) = hessian.as_deref_mut() {
             h.fill(0.0);
-            h
-        });
+        }
         let Some((first, best)) = tightest else {
             return sign * f64::INFINITY;
         };
@@ -543,7 +543,7 @@ fn psi_derivatives(rot: &Rotated, rows_of: &[Vec<usize>], y: &[f64], smoothing: 
     for k in 0..s {
         let (d_lo, d_hi) = (&mut d_lo[..k], &mut d_hi[..k]);
         let curvature = (hessian.is_some() && smoothing > 0.0).then(|| (&mut lo_curvature[..k * k], &mut hi_curvature[..k * k]));
-        let (lo, hi) = bounds(rot, &rows_of[k], k, x, smoothing, d_lo, d_hi, curvature);
+        let (lo, hi) = bounds(rot, &rows_of[k], k, x, smoothing, (d_lo, d_hi), curvature);
         let (a, b) = (lo - mu[k], hi - mu[k]);
         let log_z = log_diff_ndtr(a, b);
         if !log_z.is_finite() {
