@@ -4,9 +4,10 @@
 //! Quasi-Monte Carlo paths call these two functions for every variable of every point, with
 //! arguments that jump between the approximations' ranges from one path to the next: the
 //! scalar versions in `normal.rs` spend much of their time in mispredicted branches and in
-//! `libm` calls a loop cannot vectorise. Here every argument evaluates the approximations of
-//! the common ranges (W. J. Cody's for `Phi`, Wichura's AS 241 for `Phi^{-1}`, the same
-//! coefficients) and keeps the right one by a select; `exp` and `log` are inline polynomials.
+//! `libm` calls a loop cannot vectorise. Here the arguments go in groups of 8: a group within one
+//! of the common ranges (W. J. Cody's for `Phi`, Wichura's AS 241 for `Phi^{-1}`, the same
+//! coefficients) evaluates that approximation, a group that straddles them evaluates both and
+//! keeps the right one by a select; `exp` and `log` are inline polynomials.
 //! The rare arguments beyond those ranges (`|x| > sqrt(32)`, probabilities below `1.4e-11`)
 //! are redone by the scalar functions in a second pass. Only adds, multiplies, divisions and
 //! square roots are used, never a fused multiply-add, so a batch gives the same bits with or
