@@ -133,31 +133,55 @@ fn phi_from_tail(tail: f64, x: f64) -> f64 {
     }
 }
 
+/// `Phi(x)` by Cody's central form, middle form, or both and a select (see [`ndtr_into`]).
+#[inline(always)]
+fn ndtr_central(x: f64) -> f64 {
+    phi_from_tail(upper_tail_central(x.abs()), x)
+}
+#[inline(always)]
+fn ndtr_middle(x: f64) -> f64 {
+    phi_from_tail(upper_tail_middle(x.abs()), x)
+}
+#[inline(always)]
+fn ndtr_near(x: f64) -> f64 {
+    phi_from_tail(upper_tail_near(x.abs()), x)
+}
+
+/// `$out[j] = f($x[j])` in groups of [`GROUP`]: `f = $central` for a group whose arguments all
+/// pass `$is_central`, `$middle` for one where none does, `$both` (both forms and a select) for
+/// the rest and the last, partial group. A macro with plain loops over functions: closures
+/// handed to a helper were left out of line, one call per lane.
+macro_rules! by_group {
+    ($x:expr, $out:expr, $is_central:expr, $central:ident, $middle:ident, $both:ident) => {{
+        let is_central = $is_central;
+        let (whole, x_rest) = $x.as_chunks::<GROUP>();
+        let (out_whole, out_rest) = $out[..$x.len()].as_chunks_mut::<GROUP>();
+        for (x, out) in whole.iter().zip(out_whole) {
+            let central = x.iter().fold(0, |n, &x| n + is_central(x) as usize);
+            if central == GROUP {
+                for (o, &x) in out.iter_mut().zip(x) {
+                    *o = $central(x);
+                }
+            } else if central == 0 {
+                for (o, &x) in out.iter_mut().zip(x) {
+                    *o = $middle(x);
+                }
+            } else {
+                for (o, &x) in out.iter_mut().zip(x) {
+                    *o = $both(x);
+                }
+            }
+        }
+        for (o, &x) in out_rest.iter_mut().zip(x_rest) {
+            *o = $both(x);
+        }
+    }};
+}
+
 /// `out[j] = Phi(x[j])`, relative accuracy ~1e-15 below zero and absolute ~1e-16 above.
 #[inline(always)]
 pub(crate) fn ndtr_into(x: &[f64], out: &mut [f64]) {
-    let (whole, x_rest) = x.as_chunks::<GROUP>();
-    let (out_whole, out_rest) = out[..x.len()].as_chunks_mut::<GROUP>();
-    for (x, out) in whole.iter().zip(out_whole) {
-        let central = x.iter().fold(0, |n, &x| n + (x.abs() <= CODY_CENTRAL_END) as usize);
-        // Plain loops: closures passed down were left out of line, one call per lane.
-        if central == GROUP {
-            for (o, &x) in out.iter_mut().zip(x) {
-                *o = phi_from_tail(upper_tail_central(x.abs()), x);
-            }
-        } else if central == 0 {
-            for (o, &x) in out.iter_mut().zip(x) {
-                *o = phi_from_tail(upper_tail_middle(x.abs()), x);
-            }
-        } else {
-            for (o, &x) in out.iter_mut().zip(x) {
-                *o = phi_from_tail(upper_tail_near(x.abs()), x);
-            }
-        }
-    }
-    for (o, &x) in out_rest.iter_mut().zip(x_rest) {
-        *o = phi_from_tail(upper_tail_near(x.abs()), x);
-    }
+    by_group!(x, out, |x: f64| x.abs() <= CODY_CENTRAL_END, ndtr_central, ndtr_middle, ndtr_near);
     // An or-reduction over the batch vectorises where a loop that branches per lane would not;
     // the scalar pass runs only for the rare batches that need it.
     let beyond_near = |x: f64| x.is_nan() | (x.abs() > SQRT_32);
@@ -216,27 +240,7 @@ fn ndtri_near(p: f64) -> f64 {
 /// with the inline `log`, a few ulps).
 #[inline(always)]
 pub(crate) fn ndtri_into(p: &[f64], out: &mut [f64]) {
-    let (whole, p_rest) = p.as_chunks::<GROUP>();
-    let (out_whole, out_rest) = out[..p.len()].as_chunks_mut::<GROUP>();
-    for (p, out) in whole.iter().zip(out_whole) {
-        let central = p.iter().fold(0, |n, &p| n + ((p - 0.5).abs() <= AS241_CENTRAL_END) as usize);
-        if central == GROUP {
-            for (o, &p) in out.iter_mut().zip(p) {
-                *o = ndtri_central(p);
-            }
-        } else if central == 0 {
-            for (o, &p) in out.iter_mut().zip(p) {
-                *o = ndtri_middle(p);
-            }
-        } else {
-            for (o, &p) in out.iter_mut().zip(p) {
-                *o = ndtri_near(p);
-            }
-        }
-    }
-    for (o, &p) in out_rest.iter_mut().zip(p_rest) {
-        *o = ndtri_near(p);
-    }
+    by_group!(p, out, |p: f64| (p - 0.5).abs() <= AS241_CENTRAL_END, ndtri_central, ndtri_middle, ndtri_near);
     let beyond_middle = |p: f64| {
         let small = if p < 0.5 { p } else { 1.0 - p };
         small.is_nan() | (small < NDTRI_MIDDLE_LIMIT)

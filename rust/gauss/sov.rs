@@ -684,18 +684,23 @@ mod tests {
         (f, e)
     }
 
+    /// The polyhedron rotated (untilted) and projected, with the rows that bound each variable.
+    fn projected(f: &[f64], e: &[f64], s: usize) -> (Rotated, Vec<Vec<usize>>) {
+        let mut rot = rotate(f, e, s, &vec![0.0; s]);
+        project(&mut rot);
+        let m = rot.e.len();
+        let rows_of = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
+        (rot, rows_of)
+    }
+
     #[test]
     fn projections_are_valid_and_leave_no_path_dead() {
         let mut rng = Pcg64::seed_from_u64(11);
         for s in [3, 4, 5] {
             for _ in 0..10 {
                 let (f, e) = random_polyhedron(&mut rng, s, 2 * s);
-                let tilt = vec![0.0; s];
-                let mut rot = rotate(&f, &e, s, &tilt);
-                let original = rot.e.len();
-                project(&mut rot);
-                let m = rot.e.len();
-                let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
+                let (rot, rows_of) = projected(&f, &e, s);
+                let (original, m) = (e.len(), rot.e.len());
                 let nu = vec![0.0; s];
                 let (mut u, mut v) = (vec![[0.0; LANES]; s], vec![[0.0; LANES]; s]);
                 let mut log_weight = [0.0; LANES];
@@ -727,10 +732,7 @@ mod tests {
         for s in [2, 3, 4] {
             for _ in 0..5 {
                 let (f, e) = random_polyhedron(&mut rng, s, 2 * s);
-                let mut rot = rotate(&f, &e, s, &vec![0.0; s]);
-                project(&mut rot);
-                let m = rot.e.len();
-                let rows_of: Vec<Vec<usize>> = (0..s).map(|k| (0..m).filter(|&i| rot.last[i] == k).collect()).collect();
+                let (rot, rows_of) = projected(&f, &e, s);
                 let n = 2 * s;
                 let y: Vec<f64> = (0..n).map(|j| if j < s { 0.002 * (rng.random::<f64>() - 0.5) } else { rng.random::<f64>() * 2.0 - 1.0 }).collect();
                 for smoothing in [0.0, 0.3] {
