@@ -91,12 +91,17 @@ const CODY_Q: [f64; 5] = [1.28426009614491121, 0.468238212480865118, 0.065988137
 const CODY_D: [f64; 8] = [22.266688044328115691, 235.38790178262499861, 1519.377599407554805, 6485.558298266760755,
     18615.571640885098091, 34900.952721145977266, 38912.003286093271411, 19685.429676859990727];
 
+/// Where Cody's central form of `Phi(-y)` ends and his middle one starts.
+pub(crate) const CODY_CENTRAL_END: f64 = 0.67448975;
+/// Where AS 241's central form of `Phi^{-1}(p)` ends (`|p - 1/2|`).
+pub(crate) const AS241_CENTRAL_END: f64 = 0.425;
+
 /// Beyond this `y` Cody's far range takes `Phi(-y)`.
 pub(crate) const SQRT_32: f64 = 5.656854249492380195206754896838;
 
 #[inline(always)]
 pub(crate) fn cody(y: f64) -> CodyForm {
-    if y <= 0.67448975 {
+    if y <= CODY_CENTRAL_END {
         let (num, den) = cody_central(y);
         CodyForm::Central(num / den)
     } else if y <= SQRT_32 {
@@ -523,7 +528,7 @@ pub fn ndtri(p: f64) -> f64 {
         return f64::INFINITY;
     }
     let q = p - 0.5;
-    if q.abs() <= 0.425 {
+    if q.abs() <= AS241_CENTRAL_END {
         let r = 0.180625 - q * q;
         return q * polynomial(&AS241_A, r) / polynomial(&AS241_B, r);
     }
@@ -620,12 +625,23 @@ pub fn ndtr(x: f64) -> f64 {
     }
 }
 
+/// `(lo, hi, mirrored)`: the interval `[a, b]` of a standard normal, or its mirror image
+/// `[-b, -a]` where it lies mostly above 0, so that its smaller tail is the lower one
+/// (`lo <= -|hi|`) and neither end's probability loses its digits to `1 - tiny`.
+#[inline(always)]
+pub(crate) fn toward_lower_tail(a: f64, b: f64) -> (f64, f64, bool) {
+    let mirrored = a + b > 0.0;
+    let (lo, hi) = if mirrored { (-b, -a) } else { (a, b) };
+    (lo, hi, mirrored)
+}
+
 /// `(log(Phi(b) - Phi(a)), a draw of the standard normal truncated to [a, b] at the uniform
 /// u)`. Where both probabilities are plain doubles without cancellation (the common case) the
 /// work is two `erfc` and one AS 241; far in a tail it is [`log_diff_ndtr`] and
 /// [`truncated_standard_normal_at`], in log space.
 pub fn truncated_draw(a: f64, b: f64, u: f64) -> (f64, f64) {
-    let (lo, hi, v, sign) = if a + b > 0.0 { (-b, -a, 1.0 - u, -1.0) } else { (a, b, u, 1.0) };
+    let (lo, hi, mirrored) = toward_lower_tail(a, b);
+    let (v, sign) = if mirrored { (1.0 - u, -1.0) } else { (u, 1.0) };
     // Now lo <= -|hi|, so Phi(lo) <= 1/2.
     if lo > -37.0 {
         let p_lo = ndtr(lo);

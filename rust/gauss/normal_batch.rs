@@ -1,5 +1,5 @@
-//! `Phi` and `Phi^{-1}` over batches of arguments, written without branches so that the
-//! compiler turns each batch into vector instructions.
+//! `Phi` and `Phi^{-1}` over batches of arguments, written without branches per argument so
+//! that the compiler turns each batch into vector instructions.
 //!
 //! Quasi-Monte Carlo paths call these two functions for every variable of every point, with
 //! arguments that jump between the approximations' ranges from one path to the next: the
@@ -14,7 +14,8 @@
 //! without the wider instructions of [`with_wide_vectors`].
 
 use super::normal::{
-    cody_central, cody_far, cody_middle, ndtr, ndtri, polynomial, square_with_error, truncated_draw, AS241_A, AS241_B, AS241_C, AS241_D, SQRT_32,
+    cody_central, cody_far, cody_middle, ndtr, ndtri, polynomial, square_with_error, toward_lower_tail, truncated_draw, AS241_A, AS241_B, AS241_C,
+    AS241_CENTRAL_END, AS241_D, CODY_CENTRAL_END, SQRT_32,
 };
 
 /// The smallest tail probability AS 241's middle range covers (`r <= 5`: `exp(-25)`).
@@ -74,11 +75,6 @@ pub(crate) fn ln(x: f64) -> f64 {
     let half_square = 0.5 * f * f;
     e * LN2_HI - ((half_square - (s * (half_square + r) + e * LN2_LO)) - f)
 }
-
-/// Where Cody's central form of `Phi(-y)` ends and his middle one starts.
-const CODY_CENTRAL_END: f64 = 0.67448975;
-/// Where AS 241's central form of `Phi^{-1}(p)` ends (`|p - 1/2|`).
-const AS241_CENTRAL_END: f64 = 0.425;
 
 /// The batch functions work through their arguments in groups of this many, and a group whose
 /// arguments all take one of the approximations evaluates that one alone: in the rectangles'
@@ -274,8 +270,7 @@ pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool
     // On the side of the smaller tail: lanes mostly above 0 are drawn as their mirror image.
     let (mut lo, mut hi, mut minus_abs_hi, mut flipped) = ([0.0; LANES], [0.0; LANES], [0.0; LANES], [false; LANES]);
     for l in 0..LANES {
-        flipped[l] = a[l] + b[l] > 0.0;
-        (lo[l], hi[l]) = if flipped[l] { (-b[l], -a[l]) } else { (a[l], b[l]) };
+        (lo[l], hi[l], flipped[l]) = toward_lower_tail(a[l], b[l]);
         minus_abs_hi[l] = -hi[l].abs();
     }
     let (mut p_lo, mut tail) = ([0.0; LANES], [0.0; LANES]);

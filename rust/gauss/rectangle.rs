@@ -15,7 +15,7 @@
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
-use super::normal::{log_diff_ndtr, ndtr, truncated_normal};
+use super::normal::{log_diff_ndtr, ndtr, toward_lower_tail, truncated_normal};
 use super::normal_batch::{ndtr_into, ndtri_into, with_wide_vectors, VectorKernel, LANES};
 use super::sov::{mean_and_relative_error, SovResult, SHIFTS};
 use crate::cancel::Cancel;
@@ -105,17 +105,13 @@ fn order(lower: &[f64], upper: &[f64], cov: &[f64], s: usize) -> Option<Ordered>
 }
 
 /// `(start, width, flipped)`: the interval `[a, b]` of a standard normal as a stretch of
-/// cumulative probability, taken from the upper tail when the interval lies mostly above 0 so
-/// that neither end loses its digits to `1 - tiny`.
+/// cumulative probability, taken from the upper tail when the interval lies mostly above 0
+/// ([`toward_lower_tail`]).
 #[inline]
 fn interval(a: f64, b: f64) -> (f64, f64, bool) {
-    if a + b > 0.0 {
-        let start = ndtr(-b);
-        (start, ndtr(-a) - start, true)
-    } else {
-        let start = ndtr(a);
-        (start, ndtr(b) - start, false)
-    }
+    let (lo, hi, flipped) = toward_lower_tail(a, b);
+    let start = ndtr(lo);
+    (start, ndtr(hi) - start, flipped)
 }
 
 impl Ordered {
@@ -174,11 +170,8 @@ impl Ordered {
                 let (lower, upper, diagonal) = (self.lower[k], self.upper[k], self.chol[k * s + k]);
                 for l in 0..LANES {
                     let (a, b) = ((lower - mean[l]) / diagonal, (upper - mean[l]) / diagonal);
-                    // The interval as a stretch of cumulative probability from the upper tail
-                    // when it lies mostly above 0, so that neither end loses its digits to
-                    // `1 - tiny`.
-                    flipped[l] = a + b > 0.0;
-                    (lo[l], hi[l]) = if flipped[l] { (-b, -a) } else { (a, b) };
+                    // As in `interval`: from the upper tail when mostly above 0.
+                    (lo[l], hi[l], flipped[l]) = toward_lower_tail(a, b);
                 }
                 ndtr_into(&lo, &mut start);
                 ndtr_into(&hi, &mut width);
