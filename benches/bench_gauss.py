@@ -7,9 +7,9 @@ exactem.gauss.polytope_moments by dimension.
 
 Accuracy: both are compared with a reference from scipy at abseps = releps = 1e-10 (exact
 for S = 2 where exactem is exact). The last columns compare at equal accuracy: exactem at the
-loosest rtol whose median error is at most scipy's (default settings) in the same run. Times are medians over the repeats of one batch call
-(exactem) or the loop over the batch (scipy has no batched rectangle call), the two called in
-turn.
+loosest rtol whose median error is at most scipy's (default settings) in the same run. Times
+are medians over the repeats of one batch call (exactem) or the loop over the batch (scipy has
+no batched rectangle call), the two called in turn.
 """
 
 import argparse
