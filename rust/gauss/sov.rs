@@ -33,9 +33,8 @@ use super::normal_batch::{truncated_draws_into, with_wide_vectors, Lanes, Vector
 use super::sobol::{self, ScrambledSobol};
 use crate::error::{Error, Result};
 
-/// Independent randomisations of the point set (scramblings of the Sobol net here, shifts of
-/// the lattice in `rectangle.rs`); their spread estimates the error.
-pub(crate) const SHIFTS: usize = 8;
+/// Independent scramblings of the Sobol net; their spread estimates the error.
+const SHIFTS: usize = 8;
 /// Points per scrambling in the first round; doubled each round (nets want powers of two).
 const FIRST_ROUND: usize = 64;
 const _: () = assert!(FIRST_ROUND.is_multiple_of(LANES), "rounds are whole batches of paths");
@@ -48,14 +47,14 @@ const STARVED_BUDGET: usize = 1 << 14;
 /// The reported error is this many standard errors of the mean over the shifts.
 const ERROR_SCALE: f64 = 3.0;
 
-/// The mean of the randomisations' estimates and its relative error ([`ERROR_SCALE`] standard
-/// errors; infinite unless the mean is positive). The spread is taken relative to the mean:
+/// The mean of `N` randomisations' estimates and its relative error, `error_scale` standard
+/// errors (infinite unless the mean is positive). The spread is taken relative to the mean:
 /// estimates kept relative to a far-off scale can be so small that their squares underflow,
 /// which would report an error of 0.
-pub(crate) fn mean_and_relative_error(means: &[f64; SHIFTS]) -> (f64, f64) {
-    let estimate = means.iter().sum::<f64>() / SHIFTS as f64;
-    let relative_var = means.iter().map(|x| (x / estimate - 1.0).powi(2)).sum::<f64>() / ((SHIFTS - 1) * SHIFTS) as f64;
-    (estimate, if estimate > 0.0 { ERROR_SCALE * relative_var.sqrt() } else { f64::INFINITY })
+pub(crate) fn mean_and_relative_error<const N: usize>(means: &[f64; N], error_scale: f64) -> (f64, f64) {
+    let estimate = means.iter().sum::<f64>() / N as f64;
+    let relative_var = means.iter().map(|x| (x / estimate - 1.0).powi(2)).sum::<f64>() / ((N - 1) * N) as f64;
+    (estimate, if estimate > 0.0 { error_scale * relative_var.sqrt() } else { f64::INFINITY })
 }
 
 
@@ -343,7 +342,7 @@ pub fn integrate(
         }
         cancel.check()?;
         done = target;
-        (estimate, error) = mean_and_relative_error(&std::array::from_fn(|k| sums[k].weight / done as f64));
+        (estimate, error) = mean_and_relative_error::<SHIFTS>(&std::array::from_fn(|k| sums[k].weight / done as f64), ERROR_SCALE);
         // The spread of a handful of non-zero paths says nothing: the estimate is unreliable
         // until every scrambling has a fair number of them.
         let starved = sums.iter().any(|acc| acc.hits < MIN_HITS);
