@@ -249,7 +249,7 @@ pub fn probability(lower: &[f64], upper: &[f64], cov: &[f64], rtol: f64, seed: u
     let mut sums = [0.0; SHIFTS];
     let mut bits = FIRST_BITS;
     let (mut estimate, mut error);
-    let mut previous_error = f64::INFINITY;
+    let mut previous_error = 0.0;
     loop {
         let n = 1u64 << bits;
         let scale = 1.0 / n as f64;
@@ -261,7 +261,7 @@ pub fn probability(lower: &[f64], upper: &[f64], cov: &[f64], rtol: f64, seed: u
         cancel.check()?;
         let spread_error;
         (estimate, spread_error) = mean_and_relative_error(&sums.map(|total| total * scale), ERROR_SCALE);
-        error = if bits == FIRST_BITS { spread_error } else { spread_error.max(previous_error / ASSUMED_DECAY) };
+        error = spread_error.max(previous_error / ASSUMED_DECAY);
         previous_error = spread_error;
         if error <= rtol || bits >= LATTICE_BITS || (2 * n) as usize * SHIFTS > max_points {
             break;
