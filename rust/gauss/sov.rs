@@ -47,14 +47,43 @@ const STARVED_BUDGET: usize = 1 << 14;
 /// The reported error is this many standard errors of the mean over the shifts.
 const ERROR_SCALE: f64 = 3.0;
 
-/// The mean of `N` randomisations' estimates and its relative error, `error_scale` standard
-/// errors (infinite unless the mean is positive). The spread is taken relative to the mean:
-/// estimates kept relative to a far-off scale can be so small that their squares underflow,
-/// which would report an error of 0.
-pub(crate) fn mean_and_relative_error<const N: usize>(means: &[f64; N], error_scale: f64) -> (f64, f64) {
-    let estimate = means.iter().sum::<f64>() / N as f64;
-    let relative_var = means.iter().map(|x| (x / estimate - 1.0).powi(2)).sum::<f64>() / ((N - 1) * N) as f64;
-    (estimate, if estimate > 0.0 { error_scale * relative_var.sqrt() } else { f64::INFINITY })
+/// A round's error is taken as at least the previous round's spread (half the points) over
+/// this, the gain of a doubling at the plain QMC rate `n^-1`: randomisations that happen to
+/// agree closely would otherwise end the integral early. (Smooth integrands gain more, and then
+/// the reported error is conservative.) Measured on the Sobol path, 98 S = 4 polyhedra at rtol
+/// 1e-4: the error covered 91% of the true errors without this, 98% with it, for 5-10% more
+/// time; on the rectangles' lattice, see `rectangle::SHIFTS`.
+const ASSUMED_DECAY: f64 = 2.0;
+
+/// The estimate of a randomised QMC integral and its relative error, round after round of
+/// doubling the points.
+pub(crate) struct RoundErrors {
+    /// Standard errors of the mean reported as the error.
+    scale: f64,
+    previous_spread: f64,
+}
+
+impl RoundErrors {
+    pub(crate) fn new(scale: f64) -> Self {
+        RoundErrors { scale, previous_spread: 0.0 }
+    }
+
+    /// The mean of `N` randomisations' estimates and its relative error: `scale` standard
+    /// errors of their spread, but at least the previous round's over [`ASSUMED_DECAY`];
+    /// infinite unless the mean is positive. The spread is taken relative to the mean:
+    /// estimates kept relative to a far-off scale can be so small that their squares
+    /// underflow, which would report an error of 0.
+    pub(crate) fn update<const N: usize>(&mut self, means: &[f64; N]) -> (f64, f64) {
+        let estimate = means.iter().sum::<f64>() / N as f64;
+        if estimate.is_nan() || estimate <= 0.0 {
+            return (estimate, f64::INFINITY);
+        }
+        let relative_var = means.iter().map(|x| (x / estimate - 1.0).powi(2)).sum::<f64>() / ((N - 1) * N) as f64;
+        let spread = self.scale * relative_var.sqrt();
+        let error = spread.max(self.previous_spread / ASSUMED_DECAY);
+        self.previous_spread = spread;
+        (estimate, error)
+    }
 }
 
 
@@ -316,6 +345,7 @@ pub fn integrate(
     let mut drawn = vec![[0.0; LANES]; s];
     let mut log_weights = [0.0; LANES];
     let (mut estimate, mut error);
+    let mut errors = RoundErrors::new(ERROR_SCALE);
     loop {
         for shift in 0..SHIFTS {
             // Rounds add multiples of LANES points (FIRST_ROUND, then doublings).
@@ -342,7 +372,7 @@ pub fn integrate(
         }
         cancel.check()?;
         done = target;
-        (estimate, error) = mean_and_relative_error::<SHIFTS>(&std::array::from_fn(|k| sums[k].weight / done as f64), ERROR_SCALE);
+        (estimate, error) = errors.update::<SHIFTS>(&std::array::from_fn(|k| sums[k].weight / done as f64));
         // The spread of a handful of non-zero paths says nothing: the estimate is unreliable
         // until every scrambling has a fair number of them.
         let starved = sums.iter().any(|acc| acc.hits < MIN_HITS);
