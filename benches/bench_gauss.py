@@ -7,9 +7,11 @@ exactem.gauss.polytope_moments by dimension.
 
 Accuracy: both are compared with a reference from scipy at abseps = releps = 1e-10 (exact
 for S = 2 where exactem is exact). The last columns compare at equal accuracy: exactem at the
-loosest rtol whose median error is at most scipy's (default settings) in the same run. Times
-are medians over the repeats of one batch call (exactem) or the loop over the batch (scipy has
-no batched rectangle call), the two called in turn.
+loosest rtol whose median error is at most scipy's (default settings). Both medians pool
+several randomisations over the reference rectangles (scipy's unseeded runs, exactem's seeds
+0, 1, 2): one run's median over 40 rectangles moves by up to 5x between seeds, which made the
+matched rtol a draw. Times are medians over the repeats of one batch call (exactem, seed 0) or
+the loop over the batch (scipy has no batched rectangle call), the two called in turn.
 """
 
 import argparse
@@ -23,6 +25,8 @@ from timing import median_time, paired_median_times
 
 # Tried from the loosest for the equal-accuracy column; the tightest is used if none matches.
 MATCHING_RTOLS = [4e-5, 2e-5, 1e-5, 5e-6, 2.5e-6, 1.2e-6, 6e-7, 3e-7]
+# Randomisations pooled for each side's median error in that column.
+POOLED = 3
 
 
 def problem(rng, s, n):
@@ -49,7 +53,7 @@ def main():
     print(f"rectangles, batch of {args.batch}; relative errors are medians (max) against the reference")
     print(f"{'S':>2} {'scipy default':>14} {'err':>16} {'exactem rtol=1e-5':>18} {'err':>16} {'speed-up':>8}"
           f" | {'scipy 1e-7':>10} {'exactem 1e-7':>12} {'speed-up':>8}"
-          f" | {'equal accuracy: exactem rtol, time, err, speed-up over scipy default':>50}")
+          f" | {'equal accuracy: exactem rtol, time, err (max) vs scipy err, speed-up over scipy default':>50}")
     for s in args.dims:
         # Seeded by S, so that a dimension's rectangles do not depend on which others run.
         mean, cov, lower, upper = problem(np.random.default_rng(s), s, args.batch)
@@ -72,14 +76,18 @@ def main():
         t_s, e_s, t_o, e_o = results["tight"]
         row.append(f"| {t_s * 1e3:7.1f} ms {t_o * 1e3:9.1f} ms {t_s / t_o:7.1f}x")
         # At equal accuracy: the loosest of exactem's rtols whose median error over the
-        # reference rectangles is at most scipy's (default settings) in this run.
+        # reference rectangles (pooled over seeds) is at most scipy's (pooled over runs).
         t_s, e_s, _, _ = results["default"]
+        mvn = stats.multivariate_normal(mean, cov)
+        e_s = np.concatenate([e_s] + [np.abs(np.array([mvn.cdf(u, lower_limit=l) for l, u in zip(lower[:n_ref], upper[:n_ref])]) / reference - 1)
+                                      for _ in range(POOLED - 1)])
         for rtol in MATCHING_RTOLS:
             t_m, (p_m, _) = median_time(lambda: gauss.mvn_cdf(lower, upper, mean, cov, rtol=rtol), args.repeats)
-            e_m = np.abs(p_m[:n_ref] / reference - 1)
+            e_m = np.concatenate([np.abs(p_m[:n_ref] / reference - 1)] + [np.abs(gauss.mvn_cdf(lower[:n_ref], upper[:n_ref], mean, cov, rtol=rtol, seed=seed)[0] / reference - 1)
+                                                                            for seed in range(1, POOLED)])
             if np.median(e_m) <= max(np.median(e_s), 1e-14):  # both exact in S = 2, 3
                 break
-        row.append(f"| {rtol:6.1e} {t_m * 1e3:7.1f} ms {np.median(e_m):7.1e} ({e_m.max():6.1e}) {t_s / t_m:7.1f}x")
+        row.append(f"| {rtol:6.1e} {t_m * 1e3:7.1f} ms {np.median(e_m):7.1e} ({e_m.max():6.1e}) vs {np.median(e_s):7.1e} {t_s / t_m:7.1f}x")
         print(" ".join(row), flush=True)
 
     n = args.polytope_batch
