@@ -305,8 +305,8 @@ mod tests {
                 let relative = (got.log_mass.exp() / want - 1.0).abs();
                 // A half-infinite interval before the last variable gives the integrand an
                 // endpoint singularity (y -> -inf as u -> 0) that slows convergence, so the
-                // error may stay above rtol; it must still cover the true error (three
-                // standard errors: nearly always).
+                // error may stay above rtol; it must still cover the true error (nearly
+                // always: at most two misses in 60).
                 assert!(relative < 1e-5 && got.error <= 1e-5, "S={s} rho={rho}: {} vs {want}, error {}", got.log_mass.exp(), got.error);
                 covered += usize::from(relative <= got.error);
                 total += 1;
