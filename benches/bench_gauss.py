@@ -38,6 +38,17 @@ def problem(rng, s, n):
     return mean, cov, lower, upper
 
 
+def scipy_probabilities(mvn, lower, upper):
+    """scipy's probabilities of the rectangles (rows of lower and upper): it has no batched call."""
+    return np.array([mvn.cdf(u, lower_limit=l) for l, u in zip(lower, upper)])
+
+
+def reference_probabilities(mean, cov, lower, upper):
+    """scipy's at abseps = releps = 1e-10: the reference both sides are measured against."""
+    tight = stats.multivariate_normal(mean, cov, abseps=1e-10, releps=1e-10, maxpts=5_000_000 * len(mean))
+    return scipy_probabilities(tight, lower, upper)
+
+
 
 def main():
     parser = argparse.ArgumentParser()
@@ -57,15 +68,14 @@ def main():
     for s in args.dims:
         # Seeded by S, so that a dimension's rectangles do not depend on which others run.
         mean, cov, lower, upper = problem(np.random.default_rng(s), s, args.batch)
-        tight = stats.multivariate_normal(mean, cov, abseps=1e-10, releps=1e-10, maxpts=5_000_000 * s)
         n_ref = min(args.batch, 40)
-        reference = np.array([tight.cdf(u, lower_limit=l) for l, u in zip(lower[:n_ref], upper[:n_ref])])
+        reference = reference_probabilities(mean, cov, lower[:n_ref], upper[:n_ref])
         row = [f"{s:>2}"]
         results = {}
         for label, scipy_kw, rtol in [("default", {}, 1e-5), ("tight", dict(abseps=1e-7, releps=1e-7, maxpts=1_000_000 * s), 1e-7)]:
             mvn = stats.multivariate_normal(mean, cov, **scipy_kw)
             (t_scipy, t_ours), (p_scipy, (p_ours, _)) = paired_median_times(
-                [lambda: np.array([mvn.cdf(u, lower_limit=l) for l, u in zip(lower, upper)]), lambda: gauss.mvn_cdf(lower, upper, mean, cov, rtol=rtol)],
+                [lambda: scipy_probabilities(mvn, lower, upper), lambda: gauss.mvn_cdf(lower, upper, mean, cov, rtol=rtol)],
                 args.repeats)
             err_scipy = np.abs(p_scipy[:n_ref] / reference - 1)
             err_ours = np.abs(p_ours[:n_ref] / reference - 1)
@@ -79,7 +89,7 @@ def main():
         # reference rectangles (pooled over seeds) is at most scipy's (pooled over runs).
         t_s, e_s, _, _ = results["default"]
         mvn = stats.multivariate_normal(mean, cov)
-        e_s = np.concatenate([e_s] + [np.abs(np.array([mvn.cdf(u, lower_limit=l) for l, u in zip(lower[:n_ref], upper[:n_ref])]) / reference - 1)
+        e_s = np.concatenate([e_s] + [np.abs(scipy_probabilities(mvn, lower[:n_ref], upper[:n_ref]) / reference - 1)
                                       for _ in range(POOLED - 1)])
         for rtol in MATCHING_RTOLS:
             t_m, (p_m, _) = median_time(lambda: gauss.mvn_cdf(lower, upper, mean, cov, rtol=rtol), args.repeats)

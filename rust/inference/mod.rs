@@ -490,12 +490,6 @@ pub struct EStep {
     pub m2: Vec<f64>,
 }
 
-impl Default for EStep {
-    fn default() -> Self {
-        EStep { log_likelihood: Vec::new(), indptr: vec![0], region: Vec::new(), m0: Vec::new(), m1: Vec::new(), m2: Vec::new() }
-    }
-}
-
 /// An E-step batch reserves room for this many stored regions per point at most: enough for
 /// the wide posteriors of small decoders, where growing the arrays cost a tenth of the E-step's
 /// time in copies, and a bounded bet where posteriors are narrow.
