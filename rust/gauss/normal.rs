@@ -149,6 +149,21 @@ pub(crate) fn cody_far(y: f64) -> f64 {
     (FRAC_1_SQRT_2PI - z * (num + CODY_P[4]) / (den + CODY_Q[4])) / y
 }
 
+/// [`cody_far`] with one division instead of three, for vector loops: with `w = y^2`, Cody's
+/// `N(1/w) / D(1/w)` is `N'(w) / D'(w)` after multiplying both by `w^5`, so
+/// `r = (w D' / sqrt(2 pi) - N') / (w D' y)`; the difference loses at most `1 / w <= 1/32` of
+/// its leading term. `w` is capped at `1e30` (`y` beyond `1e15`, where `exp(-y^2 / 2) r` is 0
+/// anyway), so that `w^5` stays finite; `r` may underflow to 0 far beyond.
+#[inline(always)]
+pub(crate) fn cody_far_one_division(y: f64) -> f64 {
+    const NUMERATOR: [f64; 6] = [CODY_P[5], CODY_P[0], CODY_P[1], CODY_P[2], CODY_P[3], CODY_P[4]];
+    const DENOMINATOR: [f64; 6] = [1.0, CODY_Q[0], CODY_Q[1], CODY_Q[2], CODY_Q[3], CODY_Q[4]];
+    let square = y * y;
+    let w = if square < 1e30 { square } else { 1e30 };
+    let wd = w * polynomial(&DENOMINATOR, w);
+    (wd * FRAC_1_SQRT_2PI - polynomial(&NUMERATOR, w)) / (wd * y)
+}
+
 /// `(hi, lo)` with `hi = fl(y^2)` and `hi + lo = y^2` exactly (Dekker's product; `lo = 0` where
 /// `y^2` overflows).
 /// A select rather than a branch, so that batch loops over it vectorise.
@@ -675,6 +690,26 @@ mod tests {
             acc += w * (log_pdf(t) - log_pdf(x)).exp();
         }
         (acc * h / 3.0).ln() + log_pdf(x)
+    }
+
+    /// Beyond `sqrt(32)`, against the Mills ratio's continued fraction
+    /// `R(y) = 1 / (y + 1 / (y + 2 / (y + 3 / ...)))` (`r = R / sqrt(2 pi)`), which 200 levels
+    /// take to rounding there.
+    #[test]
+    fn far_tail_factor_with_one_division_matches_the_continued_fraction() {
+        let mills = |y: f64| 1.0 / (1..200).rev().fold(y, |acc, k| y + k as f64 / acc);
+        let mut worst: f64 = 0.0;
+        for i in 0..=4000 {
+            let y = SQRT_32 * (1.0 + 1e-12) * (1e6f64 / SQRT_32).powf(i as f64 / 4000.0);
+            let want = mills(y) * FRAC_1_SQRT_2PI;
+            for got in [cody_far(y), cody_far_one_division(y)] {
+                worst = worst.max((got / want - 1.0).abs());
+            }
+        }
+        assert!(worst < 1e-15, "{worst}");
+        for y in [1e20, 1e300, f64::INFINITY] {
+            assert!((0.0..1e-20).contains(&cody_far_one_division(y)), "{y}");
+        }
     }
 
     #[test]

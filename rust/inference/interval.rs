@@ -1,41 +1,49 @@
-//! S = 1 in linear space. The regions are intervals, and two neighbours share their common end
-//! exactly (the partition cuts both at one breakpoint value). In region q the joint density is
-//! `f(z) = p(x | z) p(z) = kappa_q N(z; mu_q, sd_q^2)`, and `f` is continuous across the ends.
-//! So a region's term `kappa_q (Phi(b) - Phi(a))` (standardised ends `a`, `b`) is a combination
-//! of `f` at its ends times Cody's rational tail factors, and its moments `E[z 1_q]`,
-//! `E[z^2 1_q]` follow by parts from the same values. One exponential per end, shared by the
-//! two regions that meet there, replaces two per region for the CDF, a logarithm for the term
-//! and an exponential to add it up (and two more for the moments).
+//! S = 1 in linear space, eight points at a time. The regions are intervals, and two neighbours
+//! share their common end exactly (the partition cuts both at one breakpoint value). In region q
+//! the joint density is `f(z) = p(x | z) p(z) = kappa_q N(z; mu_q, sd_q^2)`, and `f` is continuous
+//! across the ends. So a region's term `kappa_q (Phi(b) - Phi(a))` (standardised ends `a`, `b`)
+//! is a combination of `f` at its ends times Cody's rational tail factors, and its moments
+//! `E[z 1_q]`, `E[z^2 1_q]` follow by parts from the same values. One exponential per end,
+//! shared by the two regions that meet there, replaces two per region for the CDF, a logarithm
+//! for the term and an exponential to add it up (and two more for the moments).
 //!
-//! Everything is scaled by `e^{-M}`, `M` the largest bound `log kappa_q + log_mass_bound_q` of
-//! the point, which no term exceeds; a point whose terms all lie far below it falls back to
-//! the log-space path.
+//! The points of a block take one vector lane each, and every formula is written without
+//! branches per lane (both forms and a select where a lane may need either), so that a region's
+//! terms for eight points cost about what one point's would. Everything is scaled by `e^{-M}`,
+//! `M` the point's largest bound `log kappa_q + log_mass_bound_q`, which no term exceeds. A lane
+//! counts a region where its bound is within [`PRUNE_GAP`] of `M` or of the sum of those terms;
+//! a region is computed where any lane counts it, and a lane's result depends only on its own
+//! point (not on the block's other points, nor on the vector width). A point whose terms all lie
+//! far below `M` is declined, for the log-space path.
 
 use super::PRUNE_GAP;
-use crate::gauss::normal::{cody, log_diff_ndtr, truncated_normal, CentredSeries, CodyForm, FRAC_1_SQRT_2PI};
+use crate::gauss::normal::{cody_central, cody_far_one_division, cody_middle, log_diff_ndtr, truncated_normal, CentredSeries, CODY_CENTRAL_END, FRAC_1_SQRT_2PI, SQRT_32};
+use crate::gauss::normal_batch::{exp, ln, with_wide_vectors, VectorKernel};
 
 /// An infinite end.
 const NO_END: usize = usize::MAX;
+
+/// Points evaluated together: one AVX-512 vector of doubles.
+pub(crate) const LANES: usize = 8;
+type Lanes = [f64; LANES];
 
 /// Below this the scaled sum of a point's terms keeps too few digits (or underflows): the
 /// caller uses the log-space path instead.
 const MIN_SCALED_TOTAL: f64 = 1e-250;
 
-/// `b^2 - a^2` beyond which the far end `b` of an interval on one side of the mean counts
-/// nothing: its tail and density are below `2 e^{-50}` (2e-22) of the near end's.
-const NEGLIGIBLE_SPREAD: f64 = 100.0;
+/// Arguments of `exp` below this give 0: the vector `exp` clamps at -700, and a term this far
+/// below the scale is below `1e-54` of any total the path accepts.
+const EXP_FLOOR: f64 = -700.0;
 
-/// A standardised end beyond this, with the mean inside the interval, counts nothing: the
-/// mass is at least `kappa / 2` there, against `kappa Phi(-9) = 1.1e-19 kappa` for the tail
-/// and `y phi(y) <= 1e-17` (relative to the scale of `z^2`) for the moments' end terms.
-const NEGLIGIBLE_END: f64 = 9.0;
-
-/// `log2(x)` rounded down, times `ln 2`: within `ln 2` below `ln x` for a positive normal
-/// double, and the pruning only needs a lower bound (a region visited in excess costs time,
-/// not accuracy), without a logarithm per new best term.
-#[inline]
-fn log_lower_bound(x: f64) -> f64 {
-    ((x.to_bits() >> 52) as f64 - 1023.0) * std::f64::consts::LN_2
+/// `exp(x)`, zero below [`EXP_FLOOR`].
+#[inline(always)]
+fn exp_or_zero(x: f64) -> f64 {
+    let e = exp(x);
+    if x < EXP_FLOOR {
+        0.0
+    } else {
+        e
+    }
 }
 
 /// `log` of the Gaussian tail bound `Phi(-t) <= exp(-t^2 / 2) / 2`, `t` the distance in standard
@@ -72,9 +80,13 @@ pub struct Intervals {
     /// Indices of each region's ends among the distinct finite ends (`NO_END` if infinite).
     lo_end: Vec<usize>,
     hi_end: Vec<usize>,
-    n_ends: usize,
+    /// The distinct finite ends, and for each the region whose values give the joint density
+    /// there (the one on its left where there is one): a fixed choice, so that a lane's density
+    /// does not depend on which of the two regions the block computes first.
+    ends: Vec<f64>,
+    density_region: Vec<usize>,
     /// Midpoint and half-width, standardised by `sd`, of each region; the centred series of
-    /// each region short enough to take it (NaN coefficients otherwise: never read, since
+    /// each region short enough to take it (NaN coefficients otherwise: never selected, since
     /// `half` is beyond the series' reach).
     mid: Vec<f64>,
     half: Vec<f64>,
@@ -85,50 +97,38 @@ pub struct Intervals {
     log_sd: Vec<f64>,
 }
 
-/// One point's visited regions and their scaled terms `[kappa_q Phi_q, E[z 1_q], E[z^2 1_q]]`
-/// (the moments under the joint density, zero unless asked for), in the order visited: the
-/// region with the best bound first, then the others by index. The buffers are reused from
-/// point to point.
-#[derive(Default)]
-pub(crate) struct IntervalTerms {
-    pub region: Vec<usize>,
-    pub term: Vec<[f64; 3]>,
-    /// `M`: every term above is `e^{-M}` times its true value.
-    pub scale: f64,
-    /// The sum of the scaled masses.
-    pub total: f64,
-    bounds: Vec<f64>,
-    /// `f(t) sqrt(2 pi) e^{-M}` at each finite end `t`, NaN until computed for this point.
-    density: Vec<f64>,
-}
-
-impl IntervalTerms {
-    /// `log p(x)` of the point.
-    pub(crate) fn log_likelihood(&self) -> f64 {
-        self.scale + self.total.ln()
-    }
-}
-
 impl Intervals {
-    pub(crate) fn new(ends: &[(f64, f64)], sd: Vec<f64>) -> Self {
-        let mut finite: Vec<f64> = ends.iter().flat_map(|&(lo, hi)| [lo, hi]).filter(|t| t.is_finite()).collect();
-        finite.sort_by(f64::total_cmp);
-        finite.dedup();
-        let half: Vec<f64> = ends.iter().zip(&sd).map(|(e, sd)| 0.5 * (e.1 - e.0) / sd).collect();
-        let index = |t: f64| if t.is_finite() { finite.binary_search_by(|v| v.total_cmp(&t)).unwrap_or(NO_END) } else { NO_END };
+    pub(crate) fn new(intervals: &[(f64, f64)], sd: Vec<f64>) -> Self {
+        let mut ends: Vec<f64> = intervals.iter().flat_map(|&(lo, hi)| [lo, hi]).filter(|t| t.is_finite()).collect();
+        ends.sort_by(f64::total_cmp);
+        ends.dedup();
+        let half: Vec<f64> = intervals.iter().zip(&sd).map(|(e, sd)| 0.5 * (e.1 - e.0) / sd).collect();
+        let index = |t: f64| if t.is_finite() { ends.binary_search_by(|v| v.total_cmp(&t)).unwrap_or(NO_END) } else { NO_END };
+        let (lo_end, hi_end): (Vec<usize>, Vec<usize>) = intervals.iter().map(|e| (index(e.0), index(e.1))).unzip();
+        let mut density_region = vec![NO_END; ends.len()];
+        for (q, &end) in hi_end.iter().enumerate().chain(lo_end.iter().enumerate()) {
+            if end != NO_END && density_region[end] == NO_END {
+                density_region[end] = q;
+            }
+        }
         Intervals {
-            lo: ends.iter().map(|e| e.0).collect(),
-            hi: ends.iter().map(|e| e.1).collect(),
-            lo_end: ends.iter().map(|e| index(e.0)).collect(),
-            hi_end: ends.iter().map(|e| index(e.1)).collect(),
-            n_ends: finite.len(),
+            lo: intervals.iter().map(|e| e.0).collect(),
+            hi: intervals.iter().map(|e| e.1).collect(),
+            lo_end,
+            hi_end,
+            ends,
+            density_region,
             log_sd: sd.iter().map(|v| v.ln()).collect(),
             inv_sd: sd.iter().map(|v| 1.0 / v).collect(),
-            mid: ends.iter().map(|e| 0.5 * (e.0 + e.1)).collect(),
+            mid: intervals.iter().map(|e| 0.5 * (e.0 + e.1)).collect(),
             series: half.iter().map(|&h| CentredSeries::new(h)).collect(),
             half,
             sd,
         }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lo.len()
     }
 
     /// Region q's `(lo, hi, sd)`.
@@ -143,98 +143,47 @@ impl Intervals {
         tail_bound(self.lo[q], self.hi[q], self.inv_sd[q], mu)
     }
 
-    /// `log kappa_q + log_mass_bound(q, mu_q)` for every region, into `bounds`: one pass over
-    /// flat arrays without branches, which the compiler vectorises (this runs for every region
-    /// at every point, visited or not).
-    fn bounds_into(&self, log_kappa: &[f64], mu: &[f64], bounds: &mut Vec<f64>) {
-        let r = log_kappa.len();
-        bounds.resize(r, 0.0);
-        let (bounds, mu, lo, hi, inv_sd) = (&mut bounds[..r], &mu[..r], &self.lo[..r], &self.hi[..r], &self.inv_sd[..r]);
-        for q in 0..r {
-            bounds[q] = log_kappa[q] + tail_bound(lo[q], hi[q], inv_sd[q], mu[q]);
+    /// The points of a batch (`log kappa_q`, `mu_q` given point by point: `[p * R + q]`) ordered
+    /// by the region of their largest bound `log kappa_q + log_mass_bound_q`, and by index
+    /// within one: a counting sort.
+    pub(crate) fn order_by_best_region(&self, log_kappa: &[f64], mu: &[f64]) -> Vec<usize> {
+        let r = self.len();
+        let n = if r == 0 { 0 } else { log_kappa.len() / r };
+        let mut bounds = vec![0.0; r];
+        let mut best = Vec::with_capacity(n);
+        for (lk, m) in log_kappa.chunks_exact(r).zip(mu.chunks_exact(r)) {
+            let constants = self.lo.iter().zip(&self.hi).zip(&self.inv_sd);
+            for ((bound, (lk, m)), ((lo, hi), inv_sd)) in bounds.iter_mut().zip(lk.iter().zip(m)).zip(constants) {
+                *bound = lk + tail_bound(*lo, *hi, *inv_sd, *m);
+            }
+            let top = largest(&bounds);
+            best.push(bounds.iter().position(|&b| b == top).unwrap_or(0));
         }
+        if std::env::var_os("NOSORT").is_some() { return (0..n).collect(); }
+        let mut start = vec![0; r + 1];
+        for &q in &best {
+            start[q + 1] += 1;
+        }
+        for q in 0..r {
+            start[q + 1] += start[q];
+        }
+        let mut order = vec![0; n];
+        for (p, &q) in best.iter().enumerate() {
+            order[start[q]] = p;
+            start[q] += 1;
+        }
+        order
     }
 
-    /// Fills `out` for one point (`log_kappa`, `mu`: one entry per region). Visits the regions
-    /// as [`super::visit_regions`] does: the best bound first, then every region whose bound is
-    /// within [`PRUNE_GAP`] of the best term so far. Returns false (and `out` is not to be
-    /// used) where the scaled terms would keep too few digits.
-    pub(crate) fn point<const MOMENTS: bool>(&self, log_kappa: &[f64], mu: &[f64], out: &mut IntervalTerms) -> bool {
-        let r = log_kappa.len();
-        out.region.clear();
-        out.term.clear();
-        self.bounds_into(log_kappa, mu, &mut out.bounds);
-        out.density.clear();
-        out.density.resize(self.n_ends, f64::NAN);
-        if r == 0 {
-            out.scale = f64::NEG_INFINITY;
-            out.total = 0.0;
-            return true;
-        }
-        // The first of the largest bounds (no NaN: the inputs were checked).
-        let scale = largest(&out.bounds);
-        if !scale.is_finite() {
-            return false;
-        }
-        let first = out.bounds.iter().position(|&bound| bound == scale).unwrap_or(0);
-        out.scale = scale;
-        let (mut total, mut best, mut log_best) = (0.0, 0.0, f64::NEG_INFINITY);
-        let mut visit = |q: usize, out: &mut IntervalTerms, log_best: &mut f64| {
-            let term = self.term::<MOMENTS>(q, log_kappa[q] - scale, mu[q], &mut out.density);
-            total += term[0];
-            if term[0] > best {
-                best = term[0];
-                *log_best = log_lower_bound(best);
-            }
-            out.region.push(q);
-            out.term.push(term);
-        };
-        visit(first, out, &mut log_best);
-        for q in 0..r {
-            if q != first && out.bounds[q] - scale >= log_best - PRUNE_GAP {
-                visit(q, out, &mut log_best);
-            }
-        }
-        out.total = total;
-        total > MIN_SCALED_TOTAL && total.is_finite()
+    /// Region q's constants, for a loop over lanes.
+    #[inline(always)]
+    fn region(&self, q: usize) -> Region {
+        Region { lo: self.lo[q], hi: self.hi[q], sd: self.sd[q], inv_sd: self.inv_sd[q], mid: self.mid[q], half: self.half[q], series: self.series[q] }
     }
 
-    /// Region q's scaled `[kappa Phi, E[z 1_q], E[z^2 1_q]]`, given `log kappa_q - M`.
-    #[inline]
-    fn term<const MOMENTS: bool>(&self, q: usize, log_kappa: f64, mu: f64, density: &mut [f64]) -> [f64; 3] {
+    /// Region q's scaled terms in log space, for a lane whose difference of tails cancels.
+    fn log_space_terms<const MOMENTS: bool>(&self, q: usize, log_kappa: f64, mu: f64) -> [f64; 3] {
         let (lo, hi, sd) = self.interval(q);
-        let centre = (self.mid[q] - mu) * self.inv_sd[q];
-        if CentredSeries::reaches(self.half[q], centre) {
-            // Short against the density's scale: around the centre c, phi(c + s) / phi(c) is a
-            // fast power series in s. Any difference of CDFs or of end densities would cancel.
-            let density_c = (log_kappa - 0.5 * centre * centre).exp() * FRAC_1_SQRT_2PI;
-            let [s0, s1, s2] = self.series[q].at::<MOMENTS>(centre);
-            let mass = density_c * s0;
-            if !MOMENTS {
-                return [mass, 0.0, 0.0];
-            }
-            let z = self.mid[q];
-            let (first, second) = (density_c * s1, density_c * s2);
-            return [mass, z * mass + sd * first, z * z * mass + sd * (2.0 * z * first + sd * second)];
-        }
-        let (a, b) = ((lo - mu) / sd, (hi - mu) / sd);
-        let (lo_end, hi_end) = self.ends_that_count(q, a, b);
-        if let Some(mass) = self.linear_mass(q, (lo_end, hi_end), a, b, log_kappa, density) {
-            if !MOMENTS {
-                return [mass, 0.0, 0.0];
-            }
-            // kappa phi(a) e^-M at each end (zero at an infinite one); by parts,
-            // int z phi = mu Z + sd (phi(a) - phi(b)), and
-            // int z^2 phi = (mu^2 + sd^2) Z + sd ((mu + lo) phi(a) - (mu + hi) phi(b)).
-            let density_a = self.end_gaussian(q, lo_end, a, log_kappa, density) * FRAC_1_SQRT_2PI;
-            let density_b = self.end_gaussian(q, hi_end, b, log_kappa, density) * FRAC_1_SQRT_2PI;
-            let moment_a = if density_a > 0.0 { (mu + lo) * density_a } else { 0.0 };
-            let moment_b = if density_b > 0.0 { (mu + hi) * density_b } else { 0.0 };
-            let first = mu * mass + sd * (density_a - density_b);
-            let second = (mu * mu + sd * sd) * mass + sd * (moment_a - moment_b);
-            return [mass, first, second];
-        }
-        // Short intervals and cancelling or underflowing differences: in log space.
         if MOMENTS {
             let (log_mass, mean, second) = truncated_normal(mu, sd, lo, hi);
             let mass = (log_kappa + log_mass).exp();
@@ -243,85 +192,329 @@ impl Intervals {
             }
             [mass, mass * mean, mass * second]
         } else {
-            [(log_kappa + log_diff_ndtr(a, b)).exp(), 0.0, 0.0]
+            [(log_kappa + log_diff_ndtr((lo - mu) / sd, (hi - mu) / sd)).exp(), 0.0, 0.0]
         }
     }
+}
 
-    /// Region q's ends as indices into the cached densities, with an end whose tail and
-    /// density are below the rounding of the other end's taken as infinite (`NO_END`): at a
-    /// far end `b` of an interval beyond the mean (`0 <= a < b`), `Phi(-b) / Phi(-a)` and
-    /// `phi(b) / phi(a)` are below `2 e^{-(b^2 - a^2) / 2}`; with the mean inside, a
-    /// standardised end beyond [`NEGLIGIBLE_END`] leaves `Phi(b) - 1/2` and the moments' end
-    /// terms unchanged to rounding. Narrow posteriors meet such ends at most regions they
-    /// visit, and skip an exponential and a tail factor for each.
-    #[inline(always)]
-    fn ends_that_count(&self, q: usize, a: f64, b: f64) -> (usize, usize) {
-        let (mut lo_end, mut hi_end) = (self.lo_end[q], self.hi_end[q]);
-        if a >= 0.0 {
-            if (b - a) * (b + a) > NEGLIGIBLE_SPREAD {
-                hi_end = NO_END;
-            }
-        } else if b <= 0.0 {
-            if (b - a) * -(b + a) > NEGLIGIBLE_SPREAD {
-                lo_end = NO_END;
-            }
-        } else {
-            if b > NEGLIGIBLE_END {
-                hi_end = NO_END;
-            }
-            if -a > NEGLIGIBLE_END {
-                lo_end = NO_END;
+/// One region's constants (see [`Intervals`]).
+#[derive(Clone, Copy)]
+struct Region {
+    lo: f64,
+    hi: f64,
+    sd: f64,
+    inv_sd: f64,
+    mid: f64,
+    half: f64,
+    series: CentredSeries,
+}
+
+/// `(kappa Phi(-y), kappa (Phi(y) - 1/2))` scaled by `e^{-M}` for each lane, `y >= 0`
+/// (infinite at an infinite end), from `end = exp(log kappa - M - y^2 / 2)` and
+/// `kappa = kappa e^{-M}`: Cody's tail form `end r(y)` beyond his central range,
+/// `kappa (1/2 - t(y))` within it. A block whose arguments all take one of the three forms
+/// evaluates that one alone, a mixed block all three (the same bits either way).
+#[inline(always)]
+fn end_tails(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes) {
+    let central = y.iter().fold(0, |n, &y| n + (y <= CODY_CENTRAL_END) as usize);
+    let near = y.iter().fold(0, |n, &y| n + (y <= SQRT_32) as usize);
+    let (mut tail, mut upper) = (ZERO_LANES, ZERO_LANES);
+    if central == LANES {
+        for l in 0..LANES {
+            let (num, den) = cody_central(y[l]);
+            let t = num / den;
+            (tail[l], upper[l]) = (kappa[l] * (0.5 - t), kappa[l] * t);
+        }
+    } else if central == 0 && near == LANES {
+        for l in 0..LANES {
+            let (num, den) = cody_middle(y[l]);
+            tail[l] = end[l] * (num / den);
+            upper[l] = 0.5 * kappa[l] - tail[l];
+        }
+    } else if near == 0 {
+        for l in 0..LANES {
+            tail[l] = end[l] * cody_far_one_division(y[l]);
+            upper[l] = 0.5 * kappa[l] - tail[l];
+        }
+    } else {
+        for l in 0..LANES {
+            let (central_num, central_den) = cody_central(y[l]);
+            let (middle_num, middle_den) = cody_middle(y[l]);
+            let is_central = y[l] <= CODY_CENTRAL_END;
+            let ratio = if is_central { central_num } else { middle_num } / if is_central { central_den } else { middle_den };
+            let far = cody_far_one_division(y[l]);
+            let tail_form = end[l] * if y[l] <= SQRT_32 { ratio } else { far };
+            (tail[l], upper[l]) = if is_central { (kappa[l] * (0.5 - ratio), kappa[l] * ratio) } else { (tail_form, 0.5 * kappa[l] - tail_form) };
+        }
+    }
+    (tail, upper)
+}
+
+/// A block of up to [`LANES`] points in one batch: their per-region values, one lane each,
+/// and the scratch of their evaluation, reused from block to block.
+#[derive(Default)]
+pub(crate) struct Block {
+    /// `log kappa_q - M` and `mu_q` per region.
+    log_kappa: Vec<Lanes>,
+    mu: Vec<Lanes>,
+    /// `log kappa_q + log_mass_bound_q - M` per region.
+    bound: Vec<Lanes>,
+    /// `M`.
+    scale: Lanes,
+    /// A lane counts region q where `bound >= threshold`.
+    threshold: Lanes,
+    /// The sum of a lane's counted masses.
+    total: Lanes,
+    declined: [bool; LANES],
+    /// The scaled joint density at each finite end, `f(t) sqrt(2 pi) e^{-M}`, once computed.
+    density: Vec<Lanes>,
+    density_ready: Vec<bool>,
+    computed: Vec<bool>,
+    /// Scaled `[kappa Phi, E[z 1_q], E[z^2 1_q]]` per region (valid where computed).
+    terms: Vec<[Lanes; 3]>,
+}
+
+/// The lanes' values at no finite end.
+const ZERO_LANES: Lanes = [0.0; LANES];
+
+impl Block {
+    /// Evaluates the block of `points` (at most [`LANES`], indices into the batch whose
+    /// `log kappa_q` and `mu_q` are given point by point: `[p * R + q]`), one lane each; the
+    /// lanes beyond them repeat the last point.
+    pub(crate) fn evaluate<const MOMENTS: bool>(&mut self, intervals: &Intervals, log_kappa: &[f64], mu: &[f64], points: &[usize]) {
+        let r = intervals.len();
+        self.log_kappa.resize(r, ZERO_LANES);
+        self.mu.resize(r, ZERO_LANES);
+        for l in 0..LANES {
+            let p = points[l.min(points.len() - 1)];
+            for (q, (&lk, &m)) in log_kappa[p * r..(p + 1) * r].iter().zip(&mu[p * r..(p + 1) * r]).enumerate() {
+                self.log_kappa[q][l] = lk;
+                self.mu[q][l] = m;
             }
         }
-        (lo_end, hi_end)
+        with_wide_vectors(Evaluation::<MOMENTS> { block: self, intervals });
     }
 
-    /// `E = exp(log kappa - M - y^2 / 2) = sd_q f(t) sqrt(2 pi) e^-M` at region q's end `t`
-    /// (standardised `y`), zero at an infinite end. `f(t) sqrt(2 pi) e^-M` is cached per end:
-    /// the neighbour that shares the end reuses it.
-    #[inline(always)]
-    fn end_gaussian(&self, q: usize, end: usize, y: f64, log_kappa: f64, density: &mut [f64]) -> f64 {
-        if end == NO_END {
-            return 0.0;
-        }
-        if density[end].is_nan() {
-            density[end] = (log_kappa - 0.5 * y * y - self.log_sd[q]).exp();
-        }
-        self.sd[q] * density[end]
+    /// `log p(x)` of the block's point `l`, or `None` where it was declined (its terms keep too
+    /// few digits in linear space).
+    pub(crate) fn log_likelihood(&self, l: usize) -> Option<f64> {
+        (!self.declined[l]).then(|| self.scale[l] + self.total[l].ln())
     }
 
-    /// `kappa (Phi(b) - Phi(a)) e^-M` where the difference keeps all but a bit, else `None`.
-    /// (Short intervals took the series before.)
-    /// Each tail `kappa Phi(-y) e^-M` (`y >= 0`) is `E(y) r(y)` in Cody's tail form
-    /// ([`Self::end_gaussian`]), or `K (1/2 - t(y))` near zero, `K = kappa e^-M`.
+    /// The sum of lane l's scaled masses (`e^{-M} p(x)`).
+    pub(crate) fn total(&self, l: usize) -> f64 {
+        self.total[l]
+    }
+
+    /// Lane l's counted regions in increasing order with their scaled
+    /// `[kappa Phi, E[z 1_q], E[z^2 1_q]]` (`e^{-M}` times the true values).
+    pub(crate) fn terms(&self, l: usize) -> impl Iterator<Item = (usize, [f64; 3])> + '_ {
+        let threshold = self.threshold[l];
+        (0..self.bound.len()).filter(move |&q| self.bound[q][l] >= threshold).map(move |q| {
+            let [mass, first, second] = &self.terms[q];
+            (q, [mass[l], first[l], second[l]])
+        })
+    }
+
+    /// Makes sure the joint density at finite end `e` is computed, from its fixed region.
     #[inline(always)]
-    fn linear_mass(&self, q: usize, (lo_end, hi_end): (usize, usize), a: f64, b: f64, log_kappa: f64, density: &mut [f64]) -> Option<f64> {
-        // kappa Phi(-y) e^-M for y >= 0 (none beyond an infinite end).
-        let mut tail = |end: usize, y: f64| {
-            if end == NO_END {
-                return 0.0;
-            }
-            match cody(y) {
-                CodyForm::Tail(r) => self.end_gaussian(q, end, y, log_kappa, density) * r,
-                CodyForm::Central(t) => log_kappa.exp() * (0.5 - t),
-            }
-        };
-        if a >= 0.0 || b <= 0.0 {
-            // Both ends on one side of the mean: a difference of two tails, the nearer first.
-            let (near, far) = if a >= 0.0 { (tail(lo_end, a), tail(hi_end, b)) } else { (tail(hi_end, -b), tail(lo_end, -a)) };
-            return (far <= 0.5 * near).then_some(near - far);
+    fn ensure_density(&mut self, intervals: &Intervals, e: usize) {
+        if e == NO_END || self.density_ready[e] {
+            return;
         }
-        // a < 0 < b: kappa (Phi(b) - 1/2) + kappa (1/2 - Phi(a)), both non-negative.
-        let kappa = log_kappa.exp();
-        let mut half = |end: usize, y: f64| {
-            if end == NO_END {
-                return 0.5 * kappa;
+        let q = intervals.density_region[e];
+        let (t, inv_sd, log_sd) = (intervals.ends[e], intervals.inv_sd[q], intervals.log_sd[q]);
+        let (lk, mu) = (self.log_kappa[q], self.mu[q]);
+        let mut density = ZERO_LANES;
+        for l in 0..LANES {
+            let y = (t - mu[l]) * inv_sd;
+            density[l] = exp_or_zero(lk[l] - 0.5 * y * y - log_sd);
+        }
+        self.density[e] = density;
+        self.density_ready[e] = true;
+    }
+
+    /// Region q's scaled `[kappa Phi, E[z 1_q], E[z^2 1_q]]` for every lane.
+    #[inline(always)]
+    fn compute<const MOMENTS: bool>(&mut self, intervals: &Intervals, q: usize) {
+        let (lo_end, hi_end) = (intervals.lo_end[q], intervals.hi_end[q]);
+        let Region { lo, hi, sd, inv_sd, mid, half, series: centred } = intervals.region(q);
+        let (lk, mu) = (self.log_kappa[q], self.mu[q]);
+        // Plain loops over lanes, no closures: a closure is compiled on its own, for the
+        // baseline processor, where it is not inlined.
+        let (mut a, mut b, mut c, mut e) = (ZERO_LANES, ZERO_LANES, ZERO_LANES, ZERO_LANES);
+        let mut series = [false; LANES];
+        for l in 0..LANES {
+            (a[l], b[l], c[l]) = ((lo - mu[l]) * inv_sd, (hi - mu[l]) * inv_sd, (mid - mu[l]) * inv_sd);
+            // Short against the density's scale: around the centre c, phi(c + s) / phi(c) is a
+            // fast power series in s, where any difference of CDFs or of end densities would
+            // cancel.
+            series[l] = CentredSeries::reaches(half, c[l]);
+            // kappa e^-M, or (with the series) sqrt(2 pi) times the scaled density at the
+            // centre: one exponential for either.
+            e[l] = exp_or_zero(lk[l] - if series[l] { 0.5 * c[l] * c[l] } else { 0.0 });
+        }
+        let in_series = series.iter().fold(0, |n, &s| n + s as usize);
+        // At each end, `sd D = exp(log kappa - M - y^2 / 2)` (zero at an infinite one), which
+        // only lanes outside the series use.
+        let (mut end_lo, mut end_hi) = (ZERO_LANES, ZERO_LANES);
+        for (end, value) in [(lo_end, &mut end_lo), (hi_end, &mut end_hi)] {
+            if end != NO_END && in_series < LANES {
+                self.ensure_density(intervals, end);
+                for l in 0..LANES {
+                    value[l] = sd * self.density[end][l];
+                }
             }
-            match cody(y) {
-                CodyForm::Tail(r) => 0.5 * kappa - self.end_gaussian(q, end, y, log_kappa, density) * r,
-                CodyForm::Central(t) => kappa * t,
+        }
+        let (mut tail_a, mut upper_a, mut tail_b, mut upper_b) = (ZERO_LANES, ZERO_LANES, ZERO_LANES, ZERO_LANES);
+        if in_series < LANES {
+            for (end, y, end_value, tail, upper) in [(lo_end, &a, &end_lo, &mut tail_a, &mut upper_a), (hi_end, &b, &end_hi, &mut tail_b, &mut upper_b)] {
+                if end == NO_END {
+                    for l in 0..LANES {
+                        upper[l] = 0.5 * e[l];
+                    }
+                } else {
+                    let mut distance = ZERO_LANES;
+                    for l in 0..LANES {
+                        distance[l] = y[l].abs();
+                    }
+                    (*tail, *upper) = end_tails(&distance, end_value, &e);
+                }
             }
-        };
-        Some(half(hi_end, b) + half(lo_end, -a))
+        }
+        let (mut series_0, mut series_1, mut series_2) = (ZERO_LANES, ZERO_LANES, ZERO_LANES);
+        if in_series > 0 {
+            for l in 0..LANES {
+                [series_0[l], series_1[l], series_2[l]] = centred.at::<MOMENTS>(if series[l] { c[l] } else { 0.0 });
+            }
+        }
+        let mut cancels = [false; LANES];
+        let mut terms = [ZERO_LANES; 3];
+        for l in 0..LANES {
+            // Both ends on one side of the mean: a difference of two tails, the nearer first;
+            // with the mean inside, kappa (Phi(b) - 1/2) + kappa (1/2 - Phi(a)), both
+            // non-negative.
+            let (right, left) = (a[l] >= 0.0, b[l] <= 0.0);
+            let (near, far) = if right { (tail_a[l], tail_b[l]) } else { (tail_b[l], tail_a[l]) };
+            let one_sided = right | left;
+            let by_tails = if one_sided { near - far } else { upper_a[l] + upper_b[l] };
+            cancels[l] = one_sided & (far > 0.5 * near) & !series[l];
+            let (s0, s1, s2) = (series_0[l], series_1[l], series_2[l]);
+            let density_c = e[l] * FRAC_1_SQRT_2PI;
+            let by_series = density_c * s0;
+            terms[0][l] = if series[l] { by_series } else { by_tails };
+            if MOMENTS {
+                // By parts, int z phi = mu Z + sd (phi(a) - phi(b)), and
+                // int z^2 phi = (mu^2 + sd^2) Z + sd ((mu + lo) phi(a) - (mu + hi) phi(b)),
+                // with kappa phi e^-M at each end (zero at an infinite one).
+                let m = mu[l];
+                let (density_a, density_b) = (end_lo[l] * FRAC_1_SQRT_2PI, end_hi[l] * FRAC_1_SQRT_2PI);
+                let moment_a = if density_a > 0.0 { (m + lo) * density_a } else { 0.0 };
+                let moment_b = if density_b > 0.0 { (m + hi) * density_b } else { 0.0 };
+                let first_tails = m * by_tails + sd * (density_a - density_b);
+                let second_tails = (m * m + sd * sd) * by_tails + sd * (moment_a - moment_b);
+                // The series' integrals are about the centre.
+                let (first_c, second_c) = (density_c * s1, density_c * s2);
+                let first_series = mid * by_series + sd * first_c;
+                let second_series = mid * mid * by_series + sd * (2.0 * mid * first_c + sd * second_c);
+                terms[1][l] = if series[l] { first_series } else { first_tails };
+                terms[2][l] = if series[l] { second_series } else { second_tails };
+            }
+        }
+        if cancels.iter().fold(false, |any, &c| any | c) {
+            for l in (0..LANES).filter(|&l| cancels[l]) {
+                let t = intervals.log_space_terms::<MOMENTS>(q, lk[l], mu[l]);
+                for (column, value) in terms.iter_mut().zip(t) {
+                    column[l] = value;
+                }
+            }
+        }
+        self.terms[q] = terms;
+        self.computed[q] = true;
+    }
+}
+
+struct Evaluation<'a, const MOMENTS: bool> {
+    block: &'a mut Block,
+    intervals: &'a Intervals,
+}
+
+impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        let Evaluation { block, intervals } = self;
+        let r = intervals.len();
+        block.bound.resize(r, ZERO_LANES);
+        block.terms.resize(r, [ZERO_LANES; 3]);
+        block.computed.clear();
+        block.computed.resize(r, false);
+        block.density.resize(intervals.ends.len(), ZERO_LANES);
+        block.density_ready.clear();
+        block.density_ready.resize(intervals.ends.len(), false);
+        // Lanes are copied in and out of the block's arrays: the compiler cannot tell that
+        // two of them do not overlap, and would not vectorise a loop that reads one and writes
+        // another.
+        let mut scale = [f64::NEG_INFINITY; LANES];
+        for q in 0..r {
+            let (lo, hi, inv_sd) = (intervals.lo[q], intervals.hi[q], intervals.inv_sd[q]);
+            let (lk, mu) = (block.log_kappa[q], block.mu[q]);
+            let mut bound = ZERO_LANES;
+            for l in 0..LANES {
+                bound[l] = lk[l] + tail_bound(lo, hi, inv_sd, mu[l]);
+                scale[l] = if bound[l] > scale[l] { bound[l] } else { scale[l] };
+            }
+            block.bound[q] = bound;
+        }
+        for q in 0..r {
+            let (mut bound, mut lk) = (block.bound[q], block.log_kappa[q]);
+            for l in 0..LANES {
+                bound[l] -= scale[l];
+                lk[l] -= scale[l];
+            }
+            (block.bound[q], block.log_kappa[q]) = (bound, lk);
+        }
+        block.scale = scale;
+        // First the regions within PRUNE_GAP of the scale, which bounds every term.
+        let mut total = ZERO_LANES;
+        let mut counts = [false; LANES];
+        for q in 0..r {
+            let bound = block.bound[q];
+            for l in 0..LANES {
+                counts[l] = bound[l] >= -PRUNE_GAP;
+            }
+            if counts.iter().fold(false, |any, &c| any | c) {
+                block.compute::<MOMENTS>(intervals, q);
+                let mass = block.terms[q][0];
+                for l in 0..LANES {
+                    total[l] += if counts[l] { mass[l] } else { 0.0 };
+                }
+            }
+        }
+        // Then those within PRUNE_GAP of that sum, where it is below the scale's.
+        for l in 0..LANES {
+            let usable = total[l] > MIN_SCALED_TOTAL && total[l] < f64::INFINITY;
+            block.declined[l] = !usable;
+            let below_sum = ln(if usable { total[l] } else { 1.0 }) - PRUNE_GAP;
+            block.threshold[l] = if below_sum < -PRUNE_GAP { below_sum } else { -PRUNE_GAP };
+        }
+        let threshold = block.threshold;
+        for q in 0..r {
+            let bound = block.bound[q];
+            for l in 0..LANES {
+                counts[l] = (bound[l] < -PRUNE_GAP) & (bound[l] >= threshold[l]);
+            }
+            if counts.iter().fold(false, |any, &c| any | c) {
+                if !block.computed[q] {
+                    block.compute::<MOMENTS>(intervals, q);
+                }
+                let mass = block.terms[q][0];
+                for l in 0..LANES {
+                    total[l] += if counts[l] { mass[l] } else { 0.0 };
+                }
+            }
+        }
+        block.total = total;
     }
 }

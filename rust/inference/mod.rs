@@ -95,6 +95,7 @@ pub struct RegionAlgebra {
     at_psi: DMatrix<f64>,
     /// `[b_1 | ... | b_R]^T Psi^{-1}`: `R x D`.
     bt_psi: DMatrix<f64>,
+
     /// `Sigma_q`, S x S row-major per region.
     sigma: Vec<f64>,
     /// Lower Cholesky factor `L_q` of `Sigma_q` (S x S row-major) and `log det Sigma_q`.
@@ -199,8 +200,7 @@ impl RegionAlgebra {
     }
 
     /// [`Self::local_gaussians_of_point`] for S = 1, as one pass over flat arrays that the
-    /// compiler vectorises across regions (at S = 1 this runs for every region of every point
-    /// and costs as much as the few regions a narrow posterior visits).
+    /// compiler vectorises across regions (at S = 1 this runs for every region of every point).
     fn local_gaussians_of_point_s1(&self, atx: &[f64], btx: &[f64], xpx: f64, log_kappa: &mut [f64], mu: &mut [f64]) {
         let terms = atx.iter().zip(btx).zip(&self.v).zip(&self.sigma).zip(&self.constant);
         for ((lk, m), ((((a, bx), v), sigma), constant)) in log_kappa.iter_mut().zip(mu.iter_mut()).zip(terms) {
@@ -332,6 +332,21 @@ fn batch_size(n: usize, r: usize, s: usize) -> usize {
     memory_bound.min(balance_bound).min(4096)
 }
 
+/// Runs `per_batch(points)` for the columns of `x` (`D x N`) in parallel batches, and returns
+/// the batches' results in point order.
+fn over_batches<T: Send>(x: DMatrixView<f64>, algebra: &RegionAlgebra, cancel: &Cancel, per_batch: impl Fn(DMatrixView<f64>) -> T + Sync) -> Result<Vec<T>> {
+    let n = x.ncols();
+    let batch = batch_size(n, algebra.n_regions(), algebra.s);
+    let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
+    chunks
+        .par_iter()
+        .map(|&(first, end)| {
+            cancel.check()?;
+            Ok(per_batch(x.columns(first, end - first)))
+        })
+        .collect()
+}
+
 /// Runs `per_point(state, log_kappa, mu)` for every column of `x` (`D x N`), in parallel
 /// batches that share their matrix products; each batch starts from `start(points)` (its results
 /// and scratch buffers, reused across its points), and the batches come back in point order.
@@ -342,22 +357,52 @@ fn map_batches<T: Send>(
     start: impl Fn(usize) -> T + Sync,
     per_point: impl Fn(&mut T, &[f64], &[f64]) + Sync,
 ) -> Result<Vec<T>> {
-    let n = x.ncols();
-    let batch = batch_size(n, algebra.n_regions(), algebra.s);
-    let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
-    chunks
-        .par_iter()
-        .map(|&(first, end)| {
-            cancel.check()?;
-            let local = algebra.local_gaussians(x.columns(first, end - first));
-            let mut state = start(end - first);
-            for p in 0..end - first {
-                let (lk, mu) = local.point(p);
-                per_point(&mut state, lk, mu);
-            }
-            Ok(state)
-        })
-        .collect()
+    over_batches(x, algebra, cancel, |points| {
+        let local = algebra.local_gaussians(points);
+        let mut state = start(points.ncols());
+        for p in 0..points.ncols() {
+            let (lk, mu) = local.point(p);
+            per_point(&mut state, lk, mu);
+        }
+        state
+    })
+}
+
+/// As [`map_batches`] for the S = 1 interval path: each batch's points go through
+/// [`interval::Block`]s, points whose best bounds lie in the same region together (they visit
+/// about the same regions, and their ends fall in the same ranges of the tail forms), and
+/// `per_block(state, block, points, local)` takes the results of the block's `points` (indices
+/// into the batch), with the batch's values for the points the block declines.
+fn map_interval_batches<T: Send, const MOMENTS: bool>(
+    algebra: &RegionAlgebra,
+    intervals: &interval::Intervals,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+    start: impl Fn(usize) -> T + Sync,
+    per_block: impl Fn(&mut T, &interval::Block, &[usize], &LocalGaussians) + Sync,
+) -> Result<Vec<T>> {
+    over_batches(x, algebra, cancel, |points| {
+        let local = algebra.local_gaussians(points);
+        let order = intervals.order_by_best_region(&local.log_kappa, &local.mu);
+        let mut state = start(points.ncols());
+        let mut block = interval::Block::default();
+        for chunk in order.chunks(interval::LANES) {
+            block.evaluate::<MOMENTS>(intervals, &local.log_kappa, &local.mu, chunk);
+            per_block(&mut state, &block, chunk, &local);
+        }
+        state
+    })
+}
+
+/// `log p(x)` of one point through the integrator's per-region methods, in log space.
+fn log_likelihood_by_regions<I: RegionIntegrator>(integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize, bounds: &mut Vec<f64>) -> f64 {
+    let mut total = RunningLogSumExp::new();
+    visit_regions(integrator, log_kappa, mu, s, bounds, |q, m, looseness| {
+        let t = log_kappa[q] + integrator.log_mass_loose(q, m, looseness);
+        total.add(t);
+        t
+    });
+    total.value()
 }
 
 /// `log p(x_n)` for every column of `x` (`D x N`).
@@ -367,23 +412,22 @@ pub fn log_likelihood<I: RegionIntegrator>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
 ) -> Result<Vec<f64>> {
-    let start = |points| (Vec::with_capacity(points), Vec::new(), interval::IntervalTerms::default());
-    let batches = map_batches(algebra, x, cancel, start, |(out, bounds, interval_terms), lk, mu| {
-        if let Some(intervals) = integrator.intervals() {
-            if intervals.point::<false>(lk, mu, interval_terms) {
-                out.push(interval_terms.log_likelihood());
-                return;
+    let batches = if let Some(intervals) = integrator.intervals() {
+        // Results by position in the batch: the blocks take the points out of order.
+        let start = |points| (vec![f64::NAN; points], Vec::new());
+        map_interval_batches::<_, false>(algebra, intervals, x, cancel, start, |(out, bounds), block, points, local| {
+            for (l, &p) in points.iter().enumerate() {
+                out[p] = block.log_likelihood(l).unwrap_or_else(|| {
+                    let (lk, mu) = local.point(p);
+                    log_likelihood_by_regions(integrator, lk, mu, 1, bounds)
+                });
             }
-        }
-        let mut total = RunningLogSumExp::new();
-        visit_regions(integrator, lk, mu, algebra.s, bounds, |q, m, looseness| {
-            let t = lk[q] + integrator.log_mass_loose(q, m, looseness);
-            total.add(t);
-            t
-        });
-        out.push(total.value());
-    })?;
-    Ok(batches.into_iter().flat_map(|(out, ..)| out).collect())
+        })?
+    } else {
+        let start = |points| (Vec::with_capacity(points), Vec::new());
+        map_batches(algebra, x, cancel, start, |(out, bounds), lk, mu| out.push(log_likelihood_by_regions(integrator, lk, mu, algebra.s, bounds)))?
+    };
+    Ok(batches.into_iter().flat_map(|(out, _)| out).collect())
 }
 
 /// The posterior terms of one point, flat, in the order visited (the first region, then the
@@ -397,7 +441,6 @@ pub(crate) struct PointTerms {
     pub mean: Vec<f64>,
     pub second: Vec<f64>,
     bounds: Vec<f64>,
-    interval_terms: interval::IntervalTerms,
 }
 
 impl PointTerms {
@@ -406,13 +449,15 @@ impl PointTerms {
     /// `log p(x)` is so large in magnitude that its own rounding is not small.
     pub(crate) fn compute<I: RegionIntegrator>(&mut self, integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) {
         if let Some(intervals) = integrator.intervals() {
-            if intervals.point::<true>(log_kappa, mu, &mut self.interval_terms) {
+            // One point is a block of one.
+            let mut block = interval::Block::default();
+            block.evaluate::<true>(intervals, log_kappa, mu, &[0]);
+            if let Some(log_likelihood) = block.log_likelihood(0) {
                 self.clear();
-                let terms = &self.interval_terms;
-                self.log_likelihood = terms.log_likelihood();
-                self.region.extend_from_slice(&terms.region);
-                for &[mass, first, second] in &terms.term {
-                    self.weight.push(mass / terms.total);
+                self.log_likelihood = log_likelihood;
+                for (q, [mass, first, second]) in block.terms(0) {
+                    self.region.push(q);
+                    self.weight.push(mass / block.total(0));
                     // E[z | q] and E[z^2 | q]; a region whose term underflowed has none.
                     let (m, m2) = if mass > 0.0 { (first / mass, second / mass) } else { (f64::NAN, f64::NAN) };
                     self.mean.push(m);
@@ -525,23 +570,47 @@ impl EStep {
         self.indptr.push(self.region.len());
     }
 
-    /// As [`Self::push_point`] for the S = 1 path's scaled terms (a copy fewer).
-    fn push_interval_point(&mut self, terms: &interval::IntervalTerms) {
-        self.log_likelihood.push(terms.log_likelihood());
+    /// As [`Self::push_point`] for a point of the S = 1 path's block (lane `l`, not declined).
+    fn push_block_point(&mut self, block: &interval::Block, l: usize, log_likelihood: f64) {
+        self.log_likelihood.push(log_likelihood);
         // One division per point, not three per term (the total is at least 1e-250: its
         // reciprocal is finite).
-        let inv_total = 1.0 / terms.total;
-        for k in in_region_order(&terms.region) {
-            let [mass, first, second] = terms.term[k];
+        let inv_total = 1.0 / block.total(l);
+        for (q, [mass, first, second]) in block.terms(l) {
             let w = mass * inv_total;
             if w > MIN_WEIGHT {
-                self.region.push(terms.region[k]);
+                self.region.push(q);
                 self.m0.push(w);
                 self.m1.push(first * inv_total);
                 self.m2.push(second * inv_total);
             }
         }
         self.indptr.push(self.region.len());
+    }
+
+    /// The statistics with their points put in order, `computed[i]` being the point whose
+    /// statistics are `i`-th.
+    fn in_point_order(&self, computed: &[usize]) -> EStep {
+        let mut position = vec![0; computed.len()];
+        for (i, &p) in computed.iter().enumerate() {
+            position[p] = i;
+        }
+        let mut out = EStep::with_capacity(computed.len(), 0, 1);
+        out.region.reserve_exact(self.region.len());
+        out.m0.reserve_exact(self.m0.len());
+        out.m1.reserve_exact(self.m1.len());
+        out.m2.reserve_exact(self.m2.len());
+        let s = if self.m0.is_empty() { 1 } else { self.m1.len() / self.m0.len() };
+        for &i in &position {
+            let entries = self.indptr[i]..self.indptr[i + 1];
+            out.log_likelihood.push(self.log_likelihood[i]);
+            out.region.extend_from_slice(&self.region[entries.clone()]);
+            out.m0.extend_from_slice(&self.m0[entries.clone()]);
+            out.m1.extend_from_slice(&self.m1[entries.start * s..entries.end * s]);
+            out.m2.extend_from_slice(&self.m2[entries.start * s * s..entries.end * s * s]);
+            out.indptr.push(out.region.len());
+        }
+        out
     }
 
     /// The batches' points one after the other, each array allocated once.
@@ -580,18 +649,32 @@ pub fn e_step<I: RegionIntegrator>(
     cancel: &Cancel,
 ) -> Result<EStep> {
     let s = algebra.s;
-    let start = |points| (EStep::with_capacity(points, algebra.n_regions().min(MAX_RESERVED_REGIONS), s), PointTerms::default(), interval::IntervalTerms::default());
-    let batches = map_batches(algebra, x, cancel, start, |(out, terms, interval_terms), lk, mu| {
-        if let Some(intervals) = integrator.intervals() {
-            if intervals.point::<true>(lk, mu, interval_terms) {
-                out.push_interval_point(interval_terms);
-                return;
-            }
-        }
-        // The interval path declined (or does not apply): region by region, in log space.
+    let start = |points| (EStep::with_capacity(points, algebra.n_regions().min(MAX_RESERVED_REGIONS), s), PointTerms::default());
+    // Region by region, in log space, where the interval path declined or does not apply.
+    let by_regions = |(out, terms): &mut (EStep, PointTerms), lk: &[f64], mu: &[f64]| {
         terms.compute_by_regions(integrator, lk, mu, s);
         out.push_point(terms, s);
-    })?;
+    };
+    let batches = if let Some(intervals) = integrator.intervals() {
+        // The blocks take the points out of order: each batch's statistics are stored in the
+        // order computed, with the point of each, and put in point order at the end.
+        let start = |points| (start(points), Vec::with_capacity(points));
+        let batches = map_interval_batches::<_, true>(algebra, intervals, x, cancel, start, |(state, computed), block, points, local| {
+            for (l, &p) in points.iter().enumerate() {
+                match block.log_likelihood(l) {
+                    Some(log_likelihood) => state.0.push_block_point(block, l, log_likelihood),
+                    None => {
+                        let (lk, mu) = local.point(p);
+                        by_regions(state, lk, mu);
+                    }
+                }
+                computed.push(p);
+            }
+        })?;
+        batches.into_iter().map(|((stats, terms), computed)| (stats.in_point_order(&computed), terms)).collect()
+    } else {
+        map_batches(algebra, x, cancel, start, by_regions)?
+    };
     let batches: Vec<EStep> = batches.into_iter().map(|(batch, ..)| batch).collect();
     Ok(if batches.len() == 1 { batches.into_iter().next().unwrap() } else { EStep::concat(&batches) })
 }
