@@ -48,11 +48,12 @@ pub(crate) fn exp(x: f64) -> f64 {
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // Estrin's scheme: four levels of dependent products instead of Horner's thirteen, for
     // the loops whose one vector of lanes has nothing else to do meanwhile.
+    // `1 + r q(r)`, the leading 1 added last, keeps Horner's rounding.
     let c = &INVERSE_FACTORIALS;
     let (r2, r4) = (r * r, (r * r) * (r * r));
-    let pair = |k: usize| c[2 * k] + c[2 * k + 1] * r;
-    let (low, high) = ((pair(0) + pair(1) * r2) + (pair(2) + pair(3) * r2) * r4, (pair(4) + pair(5) * r2) + pair(6) * r4);
-    let p = low + high * (r4 * r4);
+    let pair = |k: usize| c[2 * k + 1] + c[2 * k + 2] * r;
+    let (low, high) = ((pair(0) + pair(1) * r2) + (pair(2) + pair(3) * r2) * r4, (pair(4) + pair(5) * r2) + c[13] * r4);
+    let p = 1.0 + r * (low + high * (r4 * r4));
     let exponent = shifted.to_bits().wrapping_sub(SHIFTER.to_bits()).wrapping_add(1023) << 52;
     p * f64::from_bits(exponent)
 }
