@@ -18,13 +18,15 @@
 
 use super::PRUNE_GAP;
 use crate::gauss::normal::{cody_central, cody_far_one_division, cody_middle, log_diff_ndtr, truncated_normal, CentredSeries, CODY_CENTRAL_END, FRAC_1_SQRT_2PI, SQRT_32};
+use nalgebra::DMatrixView;
+
 use crate::gauss::normal_batch::{exp, ln, with_wide_vectors, VectorKernel};
 
 /// An infinite end.
 const NO_END: usize = usize::MAX;
 
 /// Points evaluated together: one AVX-512 vector of doubles.
-pub(crate) const LANES: usize = 8;
+pub(crate) const LANES: usize = 16;
 type Lanes = [f64; LANES];
 
 /// Below this the scaled sum of a point's terms keeps too few digits (or underflows): the
@@ -61,6 +63,7 @@ fn tail_bound(lo: f64, hi: f64, inv_sd: f64, mu: f64) -> f64 {
 
 /// The largest of `values` (at least one, none NaN), with four running maxima: one chain of
 /// dependent comparisons would cost their latency per region.
+#[inline(always)]
 fn largest(values: &[f64]) -> f64 {
     let mut maxima = [f64::NEG_INFINITY; 4];
     let chunks = values.chunks_exact(4);
@@ -143,36 +146,16 @@ impl Intervals {
         tail_bound(self.lo[q], self.hi[q], self.inv_sd[q], mu)
     }
 
-    /// The points of a batch (`log kappa_q`, `mu_q` given point by point: `[p * R + q]`) ordered
-    /// by the region of their largest bound `log kappa_q + log_mass_bound_q`, and by index
-    /// within one: a counting sort.
-    pub(crate) fn order_by_best_region(&self, log_kappa: &[f64], mu: &[f64]) -> Vec<usize> {
-        let r = self.len();
-        let n = if r == 0 { 0 } else { log_kappa.len() / r };
-        let mut bounds = vec![0.0; r];
-        let mut best = Vec::with_capacity(n);
-        for (lk, m) in log_kappa.chunks_exact(r).zip(mu.chunks_exact(r)) {
-            let constants = self.lo.iter().zip(&self.hi).zip(&self.inv_sd);
-            for ((bound, (lk, m)), ((lo, hi), inv_sd)) in bounds.iter_mut().zip(lk.iter().zip(m)).zip(constants) {
-                *bound = lk + tail_bound(*lo, *hi, *inv_sd, *m);
-            }
-            let top = largest(&bounds);
-            best.push(bounds.iter().position(|&b| b == top).unwrap_or(0));
+    /// The region of the largest bound `log kappa_q + log_mass_bound_q` of a point (the first
+    /// of equal ones), `bounds` scratch of one entry per region.
+    #[inline(always)]
+    pub(crate) fn best_region(&self, log_kappa: &[f64], mu: &[f64], bounds: &mut [f64]) -> usize {
+        let constants = self.lo.iter().zip(&self.hi).zip(&self.inv_sd);
+        for ((bound, (lk, m)), ((lo, hi), inv_sd)) in bounds.iter_mut().zip(log_kappa.iter().zip(mu)).zip(constants) {
+            *bound = lk + tail_bound(*lo, *hi, *inv_sd, *m);
         }
-        if std::env::var_os("NOSORT").is_some() { return (0..n).collect(); }
-        let mut start = vec![0; r + 1];
-        for &q in &best {
-            start[q + 1] += 1;
-        }
-        for q in 0..r {
-            start[q + 1] += start[q];
-        }
-        let mut order = vec![0; n];
-        for (p, &q) in best.iter().enumerate() {
-            order[start[q]] = p;
-            start[q] += 1;
-        }
-        order
+        let top = largest(bounds);
+        bounds.iter().position(|&b| b == top).unwrap_or(0)
     }
 
     /// Region q's constants, for a loop over lanes.
@@ -216,22 +199,26 @@ struct Region {
 /// evaluates that one alone, a mixed block all three (the same bits either way).
 #[inline(always)]
 fn end_tails(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes) {
-    let central = y.iter().fold(0, |n, &y| n + (y <= CODY_CENTRAL_END) as usize);
-    let near = y.iter().fold(0, |n, &y| n + (y <= SQRT_32) as usize);
+    // And- and or-reductions of comparisons, which vectorise (counting them did not).
+    let (mut all_central, mut any_central, mut all_near, mut any_near) = (true, false, true, false);
+    for &y in y {
+        (all_central, any_central) = (all_central & (y <= CODY_CENTRAL_END), any_central | (y <= CODY_CENTRAL_END));
+        (all_near, any_near) = (all_near & (y <= SQRT_32), any_near | (y <= SQRT_32));
+    }
     let (mut tail, mut upper) = (ZERO_LANES, ZERO_LANES);
-    if central == LANES {
+    if all_central {
         for l in 0..LANES {
             let (num, den) = cody_central(y[l]);
             let t = num / den;
             (tail[l], upper[l]) = (kappa[l] * (0.5 - t), kappa[l] * t);
         }
-    } else if central == 0 && near == LANES {
+    } else if !any_central && all_near {
         for l in 0..LANES {
             let (num, den) = cody_middle(y[l]);
             tail[l] = end[l] * (num / den);
             upper[l] = 0.5 * kappa[l] - tail[l];
         }
-    } else if near == 0 {
+    } else if !any_near {
         for l in 0..LANES {
             tail[l] = end[l] * cody_far_one_division(y[l]);
             upper[l] = 0.5 * kappa[l] - tail[l];
@@ -254,6 +241,8 @@ fn end_tails(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes) {
 /// and the scratch of their evaluation, reused from block to block.
 #[derive(Default)]
 pub(crate) struct Block {
+    /// The points' coordinates, where the block forms their values.
+    x: Vec<Lanes>,
     /// `log kappa_q - M` and `mu_q` per region.
     log_kappa: Vec<Lanes>,
     mu: Vec<Lanes>,
@@ -270,29 +259,21 @@ pub(crate) struct Block {
     density: Vec<Lanes>,
     density_ready: Vec<bool>,
     computed: Vec<bool>,
-    /// Scaled `[kappa Phi, E[z 1_q], E[z^2 1_q]]` per region (valid where computed).
-    terms: Vec<[Lanes; 3]>,
+    /// Scaled `kappa Phi`, `E[z 1_q]`, `E[z^2 1_q]` per region (valid where computed; the
+    /// moments only where asked for).
+    mass: Vec<Lanes>,
+    first: Vec<Lanes>,
+    second: Vec<Lanes>,
 }
 
 /// The lanes' values at no finite end.
 const ZERO_LANES: Lanes = [0.0; LANES];
 
 impl Block {
-    /// Evaluates the block of `points` (at most [`LANES`], indices into the batch whose
-    /// `log kappa_q` and `mu_q` are given point by point: `[p * R + q]`), one lane each; the
-    /// lanes beyond them repeat the last point.
-    pub(crate) fn evaluate<const MOMENTS: bool>(&mut self, intervals: &Intervals, log_kappa: &[f64], mu: &[f64], points: &[usize]) {
-        let r = intervals.len();
-        self.log_kappa.resize(r, ZERO_LANES);
-        self.mu.resize(r, ZERO_LANES);
-        for l in 0..LANES {
-            let p = points[l.min(points.len() - 1)];
-            for (q, (&lk, &m)) in log_kappa[p * r..(p + 1) * r].iter().zip(&mu[p * r..(p + 1) * r]).enumerate() {
-                self.log_kappa[q][l] = lk;
-                self.mu[q][l] = m;
-            }
-        }
-        with_wide_vectors(Evaluation::<MOMENTS> { block: self, intervals });
+    /// Evaluates the block of `points` (at most [`LANES`], indices into the batch), one lane
+    /// each; the lanes beyond them repeat the last point.
+    pub(crate) fn evaluate<const MOMENTS: bool>(&mut self, intervals: &Intervals, local: &Local, points: &[usize]) {
+        with_wide_vectors(Evaluation::<MOMENTS> { block: self, intervals, local, points });
     }
 
     /// `log p(x)` of the block's point `l`, or `None` where it was declined (its terms keep too
@@ -311,9 +292,34 @@ impl Block {
     pub(crate) fn terms(&self, l: usize) -> impl Iterator<Item = (usize, [f64; 3])> + '_ {
         let threshold = self.threshold[l];
         (0..self.bound.len()).filter(move |&q| self.bound[q][l] >= threshold).map(move |q| {
-            let [mass, first, second] = &self.terms[q];
-            (q, [mass[l], first[l], second[l]])
+            (q, [self.mass[q][l], self.first[q][l], self.second[q][l]])
         })
+    }
+
+    /// Appends lane l's counted regions whose weight (mass over the total) exceeds
+    /// `min_weight`, in increasing order: each region, its weight, and its `E[z 1_q]`,
+    /// `E[z^2 1_q]` over the total. Every region is written and the next one overwrites it
+    /// unless it is kept, so that the loop has no branch.
+    pub(crate) fn append_lane(&self, l: usize, min_weight: f64, region: &mut Vec<usize>, m0: &mut Vec<f64>, m1: &mut Vec<f64>, m2: &mut Vec<f64>) {
+        let (r, start) = (self.mass.len(), region.len());
+        let (inv_total, threshold) = (1.0 / self.total[l], self.threshold[l]);
+        region.resize(start + r, 0);
+        m0.resize(start + r, 0.0);
+        m1.resize(start + r, 0.0);
+        m2.resize(start + r, 0.0);
+        let mut kept = 0;
+        for q in 0..r {
+            let w = self.mass[q][l] * inv_total;
+            region[start + kept] = q;
+            m0[start + kept] = w;
+            m1[start + kept] = self.first[q][l] * inv_total;
+            m2[start + kept] = self.second[q][l] * inv_total;
+            kept += ((self.bound[q][l] >= threshold) & (w > min_weight)) as usize;
+        }
+        region.truncate(start + kept);
+        m0.truncate(start + kept);
+        m1.truncate(start + kept);
+        m2.truncate(start + kept);
     }
 
     /// Makes sure the joint density at finite end `e` is computed, from its fixed region.
@@ -342,101 +348,127 @@ impl Block {
         let (lk, mu) = (self.log_kappa[q], self.mu[q]);
         // Plain loops over lanes, no closures: a closure is compiled on its own, for the
         // baseline processor, where it is not inlined.
+        // No arrays of booleans either: the compiler stores them lane by lane; a condition is
+        // evaluated again where it is needed.
         let (mut a, mut b, mut c, mut e) = (ZERO_LANES, ZERO_LANES, ZERO_LANES, ZERO_LANES);
-        let mut series = [false; LANES];
+        let (mut all_series, mut any_series) = (true, false);
         for l in 0..LANES {
             (a[l], b[l], c[l]) = ((lo - mu[l]) * inv_sd, (hi - mu[l]) * inv_sd, (mid - mu[l]) * inv_sd);
             // Short against the density's scale: around the centre c, phi(c + s) / phi(c) is a
             // fast power series in s, where any difference of CDFs or of end densities would
             // cancel.
-            series[l] = CentredSeries::reaches(half, c[l]);
+            let series = CentredSeries::reaches(half, c[l]);
+            (all_series, any_series) = (all_series & series, any_series | series);
             // kappa e^-M, or (with the series) sqrt(2 pi) times the scaled density at the
             // centre: one exponential for either.
-            e[l] = exp_or_zero(lk[l] - if series[l] { 0.5 * c[l] * c[l] } else { 0.0 });
+            e[l] = exp_or_zero(lk[l] - if series { 0.5 * c[l] * c[l] } else { 0.0 });
         }
-        let in_series = series.iter().fold(0, |n, &s| n + s as usize);
-        // At each end, `sd D = exp(log kappa - M - y^2 / 2)` (zero at an infinite one), which
-        // only lanes outside the series use.
-        let (mut end_lo, mut end_hi) = (ZERO_LANES, ZERO_LANES);
-        for (end, value) in [(lo_end, &mut end_lo), (hi_end, &mut end_hi)] {
-            if end != NO_END && in_series < LANES {
-                self.ensure_density(intervals, end);
-                for l in 0..LANES {
-                    value[l] = sd * self.density[end][l];
-                }
-            }
-        }
-        let (mut tail_a, mut upper_a, mut tail_b, mut upper_b) = (ZERO_LANES, ZERO_LANES, ZERO_LANES, ZERO_LANES);
-        if in_series < LANES {
-            for (end, y, end_value, tail, upper) in [(lo_end, &a, &end_lo, &mut tail_a, &mut upper_a), (hi_end, &b, &end_hi, &mut tail_b, &mut upper_b)] {
-                if end == NO_END {
-                    for l in 0..LANES {
-                        upper[l] = 0.5 * e[l];
-                    }
-                } else {
-                    let mut distance = ZERO_LANES;
-                    for l in 0..LANES {
-                        distance[l] = y[l].abs();
-                    }
-                    (*tail, *upper) = end_tails(&distance, end_value, &e);
-                }
-            }
-        }
+        // The tail forms, for the lanes outside the series.
+        let ((end_a, tail_a, upper_a), (end_b, tail_b, upper_b)) = if !all_series {
+            (self.end_terms(intervals, lo_end, sd, &a, &e), self.end_terms(intervals, hi_end, sd, &b, &e))
+        } else {
+            ((ZERO_LANES, ZERO_LANES, ZERO_LANES), (ZERO_LANES, ZERO_LANES, ZERO_LANES))
+        };
         let (mut series_0, mut series_1, mut series_2) = (ZERO_LANES, ZERO_LANES, ZERO_LANES);
-        if in_series > 0 {
+        if any_series {
             for l in 0..LANES {
-                [series_0[l], series_1[l], series_2[l]] = centred.at::<MOMENTS>(if series[l] { c[l] } else { 0.0 });
+                let series = CentredSeries::reaches(half, c[l]);
+                [series_0[l], series_1[l], series_2[l]] = centred.at::<MOMENTS>(if series { c[l] } else { 0.0 });
             }
         }
-        let mut cancels = [false; LANES];
-        let mut terms = [ZERO_LANES; 3];
+        let mut any_cancels = false;
+        let (mut mass, mut first, mut second) = (ZERO_LANES, ZERO_LANES, ZERO_LANES);
         for l in 0..LANES {
+            let series = CentredSeries::reaches(half, c[l]);
             // Both ends on one side of the mean: a difference of two tails, the nearer first;
             // with the mean inside, kappa (Phi(b) - 1/2) + kappa (1/2 - Phi(a)), both
             // non-negative.
             let (right, left) = (a[l] >= 0.0, b[l] <= 0.0);
-            let (near, far) = if right { (tail_a[l], tail_b[l]) } else { (tail_b[l], tail_a[l]) };
+            // With both ends on one side, the nearer end has the larger tail: the larger and
+            // the smaller of the two rather than a choice by side, which the compiler would
+            // turn into a choice of addresses and a gather.
+            let (ta, tb) = (tail_a[l], tail_b[l]);
+            let (near, far) = (if ta > tb { ta } else { tb }, if ta > tb { tb } else { ta });
             let one_sided = right | left;
             let by_tails = if one_sided { near - far } else { upper_a[l] + upper_b[l] };
-            cancels[l] = one_sided & (far > 0.5 * near) & !series[l];
-            let (s0, s1, s2) = (series_0[l], series_1[l], series_2[l]);
+            any_cancels |= one_sided & (far > 0.5 * near) & !series;
             let density_c = e[l] * FRAC_1_SQRT_2PI;
-            let by_series = density_c * s0;
-            terms[0][l] = if series[l] { by_series } else { by_tails };
+            let by_series = density_c * series_0[l];
+            mass[l] = if series { by_series } else { by_tails };
             if MOMENTS {
                 // By parts, int z phi = mu Z + sd (phi(a) - phi(b)), and
                 // int z^2 phi = (mu^2 + sd^2) Z + sd ((mu + lo) phi(a) - (mu + hi) phi(b)),
                 // with kappa phi e^-M at each end (zero at an infinite one).
                 let m = mu[l];
-                let (density_a, density_b) = (end_lo[l] * FRAC_1_SQRT_2PI, end_hi[l] * FRAC_1_SQRT_2PI);
+                let (density_a, density_b) = (end_a[l] * FRAC_1_SQRT_2PI, end_b[l] * FRAC_1_SQRT_2PI);
                 let moment_a = if density_a > 0.0 { (m + lo) * density_a } else { 0.0 };
                 let moment_b = if density_b > 0.0 { (m + hi) * density_b } else { 0.0 };
                 let first_tails = m * by_tails + sd * (density_a - density_b);
                 let second_tails = (m * m + sd * sd) * by_tails + sd * (moment_a - moment_b);
                 // The series' integrals are about the centre.
-                let (first_c, second_c) = (density_c * s1, density_c * s2);
+                let (first_c, second_c) = (density_c * series_1[l], density_c * series_2[l]);
                 let first_series = mid * by_series + sd * first_c;
                 let second_series = mid * mid * by_series + sd * (2.0 * mid * first_c + sd * second_c);
-                terms[1][l] = if series[l] { first_series } else { first_tails };
-                terms[2][l] = if series[l] { second_series } else { second_tails };
+                first[l] = if series { first_series } else { first_tails };
+                second[l] = if series { second_series } else { second_tails };
             }
         }
-        if cancels.iter().fold(false, |any, &c| any | c) {
-            for l in (0..LANES).filter(|&l| cancels[l]) {
-                let t = intervals.log_space_terms::<MOMENTS>(q, lk[l], mu[l]);
-                for (column, value) in terms.iter_mut().zip(t) {
-                    column[l] = value;
+        if any_cancels {
+            for l in 0..LANES {
+                let (right, left) = (a[l] >= 0.0, b[l] <= 0.0);
+                let (near, far) = if right { (tail_a[l], tail_b[l]) } else { (tail_b[l], tail_a[l]) };
+                if !((right | left) & (far > 0.5 * near) & !CentredSeries::reaches(half, c[l])) {
+                    continue;
                 }
+                [mass[l], first[l], second[l]] = intervals.log_space_terms::<MOMENTS>(q, lk[l], mu[l]);
             }
         }
-        self.terms[q] = terms;
+        self.mass[q] = mass;
+        if MOMENTS {
+            self.first[q] = first;
+            self.second[q] = second;
+        }
         self.computed[q] = true;
     }
+
+    /// At a region's end (standardised `y` in each lane), `sd D = exp(log kappa - M - y^2 / 2)`
+    /// and the two scaled tails of [`end_tails`] (zero, and `kappa / 2`, at an infinite end).
+    #[inline(always)]
+    fn end_terms(&mut self, intervals: &Intervals, end: usize, sd: f64, y: &Lanes, kappa: &Lanes) -> (Lanes, Lanes, Lanes) {
+        if end == NO_END {
+            let mut upper = ZERO_LANES;
+            for l in 0..LANES {
+                upper[l] = 0.5 * kappa[l];
+            }
+            return (ZERO_LANES, ZERO_LANES, upper);
+        }
+        self.ensure_density(intervals, end);
+        let density = self.density[end];
+        let (mut end_value, mut distance) = (ZERO_LANES, ZERO_LANES);
+        for l in 0..LANES {
+            end_value[l] = sd * density[l];
+            distance[l] = y[l].abs();
+        }
+        let (tail, upper) = end_tails(&distance, &end_value, kappa);
+        (end_value, tail, upper)
+    }
+}
+
+/// Where a block takes its points' `log kappa_q` and `mu_q` from.
+pub(crate) enum Local<'a> {
+    /// Given point by point (`[p * R + q]`).
+    Stored { log_kappa: &'a [f64], mu: &'a [f64] },
+    /// Formed from the points (`x`, `D x n`), for a few outputs `D`: `u_q = (A^T Psi^-1 x)_q - v_q`,
+    /// `mu_q = sigma_q u_q` and `log kappa_q = constant_q - x^T Psi^-1 x / 2 + (B^T Psi^-1 x)_q
+    /// + u_q mu_q / 2`, with `A^T Psi^-1` and `B^T Psi^-1` column-major (`R x D`).
+    Formed { x: DMatrixView<'a, f64>, at_psi: &'a [f64], bt_psi: &'a [f64], v: &'a [f64], sigma: &'a [f64], constant: &'a [f64], inv_psi: &'a [f64] },
 }
 
 struct Evaluation<'a, const MOMENTS: bool> {
     block: &'a mut Block,
     intervals: &'a Intervals,
+    local: &'a Local<'a>,
+    points: &'a [usize],
 }
 
 impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
@@ -444,10 +476,57 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
 
     #[inline(always)]
     fn run(self) {
-        let Evaluation { block, intervals } = self;
+        let Evaluation { block, intervals, local, points } = self;
         let r = intervals.len();
+        block.log_kappa.resize(r, ZERO_LANES);
+        block.mu.resize(r, ZERO_LANES);
+        let lane_point: [usize; LANES] = std::array::from_fn(|l| points[l.min(points.len() - 1)]);
+        match *local {
+            Local::Stored { log_kappa, mu } => {
+                for (l, &p) in lane_point.iter().enumerate() {
+                    for (lanes, &value) in block.log_kappa.iter_mut().zip(&log_kappa[p * r..(p + 1) * r]) {
+                        lanes[l] = value;
+                    }
+                    for (lanes, &value) in block.mu.iter_mut().zip(&mu[p * r..(p + 1) * r]) {
+                        lanes[l] = value;
+                    }
+                }
+            }
+            Local::Formed { x, at_psi, bt_psi, v, sigma, constant, inv_psi } => {
+                let d = inv_psi.len();
+                block.x.resize(d, ZERO_LANES);
+                let mut xpx = ZERO_LANES;
+                for (i, lanes) in block.x.iter_mut().enumerate() {
+                    for l in 0..LANES {
+                        lanes[l] = x[(i, lane_point[l])];
+                        xpx[l] += lanes[l] * lanes[l] * inv_psi[i];
+                    }
+                }
+                for q in 0..r {
+                    let (mut a, mut bx) = (ZERO_LANES, ZERO_LANES);
+                    for (i, xi) in block.x.iter().enumerate() {
+                        let (ca, cb) = (at_psi[i * r + q], bt_psi[i * r + q]);
+                        for l in 0..LANES {
+                            a[l] += ca * xi[l];
+                            bx[l] += cb * xi[l];
+                        }
+                    }
+                    let (mut lk, mut m) = (ZERO_LANES, ZERO_LANES);
+                    for l in 0..LANES {
+                        let u = a[l] - v[q];
+                        m[l] = sigma[q] * u;
+                        lk[l] = constant[q] - 0.5 * xpx[l] + bx[l] + 0.5 * u * m[l];
+                    }
+                    (block.log_kappa[q], block.mu[q]) = (lk, m);
+                }
+            }
+        }
         block.bound.resize(r, ZERO_LANES);
-        block.terms.resize(r, [ZERO_LANES; 3]);
+        block.mass.resize(r, ZERO_LANES);
+        if MOMENTS {
+            block.first.resize(r, ZERO_LANES);
+            block.second.resize(r, ZERO_LANES);
+        }
         block.computed.clear();
         block.computed.resize(r, false);
         block.density.resize(intervals.ends.len(), ZERO_LANES);
@@ -478,17 +557,13 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
         block.scale = scale;
         // First the regions within PRUNE_GAP of the scale, which bounds every term.
         let mut total = ZERO_LANES;
-        let mut counts = [false; LANES];
         for q in 0..r {
             let bound = block.bound[q];
-            for l in 0..LANES {
-                counts[l] = bound[l] >= -PRUNE_GAP;
-            }
-            if counts.iter().fold(false, |any, &c| any | c) {
+            if bound.iter().fold(false, |any, &b| any | (b >= -PRUNE_GAP)) {
                 block.compute::<MOMENTS>(intervals, q);
-                let mass = block.terms[q][0];
+                let mass = block.mass[q];
                 for l in 0..LANES {
-                    total[l] += if counts[l] { mass[l] } else { 0.0 };
+                    total[l] += if bound[l] >= -PRUNE_GAP { mass[l] } else { 0.0 };
                 }
             }
         }
@@ -502,16 +577,17 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
         let threshold = block.threshold;
         for q in 0..r {
             let bound = block.bound[q];
+            let mut any = false;
             for l in 0..LANES {
-                counts[l] = (bound[l] < -PRUNE_GAP) & (bound[l] >= threshold[l]);
+                any |= (bound[l] < -PRUNE_GAP) & (bound[l] >= threshold[l]);
             }
-            if counts.iter().fold(false, |any, &c| any | c) {
+            if any {
                 if !block.computed[q] {
                     block.compute::<MOMENTS>(intervals, q);
                 }
-                let mass = block.terms[q][0];
+                let mass = block.mass[q];
                 for l in 0..LANES {
-                    total[l] += if counts[l] { mass[l] } else { 0.0 };
+                    total[l] += if (bound[l] < -PRUNE_GAP) & (bound[l] >= threshold[l]) { mass[l] } else { 0.0 };
                 }
             }
         }

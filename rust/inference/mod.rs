@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use crate::cancel::Cancel;
 use crate::error::{invalid, Result};
+use crate::gauss::normal_batch::{with_wide_vectors, VectorKernel};
 use crate::partition::Partition;
 
 /// Regions whose `log kappa` is this far below the best `log(kappa Phi)` are skipped.
@@ -186,12 +187,17 @@ impl RegionAlgebra {
         let btx = &self.bt_psi * x; // R x n: b_q^T Psi^-1 x
         let mut log_kappa = vec![0.0; n * r];
         let mut mu = vec![0.0; n * r * s];
+        if s == 1 {
+            // For every region of every point, so on the widest vectors.
+            let products = Some((atx, btx));
+            with_wide_vectors(LocalGaussiansS1 { algebra: self, x, products: products.as_ref(), log_kappa: &mut log_kappa, mu: &mut mu, intervals: None });
+            return LocalGaussians { s, r, log_kappa, mu };
+        }
         for p in 0..n {
             let xpx: f64 = (0..self.d).map(|i| x[(i, p)] * x[(i, p)] * self.inv_psi[i]).sum();
             let (lk, m) = (&mut log_kappa[p * r..(p + 1) * r], &mut mu[p * r * s..(p + 1) * r * s]);
             // Written for any S, inlined for S = 2 so that its loops unroll.
             match s {
-                1 => self.local_gaussians_of_point_s1(atx.column(p).as_slice(), btx.column(p).as_slice(), xpx, lk, m),
                 2 => self.local_gaussians_of_point(2, atx.column(p).as_slice(), btx.column(p).as_slice(), xpx, lk, m),
                 _ => self.local_gaussians_of_point(s, atx.column(p).as_slice(), btx.column(p).as_slice(), xpx, lk, m),
             }
@@ -199,8 +205,50 @@ impl RegionAlgebra {
         LocalGaussians { s, r, log_kappa, mu }
     }
 
+    /// At S = 1, the points in the order of the region of their largest bound (a counting sort;
+    /// by index within one region), and where the outputs are many, [`Self::local_gaussians`]
+    /// (with a few, the interval path's blocks form them from the points again, which costs less
+    /// than gathering them).
+    pub(crate) fn order_s1(&self, x: DMatrixView<f64>, intervals: &interval::Intervals) -> (Option<LocalGaussians>, Vec<usize>) {
+        let (r, n) = (self.n_regions(), x.ncols());
+        // A few outputs make the products too thin for a matrix multiplication's packing to
+        // pay: the kernel forms them point by point.
+        let products = (self.d > FEW_OUTPUTS).then(|| (&self.at_psi * x, &self.bt_psi * x));
+        let size = if products.is_some() { n * r } else { r };
+        let (mut log_kappa, mut mu) = (vec![0.0; size], vec![0.0; size]);
+        let kernel = LocalGaussiansS1 { algebra: self, x, products: products.as_ref(), log_kappa: &mut log_kappa, mu: &mut mu, intervals: Some(intervals) };
+        let best = with_wide_vectors(kernel);
+        let mut start = vec![0; r + 1];
+        for &q in &best {
+            start[q + 1] += 1;
+        }
+        for q in 0..r {
+            start[q + 1] += start[q];
+        }
+        let mut order = vec![0; n];
+        for (p, &q) in best.iter().enumerate() {
+            order[start[q]] = p;
+            start[q] += 1;
+        }
+        (products.is_some().then_some(LocalGaussians { s: 1, r, log_kappa, mu }), order)
+    }
+
+    /// At S = 1, what the interval path's blocks form `log kappa_q` and `mu_q` from.
+    fn s1_forms<'a>(&'a self, x: DMatrixView<'a, f64>) -> interval::Local<'a> {
+        interval::Local::Formed {
+            x,
+            at_psi: self.at_psi.as_slice(),
+            bt_psi: self.bt_psi.as_slice(),
+            v: &self.v,
+            sigma: &self.sigma,
+            constant: &self.constant,
+            inv_psi: &self.inv_psi,
+        }
+    }
+
     /// [`Self::local_gaussians_of_point`] for S = 1, as one pass over flat arrays that the
     /// compiler vectorises across regions (at S = 1 this runs for every region of every point).
+    #[inline(always)]
     fn local_gaussians_of_point_s1(&self, atx: &[f64], btx: &[f64], xpx: f64, log_kappa: &mut [f64], mu: &mut [f64]) {
         let terms = atx.iter().zip(btx).zip(&self.v).zip(&self.sigma).zip(&self.constant);
         for ((lk, m), ((((a, bx), v), sigma), constant)) in log_kappa.iter_mut().zip(mu.iter_mut()).zip(terms) {
@@ -230,6 +278,59 @@ impl RegionAlgebra {
             }
             *lk = self.constant[q] - 0.5 * xpx + btx[q] + 0.5 * quad;
         }
+    }
+}
+
+/// [`RegionAlgebra::local_gaussians`] at S = 1 from the two products, and with `intervals`
+/// each point's region of the largest bound.
+struct LocalGaussiansS1<'a> {
+    algebra: &'a RegionAlgebra,
+    x: DMatrixView<'a, f64>,
+    /// `A^T Psi^-1 X` and `B^T Psi^-1 X`, or `None` to form each point's columns here.
+    products: Option<&'a (DMatrix<f64>, DMatrix<f64>)>,
+    log_kappa: &'a mut [f64],
+    mu: &'a mut [f64],
+    intervals: Option<&'a interval::Intervals>,
+}
+
+impl VectorKernel for LocalGaussiansS1<'_> {
+    type Output = Vec<usize>;
+
+    #[inline(always)]
+    fn run(self) -> Vec<usize> {
+        let LocalGaussiansS1 { algebra, x, products, log_kappa, mu, intervals } = self;
+        let r = algebra.n_regions();
+        let (mut bounds, mut atx_p, mut btx_p) = (vec![0.0; r], vec![0.0; r], vec![0.0; r]);
+        let mut best = Vec::with_capacity(if intervals.is_some() { x.ncols() } else { 0 });
+        // With room for one point, each point's values are overwritten by the next.
+        let stored = log_kappa.len() == x.ncols() * r;
+        for p in 0..x.ncols() {
+            let row = if stored { p * r..(p + 1) * r } else { 0..r };
+            let (lk, m) = (&mut log_kappa[row.clone()], &mut mu[row]);
+            let point = x.column(p);
+            let xpx: f64 = point.iter().zip(&algebra.inv_psi).map(|(v, w)| v * v * w).sum();
+            let (atx, btx) = match products {
+                Some((atx, btx)) => (&atx.as_slice()[p * r..(p + 1) * r], &btx.as_slice()[p * r..(p + 1) * r]),
+                None => {
+                    atx_p.fill(0.0);
+                    btx_p.fill(0.0);
+                    for (i, &v) in point.iter().enumerate() {
+                        for (a, &c) in atx_p.iter_mut().zip(algebra.at_psi.column(i).as_slice()) {
+                            *a += c * v;
+                        }
+                        for (b, &c) in btx_p.iter_mut().zip(algebra.bt_psi.column(i).as_slice()) {
+                            *b += c * v;
+                        }
+                    }
+                    (&atx_p[..], &btx_p[..])
+                }
+            };
+            algebra.local_gaussians_of_point_s1(atx, btx, xpx, lk, m);
+            if let Some(intervals) = intervals {
+                best.push(intervals.best_region(lk, m, &mut bounds));
+            }
+        }
+        best
     }
 }
 
@@ -324,6 +425,10 @@ impl RunningLogSumExp {
     }
 }
 
+/// Up to this many outputs, the S = 1 path forms `A^T Psi^-1 x` point by point rather than by
+/// matrix multiplication.
+const FEW_OUTPUTS: usize = 16;
+
 /// Points per batch of the matrix products: at most tens of megabytes of `n x R x S` buffers,
 /// and enough batches (four per thread) to keep every thread busy.
 fn batch_size(n: usize, r: usize, s: usize) -> usize {
@@ -379,16 +484,30 @@ fn map_interval_batches<T: Send, const MOMENTS: bool>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
     start: impl Fn(usize) -> T + Sync,
-    per_block: impl Fn(&mut T, &interval::Block, &[usize], &LocalGaussians) + Sync,
+    per_block: impl Fn(&mut T, &interval::Block, &[usize], &dyn Fn(usize) -> (Vec<f64>, Vec<f64>)) + Sync,
 ) -> Result<Vec<T>> {
     over_batches(x, algebra, cancel, |points| {
-        let local = algebra.local_gaussians(points);
-        let order = intervals.order_by_best_region(&local.log_kappa, &local.mu);
+        let (stored, order) = algebra.order_s1(points, intervals);
+        let local = match &stored {
+            Some(stored) => interval::Local::Stored { log_kappa: &stored.log_kappa, mu: &stored.mu },
+            None => algebra.s1_forms(points),
+        };
+        // A point's values for the log-space path, where a block declines it (rare).
+        let point = |p: usize| match &stored {
+            Some(stored) => {
+                let (lk, mu) = stored.point(p);
+                (lk.to_vec(), mu.to_vec())
+            }
+            None => {
+                let one = algebra.local_gaussians(points.columns(p, 1));
+                (one.log_kappa, one.mu)
+            }
+        };
         let mut state = start(points.ncols());
         let mut block = interval::Block::default();
         for chunk in order.chunks(interval::LANES) {
-            block.evaluate::<MOMENTS>(intervals, &local.log_kappa, &local.mu, chunk);
-            per_block(&mut state, &block, chunk, &local);
+            block.evaluate::<MOMENTS>(intervals, &local, chunk);
+            per_block(&mut state, &block, chunk, &point);
         }
         state
     })
@@ -418,8 +537,8 @@ pub fn log_likelihood<I: RegionIntegrator>(
         map_interval_batches::<_, false>(algebra, intervals, x, cancel, start, |(out, bounds), block, points, local| {
             for (l, &p) in points.iter().enumerate() {
                 out[p] = block.log_likelihood(l).unwrap_or_else(|| {
-                    let (lk, mu) = local.point(p);
-                    log_likelihood_by_regions(integrator, lk, mu, 1, bounds)
+                    let (lk, mu) = local(p);
+                    log_likelihood_by_regions(integrator, &lk, &mu, 1, bounds)
                 });
             }
         })?
@@ -451,7 +570,7 @@ impl PointTerms {
         if let Some(intervals) = integrator.intervals() {
             // One point is a block of one.
             let mut block = interval::Block::default();
-            block.evaluate::<true>(intervals, log_kappa, mu, &[0]);
+            block.evaluate::<true>(intervals, &interval::Local::Stored { log_kappa, mu }, &[0]);
             if let Some(log_likelihood) = block.log_likelihood(0) {
                 self.clear();
                 self.log_likelihood = log_likelihood;
@@ -573,49 +692,15 @@ impl EStep {
     /// As [`Self::push_point`] for a point of the S = 1 path's block (lane `l`, not declined).
     fn push_block_point(&mut self, block: &interval::Block, l: usize, log_likelihood: f64) {
         self.log_likelihood.push(log_likelihood);
-        // One division per point, not three per term (the total is at least 1e-250: its
-        // reciprocal is finite).
-        let inv_total = 1.0 / block.total(l);
-        for (q, [mass, first, second]) in block.terms(l) {
-            let w = mass * inv_total;
-            if w > MIN_WEIGHT {
-                self.region.push(q);
-                self.m0.push(w);
-                self.m1.push(first * inv_total);
-                self.m2.push(second * inv_total);
-            }
-        }
+        block.append_lane(l, MIN_WEIGHT, &mut self.region, &mut self.m0, &mut self.m1, &mut self.m2);
         self.indptr.push(self.region.len());
     }
 
-    /// The statistics with their points put in order, `computed[i]` being the point whose
-    /// statistics are `i`-th.
-    fn in_point_order(&self, computed: &[usize]) -> EStep {
-        let mut position = vec![0; computed.len()];
-        for (i, &p) in computed.iter().enumerate() {
-            position[p] = i;
-        }
-        let mut out = EStep::with_capacity(computed.len(), 0, 1);
-        out.region.reserve_exact(self.region.len());
-        out.m0.reserve_exact(self.m0.len());
-        out.m1.reserve_exact(self.m1.len());
-        out.m2.reserve_exact(self.m2.len());
-        let s = if self.m0.is_empty() { 1 } else { self.m1.len() / self.m0.len() };
-        for &i in &position {
-            let entries = self.indptr[i]..self.indptr[i + 1];
-            out.log_likelihood.push(self.log_likelihood[i]);
-            out.region.extend_from_slice(&self.region[entries.clone()]);
-            out.m0.extend_from_slice(&self.m0[entries.clone()]);
-            out.m1.extend_from_slice(&self.m1[entries.start * s..entries.end * s]);
-            out.m2.extend_from_slice(&self.m2[entries.start * s * s..entries.end * s * s]);
-            out.indptr.push(out.region.len());
-        }
-        out
-    }
-
-    /// The batches' points one after the other, each array allocated once.
-    fn concat(batches: &[EStep]) -> EStep {
-        let total = |len: fn(&EStep) -> usize| batches.iter().map(len).sum::<usize>();
+    /// The batches' points one after the other, each array allocated once; where a batch
+    /// comes with `computed`, its statistics are in the order computed, `computed[i]` the point
+    /// of the `i`-th, and are put in point order.
+    fn concat(batches: &[(EStep, Option<Vec<usize>>)]) -> EStep {
+        let total = |len: fn(&EStep) -> usize| batches.iter().map(|(b, _)| len(b)).sum::<usize>();
         let mut out = EStep {
             log_likelihood: Vec::with_capacity(total(|b| b.log_likelihood.len())),
             indptr: Vec::with_capacity(total(|b| b.log_likelihood.len()) + 1),
@@ -625,14 +710,24 @@ impl EStep {
             m2: Vec::with_capacity(total(|b| b.m2.len())),
         };
         out.indptr.push(0);
-        for batch in batches {
-            let offset = out.region.len();
-            out.indptr.extend(batch.indptr[1..].iter().map(|i| i + offset));
-            out.log_likelihood.extend_from_slice(&batch.log_likelihood);
-            out.region.extend_from_slice(&batch.region);
-            out.m0.extend_from_slice(&batch.m0);
-            out.m1.extend_from_slice(&batch.m1);
-            out.m2.extend_from_slice(&batch.m2);
+        for (batch, computed) in batches {
+            let n = batch.log_likelihood.len();
+            let s = if batch.m0.is_empty() { 1 } else { batch.m1.len() / batch.m0.len() };
+            let mut position: Vec<usize> = (0..n).collect();
+            if let Some(computed) = computed {
+                for (i, &p) in computed.iter().enumerate() {
+                    position[p] = i;
+                }
+            }
+            for i in position {
+                let (first, end) = (batch.indptr[i], batch.indptr[i + 1]);
+                out.log_likelihood.push(batch.log_likelihood[i]);
+                out.region.extend_from_slice(&batch.region[first..end]);
+                out.m0.extend_from_slice(&batch.m0[first..end]);
+                out.m1.extend_from_slice(&batch.m1[first * s..end * s]);
+                out.m2.extend_from_slice(&batch.m2[first * s * s..end * s * s]);
+                out.indptr.push(out.region.len());
+            }
         }
         out
     }
@@ -664,19 +759,23 @@ pub fn e_step<I: RegionIntegrator>(
                 match block.log_likelihood(l) {
                     Some(log_likelihood) => state.0.push_block_point(block, l, log_likelihood),
                     None => {
-                        let (lk, mu) = local.point(p);
-                        by_regions(state, lk, mu);
+                        let (lk, mu) = local(p);
+                        by_regions(state, &lk, &mu);
                     }
                 }
                 computed.push(p);
             }
         })?;
-        batches.into_iter().map(|((stats, terms), computed)| (stats.in_point_order(&computed), terms)).collect()
+        batches.into_iter().map(|((stats, _), computed)| (stats, Some(computed))).collect()
     } else {
-        map_batches(algebra, x, cancel, start, by_regions)?
+        let batches = map_batches(algebra, x, cancel, start, by_regions)?;
+        let mut batches: Vec<(EStep, Option<Vec<usize>>)> = batches.into_iter().map(|(stats, _)| (stats, None)).collect();
+        if batches.len() == 1 {
+            return Ok(batches.pop().unwrap().0);
+        }
+        batches
     };
-    let batches: Vec<EStep> = batches.into_iter().map(|(batch, ..)| batch).collect();
-    Ok(if batches.len() == 1 { batches.into_iter().next().unwrap() } else { EStep::concat(&batches) })
+    Ok(EStep::concat(&batches))
 }
 
 /// The DGN: a partition of its decoder and the per-region algebra for a noise variance.

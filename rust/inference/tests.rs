@@ -216,10 +216,10 @@ fn interval_path_declines_points_whose_terms_underflow_its_scale() {
     // the term (~1e-260) by more than the linear scale keeps, so the caller must use logs.
     let intervals = interval::Intervals::new(&[(0.0, 1e-260)], vec![1.0]);
     let mut block = interval::Block::default();
-    block.evaluate::<false>(&intervals, &[0.0], &[0.0], &[0]);
+    block.evaluate::<false>(&intervals, &interval::Local::Stored { log_kappa: &[0.0], mu: &[0.0] }, &[0]);
     assert!(block.log_likelihood(0).is_none());
     let wide = interval::Intervals::new(&[(0.0, 1e-3)], vec![1.0]);
-    block.evaluate::<true>(&wide, &[0.0], &[0.0], &[0]);
+    block.evaluate::<true>(&wide, &interval::Local::Stored { log_kappa: &[0.0], mu: &[0.0] }, &[0]);
     // Phi(w) - 1/2 = phi(0) (w - w^3 / 6 + w^5 / 40 - ...).
     let (mass, w) = (block.log_likelihood(0).unwrap().exp(), 1e-3f64);
     let want = crate::gauss::normal::FRAC_1_SQRT_2PI * (w - w.powi(3) / 6.0 + w.powi(5) / 40.0);
