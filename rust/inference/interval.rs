@@ -259,6 +259,8 @@ pub(crate) struct Block {
     density: Vec<Lanes>,
     density_ready: Vec<bool>,
     computed: Vec<bool>,
+    /// Scratch of [`Self::append_lane`]: regions, weights and moments.
+    kept: (Vec<usize>, Vec<f64>, Vec<f64>, Vec<f64>),
     /// Scaled `kappa Phi`, `E[z 1_q]`, `E[z^2 1_q]` per region (valid where computed; the
     /// moments only where asked for).
     mass: Vec<Lanes>,
@@ -298,28 +300,32 @@ impl Block {
 
     /// Appends lane l's counted regions whose weight (mass over the total) exceeds
     /// `min_weight`, in increasing order: each region, its weight, and its `E[z 1_q]`,
-    /// `E[z^2 1_q]` over the total. Every region is written and the next one overwrites it
-    /// unless it is kept, so that the loop has no branch.
-    pub(crate) fn append_lane(&self, l: usize, min_weight: f64, region: &mut Vec<usize>, m0: &mut Vec<f64>, m1: &mut Vec<f64>, m2: &mut Vec<f64>) {
-        let (r, start) = (self.mass.len(), region.len());
+    /// `E[z^2 1_q]` over the total. Every region is written to scratch and the next one
+    /// overwrites it unless it is kept, so that the loop has no branch; the kept ones are then
+    /// copied out at once.
+    pub(crate) fn append_lane(&mut self, l: usize, min_weight: f64, region: &mut Vec<usize>, m0: &mut Vec<f64>, m1: &mut Vec<f64>, m2: &mut Vec<f64>) {
+        let r = self.mass.len();
         let (inv_total, threshold) = (1.0 / self.total[l], self.threshold[l]);
-        region.resize(start + r, 0);
-        m0.resize(start + r, 0.0);
-        m1.resize(start + r, 0.0);
-        m2.resize(start + r, 0.0);
-        let mut kept = 0;
-        for q in 0..r {
-            let w = self.mass[q][l] * inv_total;
-            region[start + kept] = q;
-            m0[start + kept] = w;
-            m1[start + kept] = self.first[q][l] * inv_total;
-            m2[start + kept] = self.second[q][l] * inv_total;
-            kept += ((self.bound[q][l] >= threshold) & (w > min_weight)) as usize;
+        let kept = &mut self.kept;
+        kept.0.resize(r + 1, 0);
+        kept.1.resize(r + 1, 0.0);
+        kept.2.resize(r + 1, 0.0);
+        kept.3.resize(r + 1, 0.0);
+        let mut k = 0;
+        let regions = self.mass.iter().zip(&self.first).zip(&self.second).zip(&self.bound).enumerate();
+        for (q, (((mass, first), second), bound)) in regions {
+            let w = mass[l] * inv_total;
+            let slot = k.min(r);
+            kept.0[slot] = q;
+            kept.1[slot] = w;
+            kept.2[slot] = first[l] * inv_total;
+            kept.3[slot] = second[l] * inv_total;
+            k += ((bound[l] >= threshold) & (w > min_weight)) as usize;
         }
-        region.truncate(start + kept);
-        m0.truncate(start + kept);
-        m1.truncate(start + kept);
-        m2.truncate(start + kept);
+        region.extend_from_slice(&kept.0[..k]);
+        m0.extend_from_slice(&kept.1[..k]);
+        m1.extend_from_slice(&kept.2[..k]);
+        m2.extend_from_slice(&kept.3[..k]);
     }
 
     /// Makes sure the joint density at finite end `e` is computed, from its fixed region.

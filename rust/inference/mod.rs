@@ -484,7 +484,7 @@ fn map_interval_batches<T: Send, const MOMENTS: bool>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
     start: impl Fn(usize) -> T + Sync,
-    per_block: impl Fn(&mut T, &interval::Block, &[usize], &dyn Fn(usize) -> (Vec<f64>, Vec<f64>)) + Sync,
+    per_block: impl Fn(&mut T, &mut interval::Block, &[usize], &dyn Fn(usize) -> (Vec<f64>, Vec<f64>)) + Sync,
 ) -> Result<Vec<T>> {
     over_batches(x, algebra, cancel, |points| {
         let (stored, order) = algebra.order_s1(points, intervals);
@@ -507,7 +507,7 @@ fn map_interval_batches<T: Send, const MOMENTS: bool>(
         let mut block = interval::Block::default();
         for chunk in order.chunks(interval::LANES) {
             block.evaluate::<MOMENTS>(intervals, &local, chunk);
-            per_block(&mut state, &block, chunk, &point);
+            per_block(&mut state, &mut block, chunk, &point);
         }
         state
     })
@@ -690,7 +690,7 @@ impl EStep {
     }
 
     /// As [`Self::push_point`] for a point of the S = 1 path's block (lane `l`, not declined).
-    fn push_block_point(&mut self, block: &interval::Block, l: usize, log_likelihood: f64) {
+    fn push_block_point(&mut self, block: &mut interval::Block, l: usize, log_likelihood: f64) {
         self.log_likelihood.push(log_likelihood);
         block.append_lane(l, MIN_WEIGHT, &mut self.region, &mut self.m0, &mut self.m1, &mut self.m2);
         self.indptr.push(self.region.len());
