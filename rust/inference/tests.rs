@@ -254,3 +254,33 @@ fn narrow_posteriors_far_from_zero_keep_their_variance() {
     let reference = spread / total - (shift / total).powi(2);
     assert!((variance / reference - 1.0).abs() < 1e-6, "variance {variance} vs grid {reference}");
 }
+
+#[test]
+fn interval_path_gives_each_point_the_same_bits_in_any_batch() {
+    // The blocks take sixteen points at a time, ordered by their best region, and compute a
+    // region wherever one of their points counts it: a point's results must still depend on
+    // that point alone (not on the others, the batching, or the order).
+    let dec = Arc::new(Decoder::random_uniform(&[1, 16, 16, 2], 0.1, 11).unwrap());
+    let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
+    for psi in [0.5, 1e-3, 1e-6] {
+        let algebra = RegionAlgebra::new(&part, &[psi, psi]).unwrap();
+        let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
+        let zs = DMatrix::from_fn(1, 53, |_, j| -3.0 + 0.113 * j as f64);
+        let mut x = dec.forward_batch(zs.as_view());
+        for j in 0..53 {
+            x[(j % 2, j)] += 0.3 * ((j * 7 % 11) as f64 - 5.0);
+        }
+        let all = e_step(&algebra, &gauss, x.as_view(), &Cancel::new()).unwrap();
+        let ll = log_likelihood(&algebra, &gauss, x.as_view(), &Cancel::new()).unwrap();
+        for p in 0..53 {
+            let one = e_step(&algebra, &gauss, x.columns(p, 1), &Cancel::new()).unwrap();
+            let entries = all.indptr[p]..all.indptr[p + 1];
+            assert_eq!(one.log_likelihood[0].to_bits(), all.log_likelihood[p].to_bits(), "psi {psi} point {p}");
+            assert_eq!(ll[p].to_bits(), all.log_likelihood[p].to_bits());
+            assert_eq!(one.region, all.region[entries.clone()]);
+            assert_eq!(one.m0, all.m0[entries.clone()]);
+            assert_eq!(one.m1, all.m1[entries.clone()]);
+            assert_eq!(one.m2, all.m2[entries]);
+        }
+    }
+}
