@@ -464,10 +464,101 @@ impl Block {
 pub(crate) enum Local<'a> {
     /// Given point by point (`[p * R + q]`).
     Stored { log_kappa: &'a [f64], mu: &'a [f64] },
-    /// Formed from the points (`x`, `D x n`), for a few outputs `D`: `u_q = (A^T Psi^-1 x)_q - v_q`,
-    /// `mu_q = sigma_q u_q` and `log kappa_q = constant_q - x^T Psi^-1 x / 2 + (B^T Psi^-1 x)_q
-    /// + u_q mu_q / 2`, with `A^T Psi^-1` and `B^T Psi^-1` column-major (`R x D`).
-    Formed { x: DMatrixView<'a, f64>, at_psi: &'a [f64], bt_psi: &'a [f64], v: &'a [f64], sigma: &'a [f64], constant: &'a [f64], inv_psi: &'a [f64] },
+    /// Formed from the points, for a few outputs.
+    Formed(Forms<'a>),
+}
+
+/// The points (`x`, `D x n`) and what forms their local Gaussians: `u_q = (A^T Psi^-1 x)_q - v_q`,
+/// `mu_q = sigma_q u_q` and `log kappa_q = constant_q - x^T Psi^-1 x / 2 + (B^T Psi^-1 x)_q
+/// + u_q mu_q / 2`, with `A^T Psi^-1` and `B^T Psi^-1` column-major (`R x D`).
+pub(crate) struct Forms<'a> {
+    pub x: DMatrixView<'a, f64>,
+    pub at_psi: &'a [f64],
+    pub bt_psi: &'a [f64],
+    pub v: &'a [f64],
+    pub sigma: &'a [f64],
+    pub constant: &'a [f64],
+    pub inv_psi: &'a [f64],
+}
+
+impl Forms<'_> {
+    /// The coordinates of the lanes' points, into `x_lanes`, and their `x^T Psi^-1 x`.
+    #[inline(always)]
+    fn load(&self, lane_point: &[usize; LANES], x_lanes: &mut Vec<Lanes>) -> Lanes {
+        x_lanes.resize(self.inv_psi.len(), ZERO_LANES);
+        let mut xpx = ZERO_LANES;
+        for (i, lanes) in x_lanes.iter_mut().enumerate() {
+            for l in 0..LANES {
+                lanes[l] = self.x[(i, lane_point[l])];
+                xpx[l] += lanes[l] * lanes[l] * self.inv_psi[i];
+            }
+        }
+        xpx
+    }
+
+    /// Region q's `(log kappa_q, mu_q)` for the loaded lanes.
+    #[inline(always)]
+    fn region(&self, q: usize, x_lanes: &[Lanes], xpx: &Lanes) -> (Lanes, Lanes) {
+        let r = self.v.len();
+        let (mut a, mut bx) = (ZERO_LANES, ZERO_LANES);
+        for (i, xi) in x_lanes.iter().enumerate() {
+            let (ca, cb) = (self.at_psi[i * r + q], self.bt_psi[i * r + q]);
+            for l in 0..LANES {
+                a[l] += ca * xi[l];
+                bx[l] += cb * xi[l];
+            }
+        }
+        let (mut lk, mut m) = (ZERO_LANES, ZERO_LANES);
+        for l in 0..LANES {
+            let u = a[l] - self.v[q];
+            m[l] = self.sigma[q] * u;
+            lk[l] = self.constant[q] - 0.5 * xpx[l] + bx[l] + 0.5 * u * m[l];
+        }
+        (lk, m)
+    }
+}
+
+/// Each point's region of the largest bound (the first of equal ones), sixteen points at a
+/// time.
+struct BestRegions<'a> {
+    intervals: &'a Intervals,
+    forms: &'a Forms<'a>,
+}
+
+impl VectorKernel for BestRegions<'_> {
+    type Output = Vec<usize>;
+
+    #[inline(always)]
+    fn run(self) -> Vec<usize> {
+        let BestRegions { intervals, forms } = self;
+        let n = forms.x.ncols();
+        let mut best = Vec::with_capacity(n);
+        let mut x_lanes = Vec::new();
+        for first in (0..n).step_by(LANES) {
+            let lane_point: [usize; LANES] = std::array::from_fn(|l| (first + l).min(n - 1));
+            let xpx = forms.load(&lane_point, &mut x_lanes);
+            let (mut top, mut region) = ([f64::NEG_INFINITY; LANES], ZERO_LANES);
+            for q in 0..intervals.len() {
+                let (lk, mu) = forms.region(q, &x_lanes, &xpx);
+                let (lo, hi, inv_sd) = (intervals.lo[q], intervals.hi[q], intervals.inv_sd[q]);
+                for l in 0..LANES {
+                    let bound = lk[l] + tail_bound(lo, hi, inv_sd, mu[l]);
+                    let better = bound > top[l];
+                    top[l] = if better { bound } else { top[l] };
+                    region[l] = if better { q as f64 } else { region[l] };
+                }
+            }
+            best.extend(region[..LANES.min(n - first)].iter().map(|&q| q as usize));
+        }
+        best
+    }
+}
+
+impl Intervals {
+    /// Each point's region of the largest bound, for points whose local Gaussians are formed.
+    pub(crate) fn best_regions(&self, forms: &Forms) -> Vec<usize> {
+        with_wide_vectors(BestRegions { intervals: self, forms })
+    }
 }
 
 struct Evaluation<'a, const MOMENTS: bool> {
@@ -498,32 +589,10 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
                     }
                 }
             }
-            Local::Formed { x, at_psi, bt_psi, v, sigma, constant, inv_psi } => {
-                let d = inv_psi.len();
-                block.x.resize(d, ZERO_LANES);
-                let mut xpx = ZERO_LANES;
-                for (i, lanes) in block.x.iter_mut().enumerate() {
-                    for l in 0..LANES {
-                        lanes[l] = x[(i, lane_point[l])];
-                        xpx[l] += lanes[l] * lanes[l] * inv_psi[i];
-                    }
-                }
+            Local::Formed(ref forms) => {
+                let xpx = forms.load(&lane_point, &mut block.x);
                 for q in 0..r {
-                    let (mut a, mut bx) = (ZERO_LANES, ZERO_LANES);
-                    for (i, xi) in block.x.iter().enumerate() {
-                        let (ca, cb) = (at_psi[i * r + q], bt_psi[i * r + q]);
-                        for l in 0..LANES {
-                            a[l] += ca * xi[l];
-                            bx[l] += cb * xi[l];
-                        }
-                    }
-                    let (mut lk, mut m) = (ZERO_LANES, ZERO_LANES);
-                    for l in 0..LANES {
-                        let u = a[l] - v[q];
-                        m[l] = sigma[q] * u;
-                        lk[l] = constant[q] - 0.5 * xpx[l] + bx[l] + 0.5 * u * m[l];
-                    }
-                    (block.log_kappa[q], block.mu[q]) = (lk, m);
+                    (block.log_kappa[q], block.mu[q]) = forms.region(q, &block.x, &xpx);
                 }
             }
         }

@@ -189,8 +189,8 @@ impl RegionAlgebra {
         let mut mu = vec![0.0; n * r * s];
         if s == 1 {
             // For every region of every point, so on the widest vectors.
-            let products = Some((atx, btx));
-            with_wide_vectors(LocalGaussiansS1 { algebra: self, x, products: products.as_ref(), log_kappa: &mut log_kappa, mu: &mut mu, intervals: None });
+            let products = (atx, btx);
+            with_wide_vectors(LocalGaussiansS1 { algebra: self, x, products: &products, log_kappa: &mut log_kappa, mu: &mut mu, intervals: None });
             return LocalGaussians { s, r, log_kappa, mu };
         }
         for p in 0..n {
@@ -211,13 +211,17 @@ impl RegionAlgebra {
     /// than gathering them).
     pub(crate) fn order_s1(&self, x: DMatrixView<f64>, intervals: &interval::Intervals) -> (Option<LocalGaussians>, Vec<usize>) {
         let (r, n) = (self.n_regions(), x.ncols());
-        // A few outputs make the products too thin for a matrix multiplication's packing to
-        // pay: the kernel forms them point by point.
-        let products = (self.d > FEW_OUTPUTS).then(|| (&self.at_psi * x, &self.bt_psi * x));
-        let size = if products.is_some() { n * r } else { r };
-        let (mut log_kappa, mut mu) = (vec![0.0; size], vec![0.0; size]);
-        let kernel = LocalGaussiansS1 { algebra: self, x, products: products.as_ref(), log_kappa: &mut log_kappa, mu: &mut mu, intervals: Some(intervals) };
-        let best = with_wide_vectors(kernel);
+        let (stored, best) = if self.d > FEW_OUTPUTS {
+            let products = (&self.at_psi * x, &self.bt_psi * x);
+            let (mut log_kappa, mut mu) = (vec![0.0; n * r], vec![0.0; n * r]);
+            let kernel = LocalGaussiansS1 { algebra: self, x, products: &products, log_kappa: &mut log_kappa, mu: &mut mu, intervals: Some(intervals) };
+            let best = with_wide_vectors(kernel);
+            (Some(LocalGaussians { s: 1, r, log_kappa, mu }), best)
+        } else {
+            // A few outputs make the products too thin for a matrix multiplication's packing
+            // to pay: the points' local Gaussians are formed where needed, sixteen at a time.
+            (None, intervals.best_regions(&self.s1_forms(x)))
+        };
         let mut start = vec![0; r + 1];
         for &q in &best {
             start[q + 1] += 1;
@@ -230,12 +234,12 @@ impl RegionAlgebra {
             order[start[q]] = p;
             start[q] += 1;
         }
-        (products.is_some().then_some(LocalGaussians { s: 1, r, log_kappa, mu }), order)
+        (stored, order)
     }
 
     /// At S = 1, what the interval path's blocks form `log kappa_q` and `mu_q` from.
-    fn s1_forms<'a>(&'a self, x: DMatrixView<'a, f64>) -> interval::Local<'a> {
-        interval::Local::Formed {
+    fn s1_forms<'a>(&'a self, x: DMatrixView<'a, f64>) -> interval::Forms<'a> {
+        interval::Forms {
             x,
             at_psi: self.at_psi.as_slice(),
             bt_psi: self.bt_psi.as_slice(),
@@ -286,8 +290,8 @@ impl RegionAlgebra {
 struct LocalGaussiansS1<'a> {
     algebra: &'a RegionAlgebra,
     x: DMatrixView<'a, f64>,
-    /// `A^T Psi^-1 X` and `B^T Psi^-1 X`, or `None` to form each point's columns here.
-    products: Option<&'a (DMatrix<f64>, DMatrix<f64>)>,
+    /// `A^T Psi^-1 X` and `B^T Psi^-1 X`.
+    products: &'a (DMatrix<f64>, DMatrix<f64>),
     log_kappa: &'a mut [f64],
     mu: &'a mut [f64],
     intervals: Option<&'a interval::Intervals>,
@@ -298,34 +302,13 @@ impl VectorKernel for LocalGaussiansS1<'_> {
 
     #[inline(always)]
     fn run(self) -> Vec<usize> {
-        let LocalGaussiansS1 { algebra, x, products, log_kappa, mu, intervals } = self;
+        let LocalGaussiansS1 { algebra, x, products: (atx, btx), log_kappa, mu, intervals } = self;
         let r = algebra.n_regions();
-        let (mut bounds, mut atx_p, mut btx_p) = (vec![0.0; r], vec![0.0; r], vec![0.0; r]);
+        let mut bounds = vec![0.0; r];
         let mut best = Vec::with_capacity(if intervals.is_some() { x.ncols() } else { 0 });
-        // With room for one point, each point's values are overwritten by the next.
-        let stored = log_kappa.len() == x.ncols() * r;
-        for p in 0..x.ncols() {
-            let row = if stored { p * r..(p + 1) * r } else { 0..r };
-            let (lk, m) = (&mut log_kappa[row.clone()], &mut mu[row]);
-            let point = x.column(p);
-            let xpx: f64 = point.iter().zip(&algebra.inv_psi).map(|(v, w)| v * v * w).sum();
-            let (atx, btx) = match products {
-                Some((atx, btx)) => (&atx.as_slice()[p * r..(p + 1) * r], &btx.as_slice()[p * r..(p + 1) * r]),
-                None => {
-                    atx_p.fill(0.0);
-                    btx_p.fill(0.0);
-                    for (i, &v) in point.iter().enumerate() {
-                        for (a, &c) in atx_p.iter_mut().zip(algebra.at_psi.column(i).as_slice()) {
-                            *a += c * v;
-                        }
-                        for (b, &c) in btx_p.iter_mut().zip(algebra.bt_psi.column(i).as_slice()) {
-                            *b += c * v;
-                        }
-                    }
-                    (&atx_p[..], &btx_p[..])
-                }
-            };
-            algebra.local_gaussians_of_point_s1(atx, btx, xpx, lk, m);
+        for (p, (lk, m)) in log_kappa.chunks_exact_mut(r).zip(mu.chunks_exact_mut(r)).enumerate() {
+            let xpx: f64 = x.column(p).iter().zip(&algebra.inv_psi).map(|(v, w)| v * v * w).sum();
+            algebra.local_gaussians_of_point_s1(&atx.as_slice()[p * r..(p + 1) * r], &btx.as_slice()[p * r..(p + 1) * r], xpx, lk, m);
             if let Some(intervals) = intervals {
                 best.push(intervals.best_region(lk, m, &mut bounds));
             }
@@ -490,7 +473,7 @@ fn map_interval_batches<T: Send, const MOMENTS: bool>(
         let (stored, order) = algebra.order_s1(points, intervals);
         let local = match &stored {
             Some(stored) => interval::Local::Stored { log_kappa: &stored.log_kappa, mu: &stored.mu },
-            None => algebra.s1_forms(points),
+            None => interval::Local::Formed(algebra.s1_forms(points)),
         };
         // A point's values for the log-space path, where a block declines it (rare).
         let point = |p: usize| match &stored {
