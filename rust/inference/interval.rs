@@ -259,8 +259,6 @@ pub(crate) struct Block {
     density: Vec<Lanes>,
     density_ready: Vec<bool>,
     computed: Vec<bool>,
-    /// Scratch of [`Self::append_lane`]: regions, weights and moments.
-    kept: (Vec<usize>, Vec<f64>, Vec<f64>, Vec<f64>),
     /// Scaled `kappa Phi`, `E[z 1_q]`, `E[z^2 1_q]` per region (valid where computed; the
     /// moments only where asked for).
     mass: Vec<Lanes>,
@@ -298,34 +296,46 @@ impl Block {
         })
     }
 
-    /// Appends lane l's counted regions whose weight (mass over the total) exceeds
-    /// `min_weight`, in increasing order: each region, its weight, and its `E[z 1_q]`,
-    /// `E[z^2 1_q]` over the total. Every region is written to scratch and the next one
-    /// overwrites it unless it is kept, so that the loop has no branch; the kept ones are then
-    /// copied out at once.
-    pub(crate) fn append_lane(&mut self, l: usize, min_weight: f64, region: &mut Vec<usize>, m0: &mut Vec<f64>, m1: &mut Vec<f64>, m2: &mut Vec<f64>) {
-        let r = self.mass.len();
-        let (inv_total, threshold) = (1.0 / self.total[l], self.threshold[l]);
-        let kept = &mut self.kept;
-        kept.0.resize(r + 1, 0);
-        kept.1.resize(r + 1, 0.0);
-        kept.2.resize(r + 1, 0.0);
-        kept.3.resize(r + 1, 0.0);
-        let mut k = 0;
-        let regions = self.mass.iter().zip(&self.first).zip(&self.second).zip(&self.bound).enumerate();
-        for (q, (((mass, first), second), bound)) in regions {
-            let w = mass[l] * inv_total;
-            let slot = k.min(r);
-            kept.0[slot] = q;
-            kept.1[slot] = w;
-            kept.2[slot] = first[l] * inv_total;
-            kept.3[slot] = second[l] * inv_total;
-            k += ((bound[l] >= threshold) & (w > min_weight)) as usize;
+    /// Whether the block declined its point `l` (see [`Self::log_likelihood`]).
+    pub(crate) fn declined(&self, l: usize) -> bool {
+        self.declined[l]
+    }
+
+    /// Appends the statistics of the block's first `points` lanes, except the declined ones,
+    /// lane after lane: each lane's `log p(x)`, then its counted regions whose weight (mass
+    /// over the total) exceeds `min_weight`, in increasing order, with their weights and their
+    /// `E[z 1_q]`, `E[z^2 1_q]` over the total, and the end of its entries (to `ends`). The
+    /// arrays grow once for the block; every region is written and the next one overwrites it
+    /// unless it is kept, so that the loop has no branch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn append(&self, points: usize, min_weight: f64, log_likelihood: &mut Vec<f64>, ends: &mut Vec<usize>, region: &mut Vec<usize>, m0: &mut Vec<f64>, m1: &mut Vec<f64>, m2: &mut Vec<f64>) {
+        // Only computed regions can be kept.
+        let computed: Vec<usize> = (0..self.mass.len()).filter(|&q| self.computed[q]).collect();
+        let start = region.len();
+        let room = start + points * computed.len();
+        region.resize(room, 0);
+        m0.resize(room, 0.0);
+        m1.resize(room, 0.0);
+        m2.resize(room, 0.0);
+        let mut k = start;
+        for l in (0..points).filter(|&l| !self.declined[l]) {
+            log_likelihood.push(self.scale[l] + self.total[l].ln());
+            let (inv_total, threshold) = (1.0 / self.total[l], self.threshold[l]);
+            for &q in &computed {
+                let (mass, first, second, bound) = (&self.mass[q], &self.first[q], &self.second[q], &self.bound[q]);
+                let w = mass[l] * inv_total;
+                region[k] = q;
+                m0[k] = w;
+                m1[k] = first[l] * inv_total;
+                m2[k] = second[l] * inv_total;
+                k += ((bound[l] >= threshold) & (w > min_weight)) as usize;
+            }
+            ends.push(k);
         }
-        region.extend_from_slice(&kept.0[..k]);
-        m0.extend_from_slice(&kept.1[..k]);
-        m1.extend_from_slice(&kept.2[..k]);
-        m2.extend_from_slice(&kept.3[..k]);
+        region.truncate(k);
+        m0.truncate(k);
+        m1.truncate(k);
+        m2.truncate(k);
     }
 
     /// Makes sure the joint density at finite end `e` is computed, from its fixed region.

@@ -467,7 +467,7 @@ fn map_interval_batches<T: Send, const MOMENTS: bool>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
     start: impl Fn(usize) -> T + Sync,
-    per_block: impl Fn(&mut T, &mut interval::Block, &[usize], &dyn Fn(usize) -> (Vec<f64>, Vec<f64>)) + Sync,
+    per_block: impl Fn(&mut T, &interval::Block, &[usize], &dyn Fn(usize) -> (Vec<f64>, Vec<f64>)) + Sync,
 ) -> Result<Vec<T>> {
     over_batches(x, algebra, cancel, |points| {
         let (stored, order) = algebra.order_s1(points, intervals);
@@ -490,7 +490,7 @@ fn map_interval_batches<T: Send, const MOMENTS: bool>(
         let mut block = interval::Block::default();
         for chunk in order.chunks(interval::LANES) {
             block.evaluate::<MOMENTS>(intervals, &local, chunk);
-            per_block(&mut state, &mut block, chunk, &point);
+            per_block(&mut state, &block, chunk, &point);
         }
         state
     })
@@ -672,11 +672,10 @@ impl EStep {
         self.indptr.push(self.region.len());
     }
 
-    /// As [`Self::push_point`] for a point of the S = 1 path's block (lane `l`, not declined).
-    fn push_block_point(&mut self, block: &mut interval::Block, l: usize, log_likelihood: f64) {
-        self.log_likelihood.push(log_likelihood);
-        block.append_lane(l, MIN_WEIGHT, &mut self.region, &mut self.m0, &mut self.m1, &mut self.m2);
-        self.indptr.push(self.region.len());
+    /// As [`Self::push_point`] for the points of an S = 1 block (its first `points` lanes)
+    /// that it did not decline.
+    fn push_block(&mut self, block: &interval::Block, points: usize) {
+        block.append(points, MIN_WEIGHT, &mut self.log_likelihood, &mut self.indptr, &mut self.region, &mut self.m0, &mut self.m1, &mut self.m2);
     }
 
     /// The batches' points one after the other, each array allocated once; where a batch
@@ -738,14 +737,12 @@ pub fn e_step<I: RegionIntegrator>(
         // order computed, with the point of each, and put in point order at the end.
         let start = |points| (start(points), Vec::with_capacity(points));
         let batches = map_interval_batches::<_, true>(algebra, intervals, x, cancel, start, |(state, computed), block, points, local| {
-            for (l, &p) in points.iter().enumerate() {
-                match block.log_likelihood(l) {
-                    Some(log_likelihood) => state.0.push_block_point(block, l, log_likelihood),
-                    None => {
-                        let (lk, mu) = local(p);
-                        by_regions(state, &lk, &mu);
-                    }
-                }
+            state.0.push_block(block, points.len());
+            computed.extend(points.iter().enumerate().filter(|&(l, _)| !block.declined(l)).map(|(_, &p)| p));
+            // The declined points after the others, in the log-space path.
+            for (_, &p) in points.iter().enumerate().filter(|&(l, _)| block.declined(l)) {
+                let (lk, mu) = local(p);
+                by_regions(state, &lk, &mu);
                 computed.push(p);
             }
         })?;
