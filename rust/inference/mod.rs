@@ -672,6 +672,14 @@ impl EStep {
         self.indptr.push(self.region.len());
     }
 
+    /// Room for `entries` more stored regions (latent dimension `s`).
+    fn reserve(&mut self, entries: usize, s: usize) {
+        self.region.reserve(entries);
+        self.m0.reserve(entries);
+        self.m1.reserve(entries * s);
+        self.m2.reserve(entries * s * s);
+    }
+
     /// As [`Self::push_point`] for the points of an S = 1 block (its first `points` lanes)
     /// that it did not decline.
     fn push_block(&mut self, block: &interval::Block, points: usize) {
@@ -735,7 +743,13 @@ pub fn e_step<I: RegionIntegrator>(
     let batches = if let Some(intervals) = integrator.intervals() {
         // The blocks take the points out of order: each batch's statistics are stored in the
         // order computed, with the point of each, and put in point order at the end.
-        let start = |points| (start(points), Vec::with_capacity(points));
+        // Room for one more block: a block grows the arrays by all its computed regions before
+        // it keeps some, and growing them at the last block of a batch would copy the batch.
+        let start = |points| {
+            let (mut stats, terms) = start(points);
+            stats.reserve(interval::LANES * algebra.n_regions(), 1);
+            ((stats, terms), Vec::with_capacity(points))
+        };
         let batches = map_interval_batches::<_, true>(algebra, intervals, x, cancel, start, |(state, computed), block, points, local| {
             state.0.push_block(block, points.len());
             computed.extend(points.iter().enumerate().filter(|&(l, _)| !block.declined(l)).map(|(_, &p)| p));
