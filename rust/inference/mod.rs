@@ -701,13 +701,20 @@ impl EStep {
         };
         out.indptr.push(0);
         for (batch, computed) in batches {
-            let n = batch.log_likelihood.len();
+            let Some(computed) = computed else {
+                let offset = out.region.len();
+                out.indptr.extend(batch.indptr[1..].iter().map(|i| i + offset));
+                out.log_likelihood.extend_from_slice(&batch.log_likelihood);
+                out.region.extend_from_slice(&batch.region);
+                out.m0.extend_from_slice(&batch.m0);
+                out.m1.extend_from_slice(&batch.m1);
+                out.m2.extend_from_slice(&batch.m2);
+                continue;
+            };
             let s = if batch.m0.is_empty() { 1 } else { batch.m1.len() / batch.m0.len() };
-            let mut position: Vec<usize> = (0..n).collect();
-            if let Some(computed) = computed {
-                for (i, &p) in computed.iter().enumerate() {
-                    position[p] = i;
-                }
+            let mut position = vec![0; computed.len()];
+            for (i, &p) in computed.iter().enumerate() {
+                position[p] = i;
             }
             for i in position {
                 let (first, end) = (batch.indptr[i], batch.indptr[i + 1]);
@@ -760,15 +767,16 @@ pub fn e_step<I: RegionIntegrator>(
                 computed.push(p);
             }
         })?;
-        batches.into_iter().map(|((stats, _), computed)| (stats, Some(computed))).collect()
+        // Each batch put in point order on its own thread, while its arrays are still cached;
+        // then the batches one after the other.
+        batches.into_par_iter().map(|((stats, _), computed)| (EStep::concat(&[(stats, Some(computed))]), None)).collect()
     } else {
-        let batches = map_batches(algebra, x, cancel, start, by_regions)?;
-        let mut batches: Vec<(EStep, Option<Vec<usize>>)> = batches.into_iter().map(|(stats, _)| (stats, None)).collect();
-        if batches.len() == 1 {
-            return Ok(batches.pop().unwrap().0);
-        }
-        batches
+        map_batches(algebra, x, cancel, start, by_regions)?.into_iter().map(|(stats, _)| (stats, None)).collect()
     };
+    let mut batches: Vec<(EStep, Option<Vec<usize>>)> = batches;
+    if batches.len() == 1 {
+        return Ok(batches.pop().unwrap().0);
+    }
     Ok(EStep::concat(&batches))
 }
 
