@@ -653,11 +653,11 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
             }
         }
         // Then those within PRUNE_GAP of that sum, where it is below the scale's.
-        for l in 0..LANES {
-            let usable = total[l] > MIN_SCALED_TOTAL && total[l] < f64::INFINITY;
-            block.declined[l] = !usable;
-            let below_sum = ln(if usable { total[l] } else { 1.0 }) - PRUNE_GAP;
-            block.threshold[l] = if below_sum < -PRUNE_GAP { below_sum } else { -PRUNE_GAP };
+        for ((declined, threshold), &total) in block.declined.iter_mut().zip(&mut block.threshold).zip(&total) {
+            let usable = total > MIN_SCALED_TOTAL && total < f64::INFINITY;
+            *declined = !usable;
+            let below_sum = ln(if usable { total } else { 1.0 }) - PRUNE_GAP;
+            *threshold = if below_sum < -PRUNE_GAP { below_sum } else { -PRUNE_GAP };
         }
         let threshold = block.threshold;
         for q in 0..r {
