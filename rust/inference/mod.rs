@@ -96,7 +96,6 @@ pub struct RegionAlgebra {
     at_psi: DMatrix<f64>,
     /// `[b_1 | ... | b_R]^T Psi^{-1}`: `R x D`.
     bt_psi: DMatrix<f64>,
-
     /// `Sigma_q`, S x S row-major per region.
     sigma: Vec<f64>,
     /// Lower Cholesky factor `L_q` of `Sigma_q` (S x S row-major) and `log det Sigma_q`.
@@ -408,8 +407,9 @@ impl RunningLogSumExp {
     }
 }
 
-/// Up to this many outputs, the S = 1 path forms `A^T Psi^-1 x` point by point rather than by
-/// matrix multiplication.
+/// Up to this many outputs, the S = 1 path's blocks form their points' local Gaussians from the
+/// points (`A^T Psi^-1 x` as `D` products per region) rather than gathering them from matrix
+/// products computed and stored for the batch.
 const FEW_OUTPUTS: usize = 16;
 
 /// Points per batch of the matrix products: at most tens of megabytes of `n x R x S` buffers,
