@@ -175,10 +175,24 @@ fn interval_path_matches_region_by_region_quadrature() {
     // The linear-space S = 1 path (shared end densities, Cody tails, the centred series for
     // short intervals) against Simpson's rule per region through the log-space path, for wide
     // and narrow posteriors and for points far from the data, where every region is in a tail.
-    let dec = Arc::new(Decoder::random_uniform(&[1, 16, 16, 2], 0.1, 11).unwrap());
+    // Two outputs: the blocks form the points' local Gaussians themselves.
+    interval_path_against_quadrature(&[1, 16, 16, 2], &[[0.5, 0.5], [0.05, 0.2], [1e-4, 1e-4]]);
+}
+
+#[test]
+fn interval_path_matches_quadrature_with_many_outputs() {
+    // Twenty outputs: the local Gaussians come from the batch's matrix products, stored and
+    // gathered into the blocks.
+    let noise = |a: f64, b: f64| (0..20).map(|i| if i % 2 == 0 { a } else { b }).collect::<Vec<f64>>();
+    interval_path_against_quadrature(&[1, 8, 8, 20], &[noise(0.5, 0.5), noise(0.05, 0.2), noise(1e-4, 1e-4)]);
+}
+
+fn interval_path_against_quadrature<P: AsRef<[f64]>>(widths: &[usize], noises: &[P]) {
+    let dec = Arc::new(Decoder::random_uniform(widths, 0.1, 11).unwrap());
     let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
-    for psi in [[0.5, 0.5], [0.05, 0.2], [1e-4, 1e-4]] {
-        let algebra = RegionAlgebra::new(&part, &psi).unwrap();
+    for psi in noises {
+        let psi = psi.as_ref();
+        let algebra = RegionAlgebra::new(&part, psi).unwrap();
         let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
         assert!(gauss.intervals().is_some());
         let quad = Quadrature { partition: &part, algebra: &algebra };
