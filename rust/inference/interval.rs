@@ -195,8 +195,8 @@ struct Region {
 /// `(kappa Phi(-y), kappa (Phi(y) - 1/2))` scaled by `e^{-M}` for each lane, `y >= 0`
 /// (infinite at an infinite end), from `end = exp(log kappa - M - y^2 / 2)` and
 /// `kappa = kappa e^{-M}`: Cody's tail form `end r(y)` beyond his central range,
-/// `kappa (1/2 - t(y))` within it. A block whose arguments all take one of the three forms
-/// evaluates that one alone, a mixed block all three (the same bits either way).
+/// `kappa (1/2 - t(y))` within it. A block evaluates only the forms its arguments take (one,
+/// two neighbouring ones, or all three), with the same bits either way.
 #[inline(always)]
 fn end_tails(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes) {
     // And- and or-reductions of comparisons, which vectorise (counting them did not).
@@ -221,6 +221,24 @@ fn end_tails(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes) {
     } else if !any_near {
         for l in 0..LANES {
             tail[l] = end[l] * cody_far_one_division(y[l]);
+            upper[l] = 0.5 * kappa[l] - tail[l];
+        }
+    } else if all_near {
+        // Central and middle lanes, none far.
+        for l in 0..LANES {
+            let (central_num, central_den) = cody_central(y[l]);
+            let (middle_num, middle_den) = cody_middle(y[l]);
+            let is_central = y[l] <= CODY_CENTRAL_END;
+            let ratio = if is_central { central_num } else { middle_num } / if is_central { central_den } else { middle_den };
+            let tail_form = end[l] * ratio;
+            (tail[l], upper[l]) = if is_central { (kappa[l] * (0.5 - ratio), kappa[l] * ratio) } else { (tail_form, 0.5 * kappa[l] - tail_form) };
+        }
+    } else if !any_central {
+        // Middle and far lanes, none central.
+        for l in 0..LANES {
+            let (num, den) = cody_middle(y[l]);
+            let far = cody_far_one_division(y[l]);
+            tail[l] = end[l] * if y[l] <= SQRT_32 { num / den } else { far };
             upper[l] = 0.5 * kappa[l] - tail[l];
         }
     } else {
