@@ -191,3 +191,23 @@ def test_conjugate_gradient_layer_solve_agrees_with_the_dense_one(monkeypatch):
         iterative = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, 0.1, 0.01)
         for a, b in zip(dense, iterative):
             assert np.allclose(a, b, rtol=1e-6, atol=1e-8 * (1 + np.abs(a).max()))
+
+
+def test_region_sums_match_dense_sums_over_points():
+    # The M-step's per-region sums against the same sums written out densely over points and
+    # regions (S = 2: the second moments are S x S).
+    X = exactem.datasets.wave(150, 0.1, seed=2)
+    X = np.concatenate([X, X[:, :1] ** 2], axis=1)
+    model = exactem.DGN(exactem.Decoder.random([2, 4, 3], seed=5), 0.3)
+    es = model.e_step(X)
+    R, S = len(model.regions), 2
+    stats = RegionStats(es, X, R)
+    m0 = es.m0.toarray()
+    m1, m2 = np.zeros((len(X), R, S)), np.zeros((len(X), R, S, S))
+    m1[es.points, es.regions] = es.m1
+    m2[es.points, es.regions] = es.m2
+    assert np.allclose(stats.s0, m0.sum(axis=0), rtol=1e-12, atol=1e-12)
+    assert np.allclose(stats.s1, m1.sum(axis=0), rtol=1e-12, atol=1e-12)
+    assert np.allclose(stats.s2, m2.sum(axis=0), rtol=1e-12, atol=1e-12)
+    assert np.allclose(stats.sx0, np.einsum("nq,nd->qd", m0, X), rtol=1e-12, atol=1e-12)
+    assert np.allclose(stats.sx1, np.einsum("nqs,nd->qds", m1, X), rtol=1e-12, atol=1e-12)

@@ -8,6 +8,7 @@ the step is halved toward the previous parameters until it does not decrease.
 """
 
 import numpy as np
+import scipy.sparse
 
 from .decoder import Decoder
 from .model import DGN
@@ -18,18 +19,21 @@ class RegionStats:
 
     def __init__(self, es, X, n_regions):
         S = es.m1.shape[1]
-        q, n = es.regions, es.points
-        m0 = es.m0.data
+        q = es.regions
         self.n_points, self.dim = X.shape
-        self.s0 = np.bincount(q, weights=m0, minlength=n_regions)
-        self.s1 = np.zeros((n_regions, S))
-        np.add.at(self.s1, q, es.m1)
-        self.s2 = np.zeros((n_regions, S, S))
-        np.add.at(self.s2, q, es.m2)
-        self.sx0 = np.zeros((n_regions, X.shape[1]))
-        np.add.at(self.sx0, q, X[n] * m0[:, None])
-        self.sx1 = np.zeros((n_regions, X.shape[1], S))
-        np.add.at(self.sx1, q, X[n][:, :, None] * es.m1[:, None, :])
+        # Sums by region as products with sparse (N, R) matrices laid out as m0 (a statistic
+        # per stored (point, region) pair): np.add.at scattered one pair at a time, and took six
+        # times the E-step's own time at S = 1 (BENCHMARKS.md).
+        def by_region(values):
+            return scipy.sparse.csr_matrix((values, es.m0.indices, es.m0.indptr), shape=es.m0.shape).T
+
+        m1 = es.m1.reshape(-1, S)
+        m2 = es.m2.reshape(-1, S * S)
+        self.s0 = np.bincount(q, weights=es.m0.data, minlength=n_regions)
+        self.s1 = np.stack([np.bincount(q, weights=m1[:, j], minlength=n_regions) for j in range(S)], axis=1)
+        self.s2 = np.stack([np.bincount(q, weights=m2[:, k], minlength=n_regions) for k in range(S * S)], axis=1).reshape(n_regions, S, S)
+        self.sx0 = np.asarray(by_region(es.m0.data) @ X)
+        self.sx1 = np.stack([np.asarray(by_region(m1[:, j]) @ X) for j in range(S)], axis=2)
         self.sum_x2 = (X * X).sum(axis=0)  # sum over points of x^2, per coordinate
 
     def moment_matrix(self):

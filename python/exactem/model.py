@@ -91,9 +91,8 @@ class EStepResult:
 
     def posterior_mean(self):
         """(N, S) E[z | x_n] = sum_q m1."""
-        out = np.zeros((self.m0.shape[0], self.m1.shape[1]))
-        np.add.at(out, self.points, self.m1)
-        return out
+        n, points = self.m0.shape[0], self.points
+        return np.stack([np.bincount(points, weights=self.m1[:, j], minlength=n) for j in range(self.m1.shape[1])], axis=1)
 
 
 class DGN:
