@@ -1,4 +1,4 @@
-//! S = 1 in linear space, eight points at a time. The regions are intervals, and two neighbours
+//! S = 1 in linear space, sixteen points at a time. The regions are intervals, and two neighbours
 //! share their common end exactly (the partition cuts both at one breakpoint value). In region q
 //! the joint density is `f(z) = p(x | z) p(z) = kappa_q N(z; mu_q, sd_q^2)`, and `f` is continuous
 //! across the ends. So a region's term `kappa_q (Phi(b) - Phi(a))` (standardised ends `a`, `b`)
@@ -9,23 +9,24 @@
 //!
 //! The points of a block take one vector lane each, and every formula is written without
 //! branches per lane (both forms and a select where a lane may need either), so that a region's
-//! terms for eight points cost about what one point's would. Everything is scaled by `e^{-M}`,
+//! terms for sixteen points cost about what one point's would. Everything is scaled by `e^{-M}`,
 //! `M` the point's largest bound `log kappa_q + log_mass_bound_q`, which no term exceeds. A lane
 //! counts a region where its bound is within [`PRUNE_GAP`] of `M` or of the sum of those terms;
 //! a region is computed where any lane counts it, and a lane's result depends only on its own
 //! point (not on the block's other points, nor on the vector width). A point whose terms all lie
 //! far below `M` is declined, for the log-space path.
 
-use super::PRUNE_GAP;
-use crate::gauss::normal::{cody_central, cody_far_one_division, cody_middle, log_diff_ndtr, truncated_normal, CentredSeries, CODY_CENTRAL_END, FRAC_1_SQRT_2PI, SQRT_32};
 use nalgebra::DMatrixView;
 
+use super::PRUNE_GAP;
+use crate::gauss::normal::{cody_central, cody_far_one_division, cody_middle, log_diff_ndtr, truncated_normal, CentredSeries, CODY_CENTRAL_END, FRAC_1_SQRT_2PI, SQRT_32};
 use crate::gauss::normal_batch::{exp, ln, with_wide_vectors, VectorKernel};
 
 /// An infinite end.
 const NO_END: usize = usize::MAX;
 
-/// Points evaluated together: one AVX-512 vector of doubles.
+/// Points evaluated together: two AVX-512 vectors of doubles, so that each chain of dependent
+/// products has a second beside it (eight lanes and thirty-two were both slower).
 pub(crate) const LANES: usize = 16;
 type Lanes = [f64; LANES];
 
