@@ -23,6 +23,7 @@ mod gauss_py;
 mod inference_py;
 mod model_py;
 mod partition_py;
+mod threads;
 
 create_exception!(_core, ExactemError, PyException, "Base class of exactem's own errors.");
 create_exception!(
@@ -103,9 +104,17 @@ where
     }
 }
 
+/// The CPUs each worker thread may run on, worker by worker (see `threads`).
+#[pyfunction]
+fn worker_cpus(py: Python<'_>) -> Vec<Vec<usize>> {
+    py.detach(threads::worker_cpus)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    threads::start_pool();
+    m.add_function(wrap_pyfunction!(worker_cpus, m)?)?;
     m.add("ExactemError", py.get_type::<ExactemError>())?;
     m.add("RegionLimitError", py.get_type::<RegionLimitError>())?;
     m.add("NumericalError", py.get_type::<NumericalError>())?;

@@ -1,0 +1,65 @@
+//! The extension's thread pool: rayon's global pool, with one worker kept on each CPU where the
+//! pool has one worker per CPU the process may use.
+//!
+//! Why keep them there: on the virtual machines we measure on (KVM, two vCPUs), a worker woken
+//! after the process had computed elsewhere for a few milliseconds (numpy, say) was queued on
+//! the CPU of the worker that woke it, and waited there for up to a millisecond or more while
+//! the other CPU idled, so a short call ran on one core (BENCHMARKS.md: "Workers kept on their
+//! CPUs"). Linux skips an idle virtual CPU whose host reports it preempted; a worker that can
+//! run only on that CPU is woken there.
+//!
+//! Only where the pool has exactly one worker per allowed CPU (the default): with fewer
+//! (`RAYON_NUM_THREADS`), several processes would all stack their workers on the first CPUs.
+//! `EXACTEM_PIN_THREADS=0` turns it off.
+
+/// Builds the global pool (once; later calls change nothing).
+pub(crate) fn start_pool() {
+    let cpus = allowed_cpus();
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let disabled = std::env::var("EXACTEM_PIN_THREADS").is_ok_and(|v| v.trim() == "0");
+    let pin = !disabled && threads > 1 && cpus.len() == threads;
+    let builder = rayon::ThreadPoolBuilder::new().num_threads(threads);
+    let builder = if pin { builder.start_handler(move |worker| keep_on_cpu(cpus[worker])) } else { builder };
+    // An error means the pool already exists: it stays as it is.
+    let _ = builder.build_global();
+}
+
+/// The CPUs each worker of the pool may run on, worker by worker.
+pub(crate) fn worker_cpus() -> Vec<Vec<usize>> {
+    rayon::broadcast(|_| allowed_cpus())
+}
+
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bit set that `sched_getaffinity` fills for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn keep_on_cpu(cpu: usize) {
+    // SAFETY: as above; a failure leaves the thread where it may run anywhere, which is only
+    // slower.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpus() -> Vec<usize> {
+    Vec::new()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn keep_on_cpu(_cpu: usize) {}

@@ -1,0 +1,57 @@
+"""The extension's worker threads: one per allowed CPU and kept there by default, left free
+where asked or where there are fewer of them, and the same results bit for bit either way."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Each child process builds its own pool from its environment, then reports it with the bits of
+# an E-step over several batches (a pool runs them on whichever worker is free).
+CHILD = """
+import json, os, numpy as np, exactem
+from exactem import _core
+dec = exactem.Decoder.random([1, 8, 8, 2], activation="leaky_relu", alpha=0.1, seed=3)
+model = exactem.DGN(dec, 0.01)
+X, _ = model.sample(3000, seed=4)
+es = model.e_step(X)
+digest = [es.log_likelihood.tobytes().hex()[:64], float(np.sum(es.m1.data)), float(np.sum(es.m2.data))]
+print(json.dumps({"cpus": sorted(os.sched_getaffinity(0)), "workers": _core.worker_cpus(),
+                  "ll": model.log_likelihood(X).tobytes().hex(), "digest": digest}))
+"""
+
+
+def run_child(**env):
+    child_env = {k: v for k, v in os.environ.items() if k not in ("RAYON_NUM_THREADS", "EXACTEM_PIN_THREADS")}
+    child_env.update(env)
+    out = subprocess.run([sys.executable, "-c", CHILD], env=child_env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def default():
+    return run_child()
+
+
+def test_one_worker_per_cpu_each_kept_on_its_own(default):
+    cpus, workers = default["cpus"], default["workers"]
+    assert len(workers) == len(cpus)
+    if len(cpus) > 1:
+        assert sorted(w[0] for w in workers) == cpus
+        assert all(len(w) == 1 for w in workers)
+    else:
+        assert workers == [cpus]
+
+
+def test_workers_run_anywhere_when_asked_or_fewer_than_cpus(default):
+    cpus = default["cpus"]
+    free = run_child(EXACTEM_PIN_THREADS="0")
+    assert free["workers"] == [cpus] * len(cpus)
+    one = run_child(RAYON_NUM_THREADS="1")
+    assert one["workers"] == [cpus]
+    # Same bits whatever the threads and where they run.
+    for other in (free, one):
+        assert other["ll"] == default["ll"]
+        assert other["digest"] == default["digest"]
