@@ -1,5 +1,6 @@
 """The extension's worker threads: one per allowed CPU and kept there by default, left free
-where asked or where there are fewer of them, and the same results bit for bit either way."""
+where asked or where there are fewer of them, the same results bit for bit either way, and a
+pool of its own in each forked process."""
 
 import json
 import os
@@ -55,3 +56,30 @@ def test_workers_run_anywhere_when_asked_or_fewer_than_cpus(default):
     for other in (free, one):
         assert other["ll"] == default["ll"]
         assert other["digest"] == default["digest"]
+
+
+@pytest.mark.parametrize("parent_first", [False, True], ids=["forked-after-import", "forked-after-computing"])
+def test_forked_children_compute(parent_first):
+    # Each process has a pool of its own: a child forked after the parent's first computation
+    # (multiprocessing's default on Linux) would otherwise wait forever for threads that are not
+    # in it.
+    script = """
+import multiprocessing as mp, sys
+import exactem
+
+def loglik(seed):
+    dec = exactem.Decoder.random([1, 4, 2], seed=seed)
+    model = exactem.DGN(dec, 0.1)
+    X, _ = model.sample(500, seed=seed)
+    return float(model.log_likelihood(X).sum())
+
+if __name__ == "__main__":
+    first = [loglik(0), loglik(1)] if sys.argv[1] == "True" else None
+    with mp.get_context("fork").Pool(2) as pool:
+        children = pool.map(loglik, [0, 1])
+    assert children == (first or [loglik(0), loglik(1)]), children
+    print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", script, str(parent_first)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

@@ -60,13 +60,14 @@ where
     F: FnOnce(&Cancel) -> crate::Result<T> + Send,
 {
     let cancel = Cancel::new();
+    let pool = threads::pool().map_err(no_threads)?;
     let outcome = py.detach(|| {
         // The work runs on rayon's pool (starting a thread costs ~50 us here, more than many
         // whole calls) and its result comes back over a channel, so the caller wakes the moment
         // the work is done, not after a polling period.
         let (sender, receiver) = mpsc::channel();
         let token = &cancel;
-        rayon::in_place_scope(|scope| {
+        pool.in_place_scope(|scope| {
             scope.spawn(move |_| {
                 let outcome = catch_unwind(AssertUnwindSafe(|| work(token)));
                 let _ = sender.send(outcome);
@@ -106,14 +107,17 @@ where
 
 /// The CPUs each worker thread may run on, worker by worker (see `threads`).
 #[pyfunction]
-fn worker_cpus(py: Python<'_>) -> Vec<Vec<usize>> {
-    py.detach(threads::worker_cpus)
+fn worker_cpus(py: Python<'_>) -> PyResult<Vec<Vec<usize>>> {
+    py.detach(threads::worker_cpus).map_err(no_threads)
+}
+
+fn no_threads(err: rayon::ThreadPoolBuildError) -> PyErr {
+    ExactemError::new_err(format!("exactem could not start its worker threads: {err}"))
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    threads::start_pool();
     m.add_function(wrap_pyfunction!(worker_cpus, m)?)?;
     m.add("ExactemError", py.get_type::<ExactemError>())?;
     m.add("RegionLimitError", py.get_type::<RegionLimitError>())?;

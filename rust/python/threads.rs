@@ -1,4 +1,4 @@
-//! The extension's thread pool: rayon's global pool, with one worker kept on each CPU where the
+//! The extension's thread pool: one per process, with one worker kept on each CPU where the
 //! pool has one worker per CPU the process may use.
 //!
 //! Why keep them there: on the virtual machines we measure on (KVM, two vCPUs), a worker woken
@@ -12,8 +12,46 @@
 //! (`RAYON_NUM_THREADS`), several processes would all stack their workers on the first CPUs.
 //! `EXACTEM_PIN_THREADS=0` turns it off.
 
-/// Builds the global pool (once; later calls change nothing).
-pub(crate) fn start_pool() {
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+/// A process's pool, and which process built it.
+struct ProcessPool {
+    pid: u32,
+    pool: rayon::ThreadPool,
+}
+
+static POOL: AtomicPtr<ProcessPool> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's pool, built on first use. Not rayon's global pool: a child forked after the
+/// parent's first computation (`multiprocessing`'s default on Linux) inherits a pool whose
+/// threads do not exist, and its first computation would wait for them forever; here it builds
+/// one of its own.
+pub(crate) fn pool() -> Result<&'static rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    let pid = std::process::id();
+    let current = POOL.load(Ordering::Acquire);
+    // SAFETY: a pointer stored in POOL comes from `Box::into_raw` and is never freed.
+    if let Some(existing) = unsafe { current.as_ref() } {
+        if existing.pid == pid {
+            return Ok(&existing.pool);
+        }
+    }
+    let fresh = Box::into_raw(Box::new(ProcessPool { pid, pool: build_pool()? }));
+    // The parent's pool, if any, is left allocated: its threads are not in this process.
+    match POOL.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        // SAFETY: `fresh` is now stored and never freed.
+        Ok(_) => Ok(unsafe { &(*fresh).pool }),
+        Err(winner) => {
+            // Another thread of this process stored its pool first.
+            // SAFETY: `fresh` was never shared; `winner` is stored and never freed.
+            unsafe {
+                drop(Box::from_raw(fresh));
+                Ok(&(*winner).pool)
+            }
+        }
+    }
+}
+
+fn build_pool() -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
     let cpus = allowed_cpus();
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
@@ -22,15 +60,14 @@ pub(crate) fn start_pool() {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let disabled = std::env::var("EXACTEM_PIN_THREADS").is_ok_and(|v| v.trim() == "0");
     let pin = !disabled && threads > 1 && cpus.len() == threads;
-    let builder = rayon::ThreadPoolBuilder::new().num_threads(threads);
+    let builder = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("exactem-{i}"));
     let builder = if pin { builder.start_handler(move |worker| keep_on_cpu(cpus[worker])) } else { builder };
-    // An error means the pool already exists: it stays as it is.
-    let _ = builder.build_global();
+    builder.build()
 }
 
 /// The CPUs each worker of the pool may run on, worker by worker.
-pub(crate) fn worker_cpus() -> Vec<Vec<usize>> {
-    rayon::broadcast(|_| allowed_cpus())
+pub(crate) fn worker_cpus() -> Result<Vec<Vec<usize>>, rayon::ThreadPoolBuildError> {
+    Ok(pool()?.broadcast(|_| allowed_cpus()))
 }
 
 #[cfg(target_os = "linux")]
