@@ -211,3 +211,37 @@ def test_region_sums_match_dense_sums_over_points():
     assert np.allclose(stats.s2, m2.sum(axis=0), rtol=1e-12, atol=1e-12)
     assert np.allclose(stats.sx0, np.einsum("nq,nd->qd", m0, X), rtol=1e-12, atol=1e-12)
     assert np.allclose(stats.sx1, np.einsum("nqs,nd->qds", m1, X), rtol=1e-12, atol=1e-12)
+
+
+def test_normal_equations_solve_by_cholesky_else_least_squares():
+    from exactem import em
+
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((6, 6))
+    system = B @ B.T + np.eye(6)
+    rhs = rng.standard_normal(6)
+    x = em._solve_spd(system.copy(), lambda: pytest.fail("rebuilt a positive definite system"), rhs)
+    np.testing.assert_allclose(x, np.linalg.solve(system, rhs), rtol=1e-10)
+    # A unit with no data: its row and column are zero, Cholesky fails, least squares answers
+    # (zero for that unknown, the exact solution for the others).
+    system[2, :] = system[:, 2] = 0.0
+    rhs[2] = 0.0
+    x = em._solve_spd(system.copy(), lambda: system.copy(), rhs)
+    np.testing.assert_allclose(system @ x, rhs, atol=1e-10)
+    assert abs(x[2]) < 1e-12
+
+
+def test_small_layer_systems_use_one_blas_thread():
+    from threadpoolctl import ThreadpoolController
+
+    from exactem import em
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in ThreadpoolController().select(user_api="blas").info()]
+
+    before = blas_threads()
+    with em._blas_threads_for(em.BLAS_THREADS_FROM - 1):
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+    with em._blas_threads_for(em.BLAS_THREADS_FROM):
+        assert blas_threads() == before
