@@ -17,6 +17,7 @@ pub mod posterior;
 pub use crate::gauss::normal::log_sum_exp;
 pub use integrator::GaussIntegrator;
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use nalgebra::{DMatrix, DMatrixView};
@@ -686,47 +687,112 @@ impl EStep {
         block.append(points, MIN_WEIGHT, &mut self.log_likelihood, &mut self.indptr, &mut self.region, &mut self.m0, &mut self.m1, &mut self.m2);
     }
 
-    /// The batches' points one after the other, each array allocated once; where a batch
-    /// comes with `computed`, its statistics are in the order computed, `computed[i]` the point
-    /// of the `i`-th, and are put in point order.
-    fn concat(batches: &[(EStep, Option<Vec<usize>>)]) -> EStep {
-        let total = |len: fn(&EStep) -> usize| batches.iter().map(|(b, _)| len(b)).sum::<usize>();
-        let mut out = EStep {
-            log_likelihood: Vec::with_capacity(total(|b| b.log_likelihood.len())),
-            indptr: Vec::with_capacity(total(|b| b.log_likelihood.len()) + 1),
-            region: Vec::with_capacity(total(|b| b.region.len())),
-            m0: Vec::with_capacity(total(|b| b.m0.len())),
-            m1: Vec::with_capacity(total(|b| b.m1.len())),
-            m2: Vec::with_capacity(total(|b| b.m2.len())),
-        };
-        out.indptr.push(0);
-        for (batch, computed) in batches {
-            let Some(computed) = computed else {
-                let offset = out.region.len();
-                out.indptr.extend(batch.indptr[1..].iter().map(|i| i + offset));
-                out.log_likelihood.extend_from_slice(&batch.log_likelihood);
-                out.region.extend_from_slice(&batch.region);
-                out.m0.extend_from_slice(&batch.m0);
-                out.m1.extend_from_slice(&batch.m1);
-                out.m2.extend_from_slice(&batch.m2);
-                continue;
+    /// The batches' points one after the other, in point order: each array allocated once and
+    /// each entry written once, the batches in parallel. A batch that comes with `computed` has
+    /// its statistics in the order computed, `computed[i]` the point of the `i`-th.
+    fn concat(mut batches: Vec<(EStep, Option<Vec<usize>>)>, s: usize) -> EStep {
+        if let [(_, None)] = batches.as_slice() {
+            return batches.pop().unwrap().0;
+        }
+        let points: usize = batches.iter().map(|(b, _)| b.log_likelihood.len()).sum();
+        let entries: usize = batches.iter().map(|(b, _)| b.region.len()).sum();
+        let mut out = EStep::with_capacity(points, 0, s);
+        out.reserve(entries, s);
+        {
+            let mut rest = Destination {
+                entry_offset: 0,
+                log_likelihood: &mut out.log_likelihood.spare_capacity_mut()[..points],
+                indptr: &mut out.indptr.spare_capacity_mut()[..points],
+                region: &mut out.region.spare_capacity_mut()[..entries],
+                m0: &mut out.m0.spare_capacity_mut()[..entries],
+                m1: &mut out.m1.spare_capacity_mut()[..entries * s],
+                m2: &mut out.m2.spare_capacity_mut()[..entries * s * s],
             };
-            let s = if batch.m0.is_empty() { 1 } else { batch.m1.len() / batch.m0.len() };
-            let mut position = vec![0; computed.len()];
+            let mut destinations = Vec::with_capacity(batches.len());
+            for (batch, _) in &batches {
+                let (head, tail) = rest.split(batch.log_likelihood.len(), batch.region.len(), s);
+                destinations.push(head);
+                rest = tail;
+            }
+            batches.par_iter().zip(destinations).for_each(|((batch, computed), destination)| destination.fill(batch, computed.as_deref(), s));
+        }
+        // SAFETY: the batches' destinations tile the first `points`, `entries`, ... slots of
+        // the spare capacities, and `fill` writes every slot of its destination.
+        unsafe {
+            out.log_likelihood.set_len(points);
+            out.indptr.set_len(points + 1);
+            out.region.set_len(entries);
+            out.m0.set_len(entries);
+            out.m1.set_len(entries * s);
+            out.m2.set_len(entries * s * s);
+        }
+        out
+    }
+}
+
+/// Where one batch's statistics go in [`EStep::concat`]'s arrays: its points' and its entries'
+/// slots, and the number of entries before them.
+struct Destination<'a> {
+    entry_offset: usize,
+    log_likelihood: &'a mut [MaybeUninit<f64>],
+    indptr: &'a mut [MaybeUninit<usize>],
+    region: &'a mut [MaybeUninit<usize>],
+    m0: &'a mut [MaybeUninit<f64>],
+    m1: &'a mut [MaybeUninit<f64>],
+    m2: &'a mut [MaybeUninit<f64>],
+}
+
+impl<'a> Destination<'a> {
+    /// The slots of the first `points` points holding `entries` entries, and the rest.
+    fn split(self, points: usize, entries: usize, s: usize) -> (Self, Self) {
+        let (log_likelihood, rest_ll) = self.log_likelihood.split_at_mut(points);
+        let (indptr, rest_indptr) = self.indptr.split_at_mut(points);
+        let (region, rest_region) = self.region.split_at_mut(entries);
+        let (m0, rest_m0) = self.m0.split_at_mut(entries);
+        let (m1, rest_m1) = self.m1.split_at_mut(entries * s);
+        let (m2, rest_m2) = self.m2.split_at_mut(entries * s * s);
+        let head = Destination { entry_offset: self.entry_offset, log_likelihood, indptr, region, m0, m1, m2 };
+        let rest = Destination {
+            entry_offset: self.entry_offset + entries,
+            log_likelihood: rest_ll,
+            indptr: rest_indptr,
+            region: rest_region,
+            m0: rest_m0,
+            m1: rest_m1,
+            m2: rest_m2,
+        };
+        (head, rest)
+    }
+
+    /// Writes `batch` (in the order `computed`, if given) in point order: every slot.
+    fn fill(self, batch: &EStep, computed: Option<&[usize]>, s: usize) {
+        let n = batch.log_likelihood.len();
+        let mut position: Vec<usize> = (0..n).collect();
+        if let Some(computed) = computed {
             for (i, &p) in computed.iter().enumerate() {
                 position[p] = i;
             }
-            for i in position {
-                let (first, end) = (batch.indptr[i], batch.indptr[i + 1]);
-                out.log_likelihood.push(batch.log_likelihood[i]);
-                out.region.extend_from_slice(&batch.region[first..end]);
-                out.m0.extend_from_slice(&batch.m0[first..end]);
-                out.m1.extend_from_slice(&batch.m1[first * s..end * s]);
-                out.m2.extend_from_slice(&batch.m2[first * s * s..end * s * s]);
-                out.indptr.push(out.region.len());
-            }
         }
-        out
+        let mut cursor = 0;
+        for (p, &i) in position.iter().enumerate() {
+            let (first, end) = (batch.indptr[i], batch.indptr[i + 1]);
+            let next = cursor + end - first;
+            self.log_likelihood[p].write(batch.log_likelihood[i]);
+            write_all(&mut self.region[cursor..next], &batch.region[first..end]);
+            write_all(&mut self.m0[cursor..next], &batch.m0[first..end]);
+            write_all(&mut self.m1[cursor * s..next * s], &batch.m1[first * s..end * s]);
+            write_all(&mut self.m2[cursor * s * s..next * s * s], &batch.m2[first * s * s..end * s * s]);
+            self.indptr[p].write(self.entry_offset + next);
+            cursor = next;
+        }
+        assert_eq!(cursor, self.region.len(), "a batch's entries fill its slots");
+    }
+}
+
+/// Copies `source` into `destination` (`write_copy_of_slice`, which needs Rust 1.93).
+fn write_all<T: Copy>(destination: &mut [MaybeUninit<T>], source: &[T]) {
+    for (slot, &value) in destination.iter_mut().zip(source) {
+        slot.write(value);
     }
 }
 
@@ -767,17 +833,11 @@ pub fn e_step<I: RegionIntegrator>(
                 computed.push(p);
             }
         })?;
-        // Each batch put in point order on its own thread, while its arrays are still cached;
-        // then the batches one after the other.
-        batches.into_par_iter().map(|((stats, _), computed)| (EStep::concat(&[(stats, Some(computed))]), None)).collect()
+        batches.into_iter().map(|((stats, _), computed)| (stats, Some(computed))).collect()
     } else {
         map_batches(algebra, x, cancel, start, by_regions)?.into_iter().map(|(stats, _)| (stats, None)).collect()
     };
-    let mut batches: Vec<(EStep, Option<Vec<usize>>)> = batches;
-    if batches.len() == 1 {
-        return Ok(batches.pop().unwrap().0);
-    }
-    Ok(EStep::concat(&batches))
+    Ok(EStep::concat(batches, s))
 }
 
 /// The DGN: a partition of its decoder and the per-region algebra for a noise variance.

@@ -298,3 +298,41 @@ fn interval_path_gives_each_point_the_same_bits_in_any_batch() {
         }
     }
 }
+
+/// A batch of E-step statistics at S = 2 whose points have the given regions, in that order:
+/// point `p`'s log-likelihood is `-(first + p)`, and each entry's values derive from its region.
+fn batch_of(first: usize, regions: &[&[usize]]) -> EStep {
+    let mut batch = EStep::with_capacity(regions.len(), 2, 2);
+    for (p, point) in regions.iter().enumerate() {
+        batch.log_likelihood.push(-((first + p) as f64));
+        for &q in *point {
+            batch.region.push(q);
+            batch.m0.push(q as f64);
+            batch.m1.extend([10.0 * q as f64, 11.0 * q as f64]);
+            batch.m2.extend([20.0, 21.0, 22.0, 23.0].map(|v| v * q as f64));
+        }
+        batch.indptr.push(batch.region.len());
+    }
+    batch
+}
+
+#[test]
+fn e_step_batches_are_joined_in_point_order() {
+    // The first batch computed its points 2, 0, 1 in that order; the second is in order.
+    let computed = batch_of(0, &[&[5], &[1, 2], &[]]);
+    let computed = EStep { log_likelihood: vec![-2.0, 0.0, -1.0], ..computed };
+    let in_order = batch_of(3, &[&[3], &[4, 6]]);
+    let joined = EStep::concat(vec![(computed, Some(vec![2, 0, 1])), (in_order, None)], 2);
+    let expected = batch_of(0, &[&[1, 2], &[], &[5], &[3], &[4, 6]]);
+    assert_eq!(joined.log_likelihood, expected.log_likelihood);
+    assert_eq!(joined.indptr, expected.indptr);
+    assert_eq!(joined.region, expected.region);
+    assert_eq!(joined.m0, expected.m0);
+    assert_eq!(joined.m1, expected.m1);
+    assert_eq!(joined.m2, expected.m2);
+    // One batch in order is returned as it is; none gives no points.
+    let alone = EStep::concat(vec![(batch_of(0, &[&[7]]), None)], 2);
+    assert_eq!((alone.indptr, alone.region), (vec![0, 1], vec![7]));
+    let empty = EStep::concat(Vec::new(), 2);
+    assert_eq!((empty.indptr, empty.log_likelihood.len()), (vec![0], 0));
+}
