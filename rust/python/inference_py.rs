@@ -54,8 +54,8 @@ impl PyDgn {
         x: PyReadonlyArray2<'py, f64>,
     ) -> PyResult<(
         Bound<'py, PyArray1<f64>>,
-        Bound<'py, PyArray1<i64>>,
-        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyAny>,
+        Bound<'py, PyAny>,
         Bound<'py, PyArray1<f64>>,
         Bound<'py, PyArray1<f64>>,
         Bound<'py, PyArray1<f64>>,
@@ -67,10 +67,19 @@ impl PyDgn {
         let stats = run_released(py, move |cancel| {
             e_step(&*algebra, &*integrator, DMatrixView::from_slice(&data, d, data.len() / d), cancel)
         })?;
+        // scipy's sparse matrices take int32 indices where they fit, and convert others to it.
+        let small = stats.indptr.last().copied().unwrap_or(0).max(self.partition.len()) <= i32::MAX as usize;
+        let indices = |values: Vec<usize>| -> Bound<'py, PyAny> {
+            if small {
+                PyArray1::from_vec(py, values.into_iter().map(|v| v as i32).collect()).into_any()
+            } else {
+                PyArray1::from_vec(py, values.into_iter().map(|v| v as i64).collect()).into_any()
+            }
+        };
         Ok((
             PyArray1::from_vec(py, stats.log_likelihood),
-            PyArray1::from_vec(py, stats.indptr.into_iter().map(|v| v as i64).collect()),
-            PyArray1::from_vec(py, stats.region.into_iter().map(|v| v as i64).collect()),
+            indices(stats.indptr),
+            indices(stats.region),
             PyArray1::from_vec(py, stats.m0),
             PyArray1::from_vec(py, stats.m1),
             PyArray1::from_vec(py, stats.m2),
