@@ -28,7 +28,34 @@ const NO_END: usize = usize::MAX;
 /// Points evaluated together: two AVX-512 vectors of doubles, so that each chain of dependent
 /// products has a second beside it (eight lanes and thirty-two were both slower).
 pub(crate) const LANES: usize = 16;
-type Lanes = [f64; LANES];
+/// A value per lane, aligned to a cache line: vectors that straddle two lines load and store
+/// slower, and where the compiler places unaligned arrays on the stack changed with unrelated
+/// edits.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Lanes([f64; LANES]);
+
+impl Lanes {
+    const fn splat(value: f64) -> Self {
+        Lanes([value; LANES])
+    }
+}
+
+impl std::ops::Deref for Lanes {
+    type Target = [f64; LANES];
+
+    #[inline(always)]
+    fn deref(&self) -> &[f64; LANES] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Lanes {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [f64; LANES] {
+        &mut self.0
+    }
+}
 
 /// Below this the scaled sum of a point's terms keeps too few digits (or underflows): the
 /// caller uses the log-space path instead.
@@ -193,6 +220,20 @@ struct Region {
     series: CentredSeries,
 }
 
+/// A series lane's scaled `[kappa Phi, E[z 1_q], E[z^2 1_q]]` (`[_, 0, 0]` unless `MOMENTS`)
+/// from `e`, `sqrt(2 pi)` times its scaled density at the centre `mid`, and the series'
+/// integrals `[I_0, I_1, I_2]` about the centre.
+#[inline(always)]
+fn series_terms<const MOMENTS: bool>(e: f64, integrals: [f64; 3], mid: f64, sd: f64) -> [f64; 3] {
+    let density_c = e * FRAC_1_SQRT_2PI;
+    let mass = density_c * integrals[0];
+    if !MOMENTS {
+        return [mass, 0.0, 0.0];
+    }
+    let (first_c, second_c) = (density_c * integrals[1], density_c * integrals[2]);
+    [mass, mid * mass + sd * first_c, mid * mid * mass + sd * (2.0 * mid * first_c + sd * second_c)]
+}
+
 /// `(kappa Phi(-y), kappa (Phi(y) - 1/2))` scaled by `e^{-M}` for each lane, `y >= 0`
 /// (infinite at an infinite end), from `end = exp(log kappa - M - y^2 / 2)` and
 /// `kappa = kappa e^{-M}`: Cody's tail form `end r(y)` beyond his central range,
@@ -202,7 +243,7 @@ struct Region {
 fn end_tails(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes) {
     // And- and or-reductions of comparisons, which vectorise (counting them did not).
     let (mut all_central, mut any_central, mut all_near, mut any_near) = (true, false, true, false);
-    for &y in y {
+    for &y in y.iter() {
         (all_central, any_central) = (all_central & (y <= CODY_CENTRAL_END), any_central | (y <= CODY_CENTRAL_END));
         (all_near, any_near) = (all_near & (y <= SQRT_32), any_near | (y <= SQRT_32));
     }
@@ -286,7 +327,7 @@ pub(crate) struct Block {
 }
 
 /// The lanes' values at no finite end.
-const ZERO_LANES: Lanes = [0.0; LANES];
+const ZERO_LANES: Lanes = Lanes::splat(0.0);
 
 impl Block {
     /// Evaluates the block of `points` (at most [`LANES`], indices into the batch), one lane
@@ -398,12 +439,19 @@ impl Block {
             // centre: one exponential for either.
             e[l] = exp_or_zero(lk[l] - if series { 0.5 * c[l] * c[l] } else { 0.0 });
         }
+        if all_series {
+            // Most regions where posteriors are wide: the series alone, none of the tail forms'
+            // arrays and selects.
+            let (mut mass, mut first, mut second) = (ZERO_LANES, ZERO_LANES, ZERO_LANES);
+            for l in 0..LANES {
+                [mass[l], first[l], second[l]] = series_terms::<MOMENTS>(e[l], centred.at::<MOMENTS>(c[l]), mid, sd);
+            }
+            self.store::<MOMENTS>(q, mass, first, second);
+            return;
+        }
         // The tail forms, for the lanes outside the series.
-        let ((end_a, tail_a, upper_a), (end_b, tail_b, upper_b)) = if !all_series {
-            (self.end_terms(intervals, lo_end, sd, &a, &e), self.end_terms(intervals, hi_end, sd, &b, &e))
-        } else {
-            ((ZERO_LANES, ZERO_LANES, ZERO_LANES), (ZERO_LANES, ZERO_LANES, ZERO_LANES))
-        };
+        let ((end_a, tail_a, upper_a), (end_b, tail_b, upper_b)) =
+            (self.end_terms(intervals, lo_end, sd, &a, &e), self.end_terms(intervals, hi_end, sd, &b, &e));
         let (mut series_0, mut series_1, mut series_2) = (ZERO_LANES, ZERO_LANES, ZERO_LANES);
         if any_series {
             for l in 0..LANES {
@@ -427,8 +475,7 @@ impl Block {
             let one_sided = right | left;
             let by_tails = if one_sided { near - far } else { upper_a[l] + upper_b[l] };
             any_cancels |= one_sided & (far > 0.5 * near) & !series;
-            let density_c = e[l] * FRAC_1_SQRT_2PI;
-            let by_series = density_c * series_0[l];
+            let [by_series, first_series, second_series] = series_terms::<MOMENTS>(e[l], [series_0[l], series_1[l], series_2[l]], mid, sd);
             mass[l] = if series { by_series } else { by_tails };
             if MOMENTS {
                 // By parts, int z phi = mu Z + sd (phi(a) - phi(b)), and
@@ -440,10 +487,6 @@ impl Block {
                 let moment_b = if density_b > 0.0 { (m + hi) * density_b } else { 0.0 };
                 let first_tails = m * by_tails + sd * (density_a - density_b);
                 let second_tails = (m * m + sd * sd) * by_tails + sd * (moment_a - moment_b);
-                // The series' integrals are about the centre.
-                let (first_c, second_c) = (density_c * series_1[l], density_c * series_2[l]);
-                let first_series = mid * by_series + sd * first_c;
-                let second_series = mid * mid * by_series + sd * (2.0 * mid * first_c + sd * second_c);
                 first[l] = if series { first_series } else { first_tails };
                 second[l] = if series { second_series } else { second_tails };
             }
@@ -458,6 +501,11 @@ impl Block {
                 [mass[l], first[l], second[l]] = intervals.log_space_terms::<MOMENTS>(q, lk[l], mu[l]);
             }
         }
+        self.store::<MOMENTS>(q, mass, first, second);
+    }
+
+    #[inline(always)]
+    fn store<const MOMENTS: bool>(&mut self, q: usize, mass: Lanes, first: Lanes, second: Lanes) {
         self.mass[q] = mass;
         if MOMENTS {
             self.first[q] = first;
@@ -566,7 +614,7 @@ impl VectorKernel for BestRegions<'_> {
         for first in (0..n).step_by(LANES) {
             let lane_point: [usize; LANES] = std::array::from_fn(|l| (first + l).min(n - 1));
             let xpx = forms.load(&lane_point, &mut x_lanes);
-            let (mut top, mut region) = ([f64::NEG_INFINITY; LANES], ZERO_LANES);
+            let (mut top, mut region) = (Lanes::splat(f64::NEG_INFINITY), ZERO_LANES);
             for q in 0..intervals.len() {
                 let (lk, mu) = forms.region(q, &x_lanes, &xpx);
                 let (lo, hi, inv_sd) = (intervals.lo[q], intervals.hi[q], intervals.inv_sd[q]);
@@ -639,7 +687,7 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
         // Lanes are copied in and out of the block's arrays: the compiler cannot tell that
         // two of them do not overlap, and would not vectorise a loop that reads one and writes
         // another.
-        let mut scale = [f64::NEG_INFINITY; LANES];
+        let mut scale = Lanes::splat(f64::NEG_INFINITY);
         for q in 0..r {
             let (lo, hi, inv_sd) = (intervals.lo[q], intervals.hi[q], intervals.inv_sd[q]);
             let (lk, mu) = (block.log_kappa[q], block.mu[q]);
@@ -672,7 +720,7 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
             }
         }
         // Then those within PRUNE_GAP of that sum, where it is below the scale's.
-        for ((declined, threshold), &total) in block.declined.iter_mut().zip(&mut block.threshold).zip(&total) {
+        for ((declined, threshold), &total) in block.declined.iter_mut().zip(block.threshold.iter_mut()).zip(total.iter()) {
             let usable = total > MIN_SCALED_TOTAL && total < f64::INFINITY;
             *declined = !usable;
             let below_sum = ln(if usable { total } else { 1.0 }) - PRUNE_GAP;
