@@ -152,12 +152,17 @@ def _blas_controller():
     return ThreadpoolController()
 
 
+def one_blas_thread():
+    """A context in which BLAS uses one thread."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 def _blas_threads_for(unknowns):
     """A context in which BLAS uses one thread, unless the system has BLAS_THREADS_FROM unknowns or
     more (then as configured)."""
     if unknowns >= BLAS_THREADS_FROM:
         return contextlib.nullcontext()
-    return _blas_controller().limit(limits=1, user_api="blas")
+    return one_blas_thread()
 
 
 def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, damping=0.0):
