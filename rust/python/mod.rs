@@ -62,9 +62,9 @@ where
     let cancel = Cancel::new();
     let pool = threads::pool().map_err(no_threads)?;
     let outcome = py.detach(|| {
-        // The work runs on rayon's pool (starting a thread costs ~50 us here, more than many
-        // whole calls) and its result comes back over a channel, so the caller wakes the moment
-        // the work is done, not after a polling period.
+        // The work runs on the process's pool (`threads`: starting a thread costs ~50 us here,
+        // more than many whole calls) and its result comes back over a channel, so the caller
+        // wakes the moment the work is done, not after a polling period.
         let (sender, receiver) = mpsc::channel();
         let token = &cancel;
         pool.in_place_scope(|scope| {
