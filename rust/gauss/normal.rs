@@ -2,6 +2,8 @@
 //! cancellation in either tail, truncated moments, and the inverse CDF (also from a log
 //! probability) for sampling truncated normals far in a tail.
 
+use super::normal_batch::{MulAdd, Separate};
+
 pub(crate) const LN_SQRT_2PI: f64 = 0.918_938_533_204_672_8;
 pub(crate) const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_677_939_946_059_934;
 
@@ -102,10 +104,10 @@ pub(crate) const SQRT_32: f64 = 5.656854249492380195206754896838;
 #[inline(always)]
 pub(crate) fn cody(y: f64) -> CodyForm {
     if y <= CODY_CENTRAL_END {
-        let (num, den) = cody_central(y);
+        let (num, den) = cody_central::<Separate>(y);
         CodyForm::Central(num / den)
     } else if y <= SQRT_32 {
-        let (num, den) = cody_middle(y);
+        let (num, den) = cody_middle::<Separate>(y);
         CodyForm::Tail(num / den)
     } else {
         CodyForm::Tail(cody_far(y))
@@ -115,25 +117,30 @@ pub(crate) fn cody(y: f64) -> CodyForm {
 /// Cody's central range, `y <= 0.674`: `Phi(y) - 1/2 = num / den`, as `(num, den)` (the batch
 /// functions divide once for whichever range an argument takes).
 #[inline(always)]
-pub(crate) fn cody_central(y: f64) -> (f64, f64) {
+pub(crate) fn cody_central<M: MulAdd>(y: f64) -> (f64, f64) {
+    // Horner's scheme: with separate operations it rounds exactly as Cody's `(num + a_i) z`.
     let z = y * y;
-    let (mut num, mut den) = (CODY_A[4] * z, z);
-    for i in 0..3 {
-        num = (num + CODY_A[i]) * z;
-        den = (den + CODY_B[i]) * z;
+    let (mut num, mut den) = (CODY_A[4], z + CODY_B[0]);
+    for &a in &CODY_A[..4] {
+        num = M::mul_add(num, z, a);
     }
-    (y * (num + CODY_A[3]), den + CODY_B[3])
+    for &b in &CODY_B[1..4] {
+        den = M::mul_add(den, z, b);
+    }
+    (y * num, den)
 }
 
 /// Cody's middle range, `0.674 < y <= sqrt(32)`: `Phi(-y) = exp(-y^2 / 2) num / den`.
 #[inline(always)]
-pub(crate) fn cody_middle(y: f64) -> (f64, f64) {
-    let (mut num, mut den) = (CODY_C[8] * y, y);
-    for i in 0..7 {
-        num = (num + CODY_C[i]) * y;
-        den = (den + CODY_D[i]) * y;
+pub(crate) fn cody_middle<M: MulAdd>(y: f64) -> (f64, f64) {
+    let (mut num, mut den) = (CODY_C[8], y + CODY_D[0]);
+    for &c in &CODY_C[..8] {
+        num = M::mul_add(num, y, c);
     }
-    (num + CODY_C[7], den + CODY_D[7])
+    for &d in &CODY_D[1..8] {
+        den = M::mul_add(den, y, d);
+    }
+    (num, den)
 }
 
 /// Cody's far range, `y > sqrt(32)` (also beyond Cody's 37.5, where the value underflows but
@@ -155,13 +162,13 @@ pub(crate) fn cody_far(y: f64) -> f64 {
 /// its leading term. `w` is capped at `1e30` (`y` beyond `1e15`, where `exp(-y^2 / 2) r` is 0
 /// anyway), so that `w^5` stays finite; `r` may underflow to 0 far beyond.
 #[inline(always)]
-pub(crate) fn cody_far_one_division(y: f64) -> f64 {
+pub(crate) fn cody_far_one_division<M: MulAdd>(y: f64) -> f64 {
     const NUMERATOR: [f64; 6] = [CODY_P[5], CODY_P[0], CODY_P[1], CODY_P[2], CODY_P[3], CODY_P[4]];
     const DENOMINATOR: [f64; 6] = [1.0, CODY_Q[0], CODY_Q[1], CODY_Q[2], CODY_Q[3], CODY_Q[4]];
     let square = y * y;
     let w = if square < 1e30 { square } else { 1e30 };
-    let wd = w * polynomial(&DENOMINATOR, w);
-    (wd * FRAC_1_SQRT_2PI - polynomial(&NUMERATOR, w)) / (wd * y)
+    let wd = w * polynomial::<M>(&DENOMINATOR, w);
+    (wd * FRAC_1_SQRT_2PI - polynomial::<M>(&NUMERATOR, w)) / (wd * y)
 }
 
 /// `(hi, lo)` with `hi = fl(y^2)` and `hi + lo = y^2` exactly (Dekker's product; `lo = 0` where
@@ -384,24 +391,24 @@ impl CentredSeries {
 
     /// `[I_0, I_1, I_2]` at `c` (only `I_0` unless `MOMENTS`).
     #[inline(always)]
-    pub(crate) fn at<const MOMENTS: bool>(&self, c: f64) -> [f64; 3] {
+    pub(crate) fn at<const MOMENTS: bool, M: MulAdd>(&self, c: f64) -> [f64; 3] {
         let c2 = c * c;
         if !MOMENTS {
-            return [estrin(c2, &self.mass), 0.0, 0.0];
+            return [estrin::<M>(c2, &self.mass), 0.0, 0.0];
         }
-        [estrin(c2, &self.mass), -c * estrin(c2, &self.first), estrin(c2, &self.second)]
+        [estrin::<M>(c2, &self.mass), -c * estrin::<M>(c2, &self.first), estrin::<M>(c2, &self.second)]
     }
 }
 
 /// `sum_k p[k] x^k` by Estrin's scheme: four multiply-add levels instead of Horner's eight
 /// dependent steps.
 #[inline(always)]
-fn estrin(x: f64, p: &[f64; SERIES_TERMS]) -> f64 {
+fn estrin<M: MulAdd>(x: f64, p: &[f64; SERIES_TERMS]) -> f64 {
     let x2 = x * x;
     let x4 = x2 * x2;
-    let low = (p[0] + p[1] * x) + x2 * (p[2] + p[3] * x);
-    let high = (p[4] + p[5] * x) + x2 * (p[6] + p[7] * x);
-    low + x4 * (high + x4 * p[8])
+    let low = M::mul_add(x2, M::mul_add(p[3], x, p[2]), M::mul_add(p[1], x, p[0]));
+    let high = M::mul_add(x2, M::mul_add(p[7], x, p[6]), M::mul_add(p[5], x, p[4]));
+    M::mul_add(x4, M::mul_add(x4, p[8], high), low)
 }
 
 /// Standardised ends beyond this take [`far_tail_moments`]: the closed form's variance would
@@ -459,7 +466,7 @@ pub fn truncated_normal(mu: f64, sd: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
 pub fn truncated_normal_central(mu: f64, sd: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
     let (centre, half) = ((0.5 * (lo + hi) - mu) / sd, 0.5 * (hi - lo) / sd);
     if CentredSeries::reaches(half, centre) {
-        let [i0, i1, i2] = CentredSeries::new(half).at::<true>(centre);
+        let [i0, i1, i2] = CentredSeries::new(half).at::<true, Separate>(centre);
         let shift = i1 / i0;
         return (i0.ln() + log_pdf(centre), 0.5 * (lo + hi) + sd * shift, sd * sd * (i2 / i0 - shift * shift));
     }
@@ -509,8 +516,8 @@ pub fn log_add_exp(a: f64, b: f64) -> f64 {
 }
 
 #[inline(always)]
-pub(crate) fn polynomial(coefficients: &[f64], x: f64) -> f64 {
-    coefficients.iter().rev().fold(0.0, |acc, c| acc * x + c)
+pub(crate) fn polynomial<M: MulAdd>(coefficients: &[f64], x: f64) -> f64 {
+    coefficients.iter().rev().fold(0.0, |acc, &c| M::mul_add(acc, x, c))
 }
 
 /// Wichura's AS 241 (PPND16) coefficients as published: the central range `|p - 1/2| <= 0.425`
@@ -545,15 +552,15 @@ pub fn ndtri(p: f64) -> f64 {
     let q = p - 0.5;
     if q.abs() <= AS241_CENTRAL_END {
         let r = 0.180625 - q * q;
-        return q * polynomial(&AS241_A, r) / polynomial(&AS241_B, r);
+        return q * polynomial::<Separate>(&AS241_A, r) / polynomial::<Separate>(&AS241_B, r);
     }
     let r = (-(if q < 0.0 { p } else { 1.0 - p }).ln()).sqrt();
     let value = if r <= 5.0 {
         let r = r - 1.6;
-        polynomial(&AS241_C, r) / polynomial(&AS241_D, r)
+        polynomial::<Separate>(&AS241_C, r) / polynomial::<Separate>(&AS241_D, r)
     } else {
         let r = r - 5.0;
-        polynomial(&AS241_E, r) / polynomial(&AS241_F, r)
+        polynomial::<Separate>(&AS241_E, r) / polynomial::<Separate>(&AS241_F, r)
     };
     if q < 0.0 {
         -value
@@ -702,13 +709,13 @@ mod tests {
         for i in 0..=4000 {
             let y = SQRT_32 * (1.0 + 1e-12) * (1e6f64 / SQRT_32).powf(i as f64 / 4000.0);
             let want = mills(y) * FRAC_1_SQRT_2PI;
-            for got in [cody_far(y), cody_far_one_division(y)] {
+            for got in [cody_far(y), cody_far_one_division::<Separate>(y)] {
                 worst = worst.max((got / want - 1.0).abs());
             }
         }
         assert!(worst < 1e-15, "{worst}");
         for y in [1e20, 1e300, f64::INFINITY] {
-            assert!((0.0..1e-20).contains(&cody_far_one_division(y)), "{y}");
+            assert!((0.0..1e-20).contains(&cody_far_one_division::<Separate>(y)), "{y}");
         }
     }
 
@@ -885,12 +892,12 @@ mod tests {
             let reach = SERIES_REACH / h - 1.0;
             for step in -10..=10 {
                 let c = reach * step as f64 / 10.0;
-                let got = series.at::<true>(c);
+                let got = series.at::<true, Separate>(c);
                 let want = quadrature(c, h);
                 // I_1 may be near 0 (c ~ 0): measured against h I_0, its natural scale.
                 let errors = [(got[0] / want[0] - 1.0).abs(), (got[1] - want[1]).abs() / (h * want[0]), (got[2] / want[2] - 1.0).abs()];
                 assert!(errors.iter().all(|e| *e < 4e-15), "h {h} c {c}: {got:?} vs {want:?} ({errors:?})");
-                assert_eq!(series.at::<false>(c)[0], got[0]);
+                assert_eq!(series.at::<false, Separate>(c)[0], got[0]);
             }
         }
     }

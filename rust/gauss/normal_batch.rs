@@ -11,7 +11,8 @@
 //! The rare arguments beyond those ranges (`|x| > sqrt(32)`, probabilities below `1.4e-11`)
 //! are redone by the scalar functions in a second pass. Only adds, multiplies, divisions and
 //! square roots are used, never a fused multiply-add, so a batch gives the same bits with or
-//! without the wider instructions of [`with_wide_vectors`].
+//! without the wider instructions of [`with_wide_vectors`]. (Kernels may instead take their
+//! products and sums through `MulAdd`, fused where the processor can: see there.)
 
 use super::normal::{
     cody_central, cody_far, cody_middle, ndtr, ndtri, polynomial, square_with_error, toward_lower_tail, truncated_draw, AS241_A, AS241_B, AS241_C,
@@ -27,11 +28,48 @@ const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
 #[allow(clippy::excessive_precision)]
 const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
 
+/// How a kernel forms `a * b + c`. A fused multiply-add rounds once and is one instruction
+/// (polynomials take half the operations and half the dependent latency), but the baseline
+/// x86-64 processor has none, and a library call per operation would cost more than it saves:
+/// [`with_wide_vectors`] runs a kernel with [`Fused`] where the processor has the instruction
+/// and [`Separate`] elsewhere. A kernel that uses `M` is deterministic on one machine but may
+/// differ in the last bits from one machine to another; kernels that must give the same bits
+/// on every width call [`Separate`] whatever `M` is.
+pub(crate) trait MulAdd {
+    fn mul_add(a: f64, b: f64, c: f64) -> f64;
+}
+
+/// `a * b + c` with two roundings: the same bits everywhere.
+pub(crate) enum Separate {}
+
+/// `a * b + c` with one rounding, for code compiled with the `fma` target feature only.
+pub(crate) enum Fused {}
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f64, b: f64, c: f64) -> f64 {
+        a * b + c
+    }
+}
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f64, b: f64, c: f64) -> f64 {
+        a.mul_add(b, c)
+    }
+}
+
+/// [`exp_with`] with separate products and sums.
+#[inline(always)]
+pub(crate) fn exp(x: f64) -> f64 {
+    exp_with::<Separate>(x)
+}
+
 /// `exp(x)` for `-700 <= x <= 700` (clamped to that range), ~1 ulp: `x = n log 2 + r` with
 /// `|r| <= log 2 / 2`, a degree-13 Taylor polynomial of `e^r` (truncation 4e-18) and `2^n` put
 /// into the exponent bits.
 #[inline(always)]
-pub(crate) fn exp(x: f64) -> f64 {
+pub(crate) fn exp_with<M: MulAdd>(x: f64) -> f64 {
     const INVERSE_FACTORIALS: [f64; 14] = {
         let mut c = [1.0; 14];
         let mut k = 1;
@@ -51,9 +89,10 @@ pub(crate) fn exp(x: f64) -> f64 {
     // `1 + r q(r)`, the leading 1 added last, keeps Horner's rounding.
     let c = &INVERSE_FACTORIALS;
     let (r2, r4) = (r * r, (r * r) * (r * r));
-    let pair = |k: usize| c[2 * k + 1] + c[2 * k + 2] * r;
-    let (low, high) = ((pair(0) + pair(1) * r2) + (pair(2) + pair(3) * r2) * r4, (pair(4) + pair(5) * r2) + c[13] * r4);
-    let p = 1.0 + r * (low + high * (r4 * r4));
+    let pair = |k: usize| M::mul_add(c[2 * k + 2], r, c[2 * k + 1]);
+    let low = M::mul_add(M::mul_add(pair(3), r2, pair(2)), r4, M::mul_add(pair(1), r2, pair(0)));
+    let high = M::mul_add(c[13], r4, M::mul_add(pair(5), r2, pair(4)));
+    let p = M::mul_add(r, M::mul_add(high, r4 * r4, low), 1.0);
     let exponent = shifted.to_bits().wrapping_sub(SHIFTER.to_bits()).wrapping_add(1023) << 52;
     p * f64::from_bits(exponent)
 }
@@ -93,14 +132,14 @@ const GROUP: usize = 8;
 /// `Phi(-y)` for `0 <= y <= 0.674` by Cody's central form.
 #[inline(always)]
 fn upper_tail_central(y: f64) -> f64 {
-    let (num, den) = cody_central(y);
+    let (num, den) = cody_central::<Separate>(y);
     0.5 - num / den
 }
 
 /// `Phi(-y)` for `0.674 < y <= sqrt(32)` by Cody's middle form.
 #[inline(always)]
 fn upper_tail_middle(y: f64) -> f64 {
-    let (num, den) = cody_middle(y);
+    let (num, den) = cody_middle::<Separate>(y);
     // exp(-y^2 / 2) with the rounding error of y^2 applied to first order.
     let (square, error) = square_with_error(y);
     exp(-0.5 * square) * (1.0 - 0.5 * error) * (num / den)
@@ -112,8 +151,8 @@ fn upper_tail_middle(y: f64) -> f64 {
 /// with the scalar `Phi`.
 #[inline(always)]
 fn upper_tail_near(y: f64) -> f64 {
-    let (central_num, central_den) = cody_central(y);
-    let (middle_num, middle_den) = cody_middle(y);
+    let (central_num, central_den) = cody_central::<Separate>(y);
+    let (middle_num, middle_den) = cody_middle::<Separate>(y);
     let (square, error) = square_with_error(y);
     let density = exp(-0.5 * square) * (1.0 - 0.5 * error);
     // One division for whichever form the argument takes.
@@ -202,7 +241,7 @@ pub(crate) fn ndtr_into(x: &[f64], out: &mut [f64]) {
 fn ndtri_central(p: f64) -> f64 {
     let q = p - 0.5;
     let r = 0.180625 - q * q;
-    q * polynomial(&AS241_A, r) / polynomial(&AS241_B, r)
+    q * polynomial::<Separate>(&AS241_A, r) / polynomial::<Separate>(&AS241_B, r)
 }
 
 /// AS 241's middle form: `Phi^{-1}(p)` for `|p - 1/2| > 0.425` down to tail probabilities of
@@ -212,7 +251,7 @@ fn ndtri_middle(p: f64) -> f64 {
     let q = p - 0.5;
     let small = if q < 0.0 { p } else { 1.0 - p };
     let t = (-ln(small.max(f64::MIN_POSITIVE))).sqrt() - 1.6;
-    let ratio = polynomial(&AS241_C, t) / polynomial(&AS241_D, t);
+    let ratio = polynomial::<Separate>(&AS241_C, t) / polynomial::<Separate>(&AS241_D, t);
     if q >= 0.0 {
         ratio
     } else {
@@ -230,8 +269,8 @@ fn ndtri_near(p: f64) -> f64 {
     let t = (-ln(small.max(f64::MIN_POSITIVE))).sqrt() - 1.6;
     // One division for whichever form the argument takes.
     let is_central = q.abs() <= AS241_CENTRAL_END;
-    let num = if is_central { q * polynomial(&AS241_A, r) } else { polynomial(&AS241_C, t) };
-    let ratio = num / if is_central { polynomial(&AS241_B, r) } else { polynomial(&AS241_D, t) };
+    let num = if is_central { q * polynomial::<Separate>(&AS241_A, r) } else { polynomial::<Separate>(&AS241_C, t) };
+    let ratio = num / if is_central { polynomial::<Separate>(&AS241_B, r) } else { polynomial::<Separate>(&AS241_D, t) };
     if is_central || q >= 0.0 {
         ratio
     } else {
@@ -410,7 +449,8 @@ pub(crate) trait VectorKernel {
     type Output;
     /// Must be `#[inline(always)]`, as must everything it calls that should use the wider
     /// instructions (a closure would be compiled on its own, for the baseline processor).
-    fn run(self) -> Self::Output;
+    /// `M` is [`Fused`] where the instructions include fused multiply-add.
+    fn run<M: MulAdd>(self) -> Self::Output;
 }
 
 /// Instruction sets a kernel can be compiled for.
@@ -418,7 +458,7 @@ pub(crate) trait VectorKernel {
 pub(crate) enum Vectors {
     /// As built (SSE2 on x86-64: two doubles per instruction).
     Baseline,
-    /// Four doubles per instruction.
+    /// Four doubles per instruction, and fused multiply-add.
     Avx2,
     /// Eight doubles per instruction and 32 registers, enough for the approximations'
     /// coefficients.
@@ -430,10 +470,10 @@ impl Vectors {
     pub(crate) fn widest() -> Vectors {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
                 return Vectors::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 return Vectors::Avx2;
             }
         }
@@ -445,32 +485,53 @@ impl Vectors {
     pub(crate) fn run<K: VectorKernel>(self, kernel: K) -> K::Output {
         #[cfg(target_arch = "x86_64")]
         {
-            #[target_feature(enable = "avx512f")]
+            #[target_feature(enable = "avx512f,fma")]
             unsafe fn avx512<K: VectorKernel>(kernel: K) -> K::Output {
-                kernel.run()
+                kernel.run::<Fused>()
             }
-            #[target_feature(enable = "avx2")]
+            #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2<K: VectorKernel>(kernel: K) -> K::Output {
-                kernel.run()
+                kernel.run::<Fused>()
             }
-            if self == Vectors::Avx512 && std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the processor supports AVX-512F, checked just above.
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if self == Vectors::Avx512 && std::arch::is_x86_feature_detected!("avx512f") && fma {
+                // SAFETY: the processor supports AVX-512F and FMA, checked just above.
                 return unsafe { avx512(kernel) };
             }
-            if self != Vectors::Baseline && std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the processor supports AVX2, checked just above.
+            if self != Vectors::Baseline && std::arch::is_x86_feature_detected!("avx2") && fma {
+                // SAFETY: the processor supports AVX2 and FMA, checked just above.
                 return unsafe { avx2(kernel) };
             }
         }
-        kernel.run()
+        kernel.run::<Separate>()
     }
 }
 
-/// Runs `kernel` on the processor's widest vectors. The results are the same bits on every
-/// width: the kernels use no fused multiply-add, and each lane is its own path.
+/// Runs `kernel` on the processor's widest vectors. Each lane is its own path, so that the
+/// results are the same bits on every width, except where a kernel forms products and sums
+/// through its [`MulAdd`].
 #[inline(always)]
 pub(crate) fn with_wide_vectors<K: VectorKernel>(kernel: K) -> K::Output {
+    #[cfg(test)]
+    if let Some(vectors) = FORCED_VECTORS.with(std::cell::Cell::get) {
+        return vectors.run(kernel);
+    }
     Vectors::widest().run(kernel)
+}
+
+#[cfg(test)]
+thread_local! {
+    static FORCED_VECTORS: std::cell::Cell<Option<Vectors>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the kernels that this thread starts compiled for `vectors` (or the widest the
+/// processor has below them), for tests of code that calls [`with_wide_vectors`].
+#[cfg(test)]
+pub(crate) fn with_vectors<T>(vectors: Vectors, f: impl FnOnce() -> T) -> T {
+    FORCED_VECTORS.with(|forced| forced.set(Some(vectors)));
+    let result = f();
+    FORCED_VECTORS.with(|forced| forced.set(None));
+    result
 }
 
 struct Many<'a, const INVERSE: bool>(&'a [f64], &'a mut [f64]);
@@ -478,7 +539,7 @@ struct Many<'a, const INVERSE: bool>(&'a [f64], &'a mut [f64]);
 impl<const INVERSE: bool> VectorKernel for Many<'_, INVERSE> {
     type Output = ();
     #[inline(always)]
-    fn run(self) {
+    fn run<M: MulAdd>(self) {
         if INVERSE {
             ndtri_into(self.0, self.1)
         } else {

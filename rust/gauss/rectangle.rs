@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
 use super::normal::{log_diff_ndtr, ndtr, toward_lower_tail, truncated_normal};
-use super::normal_batch::{ndtr_into, ndtri_into, with_wide_vectors, VectorKernel, LANES};
+use super::normal_batch::{ndtr_into, ndtri_into, with_wide_vectors, MulAdd, VectorKernel, LANES};
 use super::sov::{RoundErrors, SovResult};
 use crate::cancel::Cancel;
 use crate::error::Result;
@@ -213,7 +213,7 @@ struct ShiftSum<'a> {
 impl VectorKernel for ShiftSum<'_> {
     type Output = f64;
     #[inline(always)]
-    fn run(self) -> f64 {
+    fn run<M: MulAdd>(self) -> f64 {
         self.ordered.shift_sum(self.first, self.shift, self.n, self.first_index, self.step)
     }
 }

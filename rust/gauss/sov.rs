@@ -29,7 +29,7 @@ use rand_pcg::Pcg64;
 
 use super::normal::{log_diff_ndtr, log_pdf};
 use crate::cancel::Cancel;
-use super::normal_batch::{truncated_draws_into, with_wide_vectors, Lanes, VectorKernel, LANES};
+use super::normal_batch::{truncated_draws_into, with_wide_vectors, Lanes, MulAdd, VectorKernel, LANES};
 use super::sobol::{self, ScrambledSobol};
 use crate::error::{Error, Result};
 
@@ -414,7 +414,7 @@ impl VectorKernel for PathBatch<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn run(self) {
+    fn run<M: MulAdd>(self) {
         let PathBatch { rot, rows_of, nu, u, v, log_weight } = self;
         let s = rot.s;
         *log_weight = [0.0; LANES];
@@ -738,7 +738,7 @@ mod tests {
                     for row in u.iter_mut() {
                         row.iter_mut().for_each(|x| *x = rng.random::<f64>());
                     }
-                    PathBatch { rot: &rot, rows_of: &rows_of, nu: &nu, u: &u, v: &mut v, log_weight: &mut log_weight }.run();
+                    PathBatch { rot: &rot, rows_of: &rows_of, nu: &nu, u: &u, v: &mut v, log_weight: &mut log_weight }.run::<crate::gauss::normal_batch::Separate>();
                     for lane in 0..LANES {
                         assert!(log_weight[lane].is_finite(), "S={s}: a path died ({original} rows, {m} with projections)");
                         // ... and ends inside the polyhedron: the derived rows cut nothing off.

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::cancel::Cancel;
 use crate::error::{invalid, Result};
-use crate::gauss::normal_batch::{with_wide_vectors, VectorKernel};
+use crate::gauss::normal_batch::{with_wide_vectors, MulAdd, VectorKernel};
 use crate::partition::Partition;
 
 /// Regions whose `log kappa` is this far below the best `log(kappa Phi)` are skipped.
@@ -301,7 +301,7 @@ impl VectorKernel for LocalGaussiansS1<'_> {
     type Output = Vec<usize>;
 
     #[inline(always)]
-    fn run(self) -> Vec<usize> {
+    fn run<M: MulAdd>(self) -> Vec<usize> {
         let LocalGaussiansS1 { algebra, x, products: (atx, btx), log_kappa, mu, intervals } = self;
         let r = algebra.n_regions();
         let mut bounds = vec![0.0; r];
@@ -310,7 +310,7 @@ impl VectorKernel for LocalGaussiansS1<'_> {
             let xpx: f64 = x.column(p).iter().zip(&algebra.inv_psi).map(|(v, w)| v * v * w).sum();
             algebra.local_gaussians_of_point_s1(&atx.as_slice()[p * r..(p + 1) * r], &btx.as_slice()[p * r..(p + 1) * r], xpx, lk, m);
             if let Some(intervals) = intervals {
-                best.push(intervals.best_region(lk, m, &mut bounds));
+                best.push(intervals.best_region::<M>(lk, m, &mut bounds));
             }
         }
         best

@@ -270,6 +270,53 @@ fn narrow_posteriors_far_from_zero_keep_their_variance() {
 }
 
 #[test]
+fn interval_path_agrees_on_every_vector_width() {
+    // The wide kernels fuse their multiply-adds and the baseline does not: the same results up
+    // to rounding, for wide, moderate and narrow posteriors. `log kappa` sums terms as large as
+    // `x^T Psi^-1 x` to a result of order one, so either loses ~eps x^T Psi^-1 x of it, and the
+    // weights as much relatively.
+    use crate::gauss::normal_batch::{with_vectors, Vectors};
+    let dec = Arc::new(Decoder::random_uniform(&[1, 16, 16, 2], 0.1, 11).unwrap());
+    let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
+    let zs = DMatrix::from_fn(1, 40, |_, j| -3.0 + 0.151 * j as f64);
+    let mut x = dec.forward_batch(zs.as_view());
+    for j in 0..40 {
+        x[(j % 2, j)] += 0.2 * ((j * 7 % 11) as f64 - 5.0);
+    }
+    for psi in [0.5, 1e-3, 1e-6] {
+        let algebra = RegionAlgebra::new(&part, &[psi, psi]).unwrap();
+        let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
+        let intervals = gauss.intervals().unwrap();
+        let points: Vec<usize> = (0..40).collect();
+        for chunk in points.chunks(interval::LANES) {
+            let run = |vectors| {
+                with_vectors(vectors, || {
+                    let mut block = interval::Block::default();
+                    block.evaluate::<true>(intervals, &interval::Local::Formed(algebra.s1_forms(x.as_view())), chunk);
+                    let lanes = 0..chunk.len();
+                    lanes.map(|l| (block.log_likelihood(l).unwrap(), block.terms(l).map(|(q, t)| (q, t.map(|v| v / block.total(l)))).collect::<Vec<_>>())).collect::<Vec<_>>()
+                })
+            };
+            let baseline = run(Vectors::Baseline);
+            for vectors in [Vectors::Avx2, Vectors::Avx512] {
+                for (((got_ll, got), (want_ll, want)), &p) in run(vectors).iter().zip(&baseline).zip(chunk) {
+                    let tolerance = 32.0 * f64::EPSILON * (1.0 + x.column(p).norm_squared() / psi);
+                    assert!((got_ll - want_ll).abs() < tolerance * want_ll.abs().max(1.0), "psi {psi} {vectors:?}: {got_ll} vs {want_ll}");
+                    assert_eq!(got.len(), want.len());
+                    for ((q, g), (r, w)) in got.iter().zip(want) {
+                        assert_eq!(q, r);
+                        let scale = 1.0 + w[1].abs() + w[2].abs();
+                        for (g, w) in g.iter().zip(w) {
+                            assert!((g - w).abs() < tolerance * scale, "psi {psi} {vectors:?} region {q}: {g} vs {w}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn interval_path_gives_each_point_the_same_bits_in_any_batch() {
     // The blocks take sixteen points at a time, ordered by their best region, and compute a
     // region wherever one of their points counts it: a point's results must still depend on
