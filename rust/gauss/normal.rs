@@ -168,7 +168,7 @@ pub(crate) fn cody_far_one_division<M: MulAdd>(y: f64) -> f64 {
     let square = y * y;
     let w = if square < 1e30 { square } else { 1e30 };
     let wd = w * polynomial::<M>(&DENOMINATOR, w);
-    (wd * FRAC_1_SQRT_2PI - polynomial::<M>(&NUMERATOR, w)) / (wd * y)
+    M::mul_add(wd, FRAC_1_SQRT_2PI, -polynomial::<M>(&NUMERATOR, w)) / (wd * y)
 }
 
 /// `(hi, lo)` with `hi = fl(y^2)` and `hi + lo = y^2` exactly (Dekker's product; `lo = 0` where

@@ -81,9 +81,10 @@ pub(crate) fn exp_with<M: MulAdd>(x: f64) -> f64 {
     };
     const SHIFTER: f64 = 6755399441055744.0; // 1.5 * 2^52: adding it rounds to an integer
     let x = x.clamp(-700.0, 700.0);
-    let shifted = x * std::f64::consts::LOG2_E + SHIFTER;
+    let shifted = M::mul_add(x, std::f64::consts::LOG2_E, SHIFTER);
     let n = shifted - SHIFTER;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // `n LN2_HI` is exact: fused or not, the same `r`.
+    let r = M::mul_add(-n, LN2_LO, M::mul_add(-n, LN2_HI, x));
     // Estrin's scheme: four levels of dependent products instead of Horner's thirteen, for
     // the loops whose one vector of lanes has nothing else to do meanwhile.
     // `1 + r q(r)`, the leading 1 added last, keeps Horner's rounding.
