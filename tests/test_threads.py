@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 # Each child process builds its own pool from its environment, then reports it with the bits of
@@ -83,3 +84,43 @@ if __name__ == "__main__":
     out = subprocess.run([sys.executable, "-c", script, str(parent_first)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_calls_start_no_threads_but_the_pools():
+    # The calling thread shares its batches with the extension's pool: no other pool (rayon's
+    # global one, say) may start behind it, for large calls or small, at S = 1, 2 and 3.
+    child = """
+import json, os, exactem
+for S, widths in [(1, [1, 16, 16, 2]), (2, [2, 8, 8, 3]), (3, [3, 6, 6, 3])]:
+    model = exactem.DGN(exactem.Decoder.random(widths, seed=0), 0.1)
+    X, _ = model.sample(500, seed=1)
+    model.log_likelihood(X), model.e_step(X), model.log_likelihood(X[:3]), model.e_step(X[:1])
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print(json.dumps({"names": names, "workers": len(exactem._core.worker_cpus())}))
+"""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    out = json.loads(subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True).stdout)
+    pool = sorted(name for name in out["names"] if name.startswith("exactem-"))
+    assert pool == [f"exactem-{i}" for i in range(out["workers"])]
+    assert len(out["names"]) == out["workers"] + 1, out["names"]
+
+
+def test_ctrl_c_interrupts_a_long_log_likelihood():
+    # The calling thread computes batches itself and checks for signals between them.
+    import signal
+    import threading
+    import time
+
+    import exactem
+
+    model = exactem.DGN(exactem.Decoder.random([2, 32, 32, 10], seed=0), 0.1)
+    X, _ = model.sample(100_000, seed=1)
+    model.log_likelihood(X[:5])  # the regions and their constants, outside the timed call
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        model.log_likelihood(X)  # ~40 s uninterrupted on 2 cores
+    assert time.perf_counter() - start < 5
+    # The engine is usable after an interrupted call.
+    assert np.isfinite(model.log_likelihood(X[:5])).all()

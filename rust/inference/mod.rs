@@ -18,10 +18,9 @@ pub use crate::gauss::normal::log_sum_exp;
 pub use integrator::GaussIntegrator;
 
 use std::mem::MaybeUninit;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use nalgebra::{DMatrix, DMatrixView};
-use rayon::prelude::*;
 
 use crate::cancel::Cancel;
 use crate::error::{invalid, Result};
@@ -417,29 +416,29 @@ const FEW_OUTPUTS: usize = 16;
 /// and enough batches (four per thread) to keep every thread busy.
 fn batch_size(n: usize, r: usize, s: usize) -> usize {
     let memory_bound = (2_000_000 / (r * (s + 1)).max(1)).max(1);
-    let balance_bound = n.div_ceil(4 * rayon::current_num_threads()).max(16);
+    let balance_bound = n.div_ceil(4 * crate::parallel::current_num_threads()).max(16);
     memory_bound.min(balance_bound).min(4096)
 }
 
 /// Runs `per_batch(points)` for the columns of `x` (`D x N`) in parallel batches, and returns
 /// the batches' results in point order.
-fn over_batches<T: Send>(x: DMatrixView<f64>, algebra: &RegionAlgebra, cancel: &Cancel, per_batch: impl Fn(DMatrixView<f64>) -> T + Sync) -> Result<Vec<T>> {
+fn over_batches<T: Send + 'static>(x: DMatrixView<f64>, algebra: &RegionAlgebra, cancel: &Cancel, per_batch: impl Fn(DMatrixView<f64>) -> T + Sync) -> Result<Vec<T>> {
     let n = x.ncols();
     let batch = batch_size(n, algebra.n_regions(), algebra.s);
     let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
-    chunks
-        .par_iter()
-        .map(|&(first, end)| {
-            cancel.check()?;
-            Ok(per_batch(x.columns(first, end - first)))
-        })
-        .collect()
+    crate::parallel::map(chunks.len(), |i| {
+        let (first, end) = chunks[i];
+        cancel.check()?;
+        Ok(per_batch(x.columns(first, end - first)))
+    })
+    .into_iter()
+    .collect()
 }
 
 /// Runs `per_point(state, log_kappa, mu)` for every column of `x` (`D x N`), in parallel
 /// batches that share their matrix products; each batch starts from `start(points)` (its results
 /// and scratch buffers, reused across its points), and the batches come back in point order.
-fn map_batches<T: Send>(
+fn map_batches<T: Send + 'static>(
     algebra: &RegionAlgebra,
     x: DMatrixView<f64>,
     cancel: &Cancel,
@@ -462,7 +461,7 @@ fn map_batches<T: Send>(
 /// about the same regions, and their ends fall in the same ranges of the tail forms), and
 /// `per_block(state, block, points, local)` takes the results of the block's `points` (indices
 /// into the batch), with the batch's values for the points the block declines.
-fn map_interval_batches<T: Send, const MOMENTS: bool>(
+fn map_interval_batches<T: Send + 'static, const MOMENTS: bool>(
     algebra: &RegionAlgebra,
     intervals: &interval::Intervals,
     x: DMatrixView<f64>,
@@ -714,7 +713,12 @@ impl EStep {
                 destinations.push(head);
                 rest = tail;
             }
-            batches.par_iter().zip(destinations).for_each(|((batch, computed), destination)| destination.fill(batch, computed.as_deref(), s));
+            let destinations: Vec<Mutex<Option<Destination>>> = destinations.into_iter().map(|d| Mutex::new(Some(d))).collect();
+            crate::parallel::map(batches.len(), |i| {
+                let destination = destinations[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+                let (batch, computed) = &batches[i];
+                destination.expect("each destination filled once").fill(batch, computed.as_deref(), s);
+            });
         }
         // SAFETY: the batches' destinations tile the first `points`, `entries`, ... slots of
         // the spare capacities, and `fill` writes every slot of its destination.

@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 
 use super::model_py::points;
 use super::partition_py::PyPartition;
-use super::run_released;
+use super::{run_released, run_released_here};
 use crate::inference::posterior::PointPosterior;
 use crate::inference::{e_step, log_likelihood, GaussIntegrator, RegionAlgebra};
 use crate::partition::Partition;
@@ -40,7 +40,7 @@ impl PyDgn {
         points(&x, d, "X")?;
         let data = x.as_slice()?.to_vec();
         let (algebra, integrator) = (self.algebra.clone(), self.integrator.clone());
-        let out = run_released(py, move |cancel| {
+        let out = run_released_here(py, move |cancel| {
             log_likelihood(&*algebra, &*integrator, DMatrixView::from_slice(&data, d, data.len() / d), cancel)
         })?;
         Ok(PyArray1::from_vec(py, out))
@@ -64,7 +64,7 @@ impl PyDgn {
         points(&x, d, "X")?;
         let data = x.as_slice()?.to_vec();
         let (algebra, integrator) = (self.algebra.clone(), self.integrator.clone());
-        let stats = run_released(py, move |cancel| {
+        let stats = run_released_here(py, move |cancel| {
             e_step(&*algebra, &*integrator, DMatrixView::from_slice(&data, d, data.len() / d), cancel)
         })?;
         // scipy's sparse matrices take int32 indices where they fit, and convert others to it.
