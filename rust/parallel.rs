@@ -82,9 +82,15 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
     let job: &'static (dyn Fn(usize) -> T + Sync) = unsafe { std::mem::transmute(job) };
     let progress = Arc::new(Progress { next: AtomicUsize::new(0), closed: AtomicBool::new(false), active: AtomicUsize::new(0) });
     let (sender, receiver) = mpsc::channel::<(usize, std::thread::Result<T>)>();
-    for _ in 0..caller.pool.current_num_threads().min(count - 1) {
-        let (progress, sender) = (progress.clone(), sender.clone());
-        caller.pool.spawn(move || {
+    // Every worker but one on the caller's CPU, which could only take turns with the caller
+    // there (with it, the log-likelihood of 4000 points took 10-25% longer).
+    let caller_cpu = current_cpu();
+    {
+        let progress = progress.clone();
+        caller.pool.spawn_broadcast(move |_| {
+            if caller_cpu.is_some() && current_cpu() == caller_cpu {
+                return;
+            }
             progress.active.fetch_add(1, Ordering::SeqCst);
             if !progress.closed.load(Ordering::SeqCst) {
                 take_jobs(&progress, count, |i| {
@@ -94,7 +100,6 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
             progress.active.fetch_sub(1, Ordering::SeqCst);
         });
     }
-    drop(sender);
     // SAFETY: `as_caller` keeps `poll` alive while this thread's `CALLER` holds it.
     let poll = unsafe { &*caller.poll };
     let mut last_poll = Instant::now();
@@ -118,6 +123,7 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
                 collected += 1;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
+            // A helper sends every job it takes, and holds its sender until the pool drops it.
             Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("a helper sends every job it takes"),
         }
         due(&mut last_poll);
@@ -128,6 +134,19 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
         std::thread::yield_now();
     }
     results.into_iter().map(|result| result.expect("every job collected").unwrap_or_else(|panic| resume_unwind(panic))).collect()
+}
+
+/// The CPU the calling thread runs on, where the system tells.
+fn current_cpu() -> Option<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: no arguments; -1 on failure.
+        let cpu = unsafe { libc::sched_getcpu() };
+        if cpu >= 0 {
+            return Some(cpu as usize);
+        }
+    }
+    None
 }
 
 /// Takes jobs until none is left, running `run(i)` for each.
