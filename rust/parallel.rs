@@ -1,9 +1,9 @@
 //! Independent jobs shared between the thread that asked for them and a pool's workers.
 //!
 //! On the two-vCPU virtual machines we measure on, handing a call to a pool's workers and
-//! waiting for its result took 40-60 us of thread switches when they were awake and 100-200 us
-//! when they had slept for a few milliseconds (a halted virtual CPU takes that long to wake):
-//! more than a whole log-likelihood of a few hundred points. Run under [`as_caller`], [`map`]
+//! waiting for its result cost ~35-45 us of thread switches (a log-likelihood of 16 points took
+//! 50-59 us instead of 15-24), and more where a worker had to be woken on a halted virtual CPU.
+//! Run under [`as_caller`], [`map`]
 //! starts on the jobs at once on the calling thread, and the pool's workers take what is left
 //! when they arrive; nobody waits for a worker that has not started. Elsewhere (on a pool's
 //! worker, or with no caller set up) it is a rayon parallel map.

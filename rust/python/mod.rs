@@ -98,8 +98,8 @@ where
 /// As [`run_released`] for work whose parallel parts are all [`crate::parallel::map`]s: `work`
 /// runs on the calling thread, which starts on its batches at once and shares them with the
 /// pool's workers as they arrive, instead of handing everything over and waiting for workers
-/// to wake (40-200 us on the machines we measure on: more than a call on a few hundred points
-/// takes). The thread checks for Python signals between its batches and while it waits for the
+/// to wake (~35-45 us a call on the machines we measure on, more for a halted virtual CPU).
+/// The thread checks for Python signals between its batches and while it waits for the
 /// workers' (so Ctrl-C waits for at most the batch in hand).
 pub(crate) fn run_released_here<T, F>(py: Python<'_>, work: F) -> PyResult<T>
 where
