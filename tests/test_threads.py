@@ -91,10 +91,11 @@ def test_calls_start_no_threads_but_the_pools():
     # global one, say) may start behind it, for large calls or small, at S = 1, 2 and 3.
     child = """
 import json, os, exactem
-for S, widths in [(1, [1, 16, 16, 2]), (2, [2, 8, 8, 3]), (3, [3, 6, 6, 3])]:
+for S, widths, n in [(1, [1, 16, 16, 2], 500), (2, [2, 8, 8, 3], 500), (3, [3, 6, 6, 3], 100)]:
     model = exactem.DGN(exactem.Decoder.random(widths, seed=0), 0.1)
-    X, _ = model.sample(500, seed=1)
+    X, _ = model.sample(n, seed=1)
     model.log_likelihood(X), model.e_step(X), model.log_likelihood(X[:3]), model.e_step(X[:1])
+    model.posterior(X[0]).sample(50, seed=2)
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
 print(json.dumps({"names": names, "workers": len(exactem._core.worker_cpus())}))
 """

@@ -93,7 +93,7 @@ impl PyDgn {
             return Err(PyValueError::new_err(format!("x must have {d} entries; got {}", xv.len())));
         }
         let (algebra, integrator) = (self.algebra.clone(), self.integrator.clone());
-        let posterior = run_released(py, move |_| Ok(PointPosterior::new(&algebra, &*integrator, &xv)))?;
+        let posterior = run_released_here(py, move |_| Ok(PointPosterior::new(&algebra, &*integrator, &xv)))?;
         Ok(PyPosterior { partition: self.partition.clone(), algebra: self.algebra.clone(), posterior })
     }
 }
@@ -145,7 +145,7 @@ impl PyPosterior {
 
     fn sample<'py>(&self, py: Python<'py>, n: usize, seed: u64) -> PyResult<Bound<'py, PyArray2<f64>>> {
         let s = self.posterior.mean.len();
-        let out = run_released(py, |_| self.posterior.sample(&self.partition, &self.algebra, n, seed))?;
+        let out = run_released_here(py, |_| self.posterior.sample(&self.partition, &self.algebra, n, seed))?;
         PyArray1::from_vec(py, out).reshape([n, s])
     }
 }
