@@ -73,6 +73,8 @@ struct Progress {
     closed: AtomicBool,
     /// Helpers between their start and their end.
     active: AtomicUsize,
+    /// How many more workers may help: with the caller, as many threads as the pool has.
+    places: AtomicUsize,
 }
 
 /// The caller's jobs as the helpers hold them: a pointer that may outlive them, followed only
@@ -97,15 +99,18 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
     // counted itself in `active` and seen `closed` false, and this function returns only after
     // setting `closed` and seeing `active` at zero, so no helper follows it after `job` is gone.
     let jobs = Jobs(unsafe { std::mem::transmute::<&(dyn Fn(usize) -> T + Sync), &'static (dyn Fn(usize) -> T + Sync)>(job) } as *const _);
-    let progress = Arc::new(Progress { next: AtomicUsize::new(0), closed: AtomicBool::new(false), active: AtomicUsize::new(0) });
+    let places = AtomicUsize::new(caller.pool.current_num_threads() - 1);
+    let progress = Arc::new(Progress { next: AtomicUsize::new(0), closed: AtomicBool::new(false), active: AtomicUsize::new(0), places });
     let (sender, receiver) = mpsc::channel::<(usize, std::thread::Result<T>)>();
-    // Every worker but one on the caller's CPU, which could only take turns with the caller
-    // there (with it, the log-likelihood of 4000 points took 10-23% longer).
+    // Any worker but one on the caller's CPU, which could only take turns with the caller there
+    // (with it, the log-likelihood of 4000 points took 10-23% longer), and no more of them than
+    // leave the threads at work at the pool's size (`RAYON_NUM_THREADS=1`: the caller alone).
     let caller_cpu = current_cpu();
     {
         let progress = progress.clone();
         caller.pool.spawn_broadcast(move |_| {
-            if caller_cpu.is_some() && current_cpu() == caller_cpu {
+            let on_callers_cpu = caller_cpu.is_some() && current_cpu() == caller_cpu;
+            if on_callers_cpu || progress.places.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
                 return;
             }
             progress.active.fetch_add(1, Ordering::SeqCst);

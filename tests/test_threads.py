@@ -125,3 +125,27 @@ def test_ctrl_c_interrupts_a_long_log_likelihood():
     assert time.perf_counter() - start < 5
     # The engine is usable after an interrupted call.
     assert np.isfinite(model.log_likelihood(X[:5])).all()
+
+
+def test_one_thread_asked_for_one_thread_computes():
+    # RAYON_NUM_THREADS=1: the calling thread shares its batches with no worker (CPU time of
+    # each thread from /proc, in clock ticks, over ~0.1 s of log-likelihoods).
+    child = """
+import json, os, exactem
+model = exactem.DGN(exactem.Decoder.random([1, 16, 16, 2], activation="leaky_relu", alpha=0.1, seed=3), 0.01)
+X, _ = model.sample(4000, seed=4)
+for _ in range(100):
+    model.log_likelihood(X)
+ticks = {}
+for t in os.listdir("/proc/self/task"):
+    fields = open(f"/proc/self/task/{t}/stat").read().rsplit(")", 1)[1].split()
+    name = open(f"/proc/self/task/{t}/comm").read().strip()
+    ticks[name] = int(fields[11]) + int(fields[12])
+print(json.dumps(ticks))
+"""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", RAYON_NUM_THREADS="1")
+    ticks = json.loads(subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True).stdout)
+    workers = {name: t for name, t in ticks.items() if name.startswith("exactem-")}
+    assert list(workers) == ["exactem-0"]
+    assert workers["exactem-0"] <= 1, ticks
+    assert sum(ticks.values()) >= 5, ticks

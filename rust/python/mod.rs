@@ -1,6 +1,6 @@
 //! pyo3 bindings: numpy in, numpy out. No logic lives here beyond conversion; every long call
-//! goes through [`run_released`], which releases the GIL, turns Ctrl-C into cancellation and
-//! keeps Rust panics from reaching Python.
+//! goes through [`run_released`] or [`run_released_here`], which release the GIL, turn Ctrl-C
+//! into cancellation and keep Rust panics from reaching Python.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Mutex};
