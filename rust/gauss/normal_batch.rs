@@ -83,7 +83,8 @@ pub(crate) fn exp_with<M: MulAdd>(x: f64) -> f64 {
     let x = x.clamp(-700.0, 700.0);
     let shifted = M::mul_add(x, std::f64::consts::LOG2_E, SHIFTER);
     let n = shifted - SHIFTER;
-    // `n LN2_HI` is exact, so its step rounds alike fused or not; `n LN2_LO`, a correction, once.
+    // `n LN2_HI` is exact, so the first step gives the same `x - n LN2_HI` fused or not; the
+    // small correction `n LN2_LO` rounds once fused, twice not.
     let r = M::mul_add(-n, LN2_LO, M::mul_add(-n, LN2_HI, x));
     // Estrin's scheme: four levels of dependent products instead of Horner's thirteen, for
     // the loops whose one vector of lanes has nothing else to do meanwhile.
