@@ -149,3 +149,34 @@ print(json.dumps(ticks))
     assert list(workers) == ["exactem-0"]
     assert workers["exactem-0"] <= 1, ticks
     assert sum(ticks.values()) >= 5, ticks
+
+
+def test_calls_from_several_python_threads_at_once_give_the_same_bits():
+    # Each calling thread shares its batches with the one pool: concurrent callers must not
+    # take each other's jobs or results.
+    import threading
+
+    import exactem
+
+    models = [exactem.DGN(exactem.Decoder.random([1, 16, 16, 2], activation="leaky_relu", alpha=0.1, seed=s), 0.01) for s in (1, 2)]
+    data = [m.sample(3000, seed=5)[0] for m in models]
+    want = [(m.log_likelihood(X), m.e_step(X).m1) for m, X in zip(models, data)]
+    got, errors = {}, []
+
+    def work(k):
+        try:
+            m, X = models[k % 2], data[k % 2]
+            for r in range(5):
+                got[(k, r)] = (m.log_likelihood(X), m.e_step(X).m1)
+        except Exception as err:  # reported below, not lost in the thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(got) == 20
+    for (k, _), (ll, m1) in got.items():
+        assert np.array_equal(ll, want[k % 2][0]) and np.array_equal(m1, want[k % 2][1])
