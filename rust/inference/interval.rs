@@ -15,7 +15,7 @@
 //! a region is computed where any lane counts it, and a lane's result depends only on its own
 //! point (not on the block's other points). A point whose terms all lie far below `M` is
 //! declined, for the log-space path. Products and sums go through the kernel's `MulAdd`:
-//! fused on the wide vectors, which took 11-14% off the log-likelihood at N = 4000 (one core),
+//! fused on the wide vectors, which took 11-16% off the log-likelihood at N = 4000 (one core),
 //! so a lane's bits depend on whether the processor has fused multiply-add (not on anything
 //! else).
 
