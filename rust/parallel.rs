@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 /// How often the calling thread runs its `poll` while it works or waits.
-const POLL_PERIOD: Duration = Duration::from_millis(20);
+pub const POLL_PERIOD: Duration = Duration::from_millis(20);
 
 /// What the calling thread shares its jobs with: a pool, and what it runs every
 /// [`POLL_PERIOD`] (the Python bindings check for Ctrl-C there and cancel the work).

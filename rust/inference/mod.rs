@@ -707,13 +707,13 @@ impl EStep {
                 m1: &mut out.m1.spare_capacity_mut()[..entries * s],
                 m2: &mut out.m2.spare_capacity_mut()[..entries * s * s],
             };
+            // Each destination taken once, by whichever thread fills that batch.
             let mut destinations = Vec::with_capacity(batches.len());
             for (batch, _) in &batches {
                 let (head, tail) = rest.split(batch.log_likelihood.len(), batch.region.len(), s);
-                destinations.push(head);
+                destinations.push(Mutex::new(Some(head)));
                 rest = tail;
             }
-            let destinations: Vec<Mutex<Option<Destination>>> = destinations.into_iter().map(|d| Mutex::new(Some(d))).collect();
             crate::parallel::map(batches.len(), |i| {
                 let destination = destinations[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
                 let (batch, computed) = &batches[i];

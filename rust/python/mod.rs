@@ -4,7 +4,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Mutex};
-use std::time::Duration;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyKeyboardInterrupt, PyValueError};
@@ -75,16 +74,9 @@ where
             });
             let mut interrupt = None;
             loop {
-                match receiver.recv_timeout(Duration::from_millis(20)) {
+                match receiver.recv_timeout(parallel::POLL_PERIOD) {
                     Ok(outcome) => return (outcome, interrupt),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if interrupt.is_none() {
-                            if let Err(err) = Python::attach(|py| py.check_signals()) {
-                                cancel.cancel();
-                                interrupt = Some(err);
-                            }
-                        }
-                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => check_signals(&cancel, &mut interrupt),
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         unreachable!("the worker sends its outcome before it exits, panics included")
                     }
@@ -110,18 +102,21 @@ where
     let pool = threads::pool().map_err(no_threads)?;
     let interrupt = Mutex::new(None);
     let outcome = py.detach(|| {
-        let poll = || {
-            let mut interrupt = interrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if interrupt.is_none() {
-                if let Err(err) = Python::attach(|py| py.check_signals()) {
-                    cancel.cancel();
-                    *interrupt = Some(err);
-                }
-            }
-        };
+        let poll = || check_signals(&cancel, &mut interrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         catch_unwind(AssertUnwindSafe(|| parallel::as_caller(pool, &poll, || work(&cancel))))
     });
     finish(outcome, interrupt.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
+/// On a pending Python signal (Ctrl-C), cancels the work and keeps the signal's exception (the
+/// first one only).
+fn check_signals(cancel: &Cancel, interrupt: &mut Option<PyErr>) {
+    if interrupt.is_none() {
+        if let Err(err) = Python::attach(|py| py.check_signals()) {
+            cancel.cancel();
+            *interrupt = Some(err);
+        }
+    }
 }
 
 /// The Python outcome of a call: the signal's exception if one interrupted it, else its result
