@@ -25,10 +25,10 @@ print(json.dumps({"cpus": sorted(os.sched_getaffinity(0)), "workers": _core.work
 """
 
 
-def run_child(**env):
+def run_child(script=CHILD, **env):
     child_env = {k: v for k, v in os.environ.items() if k not in ("RAYON_NUM_THREADS", "EXACTEM_PIN_THREADS")}
     child_env.update(env)
-    out = subprocess.run([sys.executable, "-c", CHILD], env=child_env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script], env=child_env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
@@ -99,8 +99,7 @@ for S, widths, n in [(1, [1, 16, 16, 2], 500), (2, [2, 8, 8, 3], 500), (3, [3, 6
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
 print(json.dumps({"names": names, "workers": len(exactem._core.worker_cpus())}))
 """
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    out = json.loads(subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True).stdout)
+    out = run_child(child, OPENBLAS_NUM_THREADS="1")
     pool = sorted(name for name in out["names"] if name.startswith("exactem-"))
     assert pool == [f"exactem-{i}" for i in range(out["workers"])]
     assert len(out["names"]) == out["workers"] + 1, out["names"]
@@ -143,8 +142,7 @@ for t in os.listdir("/proc/self/task"):
     ticks[name] = int(fields[11]) + int(fields[12])
 print(json.dumps(ticks))
 """
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", RAYON_NUM_THREADS="1")
-    ticks = json.loads(subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True).stdout)
+    ticks = run_child(child, OPENBLAS_NUM_THREADS="1", RAYON_NUM_THREADS="1")
     workers = {name: t for name, t in ticks.items() if name.startswith("exactem-")}
     assert list(workers) == ["exactem-0"]
     assert workers["exactem-0"] <= 1, ticks
