@@ -99,6 +99,22 @@ pub(crate) fn exp_with<M: MulAdd>(x: f64) -> f64 {
     p * f64::from_bits(exponent)
 }
 
+/// Arguments of [`exp_or_zero`] below this give 0: [`exp_with`] clamps at -700. Callers scale
+/// their terms so that this far below the scale nothing counts (a term of an interval's sum is
+/// then below `1e-54` of any total that path accepts; an edge integrand is at most 1).
+const EXP_FLOOR: f64 = -700.0;
+
+/// `exp(x)`, zero below [`EXP_FLOOR`].
+#[inline(always)]
+pub(crate) fn exp_or_zero<M: MulAdd>(x: f64) -> f64 {
+    let e = exp_with::<M>(x);
+    if x < EXP_FLOOR {
+        0.0
+    } else {
+        e
+    }
+}
+
 /// `log(x)` for positive normal `x`, ~1 ulp: `x = 2^e m` with `m` in `[sqrt(1/2), sqrt(2))`,
 /// then fdlibm's minimax series of `log(1 + f)` in `s = f / (2 + f)`.
 #[inline(always)]

@@ -23,7 +23,7 @@ use nalgebra::DMatrixView;
 
 use super::PRUNE_GAP;
 use crate::gauss::normal::{cody_central, cody_far_one_division, cody_middle, log_diff_ndtr, truncated_normal, CentredSeries, CODY_CENTRAL_END, FRAC_1_SQRT_2PI, SQRT_32};
-use crate::gauss::normal_batch::{exp_with, ln, with_wide_vectors, MulAdd, Separate, VectorKernel};
+use crate::gauss::normal_batch::{exp_or_zero, ln, with_wide_vectors, MulAdd, Separate, VectorKernel};
 
 /// An infinite end.
 const NO_END: usize = usize::MAX;
@@ -64,20 +64,6 @@ impl std::ops::DerefMut for Lanes {
 /// caller uses the log-space path instead.
 const MIN_SCALED_TOTAL: f64 = 1e-250;
 
-/// Arguments of `exp` below this give 0: the vector `exp` clamps at -700, and a term this far
-/// below the scale is below `1e-54` of any total the path accepts.
-const EXP_FLOOR: f64 = -700.0;
-
-/// `exp(x)`, zero below [`EXP_FLOOR`].
-#[inline(always)]
-fn exp_or_zero<M: MulAdd>(x: f64) -> f64 {
-    let e = exp_with::<M>(x);
-    if x < EXP_FLOOR {
-        0.0
-    } else {
-        e
-    }
-}
 
 /// `log` of the Gaussian tail bound `Phi(-t) <= exp(-t^2 / 2) / 2`, `t` the distance in standard
 /// deviations from the mean `mu` to `[lo, hi]`; 0 for a mean inside.
