@@ -11,13 +11,16 @@
 //! (~50 exponentials) by one exponential and a polynomial.
 //!
 //! The terms of degree `n` add up to at most `(|g| r)^n / n!` of `int_{P0} e^{-|u|^2/2}` (`r` the
-//! largest distance from `c` to a vertex), and the sum is at least `e^{-|g| r}` of it, so the
-//! series stops where `2 e^t t^{n+1} / (n+1)! <= 1e-17`, `t = |g| r`, and is used for
-//! `t <= MAX_REACH` only; its terms then cancel at most `e^{2t}`-fold.
+//! largest distance from `c` to a vertex), and the sum is at least `e^{-|g| r}` of it, so
+//! truncated after degree `n` it errs by at most `2 e^t t^{n+1} / (n+1)!`, `t = |g| r`. The
+//! series is used for `t <= MAX_REACH` only, where its terms cancel at most `e^{2t}`-fold, and
+//! always runs to degree `MAX_DEGREE + 2`, beyond the `n` that puts that bound under 1e-17 at
+//! `t = MAX_REACH`.
 
 use super::normal::{GL12_HALF, GL_NODES, GL_WEIGHTS, INV_FACTORIALS, LN_SQRT_2PI};
+use super::normal_batch::{with_wide_vectors, MulAdd, VectorKernel};
 
-/// The highest degree of the series in `g` (reached at `t = MAX_REACH`).
+/// The degree of the series in `g` that `t = MAX_REACH` needs.
 const MAX_DEGREE: usize = 19;
 /// `K_ij` is kept for `i + j <= MAX_DEGREE + 2` (the second moments need two degrees more).
 const K_SIZE: usize = MAX_DEGREE + 3;
@@ -102,18 +105,43 @@ fn gaussian_antiderivatives(x: f64) -> [f64; K_SIZE] {
     out
 }
 
-/// The smallest degree whose truncation error is below 1e-17 for `t = |g| r` (see the module
-/// notes).
-fn degree_for(t: f64) -> usize {
-    let scale = 2.0 * t.exp();
-    let mut term = t; // t^{n+1} / (n+1)!
-    for n in 0..MAX_DEGREE {
-        if scale * term <= 1e-17 {
-            return n;
-        }
-        term *= t / (n + 2) as f64;
+/// `K`'s rows padded to whole vectors of eight (`K_SIZE` is 22).
+const PADDED: usize = 24;
+
+/// `x^i / i!` for `i < K_SIZE` (zero beyond): four chains `x^{i+4} = x^i x^4`, each a quarter
+/// of the length of one chain through all the powers.
+#[inline(always)]
+fn scaled_powers(x: f64) -> [f64; PADDED] {
+    let x2 = x * x;
+    let mut p = [0.0; PADDED];
+    p[..4].copy_from_slice(&[1.0, x, x2, x2 * x]);
+    let x4 = x2 * x2;
+    for i in 4..K_SIZE {
+        p[i] = p[i - 4] * x4;
     }
-    MAX_DEGREE
+    for i in 2..K_SIZE {
+        p[i] *= INV_FACTORIALS[i];
+    }
+    p
+}
+
+/// `v` moved `by` places up (zeros in front).
+#[inline(always)]
+fn shifted(v: &[f64; PADDED], by: usize) -> [f64; PADDED] {
+    let mut out = [0.0; PADDED];
+    out[by..].copy_from_slice(&v[..PADDED - by]);
+    out
+}
+
+/// `sum_j v_j w_j` in eight running sums (as one vector of them), added pairwise at the end: one
+/// chain of 22 dependent additions would cost their latency.
+#[inline(always)]
+fn dot(v: &[f64; PADDED], w: &[f64; PADDED]) -> f64 {
+    let mut sums = [0.0; 8];
+    for j in 0..PADDED {
+        sums[j % 8] += v[j] * w[j];
+    }
+    ((sums[0] + sums[4]) + (sums[2] + sums[6])) + ((sums[1] + sums[5]) + (sums[3] + sums[7]))
 }
 
 impl PolygonSeries {
@@ -164,53 +192,76 @@ impl PolygonSeries {
                 }
             }
         }
-        let k: Box<[f64]> = (0..K_SIZE).flat_map(|i| (0..K_SIZE - i).map(move |j| (i, j))).map(|(i, j)| transposed[j][i]).collect();
+        let k: Box<[f64]> = (0..K_SIZE).flat_map(|i| (0..K_SIZE - i).map(move |j| (i, j))).map(|(i, j)| transposed[j][i]).chain([0.0; PADDED]).collect();
         (k[0] > 0.0 && magnitude <= MAX_CANCELLATION * k[0]).then_some(PolygonSeries { centre, radius, k })
     }
 
     /// `K_ij` for `j = 0 .. K_SIZE - i`.
-    #[inline]
+    #[cfg(test)]
     fn row(&self, i: usize) -> &[f64] {
+        &self.padded_row(i)[..K_SIZE - i]
+    }
+
+    /// Row `i` of `K` and what follows it in memory, `PADDED` entries in all.
+    #[inline(always)]
+    fn padded_row(&self, i: usize) -> &[f64; PADDED] {
         // Rows 0 .. i hold K_SIZE, K_SIZE - 1, ... entries: i K_SIZE - i (i - 1) / 2 in all.
         let start = i * (2 * K_SIZE + 1 - i) / 2;
-        &self.k[start..start + K_SIZE - i]
+        self.k[start..start + PADDED].try_into().expect("K is padded by PADDED entries")
     }
 
     /// Under `N(0, I)`, for the polygon moved by `-m` (whitened): `(log mass, E[w | P],
     /// E[w w^T | P])`, the moments only if `MOMENTS` (else NaN); `None` where the mean is too
     /// far for the series.
     pub(crate) fn moments<const MOMENTS: bool>(&self, m: [f64; 2]) -> Option<(f64, [f64; 2], [f64; 4])> {
+        with_wide_vectors(SeriesAt::<MOMENTS> { series: self, m })
+    }
+}
+
+/// [`PolygonSeries::moments`] compiled for the widest vectors: its sums over a row of `K` are
+/// element-wise over up to 22 columns. Products and sums are separate operations, so the bits
+/// are the same on every width.
+struct SeriesAt<'a, const MOMENTS: bool> {
+    series: &'a PolygonSeries,
+    m: [f64; 2],
+}
+
+impl<const MOMENTS: bool> VectorKernel for SeriesAt<'_, MOMENTS> {
+    type Output = Option<(f64, [f64; 2], [f64; 4])>;
+
+    #[inline(always)]
+    fn run<M: MulAdd>(self) -> Self::Output {
+        let SeriesAt { series: this, m } = self;
+        this.moments_here::<MOMENTS>(m)
+    }
+}
+
+impl PolygonSeries {
+    #[inline(always)]
+    fn moments_here<const MOMENTS: bool>(&self, m: [f64; 2]) -> Option<(f64, [f64; 2], [f64; 4])> {
         let g = [m[0] - self.centre[0], m[1] - self.centre[1]];
         let reach = (g[0] * g[0] + g[1] * g[1]).sqrt() * self.radius;
         if reach.is_nan() || reach > MAX_REACH {
             return None;
         }
-        // Terms up to degree `top` in K's indices: `degree` for the mass; for the moments,
-        // whose sums shift K by up to two degrees, `degree + 2` for all six sums, so that they
-        // share their partial sums (the terms of degree above `degree` are within the
-        // truncation error, and only make the sums more accurate).
-        let degree = degree_for(reach);
-        let top = if MOMENTS { degree + 2 } else { degree };
-        // g1^i / i! and g2^j / j!: the powers by a chain of products, the factorials from a
-        // table (a division in the chain would cost its latency at every step).
-        let (mut p1, mut p2) = ([0.0; K_SIZE], [0.0; K_SIZE]);
-        (p1[0], p2[0]) = (1.0, 1.0);
-        for i in 1..=top {
-            p1[i] = p1[i - 1] * g[0];
-            p2[i] = p2[i - 1] * g[1];
-        }
-        for i in 2..=top {
-            p1[i] *= INV_FACTORIALS[i];
-            p2[i] *= INV_FACTORIALS[i];
-        }
+        // Every term of K, whatever the mean: the degree that the mean's reach needs would vary
+        // from call to call, and the loops' lengths with it; fixed, they carry no branch (whose
+        // mispredictions, one per row, cost more than the terms they skipped). The terms of
+        // degree above what the reach needs only make the sums more accurate; the mass takes
+        // them up to degree MAX_DEGREE + 2 like the moments, whose sums shift K by up to two.
+        // g1^i / i! and g2^j / j!: the powers by four interleaved chains of products (one
+        // chain of twenty cost its latency at every step), the factorials from a table.
+        let (p1, p2) = (scaled_powers(g[0]), scaled_powers(g[1]));
         // Column sums over i first (`a[j] = sum_i K_ij p1[i]`, and the same with p1 moved by
-        // one and two places for the moments in u1): element-wise over j, so they vectorise and
-        // carry no chain of dependent additions; then one dot product with p2 per sum.
-        let (mut a, mut b, mut c) = ([0.0; K_SIZE], [0.0; K_SIZE], [0.0; K_SIZE]);
-        for i in 0..=top {
-            let row = &self.row(i)[..=top - i];
+        // one and two places for the moments in u1): element-wise over j, one padded row at a
+        // time, so they vectorise; then one dot product with p2 (moved the same way) per sum.
+        let (mut a, mut b, mut c) = ([0.0; PADDED], [0.0; PADDED], [0.0; PADDED]);
+        for i in 0..K_SIZE {
+            let row = self.padded_row(i);
             let (w, w1, w2) = (p1[i], if i >= 1 { p1[i - 1] } else { 0.0 }, if i >= 2 { p1[i - 2] } else { 0.0 });
-            for (j, &kij) in row.iter().enumerate() {
+            for j in 0..PADDED {
+                // Beyond the row's end lies the next row (or the padding).
+                let kij = if j < K_SIZE - i { row[j] } else { 0.0 };
                 a[j] += kij * w;
                 if MOMENTS {
                     b[j] += kij * w1;
@@ -218,8 +269,12 @@ impl PolygonSeries {
                 }
             }
         }
-        let dot = |v: &[f64; K_SIZE], shift: usize| (0..=top - shift).map(|j| v[j + shift] * p2[j]).sum::<f64>();
-        let sums = if MOMENTS { [dot(&a, 0), dot(&b, 0), dot(&a, 1), dot(&c, 0), dot(&b, 1), dot(&a, 2)] } else { [dot(&a, 0), 0.0, 0.0, 0.0, 0.0, 0.0] };
+        let sums = if MOMENTS {
+            let (q1, q2) = (shifted(&p2, 1), shifted(&p2, 2));
+            [dot(&a, &p2), dot(&b, &p2), dot(&a, &q1), dot(&c, &p2), dot(&b, &q1), dot(&a, &q2)]
+        } else {
+            [dot(&a, &p2), 0.0, 0.0, 0.0, 0.0, 0.0]
+        };
         let [f, f1, f2, f11, f12, f22] = sums;
         if f.is_nan() || f <= 0.0 {
             return None;
