@@ -431,7 +431,8 @@ impl Polygon2 {
     fn nearest_point_with(&self, e: impl Fn(usize) -> f64, vertex: impl Fn(usize) -> Option<[f64; 2]>) -> [f64; 2] {
         let m = self.order.len();
         let mut best = [0.0, 0.0];
-        let mut best_d = f64::INFINITY;
+        // Squared distances: a square root per edge would hold up each comparison.
+        let mut best_d2 = f64::INFINITY;
         for k in 0..m {
             let i = self.order[k];
             let ei = e(i);
@@ -439,7 +440,7 @@ impl Polygon2 {
                 continue;
             }
             // Violated, so not inside: without any edge found, the polygon is empty.
-            if best_d == f64::INFINITY {
+            if best_d2 == f64::INFINITY {
                 best = [f64::INFINITY, f64::INFINITY];
             }
             let (f, t) = (self.f[i], rot90(self.f[i]));
@@ -450,9 +451,9 @@ impl Polygon2 {
             }
             let y = 0.0f64.clamp(start, end);
             let p = [ei * f[0] + y * t[0], ei * f[1] + y * t[1]];
-            let d = norm2(p);
-            if d < best_d {
-                best_d = d;
+            let d2 = dot(p, p);
+            if d2 < best_d2 {
+                best_d2 = d2;
                 best = p;
             }
         }
