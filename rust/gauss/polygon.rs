@@ -101,7 +101,7 @@ fn edge_integrals_positive(h: f64, lo: f64, hi: f64, shift: f64, accuracy: &Edge
     // pole-free form costs an arctangent, and expm1 is dearer than exp); shift + h^2 / 2 =
     // d^2 / 2 keeps the scale finite.
     let first_end = if lo < h { h.min(hi) } else { hi };
-    if h2 + lo * lo < POLE_FREE_RADIUS2 && shift + 0.5 * h2 < 600.0 && pole_ellipse(h2, lo, first_end) < accuracy.gl12[2] {
+    if h2 + lo * lo < POLE_FREE_RADIUS2 && shift + 0.5 * h2 < 600.0 && pole_axis(h2, lo, first_end) < accuracy.gl12[2] {
         let end = (POLE_FREE_RADIUS2 - h2).sqrt().min(hi);
         let scale = (shift + 0.5 * h2).exp();
         // atan(end / h) - atan(lo / h), without cancellation when both are near pi / 2.
@@ -117,27 +117,34 @@ fn edge_integrals_positive(h: f64, lo: f64, hi: f64, shift: f64, accuracy: &Edge
     while cut <= lo {
         cut *= 4.0;
     }
-    let mut start = lo;
+    // The pole's distance to each end, shared by the segments on either side of it.
+    let (mut start, mut to_start) = (lo, (h2 + lo * lo).sqrt());
     while start < hi {
         let end = cut.min(hi);
-        // How much the log integrand changes (the Lorentzian's `ln r` bounded by
-        // `(r - 1) / sqrt(r)`: a square root is cheaper than a logarithm, and too large a
-        // change only costs points).
-        let ratio = (h2 + end * end) / (h2 + start * start);
-        let change = 0.5 * (end * end - start * start) + (ratio - 1.0) / ratio.sqrt();
-        let segment = segment_integral(start, end, change, pole_ellipse(h2, start, end), EdgeIntegrand::Plain { h2, shift }, accuracy);
+        let to_end = (h2 + end * end).sqrt();
+        // How much the log integrand changes (the Lorentzian's `ln r`, `r` the ratio of the
+        // squared distances, bounded by `(r - 1) / sqrt(r)`: a square root is cheaper than a
+        // logarithm, and too large a change only costs points).
+        let change = (end * end - start * start) * (0.5 + 1.0 / (to_end * to_start));
+        let axis = (to_end + to_start) / (end - start);
+        let segment = segment_integral(start, end, change, axis, EdgeIntegrand::Plain { h2, shift }, accuracy);
         total = [total[0] + segment[0], total[1] + segment[1]];
-        start = end;
+        (start, to_start) = (end, to_end);
         cut *= 4.0;
     }
     total
 }
 
-/// The Bernstein ellipse of `[lo, hi]` through the pole `i sqrt(h2)`, from its semi-major
-/// axis: the sum of the pole's distances to the ends over the segment's length.
-fn pole_ellipse(h2: f64, lo: f64, hi: f64) -> f64 {
-    let axis = ((h2 + hi * hi).sqrt() + (h2 + lo * lo).sqrt()) / (hi - lo);
-    axis + (axis * axis - 1.0).max(0.0).sqrt()
+/// The semi-major axis of the Bernstein ellipse of `[lo, hi]` through the pole `i sqrt(h2)`:
+/// the sum of the pole's distances to the ends over the segment's length. The ellipse's
+/// `rho = axis + sqrt(axis^2 - 1)` grows with it, so the rules' limits are kept as axes.
+fn pole_axis(h2: f64, lo: f64, hi: f64) -> f64 {
+    ((h2 + hi * hi).sqrt() + (h2 + lo * lo).sqrt()) / (hi - lo)
+}
+
+/// The semi-major axis of the Bernstein ellipse `rho` (see [`pole_axis`]).
+const fn axis_of_ellipse(rho: f64) -> f64 {
+    0.5 * (rho + 1.0 / rho)
 }
 
 /// The Gauss-Legendre rules fit for the edge integrals at one relative accuracy. Three things
@@ -148,7 +155,8 @@ fn pole_ellipse(h2: f64, lo: f64, hi: f64) -> f64 {
 /// (`~rho^{-2n}`, `rho` the ellipse through the pole). Each limit below meets 1/100 of `rtol`.
 pub(crate) struct EdgeAccuracy {
     rtol: f64,
-    /// Largest `c`, largest `L`, smallest `rho` for 8 and for 12 points.
+    /// Largest `c`, largest `L`, smallest axis of `rho` (see [`axis_of_ellipse`]) for 8 and
+    /// for 12 points.
     gl8: [f64; 3],
     gl12: [f64; 3],
     /// Largest `c` and `L` of each piece for 20 points (`rho >= 3.4` holds between the cuts).
@@ -158,9 +166,9 @@ pub(crate) struct EdgeAccuracy {
 /// From the tightest: the loosest level whose `rtol` is at most a tenth of what is asked is
 /// used, so that a fan whose terms cancel tenfold still meets the request.
 const EDGE_ACCURACY: [EdgeAccuracy; 3] = [
-    EdgeAccuracy { rtol: 1e-16, gl8: [1.8, 0.36, 13.4], gl12: [5.9, 1.05, 5.7], gl20: [17.0, 2.7] },
-    EdgeAccuracy { rtol: 1e-12, gl8: [3.0, 0.64, 7.5], gl12: [8.2, 1.55, 3.9], gl20: [21.0, 3.4] },
-    EdgeAccuracy { rtol: 1e-8, gl8: [5.1, 1.15, 4.3], gl12: [11.3, 2.27, 2.7], gl20: [25.0, 4.3] },
+    EdgeAccuracy { rtol: 1e-16, gl8: [1.8, 0.36, axis_of_ellipse(13.4)], gl12: [5.9, 1.05, axis_of_ellipse(5.7)], gl20: [17.0, 2.7] },
+    EdgeAccuracy { rtol: 1e-12, gl8: [3.0, 0.64, axis_of_ellipse(7.5)], gl12: [8.2, 1.55, axis_of_ellipse(3.9)], gl20: [21.0, 3.4] },
+    EdgeAccuracy { rtol: 1e-8, gl8: [5.1, 1.15, axis_of_ellipse(4.3)], gl12: [11.3, 2.27, axis_of_ellipse(2.7)], gl20: [25.0, 4.3] },
 ];
 
 /// The integrands of an edge's two integrals (see [`edge_integrals_positive`]) at `y`.
@@ -222,12 +230,12 @@ impl<const K: usize> VectorKernel for PlainEdgeRule<'_, K> {
 }
 
 /// One segment `[lo, hi]` of the edge integrals, over which the log integrand changes by
-/// `change` and whose nearest singularity lies on the Bernstein ellipse `rho`, with as few
-/// points as that allows at the accuracy asked (each costs an `exp`, and the E-step integrates
-/// millions of edges).
-fn segment_integral(lo: f64, hi: f64, change: f64, rho: f64, integrand: EdgeIntegrand, accuracy: &EdgeAccuracy) -> [f64; 2] {
+/// `change` and whose nearest singularity lies on the Bernstein ellipse of semi-major axis
+/// `axis`, with as few points as that allows at the accuracy asked (each costs an `exp`, and
+/// the E-step integrates millions of edges).
+fn segment_integral(lo: f64, hi: f64, change: f64, axis: f64, integrand: EdgeIntegrand, accuracy: &EdgeAccuracy) -> [f64; 2] {
     let (centre, half) = (0.5 * (lo + hi), 0.5 * (hi - lo));
-    let fits = |[c, l, r]: [f64; 3]| change <= c && half <= l && rho >= r;
+    let fits = |[c, l, a]: [f64; 3]| change <= c && half <= l && axis >= a;
     if fits(accuracy.gl8) {
         return integrand.integrate(&GL8_HALF, centre, half);
     }
