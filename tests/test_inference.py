@@ -116,6 +116,23 @@ def test_e_step_rows_sum_to_one_and_match_the_posterior():
     np.testing.assert_allclose(es.m2, np.swapaxes(es.m2, 1, 2), atol=1e-12)
 
 
+@pytest.mark.parametrize("noise", [0.05, 1e-4])
+def test_one_dimensional_results_do_not_depend_on_the_other_points(noise):
+    # S = 1 evaluates points sixteen at a time, ordered by region where posteriors are narrow
+    # (1e-4) and as they come where they are wide (0.05): a point's bits must not depend on
+    # which points share its block or batch.
+    dec = exactem.Decoder.random([1, 16, 16, 2], activation="leaky_relu", alpha=0.1, seed=0)
+    model = exactem.DGN(dec, noise)
+    X, _ = model.sample(700, seed=2)
+    ll, es = model.log_likelihood(X), model.e_step(X)
+    order = np.random.default_rng(0).permutation(len(X))
+    np.testing.assert_array_equal(model.log_likelihood(X[order]), ll[order])
+    np.testing.assert_array_equal(model.e_step(X[order]).m0.toarray(), es.m0.toarray()[order])
+    alone = [0, 17, 350, 699]
+    np.testing.assert_array_equal([model.log_likelihood(X[n : n + 1])[0] for n in alone], ll[alone])
+    np.testing.assert_array_equal(np.vstack([model.e_step(X[n : n + 1]).m0.toarray() for n in alone]), es.m0.toarray()[alone])
+
+
 def test_bad_input_raises_value_error():
     dec = exactem.Decoder.random([1, 4, 2])
     with pytest.raises(ValueError, match="positive"):

@@ -345,6 +345,12 @@ impl Block {
         })
     }
 
+    /// The fraction of the regions that a lane counted, on average over the lanes.
+    pub(crate) fn counted_fraction(&self) -> f64 {
+        let counted: usize = self.bound.iter().map(|bound| bound.iter().zip(self.threshold.iter()).filter(|(b, t)| b >= t).count()).sum();
+        counted as f64 / (LANES * self.bound.len()) as f64
+    }
+
     /// Whether the block declined its point `l` (see [`Self::log_likelihood`]).
     pub(crate) fn declined(&self, l: usize) -> bool {
         self.declined[l]

@@ -204,36 +204,16 @@ impl RegionAlgebra {
         LocalGaussians { s, r, log_kappa, mu }
     }
 
-    /// At S = 1, the points in the order of the region of their largest bound (a counting sort;
-    /// by index within one region), and where the outputs are many, [`Self::local_gaussians`]
-    /// (with a few, the interval path's blocks form them from the points again, which costs less
-    /// than gathering them).
-    pub(crate) fn order_s1(&self, x: DMatrixView<f64>, intervals: &interval::Intervals) -> (Option<LocalGaussians>, Vec<usize>) {
+    /// At S = 1, [`Self::local_gaussians`] and each point's region of the largest bound, in one
+    /// pass (for many outputs; with a few, the interval path's blocks form the local Gaussians
+    /// from the points again, which costs less than gathering them).
+    fn local_gaussians_and_best_regions_s1(&self, x: DMatrixView<f64>, intervals: &interval::Intervals) -> (LocalGaussians, Vec<usize>) {
         let (r, n) = (self.n_regions(), x.ncols());
-        let (stored, best) = if self.d > FEW_OUTPUTS {
-            let products = (&self.at_psi * x, &self.bt_psi * x);
-            let (mut log_kappa, mut mu) = (vec![0.0; n * r], vec![0.0; n * r]);
-            let kernel = LocalGaussiansS1 { algebra: self, x, products: &products, log_kappa: &mut log_kappa, mu: &mut mu, intervals: Some(intervals) };
-            let best = with_wide_vectors(kernel);
-            (Some(LocalGaussians { s: 1, r, log_kappa, mu }), best)
-        } else {
-            // A few outputs make the products too thin for a matrix multiplication's packing
-            // to pay: the points' local Gaussians are formed where needed, sixteen at a time.
-            (None, intervals.best_regions(&self.s1_forms(x)))
-        };
-        let mut start = vec![0; r + 1];
-        for &q in &best {
-            start[q + 1] += 1;
-        }
-        for q in 0..r {
-            start[q + 1] += start[q];
-        }
-        let mut order = vec![0; n];
-        for (p, &q) in best.iter().enumerate() {
-            order[start[q]] = p;
-            start[q] += 1;
-        }
-        (stored, order)
+        let products = (&self.at_psi * x, &self.bt_psi * x);
+        let (mut log_kappa, mut mu) = (vec![0.0; n * r], vec![0.0; n * r]);
+        let kernel = LocalGaussiansS1 { algebra: self, x, products: &products, log_kappa: &mut log_kappa, mu: &mut mu, intervals: Some(intervals) };
+        let best = with_wide_vectors(kernel);
+        (LocalGaussians { s: 1, r, log_kappa, mu }, best)
     }
 
     /// At S = 1, what the interval path's blocks form `log kappa_q` and `mu_q` from.
@@ -456,11 +436,37 @@ fn map_batches<T: Send + 'static>(
     })
 }
 
+/// Where the points of a batch's first block count this fraction of the regions on average,
+/// the S = 1 path leaves the batch's points in their order (see [`map_interval_batches`]).
+const UNORDERED_FRACTION: f64 = 0.9;
+
+/// `offset + p` for the points `p` ordered by `best[p]`, their regions (a counting sort: by
+/// index within one region).
+fn by_region(best: &[usize], offset: usize, regions: usize) -> Vec<usize> {
+    let mut start = vec![0; regions + 1];
+    for &q in best {
+        start[q + 1] += 1;
+    }
+    for q in 0..regions {
+        start[q + 1] += start[q];
+    }
+    let mut order = vec![0; best.len()];
+    for (p, &q) in best.iter().enumerate() {
+        order[start[q]] = offset + p;
+        start[q] += 1;
+    }
+    order
+}
+
 /// As [`map_batches`] for the S = 1 interval path: each batch's points go through
 /// [`interval::Block`]s, points whose best bounds lie in the same region together (they visit
 /// about the same regions, and their ends fall in the same ranges of the tail forms), and
 /// `per_block(state, block, points, local)` takes the results of the block's `points` (indices
-/// into the batch), with the batch's values for the points the block declines.
+/// into the batch), with the batch's values for the points the block declines. With a few
+/// outputs the batch's first block takes its first points as they come, and where they counted
+/// nearly every region ([`UNORDERED_FRACTION`]: posteriors wide against the regions), the rest
+/// follow as they come too: ordering them would save a block little, and costs a tenth of the
+/// time where the outputs are few.
 fn map_interval_batches<T: Send + 'static, const MOMENTS: bool>(
     algebra: &RegionAlgebra,
     intervals: &interval::Intervals,
@@ -470,7 +476,13 @@ fn map_interval_batches<T: Send + 'static, const MOMENTS: bool>(
     per_block: impl Fn(&mut T, &interval::Block, &[usize], &dyn Fn(usize) -> (Vec<f64>, Vec<f64>)) + Sync,
 ) -> Result<Vec<T>> {
     over_batches(x, algebra, cancel, |points| {
-        let (stored, order) = algebra.order_s1(points, intervals);
+        let (n, r) = (points.ncols(), algebra.n_regions());
+        let (stored, best) = if algebra.d > FEW_OUTPUTS {
+            let (stored, best) = algebra.local_gaussians_and_best_regions_s1(points, intervals);
+            (Some(stored), Some(best))
+        } else {
+            (None, None)
+        };
         let local = match &stored {
             Some(stored) => interval::Local::Stored { log_kappa: &stored.log_kappa, mu: &stored.mu },
             None => interval::Local::Formed(algebra.s1_forms(points)),
@@ -486,8 +498,22 @@ fn map_interval_batches<T: Send + 'static, const MOMENTS: bool>(
                 (one.log_kappa, one.mu)
             }
         };
-        let mut state = start(points.ncols());
+        let mut state = start(n);
         let mut block = interval::Block::default();
+        let order = match best {
+            Some(best) => by_region(&best, 0, r),
+            None => {
+                let first: Vec<usize> = (0..n.min(interval::LANES)).collect();
+                block.evaluate::<MOMENTS>(intervals, &local, &first);
+                per_block(&mut state, &block, &first, &point);
+                let rest = first.len()..n;
+                if block.counted_fraction() >= UNORDERED_FRACTION {
+                    rest.collect()
+                } else {
+                    by_region(&intervals.best_regions(&algebra.s1_forms(points.columns(rest.start, rest.len()))), rest.start, r)
+                }
+            }
+        };
         for chunk in order.chunks(interval::LANES) {
             block.evaluate::<MOMENTS>(intervals, &local, chunk);
             per_block(&mut state, &block, chunk, &point);
