@@ -21,7 +21,19 @@ import sys
 
 import numpy as np
 
-CHILD = r"""
+# What both children start with: the least CPU time of `calls` calls of f(X), in ms.
+PRELUDE = r"""
+import time
+
+
+def least_cpu_ms(f, X, calls):
+    cpu = []
+    for _ in range(calls):
+        t0 = time.process_time(); f(X); cpu.append(time.process_time() - t0)
+    return min(cpu) * 1e3
+"""
+
+CHILD = PRELUDE + r"""
 import sys, time, numpy as np, exactem
 sys.path.insert(0, BENCHES)
 from bench_inference import NumpyS1
@@ -34,10 +46,7 @@ for noise in [0.05, 1e-3, 1e-5]:
     model.e_step(X[:10])
     for f in [model.log_likelihood, model.e_step]:
         if ONE_CORE:
-            cpu = []
-            for _ in range(100):
-                t0 = time.process_time(); f(X); cpu.append(time.process_time() - t0)
-            out += [min(cpu) * 1e3]
+            out += [least_cpu_ms(f, X, 100)]
         else:
             cold, warm = [], []
             for _ in range(15):
@@ -49,7 +58,7 @@ print(" ".join("%.4f" % v for v in out))
 """
 
 # S = 2: the case of issue 4's one-second target, on fewer points (each call takes ~0.1-0.5 s).
-CHILD_S2 = r"""
+CHILD_S2 = PRELUDE + r"""
 import time, numpy as np, exactem
 dec = exactem.Decoder.random([2, 32, 32, 10], seed=0)
 out = []
@@ -59,10 +68,7 @@ for noise in [0.1, 1e-3]:
     model.e_step(X[:10])
     for f in [model.log_likelihood, model.e_step]:
         if ONE_CORE:
-            cpu = []
-            for _ in range(5):
-                t0 = time.process_time(); f(X); cpu.append(time.process_time() - t0)
-            out += [min(cpu) * 1e3]
+            out += [least_cpu_ms(f, X, 5)]
         else:
             wall = []
             for _ in range(5):
