@@ -218,9 +218,10 @@ impl PolygonSeries {
     }
 }
 
-/// [`PolygonSeries::moments`] compiled for the widest vectors: its sums over a row of `K` are
-/// element-wise over up to 22 columns. Products and sums are separate operations, so the bits
-/// are the same on every width.
+/// [`PolygonSeries::moments`] compiled for the widest vectors (the compiler unrolls the fixed
+/// rows with the sums in registers; rows written for vector lanes, masked by a product, were
+/// slower: one of the moments' sums was kept in memory). Products and sums are separate
+/// operations, so the bits are the same on every width.
 struct SeriesAt<'a, const MOMENTS: bool> {
     series: &'a PolygonSeries,
     m: [f64; 2],
@@ -254,7 +255,8 @@ impl PolygonSeries {
         let (p1, p2) = (scaled_powers(g[0]), scaled_powers(g[1]));
         // Column sums over i first (`a[j] = sum_i K_ij p1[i]`, and the same with p1 moved by
         // one and two places for the moments in u1): element-wise over j, one padded row at a
-        // time, so they vectorise; then one dot product with p2 (moved the same way) per sum.
+        // time, no chain of dependent additions; then one dot product with p2 (moved the same
+        // way) per sum.
         let (mut a, mut b, mut c) = ([0.0; PADDED], [0.0; PADDED], [0.0; PADDED]);
         for i in 0..K_SIZE {
             let row = self.padded_row(i);

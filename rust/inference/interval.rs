@@ -64,7 +64,6 @@ impl std::ops::DerefMut for Lanes {
 /// caller uses the log-space path instead.
 const MIN_SCALED_TOTAL: f64 = 1e-250;
 
-
 /// `log` of the Gaussian tail bound `Phi(-t) <= exp(-t^2 / 2) / 2`, `t` the distance in standard
 /// deviations from the mean `mu` to `[lo, hi]`; 0 for a mean inside.
 #[inline(always)]
