@@ -233,7 +233,7 @@ def test_normal_equations_solve_by_cholesky_else_least_squares():
     assert abs(x[2]) < 1e-12
 
 
-def test_small_layer_systems_use_one_blas_thread():
+def test_the_m_step_uses_one_blas_thread(monkeypatch):
     from threadpoolctl import ThreadpoolController
 
     from exactem import em
@@ -241,12 +241,20 @@ def test_small_layer_systems_use_one_blas_thread():
     def blas_threads():
         return [lib["num_threads"] for lib in ThreadpoolController().select(user_api="blas").info()]
 
+    seen = []
+    solve = em._update_layer
+
+    def recording(*args):
+        seen.append(blas_threads())
+        return solve(*args)
+
+    monkeypatch.setattr(em, "_update_layer", recording)
+    X = exactem.datasets.wave(200, 0.1, seed=0)
+    dec, stats, factors, psi = frozen_problem(X, (4, 4), max_iter=0)
     before = blas_threads()
-    with em._blas_threads_for(em.BLAS_THREADS_FROM - 1):
-        assert all(n == 1 for n in blas_threads())
+    em.m_step(dec, exactem.DGN(dec, psi[0]).regions.patterns, psi, stats)
+    assert len(seen) == 3 and all(n == 1 for threads in seen for n in threads)
     assert blas_threads() == before
-    with em._blas_threads_for(em.BLAS_THREADS_FROM):
-        assert blas_threads() == before
 
 
 def test_truncated_conjugate_gradients_still_increase_the_frozen_objective(monkeypatch):

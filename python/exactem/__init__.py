@@ -8,6 +8,7 @@ likelihoods, posteriors and EM on it.
 from ._core import ExactemError, InternalError, NumericalError, RegionLimitError
 from . import datasets, gauss
 from .decoder import Decoder
+from .cost import CostEstimate, estimate_cost
 from .estimator import ExactEM
 from .model import DGN, EStepResult, Posterior
 from .partition import Partition
@@ -15,6 +16,8 @@ from .partition import Partition
 __all__ = [
     "Decoder",
     "ExactEM",
+    "estimate_cost",
+    "CostEstimate",
     "datasets",
     "gauss",
     "Partition",

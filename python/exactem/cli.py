@@ -89,6 +89,52 @@ def fit(args):
     return 0
 
 
+def cost(args):
+    from . import estimate_cost
+
+    print(estimate_cost(args.widths, n_samples=args.n, activation=args.activation, alpha=args.alpha,
+                        noise_var=args.noise_var, sample_size=args.sample_size, max_regions=args.max_regions,
+                        seed=args.seed))
+    return 0
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number; got {value}")
+    return value
+
+
+def add_cost_command(sub):
+    """``exactem cost``: regions, time per EM iteration and memory, predicted before training."""
+    p = sub.add_parser("cost", help="predict the regions, time per EM iteration and memory of a fit before training",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--widths", type=_widths, required=True, help="decoder widths S,D_1,...,D, e.g. 2,32,32,64")
+    p.add_argument("--n", type=_positive_int, default=1000, help="training rows to predict for")
+    p.add_argument("--activation", default="leaky_relu", choices=["relu", "leaky_relu", "abs", "linear"],
+                   help="hidden activation of the random decoder measured")
+    p.add_argument("--alpha", type=float, default=0.1, help="negative slope of leaky_relu")
+    p.add_argument("--noise-var", type=_positive_float, default=0.1,
+                   help="noise variance of the model the timed rows are drawn from (smaller: fewer regions per point)")
+    p.add_argument("--sample-size", type=_positive_int, default=1000, help="rows the E-step and M-step are timed on")
+    p.add_argument("--max-regions", type=_positive_int, default=1_000_000, help="refuse decoders with more regions")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random decoder and the timed rows")
+    p.set_defaults(run=cost)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="exactem", description="Exact inference and EM for piecewise-affine deep generative networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +166,7 @@ def main(argv=None):
     p.add_argument("--extent", type=float, default=4.0, help="half-width of the plotted square")
     p.add_argument("--out", default="partition.png")
     p.set_defaults(run=demo)
+    add_cost_command(sub)
     args = parser.parse_args(argv)
     from . import ExactemError
 

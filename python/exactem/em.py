@@ -7,7 +7,6 @@ regions move once the parameters change, each proposal's exact log-likelihood is
 the step is halved toward the previous parameters until it does not decrease.
 """
 
-import contextlib
 import functools
 
 import numpy as np
@@ -101,6 +100,8 @@ def _output_map_below(weights, biases, factors, k, F, r):
     layer k's pre-activation (u_k = W_k s(u_{k-1}) + b_k with s frozen): :func:`frozen_maps`'
     composition, from the top down."""
     step = weights[k] * factors[k - 1][:, None, :]
+    if F is None:  # the output layer's own map, the identity: no (R, D, D) product
+        return step, np.broadcast_to(biases[k], (step.shape[0], len(biases[k])))
     return F @ step, np.einsum("rij,j->ri", F, biases[k]) + r
 
 
@@ -161,13 +162,12 @@ def layer_gradient(weights, biases, factors, psi, stats, layer, weight_decay=0.0
     return grad
 
 
-# BLAS's own worker threads cost more than they give on the small systems of most layers: inside EM
-# on 2 cores the Cholesky factorisation of a 272-unknown system took 1.9 ms with two threads
-# against 0.12 ms with one (its threads wait for cores that exactem's workers hold), and they spin
-# after each call while the next E-step runs (EM iteration, [1, 16, 16, 2], N = 1000: 16 ms against
-# 6). From this many unknowns on, a factorisation lasts long enough for its threads to pay (4160
-# unknowns: 0.29 s with two, 0.52 s with one).
-BLAS_THREADS_FROM = 1500
+# BLAS's own worker threads cost more than they give on the M-step's products, which are batches of
+# small per-region matrices and (below CG_THRESHOLD unknowns) small dense systems: inside EM on 2
+# cores the Cholesky factorisation of a 272-unknown system took 1.9 ms with two threads against
+# 0.12 ms with one (its threads wait for cores that exactem's workers hold), and they spin after
+# each call while the next E-step runs (EM iteration, [1, 16, 16, 2], N = 1000: 16 ms against 6).
+# The M-step therefore runs with one BLAS thread throughout.
 
 
 @functools.cache
@@ -182,14 +182,6 @@ def one_blas_thread():
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-def _blas_threads_for(unknowns):
-    """A context in which BLAS uses one thread, unless the system has BLAS_THREADS_FROM unknowns or
-    more (then as configured)."""
-    if unknowns >= BLAS_THREADS_FROM:
-        return contextlib.nullcontext()
-    return one_blas_thread()
-
-
 def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, damping=0.0, maps=None):
     """The maximiser of the frozen-mask objective in layer `layer`'s weights and bias: the
     Kronecker-structured system ``sum_q C_q Theta T_q (+ decay) = sum_q F_q^T Psi^-1 Y_q``.
@@ -201,11 +193,7 @@ def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, 
     :func:`frozen_maps`, if the caller has them."""
     if maps is None:
         maps = frozen_maps(weights, biases, factors, layer)
-    unknowns = weights[layer].shape[0] * (weights[layer].shape[1] + 1)
-    # Only a dense factorisation is large enough for BLAS's threads to pay; conjugate gradients
-    # and the output layer's row systems are many small products.
-    dense = layer < len(weights) - 1 and unknowns <= CG_THRESHOLD
-    with _blas_threads_for(unknowns if dense else 0):
+    with one_blas_thread():
         return _update_layer(weights, biases, maps, psi, stats, layer, weight_decay, damping)
 
 
@@ -267,6 +255,11 @@ def _ridge(diagonal):
 def m_step(decoder, patterns, noise_var, stats, weight_decay=0.0, min_noise_var=1e-6, diagonal=False, damping=0.0):
     """Closed-form updates of every layer (last to first), then the noise; masks frozen.
     ``damping`` as in :func:`update_layer`."""
+    with one_blas_thread():
+        return _m_step(decoder, patterns, noise_var, stats, weight_decay, min_noise_var, diagonal, damping)
+
+
+def _m_step(decoder, patterns, noise_var, stats, weight_decay, min_noise_var, diagonal, damping):
     weights = [w.copy() for w in decoder.weights]
     biases = [b.copy() for b in decoder.biases]
     factors = layer_factors(decoder, patterns)
@@ -276,11 +269,13 @@ def m_step(decoder, patterns, noise_var, stats, weight_decay=0.0, min_noise_var=
     # updated, one step down from the previous layer's.
     inputs = _layer_inputs(weights, biases, factors)
     R, D = inputs[0][0].shape[0], stats.dim
-    F, r = np.broadcast_to(np.eye(D), (R, D, D)), np.zeros((R, D))
+    F, r = None, None
     for layer in reversed(range(len(weights))):
         if layer < len(weights) - 1:
             F, r = _output_map_below(weights, biases, factors, layer + 1, F, r)
-        maps = (*inputs[layer], F, r)
+            maps = (*inputs[layer], F, r)
+        else:
+            maps = (*inputs[layer], np.broadcast_to(np.eye(D), (R, D, D)), np.zeros((R, D)))
         weights[layer], biases[layer] = update_layer(weights, biases, factors, psi, stats, layer, weight_decay,
                                                     damping, maps=maps)
     res = _expected_residuals(weights, biases, factors, stats) / stats.n_points

@@ -36,6 +36,17 @@ def _progress(iteration, max_iter, mean_ll, n_regions, elapsed):
     print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
 
+def _leading_components(centred, k, rng):
+    """The k leading singular triplets of the centred data: a full SVD where it is small, else
+    scikit-learn's randomized SVD (a full SVD of 60000 x 784 rows costs tens of seconds; the
+    initialisation needs only the first S directions)."""
+    if min(centred.shape) <= 4 * k + 50 or centred.size <= 200_000:
+        return np.linalg.svd(centred, full_matrices=False)
+    from sklearn.utils.extmath import randomized_svd
+
+    return randomized_svd(centred, k, n_oversamples=20, n_iter=7, random_state=int(rng.integers(2**31)))
+
+
 _MIN_DAMPING = 1e-4
 _MAX_DAMPING = 1e8
 
@@ -97,7 +108,7 @@ class ExactEM:
         weights, biases = dec.weights, dec.biases
         if self.init == "pca":
             centred = X - X.mean(axis=0)
-            _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+            _, sing, vt = _leading_components(centred, S, rng)
             k = min(S, vt.shape[0])
             Z = np.zeros((len(X), S))
             Z[:, :k] = centred @ vt[:k].T / np.maximum(sing[:k] / np.sqrt(len(X)), 1e-12)
