@@ -13,9 +13,6 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
-from .decoder import Decoder
-from .model import DGN
-
 
 class RegionStats:
     """Per-region sums of the E-step statistics: all the M-step needs, independent of N."""
@@ -38,6 +35,23 @@ class RegionStats:
         self.sx0 = np.asarray(by_region(es.m0.data) @ X)
         self.sx1 = np.stack([np.asarray(by_region(m1[:, j]) @ X) for j in range(S)], axis=2)
         self.sum_x2 = (X * X).sum(axis=0)  # sum over points of x^2, per coordinate
+
+    _SUMS = ("s0", "s1", "s2", "sx0", "sx1", "sum_x2")
+
+    @classmethod
+    def combine(cls, parts):
+        """The sums of several row blocks' statistics (same regions), added in the order given:
+        the same blocks in the same order give the same bits wherever they were computed."""
+        parts = list(parts)
+        total = cls.__new__(cls)
+        for name in cls._SUMS:
+            value = getattr(parts[0], name).copy()
+            for part in parts[1:]:
+                value += getattr(part, name)
+            setattr(total, name, value)
+        total.n_points = sum(part.n_points for part in parts)
+        total.dim = parts[0].dim
+        return total
 
     def moment_matrix(self):
         """(R, S+1, S+1): E[[z; 1][z; 1]^T 1_q] summed over points."""

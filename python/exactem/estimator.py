@@ -10,6 +10,7 @@ from . import _core
 from ._validation import as_count
 from .decoder import ACTIVATIONS, Decoder
 from .em import RegionStats, layer_factors, layer_gradient, m_step, noise_gradient, one_blas_thread
+from .distributed import Shards, is_dask_array
 from .model import DGN
 
 
@@ -62,7 +63,7 @@ class ExactEM:
 
     def __init__(self, latent_dim=1, hidden=(16, 16), activation="leaky_relu", alpha=0.1, noise="isotropic",
                  max_iter=200, tol=1e-6, init="pca", weight_decay=0.0, min_noise_var=1e-6, max_regions=1_000_000,
-                 random_state=None, verbose=False, callback=None, solver="em"):
+                 random_state=None, verbose=False, callback=None, solver="em", n_shards=None, client=None):
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.activation = activation
@@ -78,6 +79,8 @@ class ExactEM:
         self.verbose = verbose
         self.callback = callback
         self.solver = solver
+        self.n_shards = n_shards
+        self.client = client
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -98,6 +101,8 @@ class ExactEM:
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be non-negative; got {self.weight_decay}")
         as_count(self.max_iter, "max_iter", minimum=0)
+        if self.n_shards is not None:
+            as_count(self.n_shards, "n_shards")
 
     def _initial_model(self, X):
         """Random hidden layers; the output layer and noise fitted by least squares to PCA scores."""
@@ -139,21 +144,52 @@ class ExactEM:
     # -- fitting --------------------------------------------------------------------------------
 
     def fit(self, X, y=None):
-        """Fit to the rows of X (n_samples, n_features); returns self."""
+        """Fit to the rows of X (n_samples, n_features); returns self.
+
+        X may be a ``dask.array`` chunked by rows: its blocks are then the shards (computed on
+        ``client``'s workers if given, else here one at a time)."""
         self._check_params()
-        X = _as_data(X)
+        shards = None
+        if self.client is not None or self.n_shards is not None or is_dask_array(X):
+            if not is_dask_array(X):
+                X = _as_data(X)
+            shards = Shards(X, self.n_shards, self.client)
+            if shards.n_samples < 2:
+                raise ValueError(f"X needs at least 2 samples; got {shards.n_samples}")
+            data, X = shards, shards.init_rows()
+        else:
+            X = _as_data(X)
+            data = X
+        try:
+            return self._fit(X, data)
+        finally:
+            if shards is not None:
+                shards.close()
+
+    def _fit(self, X, data):
+        """``X``: the rows the initialisation reads; ``data``: the training rows (an array, or
+        :class:`Shards`)."""
+        n_samples = data.n_samples if isinstance(data, Shards) else len(data)
         decoder, noise = self._initial_model(X)
         n_params = sum(w.size + b.size for w, b in zip(decoder.weights, decoder.biases)) + (
             X.shape[1] if self.noise == "diagonal" else 1)
-        if len(X) < n_params:
-            warnings.warn(f"{len(X)} samples for {n_params} parameters: the fit is underdetermined", stacklevel=2)
+        if n_samples < n_params:
+            warnings.warn(f"{n_samples} samples for {n_params} parameters: the fit is underdetermined", stacklevel=3)
         self.n_parameters_ = n_params
         self.history_, self.n_regions_ = [], []
         self.converged_ = False
         self.n_iter_ = 0
         if self.solver == "lbfgs":
-            return self._fit_lbfgs(X, decoder, noise)
-        return self._fit_em(X, decoder, noise)
+            return self._fit_lbfgs(data, decoder, noise, n_samples)
+        return self._fit_em(data, decoder, noise)
+
+    def _e_step(self, model, data):
+        """The exact E-step of ``model`` on the training rows, reduced to what the M-step needs:
+        (per-region sums, mean exact log-likelihood per row)."""
+        if isinstance(data, Shards):
+            return data.statistics(model.decoder, model.noise_var, self.max_regions)
+        es = model.e_step(data)
+        return RegionStats(es, data, len(model.regions)), float(np.mean(es.log_likelihood))
 
     def _accept(self, decoder, noise, model, mean_ll, iteration, started):
         self.decoder_, self.noise_var_, self.model_ = decoder, (noise if self.noise == "diagonal" else float(noise[0])), model
@@ -164,15 +200,13 @@ class ExactEM:
         if self.callback is not None:
             self.callback(iteration, self)
 
-    def _fit_em(self, X, decoder, noise):
+    def _fit_em(self, data, decoder, noise):
         model = self._model(decoder, noise)
-        es = model.e_step(X)
-        ll = float(np.mean(es.log_likelihood))
+        stats, ll = self._e_step(model, data)
         started = time.perf_counter()
         self._accept(decoder, noise, model, ll, 0, started)
         damping = 0.0
         for iteration in range(1, self.max_iter + 1):
-            stats = RegionStats(es, X, len(model.regions))
             accepted = None
             # Levenberg-Marquardt style: the undamped closed-form M-step first (or the damping that
             # last worked, relaxed); if the exact log-likelihood drops because the regions moved,
@@ -184,19 +218,18 @@ class ExactEM:
                 cand = Decoder(weights, biases, activation=self.activation, alpha=self.alpha)
                 cand_model = self._model(cand, new_noise)
                 try:
-                    cand_es = cand_model.e_step(X)
+                    cand_stats, cand_ll = self._e_step(cand_model, data)
                 except _core.RegionLimitError as err:
                     raise _core.RegionLimitError(f"{err} (at EM iteration {iteration}; the estimator keeps the "
                                                  f"last good model in decoder_, noise_var_, model_)") from None
-                cand_ll = float(np.mean(cand_es.log_likelihood))
                 if cand_ll >= ll - 1e-12 * (1 + abs(ll)):
-                    accepted = (cand, new_noise, cand_model, cand_es, cand_ll)
+                    accepted = (cand, new_noise, cand_model, cand_stats, cand_ll)
                     break
                 damping = max(10 * damping, _MIN_DAMPING)
             if accepted is None:  # even a tiny step toward the frozen-mask optimum loses: stationary
                 self.converged_ = True
                 break
-            decoder, noise, model, es, new_ll = accepted
+            decoder, noise, model, stats, new_ll = accepted
             self.n_iter_ = iteration
             improvement = new_ll - ll
             ll = new_ll
@@ -210,7 +243,7 @@ class ExactEM:
             print(file=sys.stderr)
         return self
 
-    def _fit_lbfgs(self, X, decoder, noise):
+    def _fit_lbfgs(self, data, decoder, noise, n_samples):
         from scipy.optimize import minimize
 
         shapes = [(w.shape, b.shape) for w, b in zip(decoder.weights, decoder.biases)]
@@ -224,7 +257,7 @@ class ExactEM:
                 biases.append(theta[k:k + bs[0]])
                 k += bs[0]
             log_noise = theta[k:]
-            noise_vec = np.exp(log_noise) if diagonal else np.full(X.shape[1], np.exp(log_noise[0]))
+            noise_vec = np.exp(log_noise) if diagonal else np.full(len(noise), np.exp(log_noise[0]))
             return weights, biases, np.maximum(noise_vec, self.min_noise_var)
 
         def objective(theta):
@@ -237,16 +270,15 @@ class ExactEM:
             weights, biases, noise_vec = unpack(theta)
             dec = Decoder(weights, biases, activation=self.activation, alpha=self.alpha)
             model = self._model(dec, noise_vec)
-            es = model.e_step(X)
-            stats = RegionStats(es, X, len(model.regions))
+            stats, mean_ll = self._e_step(model, data)
             grads_w, grads_b, grad_noise = exact_gradient(dec, model.regions.patterns, noise_vec, stats, self.weight_decay)
             grad = [np.concatenate([gw.ravel(), gb]) for gw, gb in zip(grads_w, grads_b)]
             gn = grad_noise * noise_vec
             grad.append(gn if diagonal else np.array([gn.sum()]))
-            n = len(X)
+            n = n_samples
             penalty = 0.5 * self.weight_decay * sum(np.sum(w * w) for w in weights)
-            value = -(np.sum(es.log_likelihood) - penalty) / n
-            state["last"] = (dec, noise_vec, model, float(np.mean(es.log_likelihood)))
+            value = -(mean_ll * n - penalty) / n
+            state["last"] = (dec, noise_vec, model, mean_ll)
             return value, -np.concatenate(grad) / n
 
         state = {}
@@ -277,8 +309,10 @@ class ExactEM:
             raise ValueError("this ExactEM instance is not fitted yet; call fit(X) first")
 
     def score_samples(self, X):
-        """(n,) exact log p(x) of each row."""
+        """(n,) exact log p(x) of each row; lazy for a ``dask.array`` of rows."""
         self._check_fitted()
+        if is_dask_array(X):
+            return self.model_.log_likelihood(X)
         return self.model_.log_likelihood(_as_data(X) if len(np.shape(X)) == 2 and len(X) > 1 else np.atleast_2d(X))
 
     def score(self, X, y=None):

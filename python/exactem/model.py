@@ -6,6 +6,7 @@ import scipy.sparse
 from . import _core
 from ._validation import as_count, as_points
 from .decoder import Decoder
+from .distributed import block_e_step, block_log_likelihood, is_dask_array, model_spec
 
 
 def _as_noise_var(noise_var, dim):
@@ -146,8 +147,22 @@ class DGN:
         return self._core
 
     def log_likelihood(self, X):
-        """(N,) exact log p(x_n)."""
+        """(N,) exact log p(x_n).
+
+        A ``dask.array`` of rows (chunked by rows only) gives a lazy dask array, each block
+        computed where dask computes it, so a dataset larger than memory can be scored."""
+        if is_dask_array(X):
+            return self._map_row_blocks(X, block_log_likelihood)
         return self._engine().log_likelihood(as_points(X, self.output_dim, "X"))
+
+    def _spec(self):
+        return model_spec(self._decoder, self.noise_var, self.max_regions, self.rtol, self.seed)
+
+    def _map_row_blocks(self, X, function):
+        if X.ndim != 2 or X.shape[1] != self.output_dim or len(X.chunks[1]) != 1:
+            raise ValueError(f"X must be a dask array of shape (n, {self.output_dim}) chunked by rows only; "
+                             f"got shape {X.shape} with chunks {X.chunks}")
+        return X.map_blocks(function, self._spec(), drop_axis=1, dtype=np.float64)
 
     def posterior(self, x):
         """The exact posterior of one point x of shape (D,)."""
@@ -159,7 +174,17 @@ class DGN:
         return Posterior(self._engine().posterior(x), self.regions)
 
     def e_step(self, X):
-        """Exact E-step statistics of the rows of X (N, D); see :class:`EStepResult`."""
+        """Exact E-step statistics of the rows of X (N, D); see :class:`EStepResult`.
+
+        A ``dask.array`` of rows gives a list of ``dask.delayed`` results, one per row block
+        (their statistics are per block: the sparse matrices do not concatenate lazily)."""
+        if is_dask_array(X):
+            import dask
+
+            if X.ndim != 2 or X.shape[1] != self.output_dim or len(X.chunks[1]) != 1:
+                raise ValueError(f"X must be a dask array of shape (n, {self.output_dim}) chunked by rows only")
+            spec = self._spec()
+            return [dask.delayed(block_e_step)(block, spec) for block in X.to_delayed().ravel()]
         X = as_points(X, self.output_dim, "X")
         out = self._engine().e_step(X)
         return EStepResult(*out, n_regions=len(self.regions), latent_dim=self.latent_dim)
