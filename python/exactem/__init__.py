@@ -11,10 +11,12 @@ from .decoder import Decoder
 from .estimator import ExactEM
 from .model import DGN, EStepResult, Posterior
 from .partition import Partition
+from .compare import compare  # the function; its module stays importable as exactem.compare
 
 __all__ = [
     "Decoder",
     "ExactEM",
+    "compare",
     "datasets",
     "gauss",
     "Partition",

@@ -147,7 +147,8 @@ def _posterior_panels(axes, result):
             ax.plot(z, post.pdf(z[:, None]), "-", color=shades[k], lw=1.6, label=f"exact p(z|x), x = ({coords})")
             if encoder:
                 q = np.exp(-0.5 * (z - q_mean[k, 0]) ** 2 / q_var[k, 0]) / np.sqrt(2 * np.pi * q_var[k, 0])
-                ax.plot(z, q, "--", color=shades[k], lw=1.4, label="encoder's Gaussian q(z|x)")
+                ax.plot(z, q, "--", color=shades[k], lw=1.4,
+                        label="dashed: the encoder's Gaussian q(z|x)" if k == len(points) - 1 else None)
         ax.set_xlabel("latent $z$")
         ax.set_ylabel("density (1/unit of z)")
         what = "exact posterior (solid) against the encoder's q (dashed)" if encoder else "exact posterior (no encoder)"
