@@ -79,13 +79,23 @@ def _curves_panel(ax, result):
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
 
+def _median_seed(result, method):
+    """The seed of the method's run with the median held-out log-likelihood (the lower middle one
+    for an even count): the run drawn in panels (b) and (c), neither the best nor the worst."""
+    rows = sorted((r for r in result.rows if r["method"] == method), key=lambda r: r["test_loglik"])
+    return rows[(len(rows) - 1) // 2]["seed"]
+
+
+def _which_run(result, seed):
+    n_seeds = len({s for _, s in result.curves})
+    return f"seed {seed}" + (f", the median of {n_seeds} seeds" if n_seeds > 2 else "")
+
+
 def _sample_panels(fig, axes, result):
-    seed = min(s for _, s in result.curves)
-    train, _ = result.splits[seed]
-    X = result.X[train]
-    D = X.shape[1]
+    D = result.X.shape[1]
     if D == 64:  # 8x8 images (digits)
         for ax, m in zip(axes, result.methods):
+            seed = _median_seed(result, m)
             samples, _ = result.estimators[m, seed].sample(36, random_state=seed)
             mosaic = np.ones((6 * 9 + 1, 6 * 9 + 1))
             for k, img in enumerate(samples):
@@ -94,13 +104,15 @@ def _sample_panels(fig, axes, result):
             ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(f"(b) {_label(m)}: 36 sampled 8x8 images\n(pixel value clipped to [0, 1]; seed {seed})",
+            ax.set_title(f"(b) {_label(m)}: 36 sampled 8x8 images\n(pixels clipped to [0, 1]; {_which_run(result, seed)})",
                          fontsize=9)
         return
-    n = min(len(X), 1000)
-    lo, hi = X.min(axis=0), X.max(axis=0)
+    lo, hi = result.X.min(axis=0), result.X.max(axis=0)
     pad = 0.2 * (hi - lo)
     for ax, m in zip(axes, result.methods):
+        seed = _median_seed(result, m)
+        X = result.X[result.splits[seed][0]]
+        n = min(len(X), 1000)
         samples, _ = result.estimators[m, seed].sample(n, random_state=seed)
         if D == 1:
             bins = np.linspace(lo[0] - pad[0], hi[0] + pad[0], 40)
@@ -117,19 +129,22 @@ def _sample_panels(fig, axes, result):
             ax.set_xlabel("$x_1$")
             ax.set_ylabel("$x_2$")
         where = f"first two of {D} coordinates, " if D > 2 else ""
-        ax.set_title(f"(b) {_label(m)}: samples against the data\n({where}seed {seed})", fontsize=9)
+        ax.set_title(f"(b) {_label(m)}: samples against the training data\n({where}{_which_run(result, seed)})", fontsize=9)
         ax.legend(fontsize=7, loc="best", markerscale=3)
 
 
 def _posterior_panels(axes, result):
     from .compare import _ENCODER_METHODS
 
-    seed = min(s for _, s in result.curves)
-    _, test = result.splits[seed]
-    X_test = result.X[test]
-    points = X_test[np.linspace(0, len(X_test) - 1, _N_POSTERIOR_POINTS).astype(int)]
+    # The same points in every panel if enough rows are held out under every seed's split.
+    common = np.arange(len(result.X))
+    for _, test in result.splits.values():
+        common = np.intersect1d(common, test)
     shades = ["tab:orange", "tab:cyan", "tab:olive"]
     for ax, m in zip(axes, result.methods):
+        seed = _median_seed(result, m)
+        rows = common if len(common) >= _N_POSTERIOR_POINTS else result.splits[seed][1]
+        points = result.X[rows[np.linspace(0, len(rows) - 1, _N_POSTERIOR_POINTS).astype(int)]]
         est = result.estimators[m, seed]
         posts = [est.model_.posterior(x) for x in points]
         centre = np.array([p.mean[0] for p in posts])
@@ -152,7 +167,8 @@ def _posterior_panels(axes, result):
         ax.set_xlabel("latent $z$")
         ax.set_ylabel("density (1/unit of z)")
         what = "exact posterior (solid) against the encoder's q (dashed)" if encoder else "exact posterior (no encoder)"
-        ax.set_title(f"(c) {_label(m)}: {what}\nof {_N_POSTERIOR_POINTS} held-out points (seed {seed})", fontsize=9)
+        ax.set_title(f"(c) {_label(m)}: {what}\nof {_N_POSTERIOR_POINTS} held-out points ({_which_run(result, seed)})",
+                     fontsize=9)
         ax.legend(fontsize=6.5, loc="upper right")
 
 
