@@ -97,11 +97,14 @@ def _sample_panels(fig, axes, result):
         for ax, m in zip(axes, result.methods):
             seed = _median_seed(result, m)
             samples, _ = result.estimators[m, seed].sample(36, random_state=seed)
-            mosaic = np.ones((6 * 9 + 1, 6 * 9 + 1))
+            # Ink dark on white, as the digits are drawn; images framed in light blue.
+            mosaic = np.empty((6 * 9 + 1, 6 * 9 + 1, 3))
+            mosaic[:] = (0.75, 0.85, 1.0)
             for k, img in enumerate(samples):
                 r, c = divmod(k, 6)
-                mosaic[1 + 9 * r:9 + 9 * r, 1 + 9 * c:9 + 9 * c] = np.clip(img.reshape(8, 8), 0, 1)
-            ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+                ink = 1.0 - np.clip(img.reshape(8, 8), 0, 1)
+                mosaic[1 + 9 * r:9 + 9 * r, 1 + 9 * c:9 + 9 * c] = ink[:, :, None]
+            ax.imshow(mosaic, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"(b) {_label(m)}: 36 sampled 8x8 images\n(pixels clipped to [0, 1]; {_which_run(result, seed)})",
@@ -144,7 +147,8 @@ def _posterior_panels(axes, result):
     for ax, m in zip(axes, result.methods):
         seed = _median_seed(result, m)
         rows = common if len(common) >= _N_POSTERIOR_POINTS else result.splits[seed][1]
-        points = result.X[rows[np.linspace(0, len(rows) - 1, _N_POSTERIOR_POINTS).astype(int)]]
+        chosen = rows[np.linspace(0, len(rows) - 1, _N_POSTERIOR_POINTS).astype(int)]
+        points = result.X[chosen]
         est = result.estimators[m, seed]
         posts = [est.model_.posterior(x) for x in points]
         centre = np.array([p.mean[0] for p in posts])
@@ -158,8 +162,8 @@ def _posterior_panels(axes, result):
             lo, hi = (centre - 5 * width).min(), (centre + 5 * width).max()
         z = np.linspace(lo, hi, 1500)
         for k, (x, post) in enumerate(zip(points, posts)):
-            coords = ", ".join(f"{v:.2f}" for v in x[:2]) + (", ..." if len(x) > 2 else "")
-            ax.plot(z, post.pdf(z[:, None]), "-", color=shades[k], lw=1.6, label=f"exact p(z|x), x = ({coords})")
+            which = f"x = ({', '.join(f'{v:.2f}' for v in x)})" if len(x) <= 2 else f"x = row {chosen[k]} of the data"
+            ax.plot(z, post.pdf(z[:, None]), "-", color=shades[k], lw=1.6, label=f"exact p(z|x), {which}")
             if encoder:
                 q = np.exp(-0.5 * (z - q_mean[k, 0]) ** 2 / q_var[k, 0]) / np.sqrt(2 * np.pi * q_var[k, 0])
                 ax.plot(z, q, "--", color=shades[k], lw=1.4,

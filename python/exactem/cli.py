@@ -131,11 +131,11 @@ def _add_compare_parser(sub):
                         "or a .npy/.csv file of rows")
     p.add_argument("--n", type=int, default=1000, help="points drawn from wave or circle")
     p.add_argument("--data-noise", type=float, default=0.1, help="noise level of wave or circle")
-    p.add_argument("--methods", type=_methods, default=["em", "lbfgs", "vae", "iwae"],
+    p.add_argument("--methods", type=_methods, default="em,lbfgs,vae,iwae",
                    help="comma-separated methods among em, lbfgs (exact), vae, iwae (amortised variational)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..N-1; each seed its own split and initialisation")
     p.add_argument("--latent-dim", type=int, default=1, help="latent dimension S")
-    p.add_argument("--hidden", type=_widths, default=[16, 16], help="decoder hidden widths, comma-separated")
+    p.add_argument("--hidden", type=_widths, default="16,16", help="decoder hidden widths, comma-separated")
     p.add_argument("--activation", default="leaky_relu", choices=["relu", "leaky_relu", "abs", "linear"],
                    help="decoder activation")
     p.add_argument("--alpha", type=float, default=0.1, help="negative slope of leaky_relu")
@@ -146,7 +146,7 @@ def _add_compare_parser(sub):
     p.add_argument("--n-iter-no-change", type=int, default=10,
                    help="stop after this many iterations/epochs without a better validation log-likelihood")
     p.add_argument("--max-iter", type=int, default=500, help="iterations (epochs for vae/iwae) at most")
-    p.add_argument("--time-budget", type=float, default=None, help="seconds of training per fit at most (default: none)")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds of training per fit at most (None: no limit)")
     p.add_argument("--max-regions", type=int, default=1_000_000, help="region limit of the exact methods")
     p.add_argument("--out-prefix", default="compare", help="writes PREFIX.csv and PREFIX.png")
     p.add_argument("--quiet", action="store_true", help="no line per fit")

@@ -175,8 +175,9 @@ class CompareResult:
         summary = self.summary()
         best = summary[0]
         text = (f"Highest held-out exact log-likelihood: {_LABELS[best['method']]}, "
-                f"{best['test_loglik_mean']:.4f} nats/point (sd {best['test_loglik_std']:.4f} over "
-                f"{best['n_seeds']} seed{'s' if best['n_seeds'] > 1 else ''})")
+                f"{best['test_loglik_mean']:.4f} nats/point"
+                + (f" (mean over {best['n_seeds']} seeds, sd {best['test_loglik_std']:.4f})" if best["n_seeds"] > 1
+                   else " (1 seed)"))
         if len(summary) > 1:
             second = summary[1]
             lead = best["test_loglik_mean"] - second["test_loglik_mean"]
@@ -186,7 +187,7 @@ class CompareResult:
             paired = [by_seed[best["method"], s] > by_seed[second["method"], s] for m, s in by_seed
                       if m == best["method"] and (second["method"], s) in by_seed]
             text += (f", ahead of {_LABELS[second['method']]} by {lead:.4f}"
-                     + (" (within the seed-to-seed spread)" if lead <= spread else "")
+                     + (" (within the seed-to-seed spread)" if len(paired) > 1 and lead <= spread else "")
                      + f"; ahead on {sum(paired)} of {len(paired)} seed{'s' if len(paired) > 1 else ''}")
         return text + "."
 
