@@ -40,7 +40,8 @@ def _curves_panel(ax, result):
             if curves[0][key] is None:
                 continue
             for c in curves:  # every seed, thin
-                ax.step(c["time"], c[key], style, where="post", color=_colour(m), lw=0.7, alpha=0.5)
+                ax.step(c["time"], c[key], style, where="post", color=_colour(m),
+                        lw=0.7 if len(seeds) > 1 else 1.6, alpha=0.5 if len(seeds) > 1 else 0.9)
                 plotted.append(np.asarray(c[key], dtype=float))
             if len(seeds) > 1:
                 t, mean, low, high = _by_iteration(curves, key)
@@ -160,7 +161,9 @@ def _posterior_panels(axes, result):
             hi = max((centre + 5 * width).max(), (q_mean[:, 0] + 5 * np.sqrt(q_var[:, 0])).max())
         else:
             lo, hi = (centre - 5 * width).min(), (centre + 5 * width).max()
-        z = np.linspace(lo, hi, 1500)
+        # A fine grid around each posterior too: some are a thousand times narrower than the range.
+        z = np.unique(np.concatenate([np.linspace(lo, hi, 1500)]
+                                     + [np.linspace(c - 6 * w, c + 6 * w, 400) for c, w in zip(centre, width)]))
         for k, (x, post) in enumerate(zip(points, posts)):
             which = f"x = ({', '.join(f'{v:.2f}' for v in x)})" if len(x) <= 2 else f"x = row {chosen[k]} of the data"
             ax.plot(z, post.pdf(z[:, None]), "-", color=shades[k], lw=1.6, label=f"exact p(z|x), {which}")
