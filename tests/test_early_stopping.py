@@ -134,3 +134,33 @@ def test_bad_stopping_parameters_are_clear_errors(data, kwargs, message):
 def test_too_few_rows_to_hold_any_out_is_a_clear_error():
     with pytest.raises(ValueError, match="rows to train on"):
         ExactEM(hidden=(4,), early_stopping=True, validation_fraction=0.5).fit(np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0]]))
+
+
+def test_lbfgs_stops_the_same_where_scipy_lets_stop_iteration_out(data, monkeypatch):
+    """scipy < 1.11 does not catch a callback's StopIteration; the fit must end the same way."""
+    import scipy.optimize
+
+    X, _ = data
+    real_minimize = scipy.optimize.minimize
+
+    class Escape(Exception):
+        pass
+
+    def old_minimize(fun, x0, callback=None, **kw):
+        def relay(x):
+            try:
+                callback(x)
+            except StopIteration:
+                raise Escape from None
+
+        try:
+            return real_minimize(fun, x0, callback=relay, **kw)
+        except Escape:
+            raise StopIteration from None
+
+    kw = dict(hidden=(8,), early_stopping=True, validation_fraction=0.25, n_iter_no_change=2, max_iter=40)
+    new = fit_quietly(make("lbfgs", **kw), X)
+    monkeypatch.setattr(scipy.optimize, "minimize", old_minimize)
+    old = fit_quietly(make("lbfgs", **kw), X)
+    assert new.n_iter_ < 40 and old.validation_history_ == new.validation_history_
+    assert old.best_iteration_ == new.best_iteration_ and old.score(X) == new.score(X)

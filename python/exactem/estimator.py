@@ -368,8 +368,13 @@ class ExactEM:
                 # scipy >= 1.11 ends the minimisation when a callback raises StopIteration.
                 raise StopIteration
 
-        result = minimize(objective, theta0, jac=True, method="L-BFGS-B", callback=on_iteration,
-                          options={"maxiter": self.max_iter, "ftol": self.tol, "gtol": 1e-8})
+        try:
+            result = minimize(objective, theta0, jac=True, method="L-BFGS-B", callback=on_iteration,
+                              options={"maxiter": self.max_iter, "ftol": self.tol, "gtol": 1e-8})
+        except StopIteration:  # scipy < 1.11 lets it out of minimize; the last accepted iterate stands
+            return self
+        if result.status == 99:  # stopped by on_iteration: result.x is that accepted iterate
+            return self
         dec_w, dec_b, noise_vec = unpack(result.x)
         dec = Decoder(dec_w, dec_b, activation=self.activation, alpha=self.alpha)
         model = self._model(dec, noise_vec)
