@@ -12,12 +12,14 @@ from .cost import CostEstimate, estimate_cost
 from .estimator import ExactEM
 from .model import DGN, EStepResult, Posterior
 from .partition import Partition
+from .compare import compare  # the function; its module stays importable as exactem.compare
 
 __all__ = [
     "Decoder",
     "ExactEM",
     "estimate_cost",
     "CostEstimate",
+    "compare",
     "datasets",
     "gauss",
     "Partition",
