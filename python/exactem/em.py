@@ -1,10 +1,11 @@
-"""Exact EM for deep generative networks (DESIGN.md §6).
+"""Exact EM for deep generative networks (docs/design.md §6).
 
 The E-step is exact (:meth:`DGN.e_step`). With the E-step's activation masks frozen, the decoder
 is affine in each layer's parameters, so every layer has a closed-form update; the layers are
 updated in turn (block-coordinate ascent on the frozen-mask objective), then the noise. Because
-regions move once the parameters change, each proposal's exact log-likelihood is computed and
-the step is halved toward the previous parameters until it does not decrease.
+regions move once the parameters change, the estimator computes each proposal's exact
+log-likelihood and, if it dropped, solves the M-step again with a Marquardt damping term
+(``damping`` here), which pulls the proposal toward the previous parameters.
 """
 
 import contextlib
@@ -112,7 +113,7 @@ def _expected_residuals(weights, biases, factors, stats):
 
 
 def _layer_system(weights, biases, factors, psi, stats, layer):
-    """The frozen-mask normal equations of one layer: per region T_q, Y_q, F_q (see DESIGN §6)."""
+    """The frozen-mask normal equations of one layer: per region T_q, Y_q, F_q (see docs/design.md §6)."""
     K = stats.moment_matrix()
     E, f, F, r = frozen_maps(weights, biases, factors, layer)
     R, D_prev, S = E.shape
