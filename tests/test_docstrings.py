@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["exactem.decoder", "exactem.partition", "exactem.model", "exactem.estimator", "exactem.gauss",
-           "exactem.datasets"]
+           "exactem.datasets", "exactem.plots", "exactem.cli", "exactem.em"]
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

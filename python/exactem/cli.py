@@ -34,6 +34,10 @@ def _widths(text):
         raise argparse.ArgumentTypeError(f"widths must be comma-separated integers like 2,32,32,10; got {text!r}")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"exactem: warning: {message}", file=sys.stderr)
+
+
 def _require(condition, message):
     if not condition:
         raise ValueError(message)
@@ -180,7 +184,18 @@ def _split(X, fraction, seed):
 
 
 def demo(args):
-    """``exactem demo``: enumerate a random decoder's regions; draw them when S = 2."""
+    """``exactem demo``: enumerate a random decoder's regions; draw them when S = 2.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed flags of ``exactem demo``.
+
+    Returns
+    -------
+    status : int
+        0 on success.
+    """
     import numpy as np
 
     from . import Decoder
@@ -216,7 +231,18 @@ def demo(args):
 
 
 def fit(args):
-    """``exactem fit``: check every input, train, report (held-out score too), save, draw."""
+    """``exactem fit``: check every input, train, report (held-out score too), save, draw.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed flags of ``exactem fit``.
+
+    Returns
+    -------
+    status : int
+        0 on success (errors are raised as ValueError before training).
+    """
     import numpy as np
     from sklearn.exceptions import ConvergenceWarning
 
@@ -237,8 +263,10 @@ def fit(args):
           + (f" ({len(X_test)} held out)" if X_test is not None else ""))
     start = time.perf_counter()
     with warnings.catch_warnings():
-        # The summary below says "not converged"; scikit-learn's warning would repeat it with a traceback line.
+        # The summary below says "not converged"; scikit-learn's warning would repeat it. Other
+        # warnings (an underdetermined fit, say) are one line, like the errors.
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.showwarning = _show_warning
         est.fit(X)
     elapsed = time.perf_counter() - start
     print(f"{est.n_iter_} iterations in {elapsed:.2f} s ({'converged' if est.converged_ else 'not converged'}); "
@@ -256,6 +284,18 @@ def fit(args):
 
 
 def add_fit_parser(sub):
+    """Add the ``fit`` subcommand.
+
+    Parameters
+    ----------
+    sub : argparse subparsers action
+        From ``parser.add_subparsers()``.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+        The subcommand's parser.
+    """
     p = sub.add_parser("fit", formatter_class=_Formatter,
                        help="train a deep generative network by exact EM and draw the result",
                        description=_paragraphs(
@@ -290,6 +330,18 @@ def add_fit_parser(sub):
 
 
 def add_demo_parser(sub):
+    """Add the ``demo`` subcommand.
+
+    Parameters
+    ----------
+    sub : argparse subparsers action
+        From ``parser.add_subparsers()``.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+        The subcommand's parser.
+    """
     p = sub.add_parser("demo", formatter_class=_Formatter,
                        help="enumerate the regions of a random decoder and draw them",
                        description="Enumerate every region of a random decoder's latent space, print a "
@@ -306,7 +358,12 @@ def add_demo_parser(sub):
 
 
 def build_parser():
-    """The argument parser; each subcommand is added by one ``add_*_parser(sub)`` call."""
+    """The argument parser; each subcommand is added by one ``add_*_parser(sub)`` call.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+    """
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="exactem", formatter_class=_Formatter,
@@ -319,6 +376,25 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (``sys.argv[1:]`` when omitted).
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 for bad input (one line on stderr, ``exactem: error: ...``), 130 when
+        interrupted.
+
+    Examples
+    --------
+    >>> from exactem.cli import main
+    >>> main(["fit", "--iterations", "0"])
+    2
+    """
     args = build_parser().parse_args(argv)
     from . import ExactemError
 

@@ -113,7 +113,18 @@ class Posterior:
         return self._core.logpdf(as_points(Z, self.partition.latent_dim))
 
     def pdf(self, Z):
-        """Posterior density at latent points: ``exp(logpdf(Z))``, shape (n,)."""
+        """Posterior density at latent points.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n, S)
+            Latent points.
+
+        Returns
+        -------
+        pdf : ndarray of shape (n,)
+            ``p(z | x) = exp(logpdf(Z))``.
+        """
         return np.exp(self.logpdf(Z))
 
     def map(self):

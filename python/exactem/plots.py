@@ -15,7 +15,33 @@ def _pyplot():
 def plot_partition(partition, ax=None, extent=4.0, resolution=500, seed=0):
     """Draw the regions of a 2-D latent space on ``[-extent, extent]^2``.
 
-    Each region gets a random colour; black dots are the regions' interior points.
+    Each region gets a random colour, boundaries are drawn in black, and black dots are the
+    regions' interior points.
+
+    Parameters
+    ----------
+    partition : Partition
+        The regions of a decoder with a 2-D latent space.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure when omitted.
+    extent : float, default=4.0
+        Half-width of the square drawn (latent units; the prior has unit variance).
+    resolution : int, default=500
+        Pixels per side.
+    seed : int, default=0
+        Seed of the colours.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+
+    Examples
+    --------
+    >>> import exactem
+    >>> from exactem.plots import plot_partition
+    >>> ax = plot_partition(exactem.Decoder.random([2, 8, 8, 3], seed=0).regions(), resolution=100)
+    >>> ax.get_xlabel()
+    '$z_1$ (latent units)'
     """
     if partition.latent_dim != 2:
         raise ValueError(f"plot_partition draws 2-D latent spaces; this partition is in R^{partition.latent_dim}")
@@ -38,8 +64,8 @@ def plot_partition(partition, ax=None, extent=4.0, resolution=500, seed=0):
     ax.plot(pts[inside, 0], pts[inside, 1], "k.", markersize=1.5)
     ax.set_xlim(-extent, extent)
     ax.set_ylim(-extent, extent)
-    ax.set_xlabel("$z_1$")
-    ax.set_ylabel("$z_2$")
+    ax.set_xlabel("$z_1$ (latent units)")
+    ax.set_ylabel("$z_2$ (latent units)")
     ax.set_title(f"{len(partition)} regions of the latent space of decoder {partition.decoder.widths}")
     return ax
 
