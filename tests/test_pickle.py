@@ -88,3 +88,24 @@ def test_partition_arrays_are_read_only():
         assert not arr.flags.writeable
         with pytest.raises(ValueError):
             arr.setflags(write=True)
+
+
+_SNAPSHOTS = []
+
+
+class _Checkpoint:
+    """A picklable callback that pickles the estimator at iteration 2."""
+
+    def __call__(self, iteration, estimator):
+        if iteration == 2:
+            _SNAPSHOTS.append(pickle.dumps(estimator))
+
+
+def test_estimator_pickles_mid_fit_from_a_callback():
+    """A checkpointing callback can pickle the estimator while it fits (with a progress bar)."""
+    X = exactem.datasets.wave(100, seed=7)
+    _SNAPSHOTS.clear()
+    exactem.ExactEM(hidden=(4,), max_iter=300, tol=1e-3, verbose=True, random_state=0, callback=_Checkpoint()).fit(X)
+    restored = pickle.loads(_SNAPSHOTS[0])
+    assert len(restored.history_) == 3 and not hasattr(restored, "_progress_bar")
+    assert abs(restored.score(X) - restored.history_[-1]) < 1e-9

@@ -237,6 +237,12 @@ class ExactEM(DensityMixin, BaseEstimator):
             if bar is not None:
                 bar.close()
 
+    def __getstate__(self):
+        # A callback may pickle the estimator mid-fit (a checkpoint); the progress bar stays behind.
+        state = super().__getstate__()
+        state.pop("_progress_bar", None)
+        return state
+
     def _new_progress_bar(self, n_samples):
         if not self.verbose:
             return None
