@@ -12,6 +12,9 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import exactem
 
+# Few iterations keep these tests fast; the tests about the warning itself check it explicitly.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
 # Small networks and few iterations: the checks fit dozens of times on tiny data. Every check
 # scikit-learn selects for a density estimator applies and passes; none is expected to fail.
 # Checks for classifiers, regressors, transformers, sample weights and partial_fit are not
