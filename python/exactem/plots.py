@@ -66,7 +66,10 @@ def plot_partition(partition, ax=None, extent=4.0, resolution=500, seed=0):
     ax.set_ylim(-extent, extent)
     ax.set_xlabel("$z_1$ (latent units)")
     ax.set_ylabel("$z_2$ (latent units)")
-    ax.set_title(f"{len(partition)} regions of the latent space of decoder {partition.decoder.widths}")
+    dec = partition.decoder
+    acts = ", ".join(sorted(set(dec.activations))) or "linear"
+    ax.set_title(f"{len(partition)} latent regions of decoder {dec.widths} ({acts})\n"
+                 f"dots: a point inside each region; square [-{extent:g}, {extent:g}]^2 of R^2", fontsize="medium")
     return ax
 
 
