@@ -1,10 +1,11 @@
-"""Exact EM for deep generative networks (DESIGN.md §6).
+"""Exact EM for deep generative networks (docs/design.md §6).
 
 The E-step is exact (:meth:`DGN.e_step`). With the E-step's activation masks frozen, the decoder
 is affine in each layer's parameters, so every layer has a closed-form update; the layers are
 updated in turn (block-coordinate ascent on the frozen-mask objective), then the noise. Because
-regions move once the parameters change, each proposal's exact log-likelihood is computed and
-the step is halved toward the previous parameters until it does not decrease.
+regions move once the parameters change, the estimator computes each proposal's exact
+log-likelihood and, if it dropped, solves the M-step again with a Marquardt damping term
+(``damping`` here), which pulls the proposal toward the previous parameters.
 """
 
 import functools
@@ -15,7 +16,44 @@ import scipy.sparse
 
 
 class RegionStats:
-    """Per-region sums of the E-step statistics: all the M-step needs, independent of N."""
+    """Per-region sums of the E-step statistics: all the M-step needs, independent of N.
+
+    Parameters
+    ----------
+    es : EStepResult
+        The exact E-step of the data (:meth:`DGN.e_step`).
+    X : ndarray of shape (N, D)
+        The data.
+    n_regions : int
+        Number of regions R of the model.
+
+    Attributes
+    ----------
+    s0 : ndarray of shape (R,)
+        ``sum_n P(q | x_n)``.
+    s1 : ndarray of shape (R, S)
+        ``sum_n E[z 1_q | x_n]``.
+    s2 : ndarray of shape (R, S, S)
+        ``sum_n E[z z^T 1_q | x_n]``.
+    sx0 : ndarray of shape (R, D)
+        ``sum_n x_n P(q | x_n)``.
+    sx1 : ndarray of shape (R, D, S)
+        ``sum_n x_n E[z 1_q | x_n]^T``.
+    sum_x2 : ndarray of shape (D,)
+        ``sum_n x_n^2`` per coordinate.
+    n_points, dim : int
+        N and D.
+
+    Examples
+    --------
+    >>> import exactem
+    >>> from exactem.em import RegionStats
+    >>> X = exactem.datasets.wave(100, seed=0)
+    >>> model = exactem.DGN(exactem.Decoder.random([1, 4, 2], seed=0), 0.1)
+    >>> stats = RegionStats(model.e_step(X), X, len(model.regions))
+    >>> round(float(stats.s0.sum()), 9)   # every point's region probabilities sum to one
+    100.0
+    """
 
     def __init__(self, es, X, n_regions):
         S = es.m1.shape[1]
@@ -268,7 +306,33 @@ def _ridge(diagonal):
 
 def m_step(decoder, patterns, noise_var, stats, weight_decay=0.0, min_noise_var=1e-6, diagonal=False, damping=0.0):
     """Closed-form updates of every layer (last to first), then the noise; masks frozen.
-    ``damping`` as in :func:`update_layer`."""
+
+    Parameters
+    ----------
+    decoder : Decoder
+        The current decoder.
+    patterns : ndarray of shape (R, H), bool
+        The activation pattern of each region, frozen (``model.regions.patterns``).
+    noise_var : float or ndarray of shape (D,)
+        The current noise variance.
+    stats : RegionStats
+        Per-region sums of the exact E-step.
+    weight_decay : float, default=0.0
+        L2 penalty on the weights.
+    min_noise_var : float, default=1e-6
+        Floor of the new noise variance.
+    diagonal : bool, default=False
+        One variance per coordinate instead of one in all.
+    damping : float, default=0.0
+        Marquardt damping, as in :func:`update_layer`.
+
+    Returns
+    -------
+    weights, biases : list of ndarray
+        The new parameters.
+    noise_var : ndarray of shape (D,)
+        The new noise variance (all equal unless ``diagonal``).
+    """
     with one_blas_thread():
         return _m_step(decoder, patterns, noise_var, stats, weight_decay, min_noise_var, diagonal, damping)
 
