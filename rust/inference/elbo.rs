@@ -20,18 +20,21 @@
 //! an error estimate (S >= 3). Everything is computed relative to q's mean (the region moved by
 //! `-m`), so that `C` comes without the cancellation of `E[z z^T] - c c^T` against `|m|^2`.
 //!
-//! Regions are skipped only by a proven bound: `P <= min_i Phi(e_i)` over the region's facets
-//! (each a half-space containing it, `e_i` its whitened offset), and Cauchy-Schwarz
-//! `|E_q[1_omega f]| <= sqrt(P) sqrt(E_q[f^2])` with `E_q[f^2]` of the quadratic `f` in closed
-//! form under the untruncated q. Regions are integrated in decreasing order of that bound until
-//! the bounds of all those left sum to at most [`SKIP_RTOL`] of the magnitude already summed.
+//! Regions are skipped only by a proven bound on `|E_q[1_omega f]|`, `f` the integrand (a
+//! quadratic in z): the region lies in the half-space of its facet farthest from q's mean, at
+//! whitened distance `t`, and `|f|` is bounded by a quadratic in `|w|` (whitened), whose
+//! expectation over the half-space is closed form, of order `t^2 Phi(-t)`; or, by
+//! Cauchy-Schwarz, `sqrt(Phi(-t)) sqrt(E_q[f^2])` with `E_q[f^2]` in closed form under the
+//! untruncated q (see `Quadratic::region_bound`). Regions are integrated in decreasing order of
+//! that bound until the bounds of all those left sum to at most [`SKIP_RTOL`] of the magnitude
+//! already summed.
 
 use nalgebra::DMatrixView;
 
 use super::{RegionAlgebra, LOG_2PI};
 use crate::cancel::Cancel;
 use crate::error::{invalid, Result};
-use crate::gauss::normal::{log_ndtr, truncated_normal_central};
+use crate::gauss::normal::{log_pdf, ndtr, truncated_normal_central};
 use crate::gauss::polygon::Polygon2;
 use crate::gauss::{cholesky, PolytopeShape};
 use crate::partition::Partition;
@@ -56,6 +59,8 @@ fn exact_method_accuracy(s: usize) -> f64 {
 pub struct Bounded {
     pub value: Vec<f64>,
     pub error: Vec<f64>,
+    /// How many regions each point integrated over (the others were bounded).
+    pub integrated: Vec<usize>,
 }
 
 /// Gaussian encoder outputs for `n` points: means (`n x S`) and full covariances
@@ -134,6 +139,41 @@ impl Quadratic {
         let mean = self.a + trace;
         mean * mean + lvl + 2.0 * trace_sq
     }
+
+    /// A bound on `|E[1_omega f]|`, `y ~ N(0, V)`, for a region `omega` inside a half-space at
+    /// whitened distance `t` from 0. Cauchy-Schwarz gives `sqrt(Phi(-t)) sqrt(E[f^2])`; where
+    /// `t > 0`, writing `y = L w`, `|f| <= |a| + |L^T l| |w| + |L^T M L|_F |w|^2`, and with `w_1`
+    /// the coordinate across the half-space (`w_1 >= t` on it), `E[1 |w|] <= phi(t) +
+    /// sqrt(S - 1) Phi(-t)` and `E[1 |w|^2] = t phi(t) + S Phi(-t)`: a bound of order
+    /// `t^2 Phi(-t)` rather than `sqrt(Phi(-t))`. The smaller of the two.
+    fn region_bound(&self, point: &PointQ, t: f64, s: usize) -> f64 {
+        let whole = self.second_moment(&point.cov, s).sqrt();
+        if t == f64::NEG_INFINITY || t <= 0.0 {
+            return whole;
+        }
+        let tail = ndtr(-t);
+        let density = (log_pdf(t)).exp();
+        let l = &point.chol;
+        // L^T l and L^T M L.
+        let lt_l: f64 = (0..s).map(|j| (j..s).map(|k| l[k * s + j] * self.l[k]).sum::<f64>().powi(2)).sum::<f64>().sqrt();
+        let mut ml = vec![0.0; s * s];
+        for i in 0..s {
+            for j in 0..s {
+                ml[i * s + j] = (j..s).map(|k| self.m[i * s + k] * l[k * s + j]).sum();
+            }
+        }
+        let mut frobenius = 0.0;
+        for i in 0..s {
+            for j in 0..s {
+                let v: f64 = (i..s).map(|k| l[k * s + i] * ml[k * s + j]).sum();
+                frobenius += v * v;
+            }
+        }
+        let direct = self.a.abs() * tail
+            + lt_l * (density + ((s - 1) as f64).sqrt() * tail)
+            + frobenius.sqrt() * (t * density + s as f64 * tail);
+        direct.min(tail.sqrt() * whole)
+    }
 }
 
 fn dot(u: &[f64], v: &[f64]) -> f64 {
@@ -190,11 +230,12 @@ impl<'a> VariationalEngine<'a> {
         &self.curvature[q * s * s..(q + 1) * s * s]
     }
 
-    /// `log P(z in region)` bounded above by the tightest single facet:
-    /// `P <= min_i Phi((h_i - g_i . m) / |L^T g_i|)`.
-    fn log_mass_bound(&self, q: usize, point: &PointQ) -> f64 {
+    /// The largest whitened distance `t = (g_i . m - h_i) / |L^T g_i|` from q's mean to one of
+    /// the region's facets' half-spaces (negative where m satisfies every facet): the region
+    /// lies in a half-space of q-mass `Phi(-t)`.
+    fn facet_distance(&self, q: usize, point: &PointQ) -> f64 {
         let s = self.algebra.s;
-        let mut bound = 0.0f64;
+        let mut distance = f64::NEG_INFINITY;
         for facet in self.partition.facets(q) {
             let g = &facet.normal;
             // |L^T g|^2 = g^T V g.
@@ -204,10 +245,9 @@ impl<'a> VariationalEngine<'a> {
                     col * col
                 })
                 .sum();
-            let e = (facet.offset - dot(g, &point.mean)) / spread.sqrt();
-            bound = bound.min(log_ndtr(e));
+            distance = distance.max((dot(g, &point.mean) - facet.offset) / spread.sqrt());
         }
-        bound
+        distance
     }
 
     /// q's mass and moments on region `q`, relative to q's mean.
@@ -284,7 +324,7 @@ impl<'a> VariationalEngine<'a> {
     }
 
     /// The exact ELBO of one point and its error estimate.
-    fn elbo_point(&self, x: &[f64], point: &PointQ, cancel: &Cancel) -> Result<(f64, f64)> {
+    fn elbo_point(&self, x: &[f64], point: &PointQ, cancel: &Cancel) -> Result<(f64, f64, usize)> {
         let (s, r) = (self.algebra.s, self.partition.len());
         let m = &point.mean;
         let trace_v: f64 = (0..s).map(|i| point.cov[i * s + i]).sum();
@@ -294,22 +334,19 @@ impl<'a> VariationalEngine<'a> {
         let mut reference = 0.5 * (mm + trace_v + s as f64 + point.log_det.abs());
         let bounds: Vec<f64> = (0..r)
             .map(|q| {
-                let log_bound = self.log_mass_bound(q, point);
-                if log_bound == f64::NEG_INFINITY {
-                    return 0.0;
-                }
                 let u = self.residual(q, x, m);
-                (0.5 * log_bound).exp() * self.log_likelihood_quadratic(q, &u).second_moment(&point.cov, s).sqrt()
+                self.log_likelihood_quadratic(q, &u).region_bound(point, self.facet_distance(q, point), s)
             })
             .collect();
         let (order, tail) = Self::visiting_order(&bounds);
         let inv_psi = &self.algebra.inv_psi;
-        let (mut expected, mut error) = (0.0, 0.0);
+        let (mut expected, mut error, mut integrated) = (0.0, 0.0, 0);
         for (k, &q) in order.iter().enumerate() {
             if tail[k] <= SKIP_RTOL * reference {
                 error += tail[k];
                 break;
             }
+            integrated += 1;
             cancel.check()?;
             let t = self.truncated(q, point, cancel)?;
             if t.log_mass == f64::NEG_INFINITY {
@@ -336,13 +373,13 @@ impl<'a> VariationalEngine<'a> {
         let value = expected + prior_entropy;
         // Rounding of the sums, a few operations per term and per region.
         error += 8.0 * f64::EPSILON * reference;
-        Ok((value, error))
+        Ok((value, error, integrated))
     }
 
     /// `KL(q || p(z | x))` of one point given `log p(x)` and the local Gaussians
     /// (`log kappa_q`, `mu_q` for every region), and its error estimate. A negative sum within
     /// the error estimate is rounding: it is returned as 0.
-    fn gap_point(&self, log_p: f64, log_kappa: &[f64], mu: &[f64], point: &PointQ, cancel: &Cancel) -> Result<(f64, f64)> {
+    fn gap_point(&self, log_p: f64, log_kappa: &[f64], mu: &[f64], point: &PointQ, cancel: &Cancel) -> Result<(f64, f64, usize)> {
         let (s, r) = (self.algebra.s, self.partition.len());
         let m = &point.mean;
         // Precision of the local posterior: I + B_q.
@@ -356,8 +393,7 @@ impl<'a> VariationalEngine<'a> {
         let offset = |q: usize| -> Vec<f64> { mu[q * s..(q + 1) * s].iter().zip(m).map(|(a, b)| a - b).collect() };
         let bounds: Vec<f64> = (0..r)
             .map(|q| {
-                let log_bound = self.log_mass_bound(q, point);
-                if log_bound == f64::NEG_INFINITY || log_kappa[q] == f64::NEG_INFINITY {
+                if log_kappa[q] == f64::NEG_INFINITY {
                     return 0.0;
                 }
                 let (prec, d) = (precision(q), offset(q));
@@ -365,16 +401,17 @@ impl<'a> VariationalEngine<'a> {
                 let l = (0..s).map(|i| -(0..s).map(|j| prec[i * s + j] * d[j]).sum::<f64>()).collect();
                 let mq = (0..s * s).map(|k| 0.5 * (prec[k] - point.inverse[k])).collect();
                 let quadratic = Quadratic { a: constant(q) + 0.5 * quad_form(&prec, &d, s), l, m: mq };
-                (0.5 * log_bound).exp() * quadratic.second_moment(&point.cov, s).sqrt()
+                quadratic.region_bound(point, self.facet_distance(q, point), s)
             })
             .collect();
         let (order, tail) = Self::visiting_order(&bounds);
-        let (mut gap, mut reference, mut skipped, mut integration) = (0.0, 0.0, 0.0, 0.0);
+        let (mut gap, mut reference, mut skipped, mut integration, mut integrated) = (0.0, 0.0, 0.0, 0.0, 0);
         for (k, &q) in order.iter().enumerate() {
             if reference > 0.0 && tail[k] <= SKIP_RTOL * reference {
                 skipped = tail[k];
                 break;
             }
+            integrated += 1;
             cancel.check()?;
             let t = self.truncated(q, point, cancel)?;
             if t.log_mass == f64::NEG_INFINITY {
@@ -399,7 +436,7 @@ impl<'a> VariationalEngine<'a> {
         let rounding = (s * s + 32) as f64 * f64::EPSILON * reference;
         let error = skipped + integration + rounding;
         let gap = if gap < 0.0 && gap >= -error { 0.0 } else { gap };
-        Ok((gap, error))
+        Ok((gap, error, integrated))
     }
 }
 
@@ -440,7 +477,7 @@ pub fn elbo(engine: &VariationalEngine, x: DMatrixView<f64>, q: GaussianQ, cance
     }
     let points = factorise(q, n, s)?;
     let parts = chunks(n);
-    let results = crate::parallel::map(parts.len(), |i| -> Result<Vec<(f64, f64)>> {
+    let results = crate::parallel::map(parts.len(), |i| -> Result<Vec<(f64, f64, usize)>> {
         let (first, end) = parts[i];
         (first..end)
             .map(|p| {
@@ -461,7 +498,7 @@ pub fn posterior_gap(engine: &VariationalEngine, x: DMatrixView<f64>, log_likeli
     }
     let points = factorise(q, n, s)?;
     let parts = chunks(n);
-    let results = crate::parallel::map(parts.len(), |i| -> Result<Vec<(f64, f64)>> {
+    let results = crate::parallel::map(parts.len(), |i| -> Result<Vec<(f64, f64, usize)>> {
         let (first, end) = parts[i];
         cancel.check()?;
         let local = engine.algebra.local_gaussians(x.columns(first, end - first));
@@ -475,12 +512,13 @@ pub fn posterior_gap(engine: &VariationalEngine, x: DMatrixView<f64>, log_likeli
     collect(results)
 }
 
-fn collect(results: Vec<Result<Vec<(f64, f64)>>>) -> Result<Bounded> {
+fn collect(results: Vec<Result<Vec<(f64, f64, usize)>>>) -> Result<Bounded> {
     let mut out = Bounded::default();
     for part in results {
-        for (value, error) in part? {
+        for (value, error, integrated) in part? {
             out.value.push(value);
             out.error.push(error);
+            out.integrated.push(integrated);
         }
     }
     Ok(out)

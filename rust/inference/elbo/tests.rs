@@ -92,7 +92,7 @@ fn one_dimensional_elbo_matches_simpson_quadrature() {
     let engine = VariationalEngine::new(&part, &algebra, 1e-8, 0).unwrap();
     for (x, m, v) in [([0.3, -1.0], 0.2, 0.3), ([5.0, 4.0], -1.5, 0.01), ([0.0, 0.0], 2.5, 1.5)] {
         let point = PointQ::new(&[m], &[v], 1).unwrap();
-        let (got, error) = engine.elbo_point(&x, &point, &Cancel::new()).unwrap();
+        let (got, error, _) = engine.elbo_point(&x, &point, &Cancel::new()).unwrap();
         let prior_entropy = -0.5 * (m * m + v - 1.0 - v.ln());
         let expected = simpson_expected_log_likelihood(&dec, &psi, &x, m, v) + prior_entropy;
         // Simpson's error on the kinks of g is O(h^2) ~ 1e-9 of the integrand's scale.
@@ -123,19 +123,19 @@ fn linear_decoder_gives_closed_form_elbo_and_kl() {
     let (log_kappa, local_mu) = local.point(0);
     // q = the exact posterior: gap 0 (to rounding), ELBO = log p(x).
     let exact = PointQ::new(mu.as_slice(), sigma.transpose().as_slice(), 2).unwrap();
-    let (gap, gap_error) = engine.gap_point(log_p[0], log_kappa, local_mu, &exact, &Cancel::new()).unwrap();
+    let (gap, gap_error, _) = engine.gap_point(log_p[0], log_kappa, local_mu, &exact, &Cancel::new()).unwrap();
     assert!((0.0..1e-13).contains(&gap), "gap {gap}");
     assert!(gap_error < 1e-12);
-    let (elbo_value, _) = engine.elbo_point(x.as_slice(), &exact, &Cancel::new()).unwrap();
+    let (elbo_value, ..) = engine.elbo_point(x.as_slice(), &exact, &Cancel::new()).unwrap();
     assert!((elbo_value - log_p[0]).abs() < 1e-12, "{elbo_value} vs {}", log_p[0]);
     // Another q: KL between Gaussians in closed form.
     let (m, v) = (DVector::from_vec(vec![0.5, -0.2]), DMatrix::from_row_slice(2, 2, &[0.3, 0.1, 0.1, 0.2]));
     let other = PointQ::new(m.as_slice(), v.as_slice(), 2).unwrap();
-    let (gap, _) = engine.gap_point(log_p[0], log_kappa, local_mu, &other, &Cancel::new()).unwrap();
+    let (gap, ..) = engine.gap_point(log_p[0], log_kappa, local_mu, &other, &Cancel::new()).unwrap();
     let diff = &mu - &m;
     let kl = 0.5 * ((&precision * &v).trace() + diff.dot(&(&precision * &diff)) - 2.0 - (v.determinant() * precision.determinant()).ln());
     assert!((gap - kl).abs() < 1e-12 * (1.0 + kl), "{gap} vs {kl}");
-    let (elbo_value, _) = engine.elbo_point(x.as_slice(), &other, &Cancel::new()).unwrap();
+    let (elbo_value, ..) = engine.elbo_point(x.as_slice(), &other, &Cancel::new()).unwrap();
     assert!((log_p[0] - elbo_value - kl).abs() < 1e-11 * (1.0 + log_p[0].abs()), "ELBO {elbo_value}, log p {}, KL {kl}", log_p[0]);
 }
 
@@ -170,5 +170,81 @@ fn bad_covariances_are_reported_with_their_point() {
     match elbo(&engine, x.as_view(), q, &Cancel::new()) {
         Err(crate::error::Error::InvalidInput(msg)) => assert!(msg.contains("q_var[1]"), "{msg}"),
         other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+/// The skipping bound holds: `region_bound >= |E_q[1_omega f]|` for every region, `f` the
+/// log-likelihood quadratic, with the region's exact integral computed as the ELBO does.
+#[test]
+fn region_bounds_bound_the_region_terms() {
+    for (widths, m, v) in [
+        (vec![1usize, 8, 8, 2], vec![0.3], vec![0.02]),
+        (vec![1, 8, 8, 2], vec![-2.0], vec![1.5]),
+        (vec![2, 8, 8, 3], vec![0.2, -0.4], vec![0.01, 0.002, 0.002, 0.03]),
+        (vec![2, 8, 8, 3], vec![1.5, 2.0], vec![0.5, 0.0, 0.0, 0.5]),
+    ] {
+        let s = widths[0];
+        let d = *widths.last().unwrap();
+        let (dec, part, psi) = engine_parts(&widths, 0.1, 9, &vec![0.1; d]);
+        let algebra = RegionAlgebra::new(&part, &psi).unwrap();
+        let engine = VariationalEngine::new(&part, &algebra, 1e-8, 0).unwrap();
+        let point = PointQ::new(&m, &v, s).unwrap();
+        let x: Vec<f64> = dec.forward_batch(DMatrixView::from_slice(&m, s, 1)).iter().map(|g| g + 0.3).collect();
+        let mut tight = 0;
+        for q in 0..part.len() {
+            let u = engine.residual(q, &x, &m);
+            let quadratic = engine.log_likelihood_quadratic(q, &u);
+            let bound = quadratic.region_bound(&point, engine.facet_distance(q, &point), s);
+            let t = engine.truncated(q, &point, &Cancel::new()).unwrap();
+            if t.log_mass == f64::NEG_INFINITY {
+                continue;
+            }
+            // E[f 1_omega] = P (a + l . c' + tr(M (C + c' c'^T))).
+            let second: Vec<f64> = (0..s * s).map(|k| t.cov[k] + t.shift[k / s] * t.shift[k % s]).collect();
+            let exact = t.log_mass.exp() * (quadratic.a + dot(&quadratic.l, &t.shift) + trace_product(&quadratic.m, &second, s));
+            assert!(exact.abs() <= bound * (1.0 + 1e-12), "region {q}: |{exact}| > bound {bound}");
+            if bound < 100.0 * exact.abs() {
+                tight += 1;
+            }
+        }
+        assert!(tight > 0, "some bound is within a factor 100 of its term");
+    }
+}
+
+#[test]
+#[ignore]
+fn profile_phases() {
+    for (widths, n) in [(vec![1usize, 16, 16, 2], 400usize), (vec![2, 32, 32, 10], 50)] {
+        let s = widths[0];
+        let d = *widths.last().unwrap();
+        let dec = Arc::new(Decoder::random_uniform(&widths, 0.1, 0).unwrap());
+        let part = Partition::enumerate(dec.clone(), 100_000, &Cancel::new()).unwrap();
+        let psi = vec![0.1; d];
+        let algebra = RegionAlgebra::new(&part, &psi).unwrap();
+        let engine = VariationalEngine::new(&part, &algebra, 1e-6, 0).unwrap();
+        let zs = DMatrix::from_fn(s, n, |i, j| ((i * 7 + j * 13) % 17) as f64 / 8.0 - 1.0);
+        let x = dec.forward_batch(zs.as_view());
+        let cov: Vec<f64> = (0..n).flat_map(|_| { let mut c = vec![0.0; s * s]; (0..s).for_each(|i| c[i * s + i] = 0.05); c }).collect();
+        let points = factorise(GaussianQ { mean: zs.as_slice(), cov: &cov }, n, s).unwrap();
+        let t0 = std::time::Instant::now();
+        for p in 0..n {
+            let point = &points[p];
+            let xp: Vec<f64> = x.column(p).iter().copied().collect();
+            let bounds: Vec<f64> = (0..part.len()).map(|q| {
+                let u = engine.residual(q, &xp, &point.mean);
+                engine.log_likelihood_quadratic(q, &u).region_bound(point, engine.facet_distance(q, point), s)
+            }).collect();
+            std::hint::black_box(bounds);
+        }
+        let t_bounds = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let mut computed = 0;
+        for p in 0..n {
+            let xp: Vec<f64> = x.column(p).iter().copied().collect();
+            computed += engine.elbo_point(&xp, &points[p], &Cancel::new()).unwrap().2;
+        }
+        let t_all = t1.elapsed().as_secs_f64();
+        println!("S={s} R={} bounds {:.2} us/(pt,reg), total {:.2} us/(pt,reg), ~computed/pt {}", part.len(),
+            1e6 * t_bounds / (n * part.len()) as f64, 1e6 * t_all / (n * part.len()) as f64, computed / n);
     }
 }
