@@ -117,17 +117,23 @@ pub struct Truncated {
     pub error: f64,
 }
 
-/// A quadratic `a + l^T y + y^T M y` in `y = z - m`.
+/// A quadratic `a + l^T y + y^T M y` in `y = z - m`, with room to work in (a point fills one
+/// for region after region).
 struct Quadratic {
     a: f64,
     l: Vec<f64>,
     m: Vec<f64>,
+    work: Vec<f64>,
 }
 
 impl Quadratic {
+    fn new(s: usize) -> Self {
+        Quadratic { a: 0.0, l: vec![0.0; s], m: vec![0.0; s * s], work: vec![0.0; s * s] }
+    }
+
     /// `E[f^2]` for `y ~ N(0, V)`: `(a + tr(M V))^2 + l^T V l + 2 tr(M V M V)`.
-    fn second_moment(&self, v: &[f64], s: usize) -> f64 {
-        let mut mv = vec![0.0; s * s];
+    fn second_moment(&mut self, v: &[f64], s: usize) -> f64 {
+        let mv = &mut self.work;
         for i in 0..s {
             for j in 0..s {
                 mv[i * s + j] = (0..s).map(|k| self.m[i * s + k] * v[k * s + j]).sum();
@@ -146,7 +152,7 @@ impl Quadratic {
     /// the coordinate across the half-space (`w_1 >= t` on it), `E[1 |w|] <= phi(t) +
     /// sqrt(S - 1) Phi(-t)` and `E[1 |w|^2] = t phi(t) + S Phi(-t)`: a bound of order
     /// `t^2 Phi(-t)` rather than `sqrt(Phi(-t))`. The smaller of the two.
-    fn region_bound(&self, point: &PointQ, t: f64, s: usize) -> f64 {
+    fn region_bound(&mut self, point: &PointQ, t: f64, s: usize) -> f64 {
         let whole = self.second_moment(&point.cov, s).sqrt();
         if t == f64::NEG_INFINITY || t <= 0.0 {
             return whole;
@@ -156,7 +162,7 @@ impl Quadratic {
         let l = &point.chol;
         // L^T l and L^T M L.
         let lt_l: f64 = (0..s).map(|j| (j..s).map(|k| l[k * s + j] * self.l[k]).sum::<f64>().powi(2)).sum::<f64>().sqrt();
-        let mut ml = vec![0.0; s * s];
+        let ml = &mut self.work;
         for i in 0..s {
             for j in 0..s {
                 ml[i * s + j] = (j..s).map(|k| self.m[i * s + k] * l[k * s + j]).sum();
@@ -257,21 +263,24 @@ impl<'a> VariationalEngine<'a> {
         if facets.is_empty() {
             return Ok(Truncated { log_mass: 0.0, shift: vec![0.0; s], cov: point.cov.clone(), error: 0.0 });
         }
+        if s == 1 {
+            // The interval moved by -m (normals are +-1).
+            let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+            for facet in facets {
+                let h = facet.offset - facet.normal[0] * point.mean[0];
+                if facet.normal[0] > 0.0 {
+                    hi = hi.min(h / facet.normal[0]);
+                } else {
+                    lo = lo.max(h / facet.normal[0]);
+                }
+            }
+            let (log_mass, shift, var) = truncated_normal_central(0.0, point.chol[0], lo, hi);
+            return Ok(Truncated { log_mass, shift: vec![shift], cov: vec![var], error: 0.0 });
+        }
         // The region moved by -m: offsets h - g . m, q centred at 0.
         let shifted: Vec<f64> = facets.iter().map(|f| f.offset - dot(&f.normal, &point.mean)).collect();
         match s {
-            1 => {
-                let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
-                for (facet, h) in facets.iter().zip(&shifted) {
-                    if facet.normal[0] > 0.0 {
-                        hi = hi.min(h / facet.normal[0]);
-                    } else {
-                        lo = lo.max(h / facet.normal[0]);
-                    }
-                }
-                let (log_mass, shift, var) = truncated_normal_central(0.0, point.chol[0], lo, hi);
-                Ok(Truncated { log_mass, shift: vec![shift], cov: vec![var], error: 0.0 })
-            }
+            1 => unreachable!("intervals are handled above"),
             2 => {
                 let g = facets.iter().map(|f| [f.normal[0], f.normal[1]]).collect();
                 let l = &point.chol;
@@ -293,22 +302,29 @@ impl<'a> VariationalEngine<'a> {
         }
     }
 
-    /// `u = x - b_q - A_q m` (D).
-    fn residual(&self, q: usize, x: &[f64], mean: &[f64]) -> Vec<f64> {
+    /// `u = x - b_q - A_q m` (D), into `u`.
+    fn residual(&self, q: usize, x: &[f64], mean: &[f64], u: &mut [f64]) {
         let s = self.algebra.s;
         let (a, b) = (self.partition.a(q), self.partition.b(q));
-        x.iter().zip(b).enumerate().map(|(i, (xi, bi))| xi - bi - dot(&a[i * s..(i + 1) * s], mean)).collect()
+        for (i, (ui, (xi, bi))) in u.iter_mut().zip(x.iter().zip(b)).enumerate() {
+            *ui = xi - bi - dot(&a[i * s..(i + 1) * s], mean);
+        }
     }
 
-    /// `log N(x; A_q z + b_q, Psi)` as a quadratic in `y = z - m`:
+    /// `log N(x; A_q z + b_q, Psi)` as a quadratic in `y = z - m`, into `out`:
     /// `k0 - 1/2 |u|^2_Psi + (A^T Psi^-1 u)^T y - 1/2 y^T B y`.
-    fn log_likelihood_quadratic(&self, q: usize, u: &[f64]) -> Quadratic {
+    fn log_likelihood_quadratic(&self, q: usize, u: &[f64], out: &mut Quadratic) {
         let s = self.algebra.s;
         let a = self.partition.a(q);
         let inv_psi = &self.algebra.inv_psi;
         let upu: f64 = u.iter().zip(inv_psi).map(|(v, w)| v * v * w).sum();
-        let l = (0..s).map(|j| u.iter().enumerate().map(|(i, v)| a[i * s + j] * inv_psi[i] * v).sum()).collect();
-        Quadratic { a: self.log_norm - 0.5 * upu, l, m: self.curvature(q).iter().map(|b| -0.5 * b).collect() }
+        out.a = self.log_norm - 0.5 * upu;
+        for (j, lj) in out.l.iter_mut().enumerate() {
+            *lj = u.iter().enumerate().map(|(i, v)| a[i * s + j] * inv_psi[i] * v).sum();
+        }
+        for (mk, b) in out.m.iter_mut().zip(self.curvature(q)) {
+            *mk = -0.5 * b;
+        }
     }
 
     /// Regions by decreasing Cauchy-Schwarz bound, and the bounds' suffix sums (`tail[k]` bounds
@@ -332,10 +348,12 @@ impl<'a> VariationalEngine<'a> {
         // E_q[log p(z)] + H(q).
         let prior_entropy = -0.5 * (mm + trace_v - s as f64 - point.log_det);
         let mut reference = 0.5 * (mm + trace_v + s as f64 + point.log_det.abs());
+        let (mut u, mut quadratic) = (vec![0.0; x.len()], Quadratic::new(s));
         let bounds: Vec<f64> = (0..r)
             .map(|q| {
-                let u = self.residual(q, x, m);
-                self.log_likelihood_quadratic(q, &u).region_bound(point, self.facet_distance(q, point), s)
+                self.residual(q, x, m, &mut u);
+                self.log_likelihood_quadratic(q, &u, &mut quadratic);
+                quadratic.region_bound(point, self.facet_distance(q, point), s)
             })
             .collect();
         let (order, tail) = Self::visiting_order(&bounds);
@@ -355,7 +373,7 @@ impl<'a> VariationalEngine<'a> {
             let p = t.log_mass.exp();
             // |r - A c|^2_Psi with r - A c = u - A (c - m).
             let a = self.partition.a(q);
-            let u = self.residual(q, x, m);
+            self.residual(q, x, m, &mut u);
             let quad: f64 = u
                 .iter()
                 .enumerate()
@@ -400,7 +418,7 @@ impl<'a> VariationalEngine<'a> {
                 // 1/2 (y - d)^T Prec (y - d) - 1/2 y^T V^-1 y + constant.
                 let l = (0..s).map(|i| -(0..s).map(|j| prec[i * s + j] * d[j]).sum::<f64>()).collect();
                 let mq = (0..s * s).map(|k| 0.5 * (prec[k] - point.inverse[k])).collect();
-                let quadratic = Quadratic { a: constant(q) + 0.5 * quad_form(&prec, &d, s), l, m: mq };
+                let mut quadratic = Quadratic { a: constant(q) + 0.5 * quad_form(&prec, &d, s), l, m: mq, work: vec![0.0; s * s] };
                 quadratic.region_bound(point, self.facet_distance(q, point), s)
             })
             .collect();

@@ -192,8 +192,10 @@ fn region_bounds_bound_the_region_terms() {
         let x: Vec<f64> = dec.forward_batch(DMatrixView::from_slice(&m, s, 1)).iter().map(|g| g + 0.3).collect();
         let mut tight = 0;
         for q in 0..part.len() {
-            let u = engine.residual(q, &x, &m);
-            let quadratic = engine.log_likelihood_quadratic(q, &u);
+            let mut u = vec![0.0; d];
+            engine.residual(q, &x, &m, &mut u);
+            let mut quadratic = Quadratic::new(s);
+            engine.log_likelihood_quadratic(q, &u, &mut quadratic);
             let bound = quadratic.region_bound(&point, engine.facet_distance(q, &point), s);
             let t = engine.truncated(q, &point, &Cancel::new()).unwrap();
             if t.log_mass == f64::NEG_INFINITY {
@@ -231,8 +233,11 @@ fn profile_phases() {
             let point = &points[p];
             let xp: Vec<f64> = x.column(p).iter().copied().collect();
             let bounds: Vec<f64> = (0..part.len()).map(|q| {
-                let u = engine.residual(q, &xp, &point.mean);
-                engine.log_likelihood_quadratic(q, &u).region_bound(point, engine.facet_distance(q, point), s)
+                let mut u = vec![0.0; d];
+                engine.residual(q, &xp, &point.mean, &mut u);
+                let mut quadratic = Quadratic::new(s);
+                engine.log_likelihood_quadratic(q, &u, &mut quadratic);
+                quadratic.region_bound(point, engine.facet_distance(q, point), s)
             }).collect();
             std::hint::black_box(bounds);
         }
