@@ -450,9 +450,12 @@ impl<'a> VariationalEngine<'a> {
             integration += t.error.max(exact_method_accuracy(s)) * magnitude;
         }
         // First-order rounding of the terms (each a few dozen operations of relative error eps)
-        // and of log p(x) and log kappa_q themselves (included in the magnitude).
+        // and of log p(x) and log kappa_q themselves (included in the magnitude); and log p(x)'s
+        // own accuracy: its region integrals' relative error is an absolute error in log p,
+        // carried into the gap with weight sum P = 1.
         let rounding = (s * s + 32) as f64 * f64::EPSILON * reference;
-        let error = skipped + integration + rounding;
+        let log_p_accuracy = if s >= 3 { self.rtol } else { exact_method_accuracy(s) };
+        let error = skipped + integration + rounding + log_p_accuracy;
         let gap = if gap < 0.0 && gap >= -error { 0.0 } else { gap };
         Ok((gap, error, integrated))
     }
