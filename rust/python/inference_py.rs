@@ -13,6 +13,9 @@ use crate::inference::posterior::PointPosterior;
 use crate::inference::{e_step, log_likelihood, GaussIntegrator, RegionAlgebra};
 use crate::partition::Partition;
 
+/// Per-point values and their estimated absolute errors.
+type ValuesAndErrors<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>);
+
 /// The DGN's exact inference engine for one decoder partition and noise variance.
 #[pyclass(name = "DgnCore", module = "exactem._core", frozen)]
 pub struct PyDgn {
@@ -97,7 +100,7 @@ impl PyDgn {
         x: PyReadonlyArray2<'py, f64>,
         q_mean: PyReadonlyArray2<'py, f64>,
         q_cov: PyReadonlyArray3<'py, f64>,
-    ) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    ) -> PyResult<ValuesAndErrors<'py>> {
         let (data, mean, cov) = self.variational_inputs(&x, &q_mean, &q_cov)?;
         let (partition, algebra, rtol, seed) = (self.partition.clone(), self.algebra.clone(), self.rtol, self.seed);
         let d = partition.decoder().output_dim();
@@ -116,7 +119,7 @@ impl PyDgn {
         x: PyReadonlyArray2<'py, f64>,
         q_mean: PyReadonlyArray2<'py, f64>,
         q_cov: PyReadonlyArray3<'py, f64>,
-    ) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
+    ) -> PyResult<ValuesAndErrors<'py>> {
         let (data, mean, cov) = self.variational_inputs(&x, &q_mean, &q_cov)?;
         let (partition, algebra, integrator, rtol, seed) = (self.partition.clone(), self.algebra.clone(), self.integrator.clone(), self.rtol, self.seed);
         let d = partition.decoder().output_dim();
