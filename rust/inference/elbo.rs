@@ -43,6 +43,10 @@ use crate::partition::Partition;
 /// magnitude of the terms summed (a sum of absolute values, never zero).
 pub const SKIP_RTOL: f64 = 1e-17;
 
+/// The loosest relative accuracy asked of a minor region's integrals (S >= 3), as a multiple
+/// of `rtol` (as in the log-likelihood's integrator).
+const MAX_LOOSENESS: f64 = 1e3;
+
 /// Relative accuracy of the exact methods' masses and moments: the truncated normal of
 /// `normal.rs` (S = 1) and the polygon engine asked for all its digits (S = 2, "~1e-14").
 fn exact_method_accuracy(s: usize) -> f64 {
@@ -256,8 +260,17 @@ impl<'a> VariationalEngine<'a> {
         distance
     }
 
-    /// q's mass and moments on region `q`, relative to q's mean.
-    fn truncated(&self, q: usize, point: &PointQ, cancel: &Cancel) -> Result<Truncated> {
+    /// The relative accuracy asked of a region's integrals (S >= 3): `rtol` where the region's
+    /// term may be as large as the magnitude summed so far, looser in proportion where its bound
+    /// is smaller (its absolute error stays ~`rtol` of that magnitude), by at most
+    /// [`MAX_LOOSENESS`] and never beyond 10%.
+    fn region_rtol(&self, reference: f64, bound: f64) -> f64 {
+        let looseness = if bound > 0.0 { (reference / bound).clamp(1.0, MAX_LOOSENESS) } else { MAX_LOOSENESS };
+        (self.rtol * looseness).min(0.1).max(self.rtol)
+    }
+
+    /// q's mass and moments on region `q`, relative to q's mean; `rtol` for S >= 3.
+    fn truncated(&self, q: usize, point: &PointQ, rtol: f64, cancel: &Cancel) -> Result<Truncated> {
         let s = self.algebra.s;
         let facets = self.partition.facets(q);
         if facets.is_empty() {
@@ -296,7 +309,7 @@ impl<'a> VariationalEngine<'a> {
                 let g: Vec<f64> = facets.iter().flat_map(|f| f.normal.iter().copied()).collect();
                 let shape = PolytopeShape::new(&g, s, &point.cov)?;
                 let inside: Vec<f64> = self.partition.interior_point(q).iter().zip(&point.mean).map(|(z, m)| z - m).collect();
-                let out = shape.moments_of_facets(&shifted, &vec![0.0; s], &inside, self.rtol, self.seed, true, cancel)?;
+                let out = shape.moments_of_facets(&shifted, &vec![0.0; s], &inside, rtol, self.seed, true, cancel)?;
                 Ok(Truncated { log_mass: out.log_mass, shift: out.mean, cov: out.cov, error: out.error })
             }
         }
@@ -366,7 +379,7 @@ impl<'a> VariationalEngine<'a> {
             }
             integrated += 1;
             cancel.check()?;
-            let t = self.truncated(q, point, cancel)?;
+            let t = self.truncated(q, point, self.region_rtol(reference, bounds[q]), cancel)?;
             if t.log_mass == f64::NEG_INFINITY {
                 continue;
             }
@@ -431,7 +444,7 @@ impl<'a> VariationalEngine<'a> {
             }
             integrated += 1;
             cancel.check()?;
-            let t = self.truncated(q, point, cancel)?;
+            let t = self.truncated(q, point, self.region_rtol(reference, bounds[q]), cancel)?;
             if t.log_mass == f64::NEG_INFINITY {
                 continue;
             }

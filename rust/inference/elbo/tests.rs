@@ -20,7 +20,7 @@ fn check_total_moments(part: &Partition, algebra: &RegionAlgebra, mean: &[f64], 
     let point = PointQ::new(mean, cov, s).unwrap();
     let (mut mass, mut first, mut second) = (0.0, vec![0.0; s], vec![0.0; s * s]);
     for q in 0..part.len() {
-        let t = engine.truncated(q, &point, &Cancel::new()).unwrap();
+        let t = engine.truncated(q, &point, 1e-8, &Cancel::new()).unwrap();
         if t.log_mass == f64::NEG_INFINITY {
             continue;
         }
@@ -197,7 +197,7 @@ fn region_bounds_bound_the_region_terms() {
             let mut quadratic = Quadratic::new(s);
             engine.log_likelihood_quadratic(q, &u, &mut quadratic);
             let bound = quadratic.region_bound(&point, engine.facet_distance(q, &point), s);
-            let t = engine.truncated(q, &point, &Cancel::new()).unwrap();
+            let t = engine.truncated(q, &point, 1e-8, &Cancel::new()).unwrap();
             if t.log_mass == f64::NEG_INFINITY {
                 continue;
             }
