@@ -205,6 +205,8 @@ pub struct VariationalEngine<'a> {
     algebra: &'a RegionAlgebra,
     /// `B_q = A_q^T Psi^-1 A_q` per region, S x S row-major.
     curvature: Vec<f64>,
+    /// `Sigma_q^-1 = I + B_q` per region.
+    precision: Vec<f64>,
     /// `-D/2 log 2pi - 1/2 log det Psi`.
     log_norm: f64,
     rtol: f64,
@@ -230,9 +232,13 @@ impl<'a> VariationalEngine<'a> {
                 }
             }
         }
+        let mut precision = curvature.clone();
+        for q in 0..r {
+            (0..s).for_each(|i| precision[q * s * s + i * s + i] += 1.0);
+        }
         let log_det_psi: f64 = algebra.inv_psi.iter().map(|w| -w.ln()).sum();
         let log_norm = -0.5 * d as f64 * LOG_2PI - 0.5 * log_det_psi;
-        Ok(VariationalEngine { partition, algebra, curvature, log_norm, rtol, seed })
+        Ok(VariationalEngine { partition, algebra, curvature, precision, log_norm, rtol, seed })
     }
 
     fn curvature(&self, q: usize) -> &[f64] {
@@ -414,24 +420,32 @@ impl<'a> VariationalEngine<'a> {
         let (s, r) = (self.algebra.s, self.partition.len());
         let m = &point.mean;
         // Precision of the local posterior: I + B_q.
-        let precision = |q: usize| -> Vec<f64> {
-            let mut p = self.curvature(q).to_vec();
-            (0..s).for_each(|i| p[i * s + i] += 1.0);
-            p
-        };
+        let precision = |q: usize| &self.precision[q * s * s..(q + 1) * s * s];
         // The constant of log q(z) - log p(z | x) on region q, and d = mu_q - m.
         let constant = |q: usize| 0.5 * (self.algebra.log_det_sigma(q) - point.log_det) - log_kappa[q] + log_p;
-        let offset = |q: usize| -> Vec<f64> { mu[q * s..(q + 1) * s].iter().zip(m).map(|(a, b)| a - b).collect() };
+        let offset = |q: usize, d: &mut [f64]| {
+            for ((dj, a), b) in d.iter_mut().zip(&mu[q * s..(q + 1) * s]).zip(m) {
+                *dj = a - b;
+            }
+        };
+        let (mut d, mut quadratic) = (vec![0.0; s], Quadratic::new(s));
         let bounds: Vec<f64> = (0..r)
             .map(|q| {
                 if log_kappa[q] == f64::NEG_INFINITY {
-                    return 0.0;
+                    // No posterior density on the region: any mass of q there makes the KL
+                    // infinite, so the region goes first.
+                    return f64::INFINITY;
                 }
-                let (prec, d) = (precision(q), offset(q));
+                let prec = precision(q);
+                offset(q, &mut d);
                 // 1/2 (y - d)^T Prec (y - d) - 1/2 y^T V^-1 y + constant.
-                let l = (0..s).map(|i| -(0..s).map(|j| prec[i * s + j] * d[j]).sum::<f64>()).collect();
-                let mq = (0..s * s).map(|k| 0.5 * (prec[k] - point.inverse[k])).collect();
-                let mut quadratic = Quadratic { a: constant(q) + 0.5 * quad_form(&prec, &d, s), l, m: mq, work: vec![0.0; s * s] };
+                quadratic.a = constant(q) + 0.5 * quad_form(prec, &d, s);
+                for (i, li) in quadratic.l.iter_mut().enumerate() {
+                    *li = -(0..s).map(|j| prec[i * s + j] * d[j]).sum::<f64>();
+                }
+                for (k, mk) in quadratic.m.iter_mut().enumerate() {
+                    *mk = 0.5 * (prec[k] - point.inverse[k]);
+                }
                 quadratic.region_bound(point, self.facet_distance(q, point), s)
             })
             .collect();
@@ -449,9 +463,13 @@ impl<'a> VariationalEngine<'a> {
                 continue;
             }
             let p = t.log_mass.exp();
-            let (prec, d) = (precision(q), offset(q));
-            let centred: Vec<f64> = t.shift.iter().zip(&d).map(|(c, dj)| c - dj).collect();
-            let towards_posterior = quad_form(&prec, &centred, s) + trace_product(&prec, &t.cov, s);
+            let prec = precision(q);
+            offset(q, &mut d);
+            // c - mu = (c - m) - d, in place.
+            for (dj, c) in d.iter_mut().zip(&t.shift) {
+                *dj = c - *dj;
+            }
+            let towards_posterior = quad_form(prec, &d, s) + trace_product(prec, &t.cov, s);
             let towards_q = quad_form(&point.inverse, &t.shift, s) + trace_product(&point.inverse, &t.cov, s);
             gap += p * (constant(q) + 0.5 * (towards_posterior - towards_q));
             let magnitude = p
