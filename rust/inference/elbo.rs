@@ -346,7 +346,7 @@ impl<'a> VariationalEngine<'a> {
         }
     }
 
-    /// Regions by decreasing Cauchy-Schwarz bound, and the bounds' suffix sums (`tail[k]` bounds
+    /// Regions by decreasing bound on their terms, and the bounds' suffix sums (`tail[k]` bounds
     /// the regions from the `k`-th on; `tail[R] = 0`).
     fn visiting_order(bounds: &[f64]) -> (Vec<usize>, Vec<f64>) {
         let mut order: Vec<usize> = (0..bounds.len()).collect();
@@ -386,10 +386,11 @@ impl<'a> VariationalEngine<'a> {
             integrated += 1;
             cancel.check()?;
             let t = self.truncated(q, point, self.region_rtol(reference, bounds[q]), cancel)?;
-            if t.log_mass == f64::NEG_INFINITY {
+            let p = t.log_mass.exp();
+            // No mass (to underflow): no term, and moments that may not be numbers.
+            if p == 0.0 {
                 continue;
             }
-            let p = t.log_mass.exp();
             // |r - A c|^2_Psi with r - A c = u - A (c - m).
             let a = self.partition.a(q);
             self.residual(q, x, m, &mut u);
@@ -459,10 +460,11 @@ impl<'a> VariationalEngine<'a> {
             integrated += 1;
             cancel.check()?;
             let t = self.truncated(q, point, self.region_rtol(reference, bounds[q]), cancel)?;
-            if t.log_mass == f64::NEG_INFINITY {
+            let p = t.log_mass.exp();
+            // No mass (to underflow): no term, and moments that may not be numbers.
+            if p == 0.0 {
                 continue;
             }
-            let p = t.log_mass.exp();
             let prec = precision(q);
             offset(q, &mut d);
             // c - mu = (c - m) - d, in place.
