@@ -242,3 +242,23 @@ def test_full_covariances_must_be_symmetric_positive_definite():
         model.elbo(X, mean, indefinite)
     with pytest.raises(ValueError, match="positive definite"):
         model.iwae_bound(X, mean, indefinite, 2)
+
+
+def test_ctrl_c_interrupts_a_long_elbo():
+    import os
+    import signal
+    import threading
+    import time
+
+    model = ex.DGN(ex.Decoder.random([2, 32, 32, 10], seed=0), 0.1)
+    X, Z = model.sample(20_000, seed=1)
+    var = np.full(Z.shape, 0.05)
+    model.elbo(X[:2], Z[:2], var[:2])  # the regions, outside the timed call
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        model.elbo(X, Z, var)  # ~50 s uninterrupted on 2 cores
+    assert time.perf_counter() - start < 5
+    # The engine is usable after an interrupted call.
+    assert np.isfinite(model.elbo(X[:2], Z[:2], var[:2])).all()
