@@ -217,8 +217,10 @@ class Decoder:
         for key in keys:
             match = pattern.fullmatch(key[len(prefix):])
             if match is None:
+                nested = re.fullmatch(r"(.+)\.\d+\.(weight|bias)", key)
+                hint = f"; for a submodule's keys pass prefix={nested.group(1)!r}" if nested else ""
                 raise ValueError(f"unexpected key {key!r}: expected '{prefix}<index>.weight' or '{prefix}<index>.bias' "
-                                 f"of an nn.Sequential of Linear layers")
+                                 f"of an nn.Sequential of Linear layers{hint}")
             index, kind = int(match.group(1)), match.group(2)
             if index % 2:
                 raise ValueError(f"key {key!r} puts a layer with parameters at the odd index {index}; the layout "
