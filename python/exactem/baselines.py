@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.scipy.special import logsumexp
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array, check_is_fitted
@@ -110,7 +111,7 @@ def _bound(params, X, key, slope, min_noise_var, k, analytic_kl):
         kl = 0.5 * jnp.sum(jnp.exp(logvar) + mean * mean - 1.0 - logvar, axis=-1)
         return _log_likelihood_given_z(params, X, Z, slope, min_noise_var) - kl
     log_w = _log_weights(params, X, eps, slope, min_noise_var)
-    return jax.scipy.special.logsumexp(log_w, axis=0) - np.log(k)
+    return logsumexp(log_w, axis=0) - np.log(k)
 
 
 _ADAM = optax.scale_by_adam()  # beta1 0.9, beta2 0.999, eps 1e-8: optax.adam without its step size
