@@ -176,10 +176,11 @@ def test_training_improves_the_exact_likelihood_and_the_bound(vae, iwae, data):
         assert np.mean(objective[-5:]) > np.mean(objective[:5])
 
 
-def test_same_initial_model_as_exactem_random_init(data):
-    """For one random_state the VAE starts from ExactEM(init="random")'s decoder and noise."""
-    vae0 = VAE(max_epochs=0, random_state=3, **SMALL).fit(data)
-    em0 = exactem.ExactEM(hidden=SMALL["hidden"], init="random", max_iter=0, random_state=3).fit(data)
+@pytest.mark.parametrize("init", ["random", "pca"])
+def test_same_initial_model_as_exactem(init, data):
+    """For one random_state and init the VAE starts from ExactEM's decoder and noise."""
+    vae0 = VAE(max_epochs=0, init=init, random_state=3, **SMALL).fit(data)
+    em0 = exactem.ExactEM(hidden=SMALL["hidden"], init=init, max_iter=0, random_state=3).fit(data)
     for x, y in zip(vae0.decoder_.weights + vae0.decoder_.biases, em0.decoder_.weights + em0.decoder_.biases):
         np.testing.assert_array_equal(x, y)
     assert vae0.noise_var_ == pytest.approx(em0.noise_var_, rel=1e-12)
@@ -262,6 +263,8 @@ def test_sklearn_conventions_and_input_errors(data):
         IWAE(k=0).fit(data)
     with pytest.raises(ValueError, match="noise"):
         VAE(noise="full").fit(data)
+    with pytest.raises(ValueError, match="init"):
+        VAE(init="zeros").fit(data)
     with pytest.raises(ValueError, match="max_time"):
         VAE(max_time=0).fit(data)
     with pytest.raises(ValueError):

@@ -19,11 +19,12 @@ Design choices (each the textbook one, none tuned toward or against either side)
   its plain reparameterised gradient.
 - Noise variance: ``Psi = min_noise_var + exp(rho)``, one rho (isotropic) or D of them
   (diagonal); the floor is smooth so the gradient never vanishes at it.
-- Initialisation: the decoder from the estimator's seeded generator exactly as
-  ``ExactEM(init="random")`` draws it (``Decoder.random``: torch.nn.Linear's default uniform
-  bounds), and the noise variance as there (the data's variance per coordinate, or its mean):
-  for the same ``random_state`` both estimators start from the same model. The encoder uses the
-  same torch-default uniform initialisation.
+- Initialisation: the decoder and noise variance drawn from the estimator's seeded generator
+  exactly as ``ExactEM(init=init)`` draws them, so for one ``random_state`` and ``init`` the
+  baselines and exact EM start from the same model. ``init="random"`` (the default) is
+  ``Decoder.random`` (torch.nn.Linear's default uniform bounds) with the data's variance as noise;
+  ``init="pca"`` is ExactEM's default start. The encoder uses the torch-default uniform
+  initialisation.
 - Optimiser: Adam with its published defaults (beta1 0.9, beta2 0.999, eps 1e-8) and learning
   rate 1e-3, minibatches of 100 (Kingma & Welling's size), reshuffled every epoch.
 - Precision: float64, like the exact engine. JAX is switched to 64-bit only inside this module's
@@ -246,6 +247,14 @@ class VAE(DensityMixin, BaseEstimator):
         Relative improvement that counts (see ``n_iter_no_change``); scikit-learn's MLP default.
     min_noise_var : float
         Floor of the noise variance.
+    init : {"random", "pca"}
+        The initial decoder and noise, drawn exactly as :class:`exactem.ExactEM` draws them for the
+        same ``init`` and ``random_state``. "random": ``Decoder.random`` (torch.nn.Linear's default
+        uniform bounds) and the data's variance as noise. "pca": the same random hidden layers, the
+        output layer fitted by least squares to PCA scores, the residual variance as noise (ExactEM's
+        default). The noise variance the VAE starts from matters: started at the whole data
+        variance ("random"), the decoder has nothing to explain, q(z|x) collapses onto the prior
+        and on symmetric data (the circle) it stays there (figures in benches/bench_baselines.py).
     random_state : int, numpy Generator or None
         Seeds the initialisation, the validation split, the shuffling and the reparameterisation
         noise: the same seed gives the same history and parameters.
@@ -282,7 +291,7 @@ class VAE(DensityMixin, BaseEstimator):
     def __init__(self, latent_dim=1, hidden=(16, 16), activation="leaky_relu", alpha=0.1, noise="isotropic",
                  encoder_hidden=(64, 64), max_epochs=500, batch_size=100, learning_rate=1e-3, max_time=None,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, min_noise_var=1e-6,
-                 random_state=None, verbose=False, callback=None):
+                 init="random", random_state=None, verbose=False, callback=None):
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.activation = activation
@@ -298,6 +307,7 @@ class VAE(DensityMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.min_noise_var = min_noise_var
+        self.init = init
         self.random_state = random_state
         self.verbose = verbose
         self.callback = callback
@@ -337,17 +347,22 @@ class VAE(DensityMixin, BaseEstimator):
             raise ValueError(f"tol must be non-negative; got {self.tol}")
         if not (self.min_noise_var > 0):
             raise ValueError(f"min_noise_var must be positive; got {self.min_noise_var}")
+        if self.init not in ("random", "pca"):
+            raise ValueError(f"init must be 'random' or 'pca'; got {self.init!r}")
         if self.callback is not None and not callable(self.callback):
             raise ValueError("callback must be callable as callback(epoch, estimator), or None")
 
     def _initial_params(self, X, rng):
         S, D = self.latent_dim, X.shape[1]
-        # The same first draw as ExactEM(init="random"): same seed, same initial decoder.
-        decoder = Decoder.random([S, *self.hidden, D], activation=self.activation, alpha=self.alpha,
-                                 seed=rng.integers(2**63))
-        var = np.maximum((X - X.mean(axis=0)).var(axis=0), self.min_noise_var)
-        noise = var if self.noise == "diagonal" else np.array([var.mean()])
-        # Psi = min_noise_var + exp(rho): start at the data's variance (just above the floor if that is tiny).
+        # ExactEM's initial model, drawn from the same seeded stream: for one random_state and init
+        # the VAE, the IWAE and ExactEM start from the same decoder and noise variance.
+        from .estimator import ExactEM
+
+        start = ExactEM(latent_dim=S, hidden=self.hidden, activation=self.activation, alpha=self.alpha,
+                        noise=self.noise, init=self.init, min_noise_var=self.min_noise_var)
+        decoder, noise = start._initial_model(X, rng)
+        noise = noise if self.noise == "diagonal" else noise[:1]
+        # Psi = min_noise_var + exp(rho): start at that variance (just above the floor if it is tiny).
         log_noise = np.log(np.maximum(noise - self.min_noise_var, self.min_noise_var))
         widths = [D, *self.encoder_hidden]
         enc = [_torch_linear(rng, a, b) for a, b in zip(widths[:-1], widths[1:])]
@@ -591,12 +606,12 @@ class IWAE(VAE):
     def __init__(self, latent_dim=1, hidden=(16, 16), activation="leaky_relu", alpha=0.1, noise="isotropic",
                  encoder_hidden=(64, 64), max_epochs=500, batch_size=100, learning_rate=1e-3, max_time=None,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, min_noise_var=1e-6,
-                 random_state=None, verbose=False, callback=None, k=5):
+                 init="random", random_state=None, verbose=False, callback=None, k=5):
         super().__init__(latent_dim=latent_dim, hidden=hidden, activation=activation, alpha=alpha, noise=noise,
                          encoder_hidden=encoder_hidden, max_epochs=max_epochs, batch_size=batch_size,
                          learning_rate=learning_rate, max_time=max_time, early_stopping=early_stopping,
                          validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change, tol=tol,
-                         min_noise_var=min_noise_var, random_state=random_state, verbose=verbose, callback=callback)
+                         min_noise_var=min_noise_var, init=init, random_state=random_state, verbose=verbose, callback=callback)
         self.k = k
 
     def _check_params(self):

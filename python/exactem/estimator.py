@@ -88,9 +88,11 @@ class ExactEM:
             raise ValueError(f"weight_decay must be non-negative; got {self.weight_decay}")
         as_count(self.max_iter, "max_iter", minimum=0)
 
-    def _initial_model(self, X):
-        """Random hidden layers; the output layer and noise fitted by least squares to PCA scores."""
-        rng = np.random.default_rng(self.random_state)
+    def _initial_model(self, X, rng=None):
+        """Random hidden layers; the output layer and noise fitted by least squares to PCA scores.
+        ``rng`` (default: a generator seeded by random_state) lets the VAE baselines start from the
+        same model and go on drawing from the same stream."""
+        rng = np.random.default_rng(self.random_state) if rng is None else rng
         S, D = self.latent_dim, X.shape[1]
         widths = [S, *self.hidden, D]
         dec = Decoder.random(widths, activation=self.activation, alpha=self.alpha, seed=rng.integers(2**63))
