@@ -184,6 +184,10 @@ def test_same_initial_model_as_exactem(init, data):
     for x, y in zip(vae0.decoder_.weights + vae0.decoder_.biases, em0.decoder_.weights + em0.decoder_.biases):
         np.testing.assert_array_equal(x, y)
     assert vae0.noise_var_ == pytest.approx(em0.noise_var_, rel=1e-12)
+    chosen = VAE(max_epochs=0, init=init, init_noise_var=[0.3, 0.2], noise="diagonal", random_state=3,
+                 **SMALL).fit(data)
+    np.testing.assert_allclose(chosen.noise_var_, [0.3, 0.2], rtol=1e-12)
+    np.testing.assert_array_equal(chosen.decoder_.weights[0], vae0.decoder_.weights[0])
 
 
 def test_score_samples_is_the_exact_log_likelihood(vae, data):
@@ -265,6 +269,10 @@ def test_sklearn_conventions_and_input_errors(data):
         VAE(noise="full").fit(data)
     with pytest.raises(ValueError, match="init"):
         VAE(init="zeros").fit(data)
+    with pytest.raises(ValueError, match="init_noise_var"):
+        VAE(init_noise_var=-1.0).fit(data)
+    with pytest.raises(ValueError, match="init_noise_var"):
+        VAE(init_noise_var=[1.0, 2.0, 3.0], noise="diagonal").fit(data)
     with pytest.raises(ValueError, match="max_time"):
         VAE(max_time=0).fit(data)
     with pytest.raises(ValueError):

@@ -255,6 +255,8 @@ class VAE(DensityMixin, BaseEstimator):
         default). The noise variance the VAE starts from matters: started at the whole data
         variance ("random"), the decoder has nothing to explain, q(z|x) collapses onto the prior
         and on symmetric data (the circle) it stays there (figures in benches/bench_baselines.py).
+    init_noise_var : float, array of shape (D,) or None
+        Overrides the initial noise variance of ``init`` (the decoder is unchanged).
     random_state : int, numpy Generator or None
         Seeds the initialisation, the validation split, the shuffling and the reparameterisation
         noise: the same seed gives the same history and parameters.
@@ -291,7 +293,7 @@ class VAE(DensityMixin, BaseEstimator):
     def __init__(self, latent_dim=1, hidden=(16, 16), activation="leaky_relu", alpha=0.1, noise="isotropic",
                  encoder_hidden=(64, 64), max_epochs=500, batch_size=100, learning_rate=1e-3, max_time=None,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, min_noise_var=1e-6,
-                 init="random", random_state=None, verbose=False, callback=None):
+                 init="random", init_noise_var=None, random_state=None, verbose=False, callback=None):
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.activation = activation
@@ -308,6 +310,7 @@ class VAE(DensityMixin, BaseEstimator):
         self.tol = tol
         self.min_noise_var = min_noise_var
         self.init = init
+        self.init_noise_var = init_noise_var
         self.random_state = random_state
         self.verbose = verbose
         self.callback = callback
@@ -349,6 +352,11 @@ class VAE(DensityMixin, BaseEstimator):
             raise ValueError(f"min_noise_var must be positive; got {self.min_noise_var}")
         if self.init not in ("random", "pca"):
             raise ValueError(f"init must be 'random' or 'pca'; got {self.init!r}")
+        if self.init_noise_var is not None:
+            init_noise = np.asarray(self.init_noise_var, dtype=np.float64)
+            if init_noise.ndim > 1 or not np.all(np.isfinite(init_noise)) or np.any(init_noise <= 0):
+                raise ValueError(f"init_noise_var must be None, a positive number or a positive (D,) array; "
+                                 f"got {self.init_noise_var!r}")
         if self.callback is not None and not callable(self.callback):
             raise ValueError("callback must be callable as callback(epoch, estimator), or None")
 
@@ -361,6 +369,12 @@ class VAE(DensityMixin, BaseEstimator):
         start = ExactEM(latent_dim=S, hidden=self.hidden, activation=self.activation, alpha=self.alpha,
                         noise=self.noise, init=self.init, min_noise_var=self.min_noise_var)
         decoder, noise = start._initial_model(X, rng)
+        if self.init_noise_var is not None:
+            given = np.asarray(self.init_noise_var, dtype=np.float64)
+            if given.ndim == 1 and (given.shape != (D,) or self.noise == "isotropic"):
+                raise ValueError(f"init_noise_var must be a number (isotropic noise) or an array of shape ({D},) "
+                                 f"(diagonal noise); got shape {given.shape} with noise={self.noise!r}")
+            noise = np.broadcast_to(given, (D,)).copy()
         noise = noise if self.noise == "diagonal" else noise[:1]
         # Psi = min_noise_var + exp(rho): start at that variance (just above the floor if it is tiny).
         log_noise = np.log(np.maximum(noise - self.min_noise_var, self.min_noise_var))
@@ -606,12 +620,13 @@ class IWAE(VAE):
     def __init__(self, latent_dim=1, hidden=(16, 16), activation="leaky_relu", alpha=0.1, noise="isotropic",
                  encoder_hidden=(64, 64), max_epochs=500, batch_size=100, learning_rate=1e-3, max_time=None,
                  early_stopping=False, validation_fraction=0.1, n_iter_no_change=10, tol=1e-4, min_noise_var=1e-6,
-                 init="random", random_state=None, verbose=False, callback=None, k=5):
+                 init="random", init_noise_var=None, random_state=None, verbose=False, callback=None, k=5):
         super().__init__(latent_dim=latent_dim, hidden=hidden, activation=activation, alpha=alpha, noise=noise,
                          encoder_hidden=encoder_hidden, max_epochs=max_epochs, batch_size=batch_size,
                          learning_rate=learning_rate, max_time=max_time, early_stopping=early_stopping,
                          validation_fraction=validation_fraction, n_iter_no_change=n_iter_no_change, tol=tol,
-                         min_noise_var=min_noise_var, init=init, random_state=random_state, verbose=verbose, callback=callback)
+                         min_noise_var=min_noise_var, init=init, init_noise_var=init_noise_var,
+                         random_state=random_state, verbose=verbose, callback=callback)
         self.k = k
 
     def _check_params(self):
