@@ -40,6 +40,7 @@ def main():
     for name in args.data:
         X = getattr(exactem.datasets, name)(1000, 0.1, seed=0)
         X_train, X_test = exactem.datasets.train_test_split(X, test_fraction=0.25, seed=0)
+        tenth = float(X_train.var(axis=0).mean()) / 10
         print(f"\n{name}: {len(X_train)} train, {len(X_test)} test, decoder [1, 16, 16, 2]")
         print(f"{'estimator':58s} {'seed':>4s} {'held-out ll/pt':>14s} {'time s':>8s} {'epochs/iters':>12s}")
         rows = [
@@ -52,6 +53,14 @@ def main():
             ("IWAE k=5 defaults (stopping rule)", lambda s: IWAE(random_state=s)),
             ("IWAE k=5 max_epochs, no stopping rule", lambda s: IWAE(random_state=s, max_epochs=args.max_epochs,
                                                                        n_iter_no_change=forever)),
+            ("VAE init_noise_var = data variance / 10 (NOT default)",
+             lambda s: VAE(random_state=s, max_epochs=args.max_epochs, n_iter_no_change=forever,
+                           init_noise_var=tenth)),
+            ("IWAE k=5 init_noise_var = data variance / 10 (NOT default)",
+             lambda s: IWAE(random_state=s, max_epochs=args.max_epochs, n_iter_no_change=forever,
+                            init_noise_var=tenth)),
+            ("VAE init=pca, no stopping rule", lambda s: VAE(random_state=s, init="pca", max_epochs=args.max_epochs,
+                                                              n_iter_no_change=forever)),
             ("ExactEM defaults (init=pca)", lambda s: exactem.ExactEM(random_state=s)),
             ("ExactEM init=random (the VAE's initial model)", lambda s: exactem.ExactEM(random_state=s,
                                                                                        init="random")),
