@@ -2,6 +2,7 @@
 decoder [1, 16, 16, 2] and scored by the exact held-out log-likelihood per point.
 
     python benches/bench_baselines.py [--data circle wave] [--seeds 0] [--max-epochs 500]
+    python benches/bench_baselines.py --curves 4000     # long runs: held-out every 1000 epochs
 
 Data: exactem.datasets.<name>(1000, noise=0.1, seed=0), split 75/25 by
 exactem.datasets.train_test_split(X, 0.25, seed=0). Every estimator uses its default settings
@@ -35,7 +36,11 @@ def main():
     parser.add_argument("--data", nargs="+", default=["circle", "wave"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--max-epochs", type=int, default=500)
+    parser.add_argument("--curves", type=int, default=0, metavar="EPOCHS",
+                        help="instead: train EPOCHS epochs (seed 0) and print the held-out score every 1000")
     args = parser.parse_args()
+    if args.curves:
+        return curves(args)
     forever = 10**9  # n_iter_no_change that never fires: train for exactly max_epochs
     for name in args.data:
         X = getattr(exactem.datasets, name)(1000, 0.1, seed=0)
@@ -75,6 +80,28 @@ def main():
                     break
                 ll, elapsed, est = run(lambda: make(seed), X_train, X_test)
                 print(f"{label:58s} {seed:4d} {ll:14.4f} {elapsed:8.2f} {est.n_iter_:12d}", flush=True)
+
+
+def curves(args):
+    """VAE and IWAE from the default start and from a noise variance a tenth of the data's, trained
+    for a fixed number of epochs: (epoch, held-out exact log-likelihood per point, seconds)."""
+    for name in args.data:
+        X = getattr(exactem.datasets, name)(1000, 0.1, seed=0)
+        X_train, X_test = exactem.datasets.train_test_split(X, test_fraction=0.25, seed=0)
+        tenth = float(X_train.var(axis=0).mean()) / 10
+        for label, cls, kw in [("VAE default start", VAE, {}), ("VAE init_noise_var=var/10", VAE, dict(init_noise_var=tenth)),
+                               ("IWAE k=5 default start", IWAE, {}),
+                               ("IWAE k=5 init_noise_var=var/10", IWAE, dict(init_noise_var=tenth))]:
+            points = []
+
+            def record(epoch, est):
+                if epoch % 1000 == 0:
+                    points.append((epoch, round(est.score(X_test), 4), round(est.history_[-1]["time"], 1)))
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                cls(random_state=0, max_epochs=args.curves, n_iter_no_change=10**9, callback=record, **kw).fit(X_train)
+            print(f"{name} {label}: (epoch, held-out ll/pt, s) {points}", flush=True)
 
 
 if __name__ == "__main__":
