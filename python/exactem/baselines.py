@@ -31,6 +31,21 @@ Design choices (each the textbook one, none tuned toward or against either side)
   calls (JAX's ``enable_x64`` context manager), so importing or using these estimators does not
   change the caller's global JAX configuration.
 
+Posterior collapse: from the default start (noise variance = the data's variance) q(z | x) can
+settle on the prior while the decoder outputs the data mean -- a saddle that exact EM from the
+same start can also stop at. On ``datasets.circle`` the VAE and IWAE stay there for thousands of
+epochs; started with ``init_noise_var`` at a tenth of the data's variance they leave it. The
+stopping rule fires on such a plateau too, so to compare methods give a time or epoch budget
+(``max_time``, a large ``n_iter_no_change``) and record held-out scores with ``callback``.
+
+Example::
+
+    from exactem.baselines import VAE
+    X_train, X_test = exactem.datasets.train_test_split(exactem.datasets.wave(1000, seed=0))
+    vae = VAE(random_state=0, max_time=30, n_iter_no_change=10**9).fit(X_train)
+    vae.score(X_test)                         # exact held-out log-likelihood per point
+    vae.score_samples(X_test) - vae.elbo(X_test)   # exact KL(q(z|x) || p(z|x)) of each point
+
 JAX and optax are imported only here: ``import exactem`` does not import them.
 """
 
