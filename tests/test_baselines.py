@@ -167,9 +167,9 @@ def test_same_random_state_same_history_and_parameters(data):
 
 def test_training_improves_the_exact_likelihood_and_the_bound(vae, iwae, data):
     initial = VAE(max_epochs=0, random_state=0, **SMALL).fit(data)
-    assert initial.n_iter_ == 0 and initial.history_ == []
+    assert initial.n_iter_ == 0 and initial.history_ == [] and initial.best_iteration_ is None
     for est in (vae, iwae):
-        assert est.n_iter_ == len(est.history_) == 30
+        assert est.n_iter_ == len(est.history_) == 30 and est.validation_history_ is None
         assert [h["epoch"] for h in est.history_] == list(range(1, 31))
         times = [h["time"] for h in est.history_]
         assert all(t2 >= t1 for t1, t2 in zip(times, times[1:]))
@@ -182,7 +182,9 @@ def test_training_improves_the_exact_likelihood_and_the_bound(vae, iwae, data):
 def test_same_initial_model_as_exactem(init, data):
     """For one random_state and init the VAE starts from ExactEM's decoder and noise."""
     vae0 = VAE(max_epochs=0, init=init, random_state=3, **SMALL).fit(data)
-    em0 = exactem.ExactEM(hidden=SMALL["hidden"], init=init, max_iter=0, random_state=3).fit(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        em0 = exactem.ExactEM(hidden=SMALL["hidden"], init=init, max_iter=0, random_state=3).fit(data)
     for x, y in zip(vae0.decoder_.weights + vae0.decoder_.biases, em0.decoder_.weights + em0.decoder_.biases):
         np.testing.assert_array_equal(x, y)
     assert vae0.noise_var_ == pytest.approx(em0.noise_var_, rel=1e-12)
@@ -221,24 +223,40 @@ def test_early_stopping_keeps_the_best_validation_parameters(data):
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(data)
     val = est.validation_history_
-    assert len(val) == est.n_iter_ == len(seen)
-    assert [s[0] for s in seen] == list(range(1, est.n_iter_ + 1))
+    assert len(val) == est.n_iter_ + 1 == len(seen)  # the initial model first
+    assert [s[0] for s in seen] == list(range(est.n_iter_ + 1))
     assert all(s[3] for s in seen)
     best = int(np.argmax(val))
+    assert est.best_iteration_ == best
     for w_kept, w_best in zip(est.decoder_.weights, seen[best][1]):
         np.testing.assert_array_equal(w_kept, w_best)
     assert est.noise_var_ == seen[best][2]
     if est.converged_:
-        assert est.n_iter_ - 1 - best <= est.n_iter_no_change
+        assert est.n_iter_ - best >= est.n_iter_no_change
     else:
         assert est.n_iter_ == 60
+    # The held-out rows are ExactEM's for the same settings, and the record is their exact score.
+    _, X_val = exactem.ExactEM(early_stopping=True, validation_fraction=0.2, random_state=1)._validation_split(data)
+    assert est.score(X_val) == pytest.approx(val[best], rel=1e-12)
 
 
-def test_max_time_stops_after_the_first_epoch(data):
+def test_max_time_counts_training_not_the_callback(data):
+    import time
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # a time limit is not a convergence failure
         est = VAE(max_epochs=50, max_time=1e-9, random_state=0, **SMALL).fit(data)
-    assert est.n_iter_ == 1 and not est.converged_
+    assert est.n_iter_ == 0 and not est.converged_  # the initial model already used the budget
+    # A callback that sleeps 0.5 s per call (5 calls: 2.5 s) under a budget of 2 s: training (a few
+    # ms per epoch once compiled; the warm-up fit compiles) still runs all 4 epochs, and history_'s
+    # clock leaves the sleeps out.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        VAE(max_epochs=1, random_state=0, **SMALL).fit(data)
+        slow = VAE(max_epochs=4, max_time=2.0, random_state=0, callback=lambda e, est: time.sleep(0.5),
+                   **SMALL).fit(data)
+    assert slow.n_iter_ == 4
+    assert slow.history_[-1]["time"] < 2.0
 
 
 def test_max_epochs_warns_and_stopping_rule_converges(data):

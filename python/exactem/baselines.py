@@ -243,12 +243,14 @@ class VAE(DensityMixin, BaseEstimator):
     learning_rate : float
         Adam's step size.
     max_time : float or None
-        Seconds: training stops after the epoch during which this is exceeded (measured from the
-        start of ``fit``, JIT compilation included).
+        Stop after the first epoch that ends past this many seconds of training, counted as
+        ExactEM counts them: from the start of ``fit`` (JAX's compilation included), less the time
+        spent in ``callback``.
     early_stopping : bool
-        Hold out ``validation_fraction`` of the data, score it by the EXACT log-likelihood after
-        every epoch, stop after ``n_iter_no_change`` epochs without improvement and keep the best
-        parameters (as scikit-learn's MLP does with its validation score).
+        Hold out ``validation_fraction`` of the rows -- the same rows ExactEM holds out for the
+        same ``random_state`` -- score them by the EXACT log-likelihood after every epoch, stop
+        after ``n_iter_no_change`` epochs without improvement and keep the best parameters
+        (scikit-learn's MLP rule, as ExactEM applies it).
     validation_fraction : float in (0, 1)
         Share held out when ``early_stopping``.
     n_iter_no_change : int
@@ -278,8 +280,9 @@ class VAE(DensityMixin, BaseEstimator):
     verbose : bool
         One line per epoch on stderr.
     callback : callable or None
-        ``callback(epoch, estimator)`` after each epoch, with ``decoder_``, ``noise_var_``,
-        ``encoder_`` and ``model_`` at the current parameters (``model_`` is built on first access).
+        ``callback(epoch, estimator)`` for the initial model (epoch 0) and after each epoch, with
+        ``decoder_``, ``noise_var_``, ``encoder_`` and ``model_`` at the current parameters
+        (``model_`` is built on first access). Its time is not training time.
 
     Attributes
     ----------
@@ -290,11 +293,14 @@ class VAE(DensityMixin, BaseEstimator):
     encoder_ : GaussianEncoder
         ``encoder_(X) -> (q_mean, q_var)``, numpy arrays of shape (N, S).
     history_ : list of dict
-        Per epoch: ``"epoch"``, ``"time"`` (wall seconds since ``fit`` started) and
+        Per epoch: ``"epoch"``, ``"time"`` (training seconds, as ``max_time`` counts them) and
         ``"objective"``, the training bound per point (mean of the epoch's minibatch estimates;
         higher is better; Adam minimises its negative).
-    validation_history_ : list of float
-        Held-out exact log-likelihood per point after each epoch (empty without early stopping).
+    validation_history_ : list of float or None
+        With early stopping, the held-out exact log-likelihood per point of the initial model and
+        after every epoch; else None.
+    best_iteration_ : int or None
+        With early stopping, the epoch whose parameters were kept (0: the initial model); else None.
     n_iter_ : int
         Epochs run.
     converged_ : bool
@@ -426,7 +432,7 @@ class VAE(DensityMixin, BaseEstimator):
         return cached[2]
 
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: it may be the live __dict__
         state.pop("_model_cache", None)  # rebuilt on demand
         return state
 
@@ -437,26 +443,28 @@ class VAE(DensityMixin, BaseEstimator):
         self._check_params()
         X = check_array(X, dtype=np.float64, ensure_min_samples=2)
         self.n_features_in_ = X.shape[1]
-        rng = np.random.default_rng(self.random_state)
-        started = time.perf_counter()
-        params = self._initial_params(X, rng)
-        if self.early_stopping:
-            n_val = max(1, int(round(self.validation_fraction * len(X))))
-            if len(X) - n_val < 1:
-                raise ValueError(f"validation_fraction={self.validation_fraction} of {len(X)} points leaves none "
-                                 f"to train on")
-            order = rng.permutation(len(X))
-            X_train, X_val = X[np.sort(order[n_val:])], X[np.sort(order[:n_val])]
-        else:
-            X_train, X_val = X, None
+        self._clock_started, self._callback_time = time.perf_counter(), 0.0
+        # ExactEM's held-out rows and initial model for the same settings: one split, one start.
+        from .estimator import ExactEM, _generator
+
+        X_train, X_val = ExactEM(early_stopping=self.early_stopping, validation_fraction=self.validation_fraction,
+                                 random_state=self.random_state)._validation_split(X)
+        rng = _generator(self.random_state)
+        params = self._initial_params(X_train, rng)
         key_seed = int(rng.integers(2**32))
-        self.history_, self.validation_history_ = [], []
+        self.history_ = []
+        self.validation_history_ = [] if X_val is not None else None
+        self.best_iteration_ = None
         self.n_iter_, self.converged_ = 0, False
         with _x64():
-            self._train(params, X_train, X_val, rng, key_seed, started)
+            self._train(params, X_train, X_val, rng, key_seed)
         return self
 
-    def _train(self, params, X, X_val, rng, key_seed, started):
+    def _training_time(self):
+        """Seconds since fit began, less the time spent in the callback (as ExactEM counts)."""
+        return time.perf_counter() - self._clock_started - self._callback_time
+
+    def _train(self, params, X, X_val, rng, key_seed):
         params = jax.tree_util.tree_map(jnp.asarray, params)
         opt_state = _ADAM.init(params)
         key = jax.random.PRNGKey(key_seed)
@@ -471,9 +479,54 @@ class VAE(DensityMixin, BaseEstimator):
         config = dict(slope=_slope(self.activation, self.alpha), k=self._n_samples_per_point(),
                       analytic_kl=self._analytic_kl())
         lr, floor = float(self.learning_rate), float(self.min_noise_var)
-        best, best_params, stale = -np.inf, params, 0  # the held-out score's, under early_stopping
-        self._publish(params)
-        for epoch in range(1, self.max_epochs + 1):
+        # Early stopping as ExactEM's (scikit-learn's MLP rule): an epoch counts as an improvement if
+        # its held-out exact log-likelihood beats the best so far by more than tol (relative); the
+        # best parameters are kept whenever it beats it at all; the initial model is epoch 0.
+        best, best_params, stale = -np.inf, params, 0
+        epoch = 0
+        while True:
+            stop = False
+            if epoch > 0 or X_val is not None or self.callback is not None:
+                self._publish(params)
+            validation = None
+            if X_val is not None:
+                validation = float(np.mean(self.model_.log_likelihood(X_val)))
+                self.validation_history_.append(validation)
+                if epoch > 0 and validation <= best + self.tol * (1 + abs(best)):
+                    stale += 1
+                else:
+                    stale = 0
+                if validation > best:
+                    best, best_params, self.best_iteration_ = validation, params, epoch
+                stop = stale >= self.n_iter_no_change
+            elif epoch >= 2 * self.n_iter_no_change:
+                # The epoch bound is a Monte Carlo estimate whose noise can exceed a slow trend, so
+                # windows are compared, not single epochs: converged when the mean of the last
+                # n_iter_no_change epochs beats the mean of the n_iter_no_change before by no more
+                # than tol (relative).
+                n = self.n_iter_no_change
+                recent = [h["objective"] for h in self.history_[-2 * n:]]
+                before, last = np.mean(recent[:n]), np.mean(recent[n:])
+                stop = last - before <= self.tol * (1 + abs(before))
+            if self.verbose and epoch > 0:
+                _progress(self._name, epoch, self.max_epochs, self.history_[-1]["objective"], validation,
+                          self._training_time())
+            if self.callback is not None:
+                entered = time.perf_counter()
+                self.callback(epoch, self)
+                self._callback_time += time.perf_counter() - entered
+            if stop:
+                self.converged_ = True
+                break
+            if self.max_time is not None and self._training_time() >= self.max_time:
+                break
+            if epoch >= self.max_epochs:
+                if self.max_epochs > 0:
+                    warnings.warn(f"{self._name} stopped at max_epochs={self.max_epochs} before the stopping rule "
+                                  f"(n_iter_no_change={self.n_iter_no_change}, tol={self.tol}) was met",
+                                  ConvergenceWarning, stacklevel=3)
+                break
+            epoch += 1
             padded[:N] = X[rng.permutation(N)]
             batches = padded.reshape(n_batches, batch, -1)
             bounds = []
@@ -481,52 +534,15 @@ class VAE(DensityMixin, BaseEstimator):
                 params, opt_state, key, value = _train_step(params, opt_state, key, batches[b], masks[b], lr, floor,
                                                             **config)
                 bounds.append(value)
-            total = float(np.dot(np.asarray(jnp.stack(bounds)), sizes))
-            objective = total / N
+            objective = float(np.dot(np.asarray(jnp.stack(bounds)), sizes)) / N
             if not np.isfinite(objective):
                 raise FloatingPointError(f"the training bound became {objective} at epoch {epoch}; lower "
                                          f"learning_rate or raise min_noise_var")
-            self.history_.append({"epoch": epoch, "time": time.perf_counter() - started, "objective": objective})
+            self.history_.append({"epoch": epoch, "time": self._training_time(), "objective": objective})
             self.n_iter_ = epoch
-            if X_val is not None or self.callback is not None:
-                self._publish(params)
-            validation = None
-            if X_val is not None:
-                # scikit-learn's MLP rule on the held-out score (exact, so free of Monte Carlo noise):
-                # an epoch counts if it beats the best so far by tol (relative); the best is kept.
-                validation = float(np.mean(self.model_.log_likelihood(X_val)))
-                self.validation_history_.append(validation)
-                improved = validation > best + self.tol * (1 + abs(best)) if np.isfinite(best) else validation > best
-                stale = 0 if improved else stale + 1
-                if validation > best:
-                    best, best_params = validation, params
-                stop = stale >= self.n_iter_no_change
-            else:
-                # The epoch bound is a Monte Carlo estimate whose noise can exceed a slow trend, so
-                # windows are compared, not single epochs: converged when the mean of the last
-                # n_iter_no_change epochs beats the mean of the n_iter_no_change before by no more
-                # than tol (relative).
-                n = self.n_iter_no_change
-                stop = False
-                if epoch >= 2 * n:
-                    recent = [h["objective"] for h in self.history_[-2 * n:]]
-                    before, last = np.mean(recent[:n]), np.mean(recent[n:])
-                    stop = last - before <= self.tol * (1 + abs(before))
-            if self.verbose:
-                _progress(self._name, epoch, self.max_epochs, objective, validation, time.perf_counter() - started)
-            if self.callback is not None:
-                self.callback(epoch, self)
-            if stop:
-                self.converged_ = True
-                break
-            if self.max_time is not None and time.perf_counter() - started > self.max_time:
-                break
-        else:
-            if self.max_epochs > 0:
-                warnings.warn(f"{self._name} stopped at max_epochs={self.max_epochs} before the stopping rule "
-                              f"(n_iter_no_change={self.n_iter_no_change}, tol={self.tol}) was met",
-                              ConvergenceWarning, stacklevel=3)
-        self._publish(best_params if X_val is not None else params)
+        if X_val is not None:
+            params = best_params
+        self._publish(params)
 
     # -- using the fitted model ------------------------------------------------------------------------
 
