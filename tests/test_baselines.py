@@ -274,6 +274,11 @@ def test_sample_encoder_and_pickling(vae, data):
     assert q_mean.shape == q_var.shape == (len(data), 1) and np.all(q_var > 0)
     again = pickle.loads(pickle.dumps(vae.encoder_))
     np.testing.assert_array_equal(again(data)[0], q_mean)
+    # The whole estimator pickles (its DGN is rebuilt on demand) and scores the same.
+    clone_ = pickle.loads(pickle.dumps(vae))
+    assert "_model_cache" not in clone_.__dict__ and "_model_cache" in vae.__dict__
+    np.testing.assert_array_equal(clone_.score_samples(data), vae.score_samples(data))
+    np.testing.assert_array_equal(clone_.encoder_(data)[1], q_var)
 
 
 def test_sklearn_conventions_and_input_errors(data):

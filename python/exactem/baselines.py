@@ -365,6 +365,8 @@ class VAE(DensityMixin, BaseEstimator):
             raise ValueError(f"learning_rate must be positive; got {self.learning_rate}")
         if self.max_time is not None and not (self.max_time > 0):
             raise ValueError(f"max_time must be None or a positive number of seconds; got {self.max_time}")
+        if not isinstance(self.early_stopping, (bool, np.bool_)):
+            raise ValueError(f"early_stopping must be True or False; got {self.early_stopping!r}")
         if not (0 < self.validation_fraction < 1):
             raise ValueError(f"validation_fraction must be strictly between 0 and 1; got {self.validation_fraction}")
         if not (self.tol >= 0):
