@@ -276,7 +276,8 @@ class VAE(DensityMixin, BaseEstimator):
         Overrides the initial noise variance of ``init`` (the decoder is unchanged).
     random_state : int, numpy Generator or None
         Seeds the initialisation, the validation split, the shuffling and the reparameterisation
-        noise: the same seed gives the same history and parameters.
+        noise: the same seed gives the same history (its objectives; times are wall-clock) and
+        parameters.
     verbose : bool
         One line per epoch on stderr.
     callback : callable or None

@@ -80,6 +80,13 @@ def digits(return_labels=False):
     -------
     X : ndarray of shape (1797, 64), float64 in [0, 1]
     y : ndarray of shape (1797,), int, only when ``return_labels``
+
+    Examples
+    --------
+    >>> import exactem
+    >>> X, y = exactem.datasets.digits(return_labels=True)
+    >>> X.shape, float(X.min()), float(X.max()), int(y[0])
+    ((1797, 64), 0.0, 1.0, 0)
     """
     try:
         from sklearn.datasets import load_digits
@@ -109,6 +116,13 @@ def train_test_split(X, test_fraction=0.25, seed=0, labels=None):
     -------
     X_train, X_test : ndarrays
     y_train, y_test : ndarrays, only when ``labels`` is given
+
+    Examples
+    --------
+    >>> import numpy as np, exactem
+    >>> X_train, X_test = exactem.datasets.train_test_split(np.zeros((10, 2)), test_fraction=0.25, seed=0)
+    >>> X_train.shape, X_test.shape
+    ((7, 2), (3, 2))
     """
     try:
         from sklearn.model_selection import train_test_split as split

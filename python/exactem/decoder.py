@@ -318,6 +318,17 @@ class Decoder:
             When no key carries the prefix, a key under the prefix is not ``"<even index>.weight"``
             or ``"<even index>.bias"``, a layer misses its weight or bias, the layer indices are
             not 0, 2, 4, ... without gaps, or the shapes do not chain.
+
+        Examples
+        --------
+        >>> import exactem
+        >>> dec = exactem.Decoder.random([1, 4, 2], seed=0)
+        >>> state = dec.to_state_dict(prefix="decoder")
+        >>> sorted(state)
+        ['decoder.0.bias', 'decoder.0.weight', 'decoder.2.bias', 'decoder.2.weight']
+        >>> back = exactem.Decoder.from_state_dict(state, prefix="decoder")
+        >>> bool((back.weights[1] == dec.weights[1]).all())
+        True
         """
         import re
 
