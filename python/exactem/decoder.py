@@ -279,6 +279,138 @@ class Decoder:
         with np.load(path, allow_pickle=False) as data:
             return cls._from_arrays(data)
 
+    # -- PyTorch state dicts ----------------------------------------------------------------------
+
+    @classmethod
+    def from_state_dict(cls, state, activation="leaky_relu", alpha=0.1, prefix=""):
+        """The decoder held in a PyTorch ``nn.Sequential`` state dict.
+
+        The layout is that of ``nn.Sequential(Linear, act, Linear, act, ..., Linear)``: the Linear
+        layers sit at the even indices 0, 2, 4, ... with keys ``"0.weight"``, ``"0.bias"``,
+        ``"2.weight"``, ...; the activations at the odd indices have no parameters, so they are not
+        in the dict and are given by ``activation`` and ``alpha`` instead. The last Linear layer is
+        the output layer and is affine (a trailing activation module would leave no trace in the
+        state dict and is not represented). Weights have shape (out, in), as in ``nn.Linear``;
+        every layer must have a bias.
+
+        Parameters
+        ----------
+        state : mapping
+            Key -> array. Any value ``numpy.asarray`` accepts: numpy arrays, nested lists, or
+            tensors converted with ``t.detach().cpu().numpy()``. Values are converted to float64
+            (exact for float32 and float64 inputs).
+        activation : str or list of str
+            As in :class:`Decoder`: one name for every hidden layer or one per hidden layer.
+        alpha : float
+            Negative slope of "leaky_relu" (``nn.LeakyReLU(negative_slope=alpha)``).
+        prefix : str
+            The submodule holding the decoder in a larger model's state dict, e.g. ``"decoder"``
+            for keys ``"decoder.0.weight"``, ... (a trailing dot is optional). Keys outside the
+            prefix are ignored.
+
+        Returns
+        -------
+        Decoder
+
+        Raises
+        ------
+        ValueError
+            When no key carries the prefix, a key under the prefix is not ``"<even index>.weight"``
+            or ``"<even index>.bias"``, a layer misses its weight or bias, the layer indices are
+            not 0, 2, 4, ... without gaps, or the shapes do not chain.
+
+        Examples
+        --------
+        >>> import exactem
+        >>> dec = exactem.Decoder.random([1, 4, 2], seed=0)
+        >>> state = dec.to_state_dict(prefix="decoder")
+        >>> sorted(state)
+        ['decoder.0.bias', 'decoder.0.weight', 'decoder.2.bias', 'decoder.2.weight']
+        >>> back = exactem.Decoder.from_state_dict(state, prefix="decoder")
+        >>> bool((back.weights[1] == dec.weights[1]).all())
+        True
+        """
+        import re
+
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise ValueError(f"state must be a mapping of key -> array (a state dict); got {type(state).__name__}")
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a string; got {prefix!r}")
+        if prefix and not prefix.endswith("."):
+            prefix += "."
+        keys = [k for k in state.keys() if isinstance(k, str) and k.startswith(prefix)]
+        if not keys:
+            seen = ", ".join(repr(k) for k in list(state.keys())[:6])
+            raise ValueError(f"no key of the state dict starts with prefix {prefix!r} (keys seen: {seen or 'none'}); "
+                             f"pass prefix= the submodule name of the decoder, e.g. prefix='decoder'")
+        layers = {}
+        pattern = re.compile(r"(\d+)\.(weight|bias)")
+        for key in keys:
+            match = pattern.fullmatch(key[len(prefix):])
+            if match is None:
+                nested = re.fullmatch(r"(.+)\.\d+\.(weight|bias)", key)
+                hint = f"; for a submodule's keys pass prefix={nested.group(1)!r}" if nested else ""
+                raise ValueError(f"unexpected key {key!r}: expected '{prefix}<index>.weight' or '{prefix}<index>.bias' "
+                                 f"of an nn.Sequential of Linear layers{hint}")
+            index, kind = int(match.group(1)), match.group(2)
+            if index % 2:
+                raise ValueError(f"key {key!r} puts a layer with parameters at the odd index {index}; the layout "
+                                 f"is nn.Sequential(Linear, activation, Linear, ...) with Linear layers at 0, 2, 4, ...")
+            layers.setdefault(index, {})[kind] = key
+        indices = sorted(layers)
+        expected = list(range(0, 2 * len(indices), 2))
+        if indices != expected:
+            raise ValueError(f"the Linear layers sit at indices {indices}; expected {expected} (no gaps)")
+        weights, biases = [], []
+        for index in indices:
+            for kind in ("weight", "bias"):
+                if kind not in layers[index]:
+                    raise ValueError(f"missing key '{prefix}{index}.{kind}' (every Linear layer needs a weight and a bias)")
+            w_key, b_key = layers[index]["weight"], layers[index]["bias"]
+            try:
+                w = np.asarray(state[w_key], dtype=np.float64)
+                b = np.asarray(state[b_key], dtype=np.float64)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ValueError(f"cannot read {w_key!r}/{b_key!r} as float64 arrays ({err}); convert tensors with "
+                                 f"t.detach().cpu().numpy()") from None
+            if w.ndim != 2:
+                raise ValueError(f"{w_key!r} must be 2-D (out, in); got shape {w.shape}")
+            if b.shape != (w.shape[0],):
+                raise ValueError(f"{b_key!r} must have shape ({w.shape[0]},) to match {w_key!r} of shape {w.shape}; "
+                                 f"got {b.shape}")
+            if weights and w.shape[1] != weights[-1].shape[0]:
+                prev = f"{prefix}{index - 2}.weight"
+                raise ValueError(f"{w_key!r} has shape {w.shape}: its input width {w.shape[1]} must equal the "
+                                 f"output width {weights[-1].shape[0]} of {prev!r}")
+            weights.append(w)
+            biases.append(b)
+        return cls(weights, biases, activation=activation, alpha=alpha)
+
+    def to_state_dict(self, prefix=""):
+        """The parameters in the key layout of a PyTorch ``nn.Sequential`` (see
+        :meth:`from_state_dict`): ``{"0.weight": (out, in), "0.bias": (out,), "2.weight": ...}``.
+
+        Parameters
+        ----------
+        prefix : str
+            Prepended to every key (``"decoder"`` gives ``"decoder.0.weight"``, ...).
+
+        Returns
+        -------
+        dict of str -> float64 numpy array (copies). ``torch.nn.Sequential.load_state_dict``
+        takes it after ``{k: torch.from_numpy(v) for k, v in ...}`` (float64 tensors; call
+        ``.float()`` on the module or the tensors for float32).
+        """
+        if not isinstance(prefix, str):
+            raise ValueError(f"prefix must be a string; got {prefix!r}")
+        if prefix and not prefix.endswith("."):
+            prefix += "."
+        state = {}
+        for layer, (w, b) in enumerate(zip(self._weights, self._biases)):
+            state[f"{prefix}{2 * layer}.weight"] = w.copy()
+            state[f"{prefix}{2 * layer}.bias"] = b.copy()
+        return state
+
     def __repr__(self):
         acts = set(self._activations)
         act = next(iter(acts)) if len(acts) == 1 else self._activations

@@ -241,9 +241,11 @@ class ExactEM(DensityMixin, BaseEstimator):
             return self.random_state.integers(2**63)
         return int(self.random_state)
 
-    def _initial_model(self, X):
-        """Random hidden layers; the output layer and noise fitted by least squares to PCA scores."""
-        rng = _generator(self.random_state)
+    def _initial_model(self, X, rng=None):
+        """Random hidden layers; the output layer and noise fitted by least squares to PCA scores.
+        ``rng`` (default: a generator from random_state) lets the VAE baselines start from the
+        same model and go on drawing from the same stream."""
+        rng = _generator(self.random_state) if rng is None else rng
         S, D = self.latent_dim, X.shape[1]
         widths = [S, *self.hidden, D]
         dec = Decoder.random(widths, activation=self.activation, alpha=self.alpha, seed=rng.integers(2**63))
