@@ -13,6 +13,7 @@
 pub mod integrator;
 pub mod interval;
 pub mod posterior;
+pub mod sampling;
 
 pub use crate::gauss::normal::log_sum_exp;
 pub use integrator::GaussIntegrator;
