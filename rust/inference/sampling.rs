@@ -404,6 +404,12 @@ impl LogConcave {
         (self.envelope.log_lower - self.envelope.log_area).exp().min(1.0)
     }
 
+    /// The envelope's log value at `t` (`-inf` outside the domain).
+    #[cfg(test)]
+    fn envelope_at(&self, t: f64) -> f64 {
+        self.envelope.pieces.iter().find(|p| p.lo <= t && t <= p.hi).map_or(f64::NEG_INFINITY, |p| p.at(t))
+    }
+
     /// A proposal `t` and the envelope's log value there: accept it with probability
     /// `exp(h(t) - envelope)`.
     pub(crate) fn propose(&self, rng: &mut Pcg64) -> (f64, f64) {
@@ -604,7 +610,8 @@ impl Space {
                 rows.push(SliceRow { g: [r[1] / n, r[2] / n], c: ei / n, s: r[0] / n });
             }
         }
-        // The range of w_1 over the polyhedron (either side may be unbounded).
+        // The range of w_1 over the polyhedron (either side may be unbounded): the largest
+        // `sign w_1` is `value`, so the end is `sign value`.
         let bound = |sign: f64| {
             let objective = [sign, 0.0, 0.0];
             match (Lp { n: 3, a: f, b: e, c: &objective }).solve(inside) {
@@ -613,7 +620,7 @@ impl Space {
                 _ => sign * f64::INFINITY,
             }
         };
-        let (lo, hi) = (-bound(-1.0), bound(1.0));
+        let (lo, hi) = (bound(-1.0), bound(1.0));
         let slices = Slices { rows };
         let start = inside[0].clamp(lo, hi);
         let marginal = LogConcave::new(&|t| slices.log_marginal(t), lo, hi, start)?;
