@@ -190,10 +190,12 @@ impl PointPosterior {
     }
 }
 
-/// The tilted proposal is used where its acceptance probability is at least this; below, the
-/// exact sequential sampler (`sampling.rs`), whose acceptance is at least
-/// `sampling::TARGET_ACCEPTANCE` but whose proposals cost more and which is prepared per region.
-const TILTED_MIN_ACCEPTANCE: f64 = 0.1;
+/// The tilted proposal is used where its acceptance probability is at least this (indexed by
+/// S); below, the exact sequential sampler (`sampling.rs`), whose acceptance is at least
+/// `sampling::TARGET_ACCEPTANCE` but whose draws cost more: at S = 2 a few tilted proposals'
+/// worth plus its preparation per region (~20 us), at S = 3 a polygon sampler per draw
+/// (~100 us, a thousand tilted proposals). Measured by `benches/bench_sampling.py`.
+const TILTED_MIN_ACCEPTANCE: [f64; 4] = [0.0, 0.0, 0.1, 1e-3];
 
 /// The proposals the tilted sampler makes at acceptance `a` before handing the region to the
 /// exact sampler: `(1 - a)^(60 / a) < e^-60`, so only a wrong estimate of `a` gets there.
@@ -219,13 +221,14 @@ impl RegionSampler {
     fn draw(&self, rng: &mut Pcg64, q: usize, cancel: &Cancel) -> Result<Vec<f64>> {
         let s = self.centre.len();
         let exact_available = s <= 3;
-        if s == 1 || (exact_available && self.tilted_acceptance < TILTED_MIN_ACCEPTANCE) {
+        let threshold = TILTED_MIN_ACCEPTANCE.get(s).copied().unwrap_or(0.0);
+        if s == 1 || (exact_available && self.tilted_acceptance < threshold) {
             if let Some(w) = self.draw_exact(rng) {
                 return Ok(w);
             }
         }
         // S >= 4 has no exact sequential sampler: the tilted proposal however long it takes.
-        let patience = if exact_available { TILTED_PATIENCE / self.tilted_acceptance.max(TILTED_MIN_ACCEPTANCE) } else { (TILTED_PATIENCE / self.tilted_acceptance).min(1e9).max(1e6) };
+        let patience = if exact_available { TILTED_PATIENCE / self.tilted_acceptance.max(threshold) } else { (TILTED_PATIENCE / self.tilted_acceptance).min(1e9).max(1e6) };
         if let Some(w) = self.draw_tilted(rng, patience as usize, cancel)? {
             return Ok(w);
         }
@@ -269,5 +272,64 @@ impl RegionSampler {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inference::GaussIntegrator;
+    use crate::model::Decoder;
+    use nalgebra::DMatrix;
+    use std::sync::Arc;
+
+    /// On every region of real weight of S = 2 and S = 3 posteriors, the exact sequential
+    /// sampler and the tilted accept-reject (two different exact methods) agree: the means of
+    /// their draws within 5 standard errors of their difference.
+    #[test]
+    fn exact_and_tilted_samplers_agree_on_real_regions() {
+        for (widths, seed) in [(vec![2, 12, 12, 3], 3), (vec![3, 8, 8, 3], 4)] {
+            let s = widths[0];
+            let dec = Arc::new(Decoder::random_uniform(&widths, -1.0, seed).unwrap());
+            let cancel = Cancel::new();
+            let part = Partition::enumerate(dec.clone(), 100_000, &cancel).unwrap();
+            let algebra = RegionAlgebra::new(&part, &vec![0.05; widths[widths.len() - 1]]).unwrap();
+            let integrator = GaussIntegrator::new(&part, &algebra, 1e-8, 0, &cancel).unwrap();
+            let z = DMatrix::from_element(s, 1, 0.3);
+            let x = dec.forward_batch(z.as_view()).column(0).into_owned();
+            let post = PointPosterior::new(&algebra, &integrator, x.as_slice());
+            let mut checked = 0;
+            for q in (0..post.weights.len()).filter(|&q| post.weights[q] > 0.02) {
+                let sampler = post.region_sampler(&part, &algebra, q);
+                let exact = sampler.exact().expect("an exact sampler for every region of S <= 3");
+                assert!(exact.acceptance_bound() >= crate::inference::sampling::TARGET_ACCEPTANCE);
+                let mut rng = Pcg64::seed_from_u64(q as u64);
+                let n = 4000;
+                let a: Vec<Vec<f64>> = (0..n).map(|_| exact.draw(&mut rng).unwrap()).collect();
+                let b: Vec<Vec<f64>> = (0..n).map(|_| sampler.draw_tilted(&mut rng, 1 << 30, &cancel).unwrap().unwrap()).collect();
+                for j in 0..s {
+                    let mean = |v: &[Vec<f64>]| v.iter().map(|w| w[j]).sum::<f64>() / n as f64;
+                    let var = |v: &[Vec<f64>], m: f64| v.iter().map(|w| (w[j] - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+                    let (ma, mb) = (mean(&a), mean(&b));
+                    let se = ((var(&a, ma) + var(&b, mb)) / n as f64).sqrt();
+                    assert!((ma - mb).abs() < 5.0 * se, "S = {s}, region {q}, coordinate {j}: exact {ma} vs tilted {mb} (se {se})");
+                }
+                checked += 1;
+            }
+            assert!(checked >= 2, "S = {s}: only {checked} regions checked");
+        }
+    }
+
+    #[test]
+    fn sampling_stops_when_cancelled() {
+        let dec = Arc::new(Decoder::random_uniform(&[2, 6, 2], -1.0, 1).unwrap());
+        let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
+        let algebra = RegionAlgebra::new(&part, &[0.1, 0.1]).unwrap();
+        let integrator = GaussIntegrator::new(&part, &algebra, 1e-8, 0, &Cancel::new()).unwrap();
+        let post = PointPosterior::new(&algebra, &integrator, &[0.2, -0.1]);
+        let cancel = Cancel::new();
+        cancel.cancel();
+        assert_eq!(post.sample(&part, &algebra, 10, 0, &cancel), Err(Error::Interrupted));
+        assert_eq!(post.sample(&part, &algebra, 10, 0, &Cancel::new()).unwrap().len(), 20);
     }
 }
