@@ -220,27 +220,28 @@ impl RegionSampler {
 
     fn draw(&self, rng: &mut Pcg64, q: usize, cancel: &Cancel) -> Result<Vec<f64>> {
         let s = self.centre.len();
-        let exact_available = s <= 3;
         let threshold = TILTED_MIN_ACCEPTANCE.get(s).copied().unwrap_or(0.0);
-        if s == 1 || (exact_available && self.tilted_acceptance < threshold) {
+        if s == 1 || (s <= 3 && self.tilted_acceptance < threshold) {
             if let Some(w) = self.draw_exact(rng) {
                 return Ok(w);
             }
         }
-        // S >= 4 has no exact sequential sampler: the tilted proposal however long it takes.
-        let patience = if exact_available { TILTED_PATIENCE / self.tilted_acceptance.max(threshold) } else { (TILTED_PATIENCE / self.tilted_acceptance).min(1e9).max(1e6) };
-        if let Some(w) = self.draw_tilted(rng, patience as usize, cancel)? {
+        let patience = TILTED_PATIENCE / self.tilted_acceptance.max(threshold).max(1e-300);
+        if let Some(w) = self.draw_tilted(rng, patience.min(1e9) as usize, cancel)? {
             return Ok(w);
         }
-        if exact_available {
-            if let Some(w) = self.draw_exact(rng) {
-                return Ok(w);
-            }
+        // Only a wrong estimate of the acceptance gets here: the exact sampler if there is one
+        // (S <= 3), else the tilted proposal for as long as it takes, up to a billion proposals.
+        if let Some(w) = self.draw_exact(rng) {
+            return Ok(w);
+        }
+        if let Some(w) = self.draw_tilted(rng, 1_000_000_000, cancel)? {
+            return Ok(w);
         }
         Err(Error::Numerical(format!(
-            "could not sample region {q}: {} proposals were rejected (its estimated acceptance is {:.3e}); \
-             exact sampling of thin regions is implemented for S <= 3 only",
-            patience as usize, self.tilted_acceptance
+            "could not sample region {q}: a billion proposals were rejected (its estimated acceptance is {:.3e}); \
+             the exact sampler for thin regions covers S <= 3 only",
+            self.tilted_acceptance
         )))
     }
 
