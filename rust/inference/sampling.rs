@@ -118,6 +118,9 @@ fn log_exponential_area(top: f64, rate: f64, width: f64) -> f64 {
 #[derive(Clone, Debug)]
 struct Envelope {
     pieces: Vec<Piece>,
+    /// The stretch of each piece: 0 before the first point, `i + 1` between points `i` and
+    /// `i + 1`, `k` after the last of the `k` points.
+    stretch: Vec<usize>,
     /// Cumulative shares of the envelope's mass, the last one 1.
     cumulative: Vec<f64>,
     log_area: f64,
@@ -142,9 +145,11 @@ impl Envelope {
             })
             .collect();
         let mut pieces = Vec::with_capacity(2 * k + 2);
+        let mut stretch = Vec::with_capacity(2 * k + 2);
         if lo < points[0].0 {
             pieces.push(Piece::new(lo, points[0].0, secants[0])?);
         }
+        stretch.resize(pieces.len(), 0);
         for i in 0..k - 1 {
             let (a, b) = (points[i].0, points[i + 1].0);
             // On [x_i, x_{i+1}] both neighbouring secants, extended, lie above h.
@@ -172,10 +177,12 @@ impl Envelope {
                 (Some(line), None) | (None, Some(line)) => pieces.push(Piece::new(a, b, line)?),
                 (None, None) => return None,
             }
+            stretch.resize(pieces.len(), i + 1);
         }
         if points[k - 1].0 < hi {
             pieces.push(Piece::new(points[k - 1].0, hi, secants[k - 2])?);
         }
+        stretch.resize(pieces.len(), k);
         let log_areas: Vec<f64> = pieces.iter().map(Piece::log_area).collect();
         let log_area = log_sum_exp(log_areas.iter().copied());
         if !log_area.is_finite() {
@@ -194,7 +201,7 @@ impl Envelope {
             log_exponential_area(top, (top - other) / width, width)
         });
         let log_lower = log_sum_exp(chords);
-        Some(Envelope { pieces, cumulative, log_area, log_lower })
+        Some(Envelope { pieces, stretch, cumulative, log_area, log_lower })
     }
 
     /// A proposal and the envelope's log value there.
@@ -206,24 +213,19 @@ impl Envelope {
         (t, piece.at(t))
     }
 
-    /// The excess of the envelope over the chords between `a` and `b` (linear scale, relative
-    /// to the envelope's mass), for choosing where to refine.
-    fn excess(&self, points: &[(f64, f64)], a: f64, b: f64) -> f64 {
-        let mut upper = 0.0;
-        for p in &self.pieces {
-            if p.lo >= a && p.hi <= b {
-                upper += (p.log_area() - self.log_area).exp();
-            }
+    /// The excess of the envelope over the chords on each stretch (see `stretch`), relative to
+    /// the envelope's mass, for choosing where to refine.
+    fn excess(&self, points: &[(f64, f64)]) -> Vec<f64> {
+        let mut excess = vec![0.0; points.len() + 1];
+        for (p, &i) in self.pieces.iter().zip(&self.stretch) {
+            excess[i] += (p.log_area() - self.log_area).exp();
         }
-        let mut lower = 0.0;
-        for w in points.windows(2) {
-            if w[0].0 >= a && w[1].0 <= b {
-                let (top, other) = if w[0].1 >= w[1].1 { (w[0].1, w[1].1) } else { (w[1].1, w[0].1) };
-                let width = w[1].0 - w[0].0;
-                lower += (log_exponential_area(top, (top - other) / width, width) - self.log_area).exp();
-            }
+        for (i, w) in points.windows(2).enumerate() {
+            let (top, other) = if w[0].1 >= w[1].1 { (w[0].1, w[1].1) } else { (w[1].1, w[0].1) };
+            let width = w[1].0 - w[0].0;
+            excess[i + 1] -= (log_exponential_area(top, (top - other) / width, width) - self.log_area).exp();
         }
-        upper - lower
+        excess
     }
 }
 
@@ -308,7 +310,8 @@ impl LogConcave {
                     break;
                 }
                 let mut outer = end;
-                for _ in 0..40 {
+                // Where the points fall does not matter to exactness, only to the envelope's fit.
+                for _ in 0..16 {
                     let mid = 0.5 * (inner.0 + outer);
                     if mid == inner.0 || mid == outer {
                         break;
@@ -357,29 +360,15 @@ impl LogConcave {
         while envelope.log_lower - envelope.log_area < TARGET_ACCEPTANCE.ln() && points.len() < MAX_ABSCISSAE {
             let k = points.len();
             let (first, last) = (points[0].0, points[k - 1].0);
-            let mut worst = (envelope.excess(&points, lo, first), usize::MAX);
-            for i in 0..k - 1 {
-                let excess = envelope.excess(&points, points[i].0, points[i + 1].0);
-                if excess > worst.0 {
-                    worst = (excess, i);
-                }
-            }
-            let right = envelope.excess(&points, last, hi);
-            if right > worst.0 {
-                worst = (right, k);
-            }
-            let x = match worst.1 {
-                i if i == usize::MAX || i == k => {
-                    let (edge, end, piece) = if worst.1 == k {
-                        (last, hi, envelope.pieces.last().unwrap())
-                    } else {
-                        (first, lo, &envelope.pieces[0])
-                    };
-                    let step = if piece.rate > 0.0 { 1.0 / piece.rate } else { f64::INFINITY };
-                    let half = 0.5 * (end - edge).abs();
-                    edge + (end - edge).signum() * step.min(half)
-                }
-                i => 0.5 * (points[i].0 + points[i + 1].0),
+            let excess = envelope.excess(&points);
+            let worst = (0..=k).max_by(|&i, &j| excess[i].total_cmp(&excess[j])).unwrap();
+            let x = if worst == 0 || worst == k {
+                let (edge, end, piece) = if worst == k { (last, hi, envelope.pieces.last().unwrap()) } else { (first, lo, &envelope.pieces[0]) };
+                let step = if piece.rate > 0.0 { 1.0 / piece.rate } else { f64::INFINITY };
+                let half = 0.5 * (end - edge).abs();
+                edge + (end - edge).signum() * step.min(half)
+            } else {
+                0.5 * (points[worst - 1].0 + points[worst].0)
             };
             if !x.is_finite() || points.iter().any(|p| p.0 == x) {
                 break;
