@@ -63,7 +63,7 @@ class Posterior:
 
         A region is drawn by its posterior weight, then the truncated Gaussian on it: by
         accept-reject from a Gaussian at the region's point nearest the mean where that is
-        known to accept often, else (S <= 3) sequentially, each coordinate from its exact
+        known to accept often, else (S <= 4) sequentially, each coordinate from its exact
         log-concave marginal by rejection from an envelope whose acceptance is proven at least
         0.9 (S = 1: by inversion). Thin, unbounded and far regions are sampled exactly like any
         other. Ctrl-C interrupts the call.
