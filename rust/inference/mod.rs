@@ -14,6 +14,7 @@ pub mod integrator;
 pub mod interval;
 pub mod posterior;
 pub mod elbo;
+pub mod sampling;
 
 pub use crate::gauss::normal::log_sum_exp;
 pub use integrator::GaussIntegrator;

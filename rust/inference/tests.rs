@@ -163,11 +163,11 @@ fn one_dimensional_posterior_density_map_and_samples() {
     let map = post.map(&part, &algebra);
     assert!((map[0] - argmax).abs() < 2.0 * h, "MAP {} vs grid argmax {argmax}", map[0]);
     // Sample mean within 4 standard errors of the exact mean.
-    let samples = post.sample(&part, &algebra, 20_000, 1).unwrap();
+    let samples = post.sample(&part, &algebra, 20_000, 1, &Cancel::new()).unwrap();
     let sd = post.cov[0].sqrt();
     let sample_mean = samples.iter().sum::<f64>() / samples.len() as f64;
     assert!((sample_mean - post.mean[0]).abs() < 4.0 * sd / (samples.len() as f64).sqrt());
-    assert_eq!(post.sample(&part, &algebra, 5, 7).unwrap(), post.sample(&part, &algebra, 5, 7).unwrap());
+    assert_eq!(post.sample(&part, &algebra, 5, 7, &Cancel::new()).unwrap(), post.sample(&part, &algebra, 5, 7, &Cancel::new()).unwrap());
 }
 
 #[test]

@@ -219,7 +219,10 @@ impl PyPosterior {
 
     fn sample<'py>(&self, py: Python<'py>, n: usize, seed: u64) -> PyResult<Bound<'py, PyArray2<f64>>> {
         let s = self.posterior.mean.len();
-        let out = run_released_here(py, |_| self.posterior.sample(&self.partition, &self.algebra, n, seed))?;
+        // On a worker thread, so that the caller polls for Ctrl-C while it runs (sampling has
+        // no parallel map to poll from).
+        let (partition, algebra, posterior) = (&self.partition, &self.algebra, &self.posterior);
+        let out = run_released(py, move |cancel| posterior.sample(partition, algebra, n, seed, cancel))?;
         PyArray1::from_vec(py, out).reshape([n, s])
     }
 }
