@@ -158,9 +158,13 @@ impl PointPosterior {
         let s = algebra.latent_dim();
         let mut rng = Pcg64::seed_from_u64(seed);
         let total: f64 = self.weights.iter().sum();
-        let mut out = Vec::with_capacity(n * s);
+        let mut out = crate::memory::try_with_capacity(n.saturating_mul(s), &format!("{n} samples of dimension {s}"))?;
+        let cancel = crate::cancel::Cancel::current();
         let mut prepared: std::collections::HashMap<usize, (Vec<f64>, Vec<f64>, Vec<f64>)> = Default::default();
-        for _ in 0..n {
+        for i in 0..n {
+            if i % 1024 == 0 {
+                cancel.check()?;
+            }
             let mut u = rng.random::<f64>() * total;
             let mut q = self.weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
             for (i, w) in self.weights.iter().enumerate() {
