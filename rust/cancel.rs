@@ -50,7 +50,10 @@ impl Cancel {
         self.0.cancelled.store(true, Ordering::Release);
     }
 
+    /// Whether cancelled. On the thread that waits for Ctrl-C (see
+    /// [`crate::parallel::poll_if_due`]) it also checks for it, every 20 ms at most.
     pub fn is_cancelled(&self) -> bool {
+        crate::parallel::poll_if_due();
         self.0.cancelled.load(Ordering::Relaxed)
     }
 

@@ -32,6 +32,28 @@ struct Caller {
 
 thread_local! {
     static CALLER: Cell<Option<Caller>> = const { Cell::new(None) };
+    /// When this thread last ran its caller's `poll` from [`poll_if_due`].
+    static LAST_POLL: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// On a thread set up by [`as_caller`], runs its `poll` if [`POLL_PERIOD`] has passed since
+/// this last did; elsewhere nothing. Long loops reach it through `Cancel::is_cancelled`: the
+/// caller works on jobs itself, and a job (an S = 3 batch: minutes) would otherwise keep it
+/// from hearing Ctrl-C, which only it can (Python checks signals on its main thread).
+pub fn poll_if_due() {
+    let Some(caller) = CALLER.with(Cell::get) else { return };
+    let now = Instant::now();
+    let due = LAST_POLL.with(|last| match last.get() {
+        Some(at) if now.duration_since(at) < POLL_PERIOD => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if due {
+        // SAFETY: `as_caller` keeps `poll` alive while this thread's `CALLER` holds it.
+        unsafe { (*caller.poll)() };
+    }
 }
 
 /// Runs `work` on this thread with `pool`'s workers as helpers of its [`map`]s, calling
