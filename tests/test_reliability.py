@@ -158,3 +158,29 @@ def test_memory_errors_under_an_address_space_cap():
         print(json.dumps(results))
     """, timeout=120)
     assert "needs" in out["sample"], out
+
+
+def test_an_enumeration_that_cannot_fit_is_refused_with_a_memory_error():
+    # 256 MB of address space beyond what the process maps: [2, 1000, 1000, 10] has millions
+    # of regions of ~25 kB each while enumerated; it is refused (MemoryError naming the regions,
+    # ~10,000 regions in: seconds) before the allocator would fail and abort the process.
+    out = run_child("""
+        import json, resource, time
+        import exactem
+        dec = exactem.Decoder.random([2, 1000, 1000, 10], seed=0)
+        exactem.Decoder.random([2, 4, 2], seed=0).regions()  # starts the worker threads before the cap
+        with open("/proc/self/status") as status:
+            mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + (1 << 28), resource.RLIM_INFINITY))
+        start = time.perf_counter()
+        try:
+            dec.regions(max_regions=10**9)
+            outcome = "returned"
+        except exactem.RegionLimitError:
+            outcome = "region limit"
+        except MemoryError as err:
+            outcome = str(err)
+        print(json.dumps({"outcome": outcome, "seconds": time.perf_counter() - start}))
+    """, timeout=300)
+    assert "regions enumerated so far" in out["outcome"], out
+    print(out)

@@ -167,14 +167,17 @@ struct Enumeration<'a> {
 }
 
 /// Regions between two checks of the memory they will need.
-const MEMORY_CHECK_EVERY: usize = 1 << 14;
+const MEMORY_CHECK_EVERY: usize = 1 << 12;
 
-/// A region's share of the partition: its pattern, interior point and cell, its affine output
-/// map (`A_q`, `b_q`), and its facets once asked for (counted at a dozen of S + 1 numbers,
-/// where a region of a wide network has a few dozen: an estimate, not a bound).
+/// A region's share of the partition's peak memory: its pattern, interior point and cell, the
+/// last hidden layer's map it holds until the output maps are formed (`width x (S + 1)`: 24 kB
+/// a region at width 1000), its affine output map (`A_q`, `b_q`), and its facets once asked
+/// for (counted at a dozen of S + 1 numbers, where a region of a wide network has a few dozen:
+/// an estimate, not a bound).
 fn region_bytes(decoder: &Decoder) -> usize {
     let (s, d, h) = (decoder.latent_dim(), decoder.output_dim(), decoder.n_hidden());
-    8 * (words_for(h) + s + d * (s + 1) + 12 * (s + 1) + 2 * (s + 1) * 4) + 128
+    let last_width = decoder.weights().last().map_or(0, |w| w.ncols());
+    8 * (words_for(h) + s + last_width * (s + 1) + d * (s + 1) + 12 * (s + 1) + 2 * (s + 1) * 4) + 128
 }
 
 impl<'a> Enumeration<'a> {
@@ -290,7 +293,11 @@ impl<'a> Enumeration<'a> {
         if found % MEMORY_CHECK_EVERY == 0 {
             // What is held already is in use, so the rest must fit in what is left: about as
             // much again for the maps, facets and the copies made when the leaves are joined.
-            crate::memory::check(found as u128 * self.region_bytes as u128, &format!("the {found} regions enumerated so far (and counting)"))?;
+            if let Err(err) = crate::memory::check(found as u128 * self.region_bytes as u128, &format!("the {found} regions enumerated so far (and counting)")) {
+                // Every branch stops at its next check of the token, with this error.
+                self.cancel.fail(err.clone());
+                return Err(err);
+            }
         }
         Ok(())
     }
