@@ -141,23 +141,30 @@ def test_a_sample_too_large_for_memory_is_a_memory_error():
 
 
 def test_memory_errors_under_an_address_space_cap():
-    # 4 GB of address space: each call would need more, and must say so rather than abort.
+    # Each call would need more address space than the cap leaves (32 GB of samples; 3,000,000
+    # outputs of 10 numbers, 240 MB, against 128 MB left), and must say so rather than abort.
     out = run_child("""
         import json, resource
         import numpy as np
         import exactem
         dgn = exactem.DGN(exactem.Decoder.random([2, 8, 2], seed=0), 0.1)
         post = dgn.posterior(np.zeros(2))
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        dec = exactem.Decoder.random([1, 256, 256, 10], seed=0)
+        Z = np.zeros((3_000_000, 1))
+        with open("/proc/self/status") as status:
+            mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + (128 << 20), resource.RLIM_INFINITY))
         results = {}
-        try:
-            post.sample(2_000_000_000)
-            results["sample"] = "returned"
-        except MemoryError as err:
-            results["sample"] = str(err)
+        for name, call in [("sample", lambda: post.sample(2_000_000_000)), ("forward", lambda: dec(Z))]:
+            try:
+                call()
+                results[name] = "returned"
+            except MemoryError as err:
+                results[name] = str(err)
         print(json.dumps(results))
     """, timeout=120)
-    assert "needs" in out["sample"], out
+    assert "2000000000 samples" in out["sample"], out
+    assert "the outputs of 3000000 points" in out["forward"], out
 
 
 def test_an_enumeration_that_cannot_fit_is_refused_with_a_memory_error():
