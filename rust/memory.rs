@@ -101,8 +101,7 @@ pub fn try_reserve<T>(vec: &mut Vec<T>, additional: usize, what: &str) -> Result
     // A vector grows by doubling: that is what the allocator is asked for.
     let wanted = (vec.len().saturating_add(additional)).max(2 * vec.capacity());
     let bytes = bytes_of::<T>(wanted as u128, what)?;
-    let grown = vec.try_reserve(additional).map_err(|_| Error::Memory { bytes, what: what.to_string() });
-    grown
+    vec.try_reserve(additional).map_err(|_| Error::Memory { bytes, what: what.to_string() })
 }
 
 #[cfg(test)]

@@ -351,7 +351,7 @@ pub fn integrate(
             // Rounds add multiples of LANES points (FIRST_ROUND, then doublings).
             for batch in (done..target).step_by(LANES) {
                 // Rounds grow to 2^19 points: Ctrl-C is heard every 64 batches (4096 paths, ~1 ms).
-                if batch % (64 * LANES) == 0 {
+                if batch.is_multiple_of(64 * LANES) {
                     cancel.check()?;
                 }
                 nets[shift].gray_points_into(batch as u32, &mut u);

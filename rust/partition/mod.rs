@@ -290,7 +290,7 @@ impl<'a> Enumeration<'a> {
         if found > self.max_regions {
             return Err(Error::RegionLimit { limit: self.max_regions });
         }
-        if found % MEMORY_CHECK_EVERY == 0 {
+        if found.is_multiple_of(MEMORY_CHECK_EVERY) {
             // What is held already is in use, so the rest must fit in what is left: about as
             // much again for the maps, facets and the copies made when the leaves are joined.
             if let Err(err) = crate::memory::check(found as u128 * self.region_bytes as u128, &format!("the {found} regions enumerated so far (and counting)")) {
