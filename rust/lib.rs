@@ -2,7 +2,7 @@
 //! is continuous piecewise affine (ReLU, leaky-ReLU, absolute-value MLPs).
 //!
 //! The engine is pure Rust; the Python bindings live in `python/` behind the `python` feature.
-//! See `DESIGN.md` in the shared folder for the mathematics.
+//! See `docs/design.md` for the mathematics.
 
 pub mod cancel;
 pub mod error;

@@ -1,4 +1,4 @@
-//! The decoder: an MLP with two-slope piecewise-affine activations (DESIGN.md §1).
+//! The decoder: an MLP with two-slope piecewise-affine activations (docs/design.md §1).
 //!
 //! Batches of points are stored one point per column (`S x n`), which is exactly the memory
 //! layout of a C-contiguous numpy array of shape `(n, S)`: the bindings pass it without copying.

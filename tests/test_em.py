@@ -184,6 +184,8 @@ def test_conjugate_gradient_layer_solve_agrees_with_the_dense_one(monkeypatch):
 
     X = exactem.datasets.wave(300, 0.1, seed=0)
     dec, stats, factors, psi = frozen_problem(X, (12, 12), max_iter=2)
+    # Run to convergence: the solve itself is what is compared (EM truncates it, see below).
+    monkeypatch.setattr(em, "CG_MAX_ITER", 5000)
     for layer in range(3):
         monkeypatch.setattr(em, "CG_THRESHOLD", 10**9)
         dense = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, 0.1, 0.01)
@@ -231,7 +233,7 @@ def test_normal_equations_solve_by_cholesky_else_least_squares():
     assert abs(x[2]) < 1e-12
 
 
-def test_small_layer_systems_use_one_blas_thread():
+def test_the_m_step_uses_one_blas_thread(monkeypatch):
     from threadpoolctl import ThreadpoolController
 
     from exactem import em
@@ -239,9 +241,84 @@ def test_small_layer_systems_use_one_blas_thread():
     def blas_threads():
         return [lib["num_threads"] for lib in ThreadpoolController().select(user_api="blas").info()]
 
+    seen = []
+    solve = em._update_layer
+
+    def recording(*args):
+        seen.append(blas_threads())
+        return solve(*args)
+
+    monkeypatch.setattr(em, "_update_layer", recording)
+    X = exactem.datasets.wave(200, 0.1, seed=0)
+    dec, stats, factors, psi = frozen_problem(X, (4, 4), max_iter=0)
     before = blas_threads()
-    with em._blas_threads_for(em.BLAS_THREADS_FROM - 1):
-        assert all(n == 1 for n in blas_threads())
+    em.m_step(dec, exactem.DGN(dec, psi[0]).regions.patterns, psi, stats)
+    assert len(seen) == 3 and all(n == 1 for threads in seen for n in threads)
     assert blas_threads() == before
-    with em._blas_threads_for(em.BLAS_THREADS_FROM):
-        assert blas_threads() == before
+
+
+def test_truncated_conjugate_gradients_still_increase_the_frozen_objective(monkeypatch):
+    # A generalised EM step: a few CG iterations from the current parameters never lower the
+    # frozen-mask objective (CG from zero decreases the quadratic at every step), damped or not.
+    from exactem import em
+
+    X = exactem.datasets.wave(300, 0.1, seed=1)
+    dec, stats, factors, psi = frozen_problem(X, (12, 12), max_iter=2)
+    monkeypatch.setattr(em, "CG_THRESHOLD", 0)
+    start = frozen_objective(dec.weights, dec.biases, factors, psi, stats)
+    for iterations in [1, 3, 10]:
+        monkeypatch.setattr(em, "CG_MAX_ITER", iterations)
+        for layer in range(2):
+            for damping in [0.0, 0.1]:
+                W, b = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, 0.0, damping)
+                ws, bs = dec.weights, dec.biases
+                ws[layer], bs[layer] = W, b
+                assert frozen_objective(ws, bs, factors, psi, stats) >= start - 1e-10 * abs(start)
+
+
+@pytest.mark.parametrize("noise", [np.array([0.05, 0.2]), np.array([0.1, 0.1])])
+def test_output_layer_rows_solve_the_full_system(noise):
+    # The output layer's system is (sum_q T_q) (x) Psi^-1: solved row by row, it must equal the
+    # full Kronecker system solved densely, with damping and weight decay, diagonal noise too.
+    from exactem import em
+
+    X = exactem.datasets.wave(300, 0.1, seed=2)
+    dec, stats, factors, _ = frozen_problem(X, (6, 6), max_iter=2)
+    layer = 2
+    maps = em.frozen_maps(dec.weights, dec.biases, factors, layer)
+    T, Y, _, _, _, _ = em._layer_system(maps, True, noise, stats)
+    R, A1 = T.shape[0], T.shape[1]
+    D = len(noise)
+    decay, damping = 0.3, 0.05
+    penalty = np.zeros((D, A1))
+    penalty[:, :-1] = decay
+    system = sum(np.kron(np.diag(1 / noise), T[q]) for q in range(R))  # unknowns theta[i, a] -> i * A1 + a
+    diag = np.diag(system) + penalty.ravel()
+    system = system + np.diag(penalty.ravel() + damping * diag + em._ridge(diag.reshape(D, A1)))
+    theta_old = np.hstack([dec.weights[layer], dec.biases[layer][:, None]])
+    rhs = (Y.sum(axis=0) / noise[:, None]).ravel()
+    residual = rhs - (system - np.diag(damping * diag + em._ridge(diag.reshape(D, A1)))) @ theta_old.ravel()
+    expected = theta_old + np.linalg.solve(system, residual).reshape(D, A1)
+    W, b = update_layer(dec.weights, dec.biases, factors, noise, stats, layer, decay, damping)
+    np.testing.assert_allclose(np.hstack([W, b[:, None]]), expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
+
+
+def test_m_step_memory_does_not_grow_with_the_output_dimension_squared():
+    # D = 400 outputs: an (R, D, D) array (the output layer's F_q^T Psi^-1 F_q, identities) would be
+    # R x 1.3 MB; the M-step's own arrays are O(R D (width + S)).
+    import tracemalloc
+
+    from exactem.em import m_step
+
+    rng = np.random.default_rng(0)
+    dec = exactem.Decoder.random([1, 8, 400], seed=0)
+    model = exactem.DGN(dec, 0.5)
+    X, _ = model.sample(200, seed=1)
+    R = len(model.regions)
+    stats = RegionStats(model.e_step(X), X, R)
+    tracemalloc.start()
+    m_step(dec, model.regions.patterns, np.full(400, 0.5), stats)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert R >= 5
+    assert peak < 0.5 * R * 400 * 400 * 8, (peak, R)

@@ -20,13 +20,18 @@ Results differ between kernels only in rounding.
 from ._core import ExactemError, InternalError, NumericalError, RegionLimitError
 from . import datasets, gauss
 from .decoder import Decoder
+from .cost import CostEstimate, estimate_cost
 from .estimator import ExactEM
 from .model import DGN, EStepResult, Posterior
 from .partition import Partition
+from .compare import compare  # the function; its module stays importable as exactem.compare
 
 __all__ = [
     "Decoder",
     "ExactEM",
+    "estimate_cost",
+    "CostEstimate",
+    "compare",
     "datasets",
     "gauss",
     "Partition",

@@ -12,7 +12,9 @@ def as_points(Z, dim, name="Z"):
         raise ValueError(f"{name} must have shape (n, {dim}); got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinite values")
-    return np.ascontiguousarray(arr)
+    # Aligned too: an array unpickled from a byte stream (Dask moves data that way) can be
+    # C-contiguous but unaligned, which the engine cannot view in place.
+    return np.require(arr, requirements=["C", "A"])
 
 
 def as_count(value, name, minimum=1):

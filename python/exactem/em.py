@@ -1,25 +1,59 @@
-"""Exact EM for deep generative networks (DESIGN.md §6).
+"""Exact EM for deep generative networks (docs/design.md §6).
 
 The E-step is exact (:meth:`DGN.e_step`). With the E-step's activation masks frozen, the decoder
 is affine in each layer's parameters, so every layer has a closed-form update; the layers are
 updated in turn (block-coordinate ascent on the frozen-mask objective), then the noise. Because
-regions move once the parameters change, each proposal's exact log-likelihood is computed and
-the step is halved toward the previous parameters until it does not decrease.
+regions move once the parameters change, the estimator computes each proposal's exact
+log-likelihood and, if it dropped, solves the M-step again with a Marquardt damping term
+(``damping`` here), which pulls the proposal toward the previous parameters.
 """
 
-import contextlib
 import functools
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse
 
-from .decoder import Decoder
-from .model import DGN
-
 
 class RegionStats:
-    """Per-region sums of the E-step statistics: all the M-step needs, independent of N."""
+    """Per-region sums of the E-step statistics: all the M-step needs, independent of N.
+
+    Parameters
+    ----------
+    es : EStepResult
+        The exact E-step of the data (:meth:`DGN.e_step`).
+    X : ndarray of shape (N, D)
+        The data.
+    n_regions : int
+        Number of regions R of the model.
+
+    Attributes
+    ----------
+    s0 : ndarray of shape (R,)
+        ``sum_n P(q | x_n)``.
+    s1 : ndarray of shape (R, S)
+        ``sum_n E[z 1_q | x_n]``.
+    s2 : ndarray of shape (R, S, S)
+        ``sum_n E[z z^T 1_q | x_n]``.
+    sx0 : ndarray of shape (R, D)
+        ``sum_n x_n P(q | x_n)``.
+    sx1 : ndarray of shape (R, D, S)
+        ``sum_n x_n E[z 1_q | x_n]^T``.
+    sum_x2 : ndarray of shape (D,)
+        ``sum_n x_n^2`` per coordinate.
+    n_points, dim : int
+        N and D.
+
+    Examples
+    --------
+    >>> import exactem
+    >>> from exactem.em import RegionStats
+    >>> X = exactem.datasets.wave(100, seed=0)
+    >>> model = exactem.DGN(exactem.Decoder.random([1, 4, 2], seed=0), 0.1)
+    >>> stats = RegionStats(model.e_step(X), X, len(model.regions))
+    >>> round(float(stats.s0.sum()), 9)   # every point's region probabilities sum to one
+    100.0
+    """
 
     def __init__(self, es, X, n_regions):
         S = es.m1.shape[1]
@@ -39,6 +73,23 @@ class RegionStats:
         self.sx0 = np.asarray(by_region(es.m0.data) @ X)
         self.sx1 = np.stack([np.asarray(by_region(m1[:, j]) @ X) for j in range(S)], axis=2)
         self.sum_x2 = (X * X).sum(axis=0)  # sum over points of x^2, per coordinate
+
+    _SUMS = ("s0", "s1", "s2", "sx0", "sx1", "sum_x2")
+
+    @classmethod
+    def combine(cls, parts):
+        """The sums of several row blocks' statistics (same regions), added in the order given:
+        the same blocks in the same order give the same bits wherever they were computed."""
+        parts = list(parts)
+        total = cls.__new__(cls)
+        for name in cls._SUMS:
+            value = getattr(parts[0], name).copy()
+            for part in parts[1:]:
+                value += getattr(part, name)
+            setattr(total, name, value)
+        total.n_points = sum(part.n_points for part in parts)
+        total.dim = parts[0].dim
+        return total
 
     def moment_matrix(self):
         """(R, S+1, S+1): E[[z; 1][z; 1]^T 1_q] summed over points."""
@@ -69,24 +120,41 @@ def frozen_maps(weights, biases, factors, layer):
     """For every region, with the activation pattern frozen: the post-activation of the layer below
     `layer` as ``E z + f`` (E: (R, D_{l-1}, S), f: (R, D_{l-1})), and the output as ``F u + r`` in
     terms of `layer`'s pre-activation u (F: (R, D, D_l), r: (R, D))."""
-    R = factors[0].shape[0] if factors else 1
-    S = weights[0].shape[1]
-    E = np.broadcast_to(np.eye(S), (R, S, S))
-    f = np.zeros((R, S))
-    for k in range(layer):
-        pre_E = weights[k] @ E
-        pre_f = f @ weights[k].T + biases[k]
-        E = factors[k][:, :, None] * pre_E
-        f = factors[k] * pre_f
+    E, f = _layer_inputs(weights, biases, factors, upto=layer)[layer]
     D_l = weights[layer].shape[0]
-    F = np.broadcast_to(np.eye(D_l), (R, D_l, D_l))
-    r = np.zeros((R, D_l))
+    F = np.broadcast_to(np.eye(D_l), (E.shape[0], D_l, D_l))
+    r = np.zeros((E.shape[0], D_l))
     for k in range(layer + 1, len(weights)):
         # u_k = W_k s(u_{k-1}) + b_k with s frozen: compose from the layer upward.
         step = weights[k] * factors[k - 1][:, None, :]
         F = step @ F
         r = np.einsum("rij,rj->ri", step, r) + biases[k]
     return E, f, F, r
+
+
+def _layer_inputs(weights, biases, factors, upto=None):
+    """The input of every layer up to ``upto`` (default: all) as ``E z + f`` per region, composed
+    upward from ``E = I``, ``f = 0`` at the latent layer: a list of (E, f)."""
+    R = factors[0].shape[0] if factors else 1
+    S = weights[0].shape[1]
+    E = np.broadcast_to(np.eye(S), (R, S, S))
+    f = np.zeros((R, S))
+    inputs = [(E, f)]
+    for k in range(len(weights) - 1 if upto is None else upto):
+        E = factors[k][:, :, None] * (weights[k] @ E)
+        f = factors[k] * (f @ weights[k].T + biases[k])
+        inputs.append((E, f))
+    return inputs
+
+
+def _output_map_below(weights, biases, factors, k, F, r):
+    """The output as an affine map ``F u + r`` of layer k-1's pre-activation, from the same map of
+    layer k's pre-activation (u_k = W_k s(u_{k-1}) + b_k with s frozen): :func:`frozen_maps`'
+    composition, from the top down."""
+    step = weights[k] * factors[k - 1][:, None, :]
+    if F is None:  # the output layer's own map, the identity: no (R, D, D) product
+        return step, np.broadcast_to(biases[k], (step.shape[0], len(biases[k])))
+    return F @ step, np.einsum("rij,j->ri", F, biases[k]) + r
 
 
 def frozen_objective(weights, biases, factors, noise_var, stats):
@@ -99,7 +167,7 @@ def frozen_objective(weights, biases, factors, noise_var, stats):
 def _expected_residuals(weights, biases, factors, stats):
     """Per output coordinate: sum_{n,q} E[(x_n - A_q z - b_q)^2 1_q], with A_q, b_q the output
     map of region q with its activation pattern frozen."""
-    E, f, _, _ = frozen_maps(weights, biases, factors, len(weights) - 1)
+    E, f = _layer_inputs(weights, biases, factors)[-1]
     A = weights[-1] @ E
     b = f @ weights[-1].T + biases[-1]
     res = stats.sum_x2.copy()
@@ -111,10 +179,14 @@ def _expected_residuals(weights, biases, factors, stats):
     return res
 
 
-def _layer_system(weights, biases, factors, psi, stats, layer):
-    """The frozen-mask normal equations of one layer: per region T_q, Y_q, F_q (see DESIGN §6)."""
+def _layer_system(maps, output_layer, psi, stats):
+    """The frozen-mask normal equations of one layer, per region (docs/design.md, the M-step):
+    ``T_q = M_q K_q M_q^T``, ``Y_q`` and ``F_q``, with ``M_q`` (R, D_{l-1}+1, S+1) the map from
+    ``[z; 1]`` to the layer's input ``[a; 1]`` and ``K_q`` the region's moment matrix; ``maps``
+    is the layer's ``(E, f, F, r)`` as :func:`frozen_maps` gives them.
+    Returns (T, Y, F, FtP, M, K); ``FtP`` is ``F_q^T Psi^-1`` (None for the output layer)."""
     K = stats.moment_matrix()
-    E, f, F, r = frozen_maps(weights, biases, factors, layer)
+    E, f, F, r = maps
     R, D_prev, S = E.shape
     # M maps [z; 1] to [a; 1]; T = M K M^T, Y = (sum x [z;1]^T - r [s1; s0]^T) M^T.
     M = np.zeros((R, D_prev + 1, S + 1))
@@ -123,26 +195,31 @@ def _layer_system(weights, biases, factors, psi, stats, layer):
     M[:, D_prev, S] = 1.0
     T = M @ K @ np.swapaxes(M, 1, 2)
     Y = (stats.cross_matrix() - r[:, :, None] * K[:, S, :][:, None, :]) @ np.swapaxes(M, 1, 2)
-    FtP = np.swapaxes(F, 1, 2) / psi  # (R, D_l, D)
-    return T, Y, F, FtP
+    # The output layer's F_q is the identity in every region: no (R, D, D) array for it (737 MB
+    # of identities at D = 784 and 150 regions); its callers use Psi^-1 directly.
+    FtP = None if output_layer else np.swapaxes(F, 1, 2) / psi  # (R, D_l, D)
+    return T, Y, F, FtP, M, K
 
 
 def layer_gradient(weights, biases, factors, psi, stats, layer, weight_decay=0.0):
     """d Q / d [W_l, b_l] = sum_q F_q^T Psi^-1 (Y_q - F_q Theta T_q) - weight_decay [W_l, 0]."""
-    T, Y, F, FtP = _layer_system(weights, biases, factors, psi, stats, layer)
+    maps = frozen_maps(weights, biases, factors, layer)
+    T, Y, F, FtP, _, _ = _layer_system(maps, layer == len(weights) - 1, psi, stats)
     theta = np.hstack([weights[layer], biases[layer][:, None]])
-    grad = np.einsum("rid,rda->ia", FtP, Y - F @ theta[None] @ T)
+    if FtP is None:  # the output layer: F_q = I
+        grad = (Y.sum(axis=0) - theta @ T.sum(axis=0)) / psi[:, None]
+    else:
+        grad = np.einsum("rid,rda->ia", FtP, Y - F @ theta[None] @ T)
     grad[:, :-1] -= weight_decay * weights[layer]
     return grad
 
 
-# BLAS's own worker threads cost more than they give on the small systems of most layers: inside EM
-# on 2 cores the Cholesky factorisation of a 272-unknown system took 1.9 ms with two threads
-# against 0.12 ms with one (its threads wait for cores that exactem's workers hold), and they spin
-# after each call while the next E-step runs (EM iteration, [1, 16, 16, 2], N = 1000: 16 ms against
-# 6). From this many unknowns on, a factorisation lasts long enough for its threads to pay (4160
-# unknowns: 0.29 s with two, 0.52 s with one).
-BLAS_THREADS_FROM = 1500
+# BLAS's own worker threads cost more than they give on the M-step's products, which are batches of
+# small per-region matrices and (below CG_THRESHOLD unknowns) small dense systems: inside EM on 2
+# cores the Cholesky factorisation of a 272-unknown system took 1.9 ms with two threads against
+# 0.12 ms with one (its threads wait for cores that exactem's workers hold), and they spin after
+# each call while the next E-step runs (EM iteration, [1, 16, 16, 2], N = 1000: 16 ms against 6).
+# The M-step therefore runs with one BLAS thread throughout.
 
 
 @functools.cache
@@ -157,71 +234,128 @@ def one_blas_thread():
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-def _blas_threads_for(unknowns):
-    """A context in which BLAS uses one thread, unless the system has BLAS_THREADS_FROM unknowns or
-    more (then as configured)."""
-    if unknowns >= BLAS_THREADS_FROM:
-        return contextlib.nullcontext()
-    return one_blas_thread()
-
-
-def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, damping=0.0):
+def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, damping=0.0, maps=None):
     """The maximiser of the frozen-mask objective in layer `layer`'s weights and bias: the
     Kronecker-structured system ``sum_q C_q Theta T_q (+ decay) = sum_q F_q^T Psi^-1 Y_q``.
 
     ``damping`` > 0 maximises instead the objective minus a Marquardt proximal term
     ``damping / 2 * sum_i H_ii (theta_i - theta_old_i)^2`` (H the system's diagonal): the
     update then moves less, most of all in directions the frozen objective constrains weakly,
-    which are the directions in which the frozen masks stop being true."""
-    with _blas_threads_for(weights[layer].shape[0] * (weights[layer].shape[1] + 1)):
-        return _update_layer(weights, biases, factors, psi, stats, layer, weight_decay, damping)
+    which are the directions in which the frozen masks stop being true. ``maps`` are the layer's
+    :func:`frozen_maps`, if the caller has them."""
+    if maps is None:
+        maps = frozen_maps(weights, biases, factors, layer)
+    with one_blas_thread():
+        return _update_layer(weights, biases, maps, psi, stats, layer, weight_decay, damping)
 
 
-def _update_layer(weights, biases, factors, psi, stats, layer, weight_decay, damping):
-    T, Y, F, FtP = _layer_system(weights, biases, factors, psi, stats, layer)
+def _update_layer(weights, biases, maps, psi, stats, layer, weight_decay, damping):
+    T, Y, F, FtP, M, K = _layer_system(maps, layer == len(weights) - 1, psi, stats)
     R, A1 = T.shape[0], T.shape[1]
     D_prev = A1 - 1
-    rhs = np.einsum("rid,rda->ia", FtP, Y)  # (D_l, D_prev+1)
-    C = FtP @ F  # (R, D_l, D_l)
-    D_l = C.shape[1]
+    D_l = weights[layer].shape[0]
     penalty = np.zeros((D_l, A1))
     penalty[:, :D_prev] = weight_decay
     theta_old = np.hstack([weights[layer], biases[layer][:, None]])
-    # The system's diagonal: sum_q C_q[i, i] T_q[a, a] (+ decay).
-    diagonal = np.einsum("rii,raa->ia", C, T) + penalty
-    # A ridge at rounding level: directions the frozen objective does not constrain at all (a
-    # unit with no posterior mass on one side) keep their values instead of taking arbitrary
-    # ones; every other direction gets its exact maximiser. The unknown is the change delta.
-    ridge = 1e-12 * max(diagonal.mean(), 1e-300)
-    extra = damping * diagonal + ridge
-    if D_l * A1 <= CG_THRESHOLD:
-        def system_of(diagonal):
-            # sum_q T_q (x) C_q as one matrix product; unknowns ordered theta[i, a] -> i * A1 + a.
-            system = (T.reshape(R, A1 * A1).T @ C.reshape(R, D_l * D_l)).reshape(A1, A1, D_l, D_l)
-            system = system.transpose(2, 0, 3, 1).reshape(D_l * A1, D_l * A1)
-            system[np.diag_indices_from(system)] += diagonal.ravel()
-            return system
-
-        system = system_of(penalty)
-        residual = rhs.ravel() - system @ theta_old.ravel()
-        system[np.diag_indices_from(system)] += extra.ravel()
-        delta = _solve_spd(system, lambda: system_of(penalty + extra), residual).reshape(D_l, A1)
+    if FtP is None:
+        # The output layer: C_q = Psi^-1 in every region, so the system is (sum_q T_q) (x) Psi^-1
+        # and the rows of Theta decouple: one (D_prev+1)-square system per output unit, with the
+        # damping of the full system (its diagonal is psi_i^-1 sum_q T_q[a, a]) row by row.
+        T_sum, inverse_psi = T.sum(axis=0), 1.0 / psi
+        rhs = inverse_psi[:, None] * Y.sum(axis=0)
+        diagonal = inverse_psi[:, None] * np.diag(T_sum)[None, :] + penalty
+        extra = damping * diagonal + _ridge(diagonal)
+        residual = rhs - (inverse_psi[:, None] * (theta_old @ T_sum) + penalty * theta_old)
+        blocks = inverse_psi[:, None, None] * T_sum[None, :, :]
+        delta = _RowBlocks(blocks, penalty + extra).solve(residual)
     else:
-        delta = _solve_cg(C, T, penalty, extra, diagonal, rhs, theta_old)
+        rhs = (FtP @ Y).sum(axis=0)  # (D_l, D_prev+1)
+        C = FtP @ F  # (R, D_l, D_l)
+        # The system's diagonal: sum_q C_q[i, i] T_q[a, a] (+ decay).
+        diagonal = np.einsum("rii->ri", C).T @ np.einsum("raa->ra", T) + penalty
+        extra = damping * diagonal + _ridge(diagonal)
+        if D_l * A1 <= CG_THRESHOLD:
+            def system_of(diagonal):
+                # sum_q T_q (x) C_q as one matrix product; unknowns ordered theta[i, a] -> i * A1 + a.
+                system = (T.reshape(R, A1 * A1).T @ C.reshape(R, D_l * D_l)).reshape(A1, A1, D_l, D_l)
+                system = system.transpose(2, 0, 3, 1).reshape(D_l * A1, D_l * A1)
+                system[np.diag_indices_from(system)] += diagonal.ravel()
+                return system
+
+            system = system_of(penalty)
+            residual = rhs.ravel() - system @ theta_old.ravel()
+            system[np.diag_indices_from(system)] += extra.ravel()
+            delta = _solve_spd(system, lambda: system_of(penalty + extra), residual).reshape(D_l, A1)
+        else:
+            operator = _KroneckerOperator(C, F, FtP, M, K)
+            residual = rhs - (operator(theta_old) + penalty * theta_old)
+            diagonal_blocks = (np.einsum("rii->ri", C).T @ T.reshape(R, A1 * A1)).reshape(D_l, A1, A1)
+            preconditioner = _RowBlocks(diagonal_blocks, penalty + extra)
+            delta = _conjugate_gradients(lambda X: operator(X) + (penalty + extra) * X, preconditioner.solve,
+                                         residual, max_iter=CG_MAX_ITER)
     theta = theta_old + delta
     return theta[:, :D_prev], theta[:, D_prev]
 
 
+def _ridge(diagonal):
+    """A ridge at rounding level: directions the frozen objective does not constrain at all (a
+    unit with no posterior mass on one side) keep their values instead of taking arbitrary ones;
+    every other direction gets its exact maximiser. The unknown is the change delta."""
+    return 1e-12 * max(diagonal.mean(), 1e-300)
+
+
 def m_step(decoder, patterns, noise_var, stats, weight_decay=0.0, min_noise_var=1e-6, diagonal=False, damping=0.0):
     """Closed-form updates of every layer (last to first), then the noise; masks frozen.
-    ``damping`` as in :func:`update_layer`."""
+
+    Parameters
+    ----------
+    decoder : Decoder
+        The current decoder.
+    patterns : ndarray of shape (R, H), bool
+        The activation pattern of each region, frozen (``model.regions.patterns``).
+    noise_var : float or ndarray of shape (D,)
+        The current noise variance.
+    stats : RegionStats
+        Per-region sums of the exact E-step.
+    weight_decay : float, default=0.0
+        L2 penalty on the weights.
+    min_noise_var : float, default=1e-6
+        Floor of the new noise variance.
+    diagonal : bool, default=False
+        One variance per coordinate instead of one in all.
+    damping : float, default=0.0
+        Marquardt damping, as in :func:`update_layer`.
+
+    Returns
+    -------
+    weights, biases : list of ndarray
+        The new parameters.
+    noise_var : ndarray of shape (D,)
+        The new noise variance (all equal unless ``diagonal``).
+    """
+    with one_blas_thread():
+        return _m_step(decoder, patterns, noise_var, stats, weight_decay, min_noise_var, diagonal, damping)
+
+
+def _m_step(decoder, patterns, noise_var, stats, weight_decay, min_noise_var, diagonal, damping):
     weights = [w.copy() for w in decoder.weights]
     biases = [b.copy() for b in decoder.biases]
     factors = layer_factors(decoder, patterns)
     psi = np.broadcast_to(np.asarray(noise_var, dtype=float), (stats.dim,))
+    # From the last layer down, each layer's input maps come from the layers below, not yet
+    # updated, so they are composed once for all; its output map from the layers above, already
+    # updated, one step down from the previous layer's.
+    inputs = _layer_inputs(weights, biases, factors)
+    R, D = inputs[0][0].shape[0], stats.dim
+    F, r = None, None
     for layer in reversed(range(len(weights))):
+        if layer < len(weights) - 1:
+            F, r = _output_map_below(weights, biases, factors, layer + 1, F, r)
+            maps = (*inputs[layer], F, r)
+        else:
+            maps = (*inputs[layer], np.broadcast_to(np.eye(D), (R, D, D)), np.zeros((R, D)))
         weights[layer], biases[layer] = update_layer(weights, biases, factors, psi, stats, layer, weight_decay,
-                                                    damping)
+                                                    damping, maps=maps)
     res = _expected_residuals(weights, biases, factors, stats) / stats.n_points
     new_noise = np.maximum(res if diagonal else np.full(stats.dim, res.mean()), min_noise_var)
     return weights, biases, new_noise
@@ -233,34 +367,91 @@ def noise_gradient(weights, biases, factors, psi, stats):
     return -stats.n_points / (2 * psi) + res / (2 * psi**2)
 
 
-# Above this many unknowns in a layer (width ~70) the normal equations are solved by conjugate gradients
-# on the Kronecker-structured operator instead of forming the dense system (whose size grows
-# like width^4: 2 GB at width 128). CG stops at a tolerance or an iteration cap; an inexact
-# solve still increases the frozen objective (CG from zero never increases the quadratic),
-# and the exact likelihood check keeps EM monotone either way.
-CG_THRESHOLD = 5000
+# Above this many unknowns in a hidden layer the normal equations are solved by preconditioned
+# conjugate gradients on the Kronecker-structured operator instead of forming the dense system,
+# whose size grows like width^4 (2 GB at width 128) and whose Cholesky factorisation like width^6
+# (BENCHMARKS.md, the M-step). Each CG iterate increases the frozen objective from the current
+# parameters (CG from zero decreases the quadratic at every step), so an inexact solve is still an
+# ascent step, and the exact likelihood check keeps EM monotone either way.
+CG_THRESHOLD = 600
+CG_MAX_ITER = 100
+CG_RTOL = 1e-10
 
 
-def _solve_cg(C, T, penalty, extra, diagonal, rhs, theta_old):
-    """Jacobi-preconditioned conjugate gradients for ``sum_q C_q X T_q + (penalty + extra) * X =
-    rhs - (sum_q C_q theta_old T_q + penalty * theta_old)``, never forming the system."""
-    from scipy.sparse.linalg import LinearOperator, cg
+class _KroneckerOperator:
+    """``X -> sum_q C_q X T_q`` without forming the system, in the low-rank form of its factors:
+    ``T_q = M_q K_q M_q^T`` has rank at most S + 1, and ``C_q = F_q^T Psi^-1 F_q`` is applied
+    through ``F_q`` where the output has fewer coordinates than the layer has units. Per
+    application O(R D_l (D_l or D) (S + 1) + R D_l A1 (S + 1)) instead of the dense system's
+    (D_l A1)^2."""
 
-    shape = theta_old.shape
-    n = theta_old.size
+    def __init__(self, C, F, FtP, M, K):
+        R, A1, S1 = M.shape
+        self._R, self._S1 = R, S1
+        self._M_columns = M.transpose(1, 0, 2).reshape(A1, R * S1)  # [a, (q, k)]
+        self._M_rows = self._M_columns.T.copy()
+        self._K = K
+        D, D_l = F.shape[1], F.shape[2]
+        self._through_F = D < D_l
+        self._C, self._F, self._FtP = C, F, FtP
 
-    def apply(x, with_extra=True):
-        X = x.reshape(shape)
-        out = np.matmul(np.matmul(C, X), T).sum(axis=0) + penalty * X
-        if with_extra:
-            out = out + extra * X
-        return out.ravel()
+    def __call__(self, X):
+        D_l = X.shape[0]
+        P = (X @ self._M_columns).reshape(D_l, self._R, self._S1).transpose(1, 0, 2)  # X M_q
+        P = self._FtP @ (self._F @ P) if self._through_F else self._C @ P
+        P = P @ self._K
+        return P.transpose(1, 0, 2).reshape(D_l, self._R * self._S1) @ self._M_rows
 
-    residual = rhs.ravel() - apply(theta_old.ravel(), with_extra=False)
-    operator = LinearOperator((n, n), matvec=apply, dtype=float)
-    preconditioner = LinearOperator((n, n), matvec=lambda v: v / (diagonal + extra).ravel(), dtype=float)
-    delta, _ = cg(operator, residual, M=preconditioner, rtol=1e-10, atol=0.0, maxiter=10 * int(np.sqrt(n)) + 100)
-    return delta.reshape(shape)
+
+class _RowBlocks:
+    """The system restricted to one output unit at a time: ``blocks[i] + diag(extra[i])`` for each
+    row i of Theta, factored once. Exact for the output layer, whose rows decouple; the
+    block-Jacobi preconditioner of conjugate gradients for the hidden layers."""
+
+    def __init__(self, blocks, extra):
+        blocks = blocks.copy()
+        idx = np.arange(blocks.shape[1])
+        blocks[:, idx, idx] += extra
+        # The inverses, formed once: conjugate gradients applies them at every step, where a batch
+        # of small products is much cheaper than a batch of small solves.
+        try:
+            np.linalg.cholesky(blocks)  # positive definite: the inverse is well defined
+            self._inverse = np.linalg.inv(blocks)
+        except np.linalg.LinAlgError:
+            # A unit with no data on some inputs: least squares (zero change there), as the dense
+            # path's fallback does.
+            self._inverse = np.linalg.pinv(blocks, hermitian=True)
+
+    def solve(self, residual):
+        return np.matmul(self._inverse, residual[:, :, None])[:, :, 0]
+
+
+def _conjugate_gradients(apply, precondition, b, max_iter, rtol=None):
+    """Preconditioned conjugate gradients for ``apply(X) = b`` from zero, on matrices; stops at a
+    relative residual of ``rtol`` (``CG_RTOL``), after ``max_iter`` steps, or where a direction has no
+    curvature left (semi-definite operator)."""
+    rtol = CG_RTOL if rtol is None else rtol
+    x = np.zeros_like(b)
+    r = b.copy()
+    z = precondition(r)
+    p = z.copy()
+    rz = float(np.vdot(r, z))
+    stop = rtol * float(np.linalg.norm(b))
+    for _ in range(max_iter):
+        if float(np.linalg.norm(r)) <= stop or rz <= 0:
+            break
+        Ap = apply(p)
+        curvature = float(np.vdot(p, Ap))
+        if not curvature > 0:
+            break
+        step = rz / curvature
+        x += step * p
+        r -= step * Ap
+        z = precondition(r)
+        rz_next = float(np.vdot(r, z))
+        p = z + (rz_next / rz) * p
+        rz = rz_next
+    return x
 
 
 def _solve_spd(system, rebuild, rhs):

@@ -1,4 +1,4 @@
-"""Gaussian probabilities and truncated moments over convex polyhedra (DESIGN.md §4).
+"""Gaussian probabilities and truncated moments over convex polyhedra (docs/design.md, "Gaussian integrals over polyhedra").
 
 For ``Z ~ N(mean, cov)`` and ``P = {z : G z <= h}``: ``log P(Z in P)``, ``E[Z | Z in P]`` and
 ``Cov[Z | Z in P]``. Exact to near machine precision for dimensions 1 and 2, in either tail;
@@ -18,12 +18,24 @@ from . import _core
 
 @dataclass(frozen=True)
 class PolytopeMoments:
-    """Result of :func:`polytope_moments`: scalars and (S,), (S, S) arrays for one polyhedron,
-    or arrays with a leading batch axis for a batch.
+    """Result of :func:`polytope_moments`.
 
-    ``log_mass`` is ``log P(Z in P)`` (``-inf`` for an empty or lower-dimensional polyhedron,
-    whose moments are NaN); ``error`` the estimated relative error of the mass (0 for S <= 2,
-    where the formulas are exact; the quadrature's or the randomisation's estimate above)."""
+    Scalars and (S,), (S, S) arrays for one polyhedron, or arrays with a leading batch axis
+    for a batch.
+
+    Attributes
+    ----------
+    log_mass : float or ndarray of shape (n,)
+        ``log P(Z in P)``; ``-inf`` for an empty or lower-dimensional polyhedron, whose moments
+        are NaN.
+    mean : ndarray of shape (S,) or (n, S)
+        ``E[Z | Z in P]``.
+    cov : ndarray of shape (S, S) or (n, S, S)
+        ``Cov[Z | Z in P]``.
+    error : float or ndarray of shape (n,)
+        Estimated relative error of the mass: 0 for S <= 2, where the formulas are exact; the
+        quadrature's or the randomisation's estimate above.
+    """
 
     log_mass: object
     mean: np.ndarray
@@ -58,13 +70,40 @@ def _cov(cov, s):
 def polytope_moments(G, h, mean, cov, rtol=1e-6, seed=0):
     """Mass and conditional moments of ``N(mean, cov)`` on ``{z : G z <= h}``.
 
-    ``G`` is (m, S), any m >= 0; rows need not be normalised, redundant rows are allowed, the
-    polyhedron may be unbounded; ``h`` entries may be ``+inf`` (the row constrains nothing).
-    Batched: ``h`` of shape (n, m) and/or ``mean`` of shape (n, S) integrate n polyhedra of the
-    same shape and covariance in one parallel call (the E-step's case: fixed constraints and
-    covariance, moving means); results then have a leading axis of length n.
-    ``rtol`` is the target relative error of the mass for S >= 3; ``seed`` fixes the
-    randomisation, so results are reproducible.
+    Batched: ``h`` of shape (n, m) and/or ``mean`` of shape (n, S) integrate n polyhedra of
+    the same shape and covariance in one parallel call (the E-step's case: fixed constraints
+    and covariance, moving means); results then have a leading axis of length n.
+
+    Parameters
+    ----------
+    G : array-like of shape (m, S)
+        Constraint rows, any m >= 0; they need not be normalised, redundant rows are allowed,
+        and the polyhedron may be unbounded.
+    h : array-like of shape (m,) or (n, m)
+        Offsets; ``+inf`` entries constrain nothing.
+    mean : array-like of shape (S,) or (n, S)
+        Mean(s) of the Gaussian.
+    cov : array-like of shape (S, S)
+        Covariance, positive definite.
+    rtol : float, default=1e-6
+        Target relative error of the mass for S >= 3 (S <= 2 are exact).
+    seed : int, default=0
+        Randomisation of the quasi-Monte Carlo (S >= 4); results are reproducible.
+
+    Returns
+    -------
+    result : PolytopeMoments
+        ``log_mass``, ``mean``, ``cov``, ``error``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from exactem import gauss
+    >>> r = gauss.polytope_moments(np.array([[-1.0, 0.0]]), np.array([0.0]), np.zeros(2), np.eye(2))
+    >>> round(float(np.exp(r.log_mass)), 12)   # the half-plane z_1 >= 0
+    0.5
+    >>> round(float(r.mean[0]), 12)            # E[z_1 | z_1 >= 0] = sqrt(2 / pi)
+    0.797884560803
     """
     mean = _as_matrix(mean, "mean")
     if mean.ndim not in (1, 2):
@@ -100,9 +139,36 @@ def polytope_moments(G, h, mean, cov, rtol=1e-6, seed=0):
 
 
 def mvn_cdf(lower, upper, mean, cov, rtol=1e-6, seed=0):
-    """``P(lower <= Z <= upper)`` for ``Z ~ N(mean, cov)``, batched over rows of ``lower`` and
-    ``upper`` ((n, S) or (S,)); infinite limits allowed. Returns ``(p, error)``: probabilities
-    and their estimated absolute errors (``p`` times the relative error; 0 for S <= 2)."""
+    """``P(lower <= Z <= upper)`` for ``Z ~ N(mean, cov)``, batched over rectangles.
+
+    Parameters
+    ----------
+    lower, upper : array-like of shape (n, S) or (S,)
+        Corners of the rectangles; infinite limits allowed.
+    mean : array-like of shape (S,)
+        Mean of the Gaussian.
+    cov : array-like of shape (S, S)
+        Covariance, positive definite.
+    rtol : float, default=1e-6
+        Target relative error for S >= 3 (S <= 2 are exact).
+    seed : int, default=0
+        Randomisation of the lattice rule or quasi-Monte Carlo; results are reproducible.
+
+    Returns
+    -------
+    p : float or ndarray of shape (n,)
+        Probabilities.
+    error : float or ndarray of shape (n,)
+        Estimated absolute errors (``p`` times the relative error; 0 for S <= 2).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from exactem import gauss
+    >>> p, err = gauss.mvn_cdf(np.full(2, -np.inf), np.zeros(2), np.zeros(2), np.eye(2))
+    >>> round(p, 12)
+    0.25
+    """
     mean = _as_matrix(mean, "mean")
     if mean.ndim != 1:
         raise ValueError(f"mean must have shape (S,); got {mean.shape}")

@@ -1,4 +1,4 @@
-//! Gaussian masses and truncated moments over convex polyhedra (DESIGN.md §4): for
+//! Gaussian masses and truncated moments over convex polyhedra (docs/design.md §4): for
 //! `Z ~ N(mean, cov)` and `P = {z : G z <= h}`, `log P(Z in P)`, `E[Z | Z in P]` and
 //! `Cov[Z | Z in P]`, tail-safe.
 //!
@@ -432,7 +432,7 @@ fn integrate_whitened(
     }
 }
 
-/// Moments from facet masses (DESIGN.md §4). The divergence theorem with `grad phi = -w phi`
+/// Moments from facet masses (docs/design.md §4). The divergence theorem with `grad phi = -w phi`
 /// gives `E[w 1_P] = -sum_i f_i phi(e_i) P_i` (`P_i` the (S-1)-dimensional mass of facet i) and,
 /// with `(w_k - t_k) phi` for a centre `t` (the tilting point, which keeps the cancellation in
 /// the covariance small far out in a tail),

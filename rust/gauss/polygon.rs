@@ -8,7 +8,7 @@
 //! nearest the origin; `U` and `L` are linear between vertices, so the integrand is analytic on
 //! each piece and Gauss-Legendre converges geometrically. It is evaluated in log space, so a
 //! polygon 40 standard deviations away (mass ~1e-350) keeps its relative accuracy. The moments
-//! come from the divergence theorem (DESIGN.md §4): each edge contributes one-dimensional
+//! come from the divergence theorem (docs/design.md §4): each edge contributes one-dimensional
 //! normal masses in closed form.
 
 use super::normal::{gauss_legendre, log_diff_ndtr, GL12_HALF, GL20_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};

@@ -1,4 +1,4 @@
-//! Exact inference (DESIGN.md §3, §5): the marginal log-likelihood, the posterior over regions
+//! Exact inference (docs/design.md §3, §5): the marginal log-likelihood, the posterior over regions
 //! and the E-step statistics of a DGN `z ~ N(0, I)`, `x | z ~ N(g(z), Psi)`, `Psi` diagonal.
 //!
 //! Inside region q the joint density is `kappa_q(x) N(z; mu_q(x), Sigma_q)`, so
@@ -13,6 +13,7 @@
 pub mod integrator;
 pub mod interval;
 pub mod posterior;
+pub mod elbo;
 
 pub use crate::gauss::normal::log_sum_exp;
 pub use integrator::GaussIntegrator;

@@ -1,5 +1,5 @@
 //! The partition of latent space into the regions on which the decoder is affine
-//! (DESIGN.md §2): exact and complete on all of R^S, by layer-wise refinement.
+//! (docs/design.md §2): exact and complete on all of R^S, by layer-wise refinement.
 //!
 //! Each cell carries the affine map of its current layer's pre-activations. A hidden unit whose
 //! hyperplane cuts the cell's interior splits it in two; otherwise the unit's sign is constant
@@ -469,7 +469,7 @@ impl Partition {
     }
 }
 
-/// `A_q = W_L Dg [P | c]_q` for all regions as one matrix product (DESIGN.md §3: a real GEMM).
+/// `A_q = W_L Dg [P | c]_q` for all regions as one matrix product (docs/design.md §3: a real GEMM).
 fn output_maps(decoder: &Decoder, leaves: &[Leaf]) -> Result<(Vec<f64>, Vec<f64>)> {
     let s = decoder.latent_dim();
     let d = decoder.output_dim();

@@ -1,16 +1,20 @@
 use std::sync::Arc;
 
 use nalgebra::DMatrixView;
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::model_py::points;
 use super::partition_py::PyPartition;
 use super::{run_released, run_released_here};
+use crate::inference::elbo::{self, GaussianQ, VariationalEngine};
 use crate::inference::posterior::PointPosterior;
 use crate::inference::{e_step, log_likelihood, GaussIntegrator, RegionAlgebra};
 use crate::partition::Partition;
+
+/// Per-point values and their estimated absolute errors.
+type ValuesAndErrors<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>);
 
 /// The DGN's exact inference engine for one decoder partition and noise variance.
 #[pyclass(name = "DgnCore", module = "exactem._core", frozen)]
@@ -18,6 +22,9 @@ pub struct PyDgn {
     partition: Arc<Partition>,
     algebra: Arc<RegionAlgebra>,
     integrator: Arc<GaussIntegrator>,
+    /// The region integrals' accuracy and seed for S >= 3 (the ELBO's integrals use them too).
+    rtol: f64,
+    seed: u64,
 }
 
 #[pymethods]
@@ -32,7 +39,7 @@ impl PyDgn {
             let integrator = GaussIntegrator::new(&shared, &algebra, rtol, seed, cancel)?;
             Ok((algebra, integrator))
         })?;
-        Ok(PyDgn { partition: partition.inner.clone(), algebra: Arc::new(algebra), integrator: Arc::new(integrator) })
+        Ok(PyDgn { partition: partition.inner.clone(), algebra: Arc::new(algebra), integrator: Arc::new(integrator), rtol, seed })
     }
 
     fn log_likelihood<'py>(&self, py: Python<'py>, x: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray1<f64>>> {
@@ -86,6 +93,46 @@ impl PyDgn {
         ))
     }
 
+    /// `(elbo, error)` of q(z | x_n) = N(q_mean[n], q_cov[n]): exact, with an error estimate.
+    fn elbo<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+        q_mean: PyReadonlyArray2<'py, f64>,
+        q_cov: PyReadonlyArray3<'py, f64>,
+    ) -> PyResult<ValuesAndErrors<'py>> {
+        let (data, mean, cov) = self.variational_inputs(&x, &q_mean, &q_cov)?;
+        let (partition, algebra, rtol, seed) = (self.partition.clone(), self.algebra.clone(), self.rtol, self.seed);
+        let d = partition.decoder().output_dim();
+        let out = run_released_here(py, move |cancel| {
+            let engine = VariationalEngine::new(&partition, &algebra, rtol, seed)?;
+            let q = GaussianQ { mean: &mean, cov: &cov };
+            elbo::elbo(&engine, DMatrixView::from_slice(&data, d, data.len() / d), q, cancel)
+        })?;
+        Ok((PyArray1::from_vec(py, out.value), PyArray1::from_vec(py, out.error)))
+    }
+
+    /// `(gap, error)`: `log p(x_n) - ELBO_n = KL(q || p(z | x_n))`, summed region by region.
+    fn posterior_gap<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+        q_mean: PyReadonlyArray2<'py, f64>,
+        q_cov: PyReadonlyArray3<'py, f64>,
+    ) -> PyResult<ValuesAndErrors<'py>> {
+        let (data, mean, cov) = self.variational_inputs(&x, &q_mean, &q_cov)?;
+        let (partition, algebra, integrator, rtol, seed) = (self.partition.clone(), self.algebra.clone(), self.integrator.clone(), self.rtol, self.seed);
+        let d = partition.decoder().output_dim();
+        let out = run_released_here(py, move |cancel| {
+            let engine = VariationalEngine::new(&partition, &algebra, rtol, seed)?;
+            let q = GaussianQ { mean: &mean, cov: &cov };
+            let points = DMatrixView::from_slice(&data, d, data.len() / d);
+            let log_p = log_likelihood(&*algebra, &*integrator, points, cancel)?;
+            elbo::posterior_gap(&engine, points, &log_p, q, cancel)
+        })?;
+        Ok((PyArray1::from_vec(py, out.value), PyArray1::from_vec(py, out.error)))
+    }
+
     fn posterior(&self, py: Python<'_>, x: PyReadonlyArray1<'_, f64>) -> PyResult<PyPosterior> {
         let d = self.partition.decoder().output_dim();
         let xv = x.as_array().to_vec();
@@ -95,6 +142,33 @@ impl PyDgn {
         let (algebra, integrator) = (self.algebra.clone(), self.integrator.clone());
         let posterior = run_released_here(py, move |_| Ok(PointPosterior::new(&algebra, &*integrator, &xv)))?;
         Ok(PyPosterior { partition: self.partition.clone(), algebra: self.algebra.clone(), posterior })
+    }
+}
+
+impl PyDgn {
+    /// The points, q's means and covariances as flat copies, their shapes checked against
+    /// each other (the values are checked by the engine).
+    #[allow(clippy::type_complexity)]
+    fn variational_inputs(
+        &self,
+        x: &PyReadonlyArray2<'_, f64>,
+        q_mean: &PyReadonlyArray2<'_, f64>,
+        q_cov: &PyReadonlyArray3<'_, f64>,
+    ) -> PyResult<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+        let (d, s) = (self.partition.decoder().output_dim(), self.partition.decoder().latent_dim());
+        let n = points(x, d, "X")?.ncols();
+        if points(q_mean, s, "q_mean")?.ncols() != n {
+            return Err(PyValueError::new_err(format!("q_mean must have one row per point of X ({n})")));
+        }
+        if q_cov.shape() != [n, s, s] {
+            return Err(PyValueError::new_err(format!("q_var must have shape ({n}, {s}, {s}); got {:?}", q_cov.shape())));
+        }
+        let contiguous = |what: &str| PyValueError::new_err(format!("{what} must be C-contiguous"));
+        Ok((
+            x.as_slice().map_err(|_| contiguous("X"))?.to_vec(),
+            q_mean.as_slice().map_err(|_| contiguous("q_mean"))?.to_vec(),
+            q_cov.as_slice().map_err(|_| contiguous("q_var"))?.to_vec(),
+        ))
     }
 }
 
