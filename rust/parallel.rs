@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use crate::cancel::Cancel;
+
 /// How often the calling thread runs its `poll` while it works or waits.
 pub const POLL_PERIOD: Duration = Duration::from_millis(20);
 
@@ -30,6 +32,28 @@ struct Caller {
 
 thread_local! {
     static CALLER: Cell<Option<Caller>> = const { Cell::new(None) };
+    /// When this thread last ran its caller's `poll` from [`poll_if_due`].
+    static LAST_POLL: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// On a thread set up by [`as_caller`], runs its `poll` if [`POLL_PERIOD`] has passed since
+/// this last did; elsewhere nothing. Long loops reach it through `Cancel::is_cancelled`: the
+/// caller works on jobs itself, and a job (an S = 3 batch: minutes) would otherwise keep it
+/// from hearing Ctrl-C, which only it can (Python checks signals on its main thread).
+pub fn poll_if_due() {
+    let Some(caller) = CALLER.with(Cell::get) else { return };
+    let now = Instant::now();
+    let due = LAST_POLL.with(|last| match last.get() {
+        Some(at) if now.duration_since(at) < POLL_PERIOD => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if due {
+        // SAFETY: `as_caller` keeps `poll` alive while this thread's `CALLER` holds it.
+        unsafe { (*caller.poll)() };
+    }
 }
 
 /// Runs `work` on this thread with `pool`'s workers as helpers of its [`map`]s, calling
@@ -62,7 +86,10 @@ pub fn map<T: Send + 'static>(count: usize, job: impl Fn(usize) -> T + Sync) -> 
     match CALLER.with(Cell::get) {
         Some(caller) if count > 1 => shared_map(caller, count, &job),
         Some(_) => (0..count).map(job).collect(),
-        None => (0..count).into_par_iter().map(&job).collect(),
+        None => {
+            let token = Cancel::current();
+            (0..count).into_par_iter().map(|i| token.enter(|| job(i))).collect()
+        }
     }
 }
 
@@ -75,6 +102,9 @@ struct Progress {
     active: AtomicUsize,
     /// How many more workers may help: with the caller, as many threads as the pool has.
     places: AtomicUsize,
+    /// A job panicked: nobody takes another (the panic is the call's outcome, and running the
+    /// rest first kept a failed call busy for minutes, Ctrl-C unheard).
+    stop: AtomicBool,
 }
 
 /// The caller's jobs as the helpers hold them: a pointer that may outlive them, followed only
@@ -100,12 +130,14 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
     // setting `closed` and seeing `active` at zero, so no helper follows it after `job` is gone.
     let jobs = Jobs(unsafe { std::mem::transmute::<&(dyn Fn(usize) -> T + Sync), &'static (dyn Fn(usize) -> T + Sync)>(job) } as *const _);
     let places = AtomicUsize::new(caller.pool.current_num_threads() - 1);
-    let progress = Arc::new(Progress { next: AtomicUsize::new(0), closed: AtomicBool::new(false), active: AtomicUsize::new(0), places });
+    let progress = Arc::new(Progress { next: AtomicUsize::new(0), closed: AtomicBool::new(false), active: AtomicUsize::new(0), places, stop: AtomicBool::new(false) });
     let (sender, receiver) = mpsc::channel::<(usize, std::thread::Result<T>)>();
     // Any worker but one on the caller's CPU, which could only take turns with the caller there
     // (with it, the log-likelihood of 4000 points took 10-23% longer), and no more of them than
     // leave the threads at work at the pool's size (`RAYON_NUM_THREADS=1`: the caller alone).
     let caller_cpu = current_cpu();
+    // The helpers check the caller's cancellation as it would (see `crate::cancel`).
+    let token = Cancel::current();
     {
         let progress = progress.clone();
         caller.pool.spawn_broadcast(move |_| {
@@ -118,7 +150,11 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
                 // SAFETY: counted in `active` with `closed` false (see above).
                 let job = unsafe { jobs.get() };
                 take_jobs(&progress, count, |i| {
-                    let _ = sender.send((i, catch_unwind(AssertUnwindSafe(|| job(i)))));
+                    let result = token.enter(|| catch_unwind(AssertUnwindSafe(|| job(i))));
+                    if result.is_err() {
+                        progress.stop.store(true, Ordering::SeqCst);
+                    }
+                    let _ = sender.send((i, result));
                 });
             }
             progress.active.fetch_sub(1, Ordering::SeqCst);
@@ -136,13 +172,24 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
     let mut results: Vec<Option<std::thread::Result<T>>> = (0..count).map(|_| None).collect();
     let mut collected = 0;
     take_jobs(&progress, count, |i| {
-        results[i] = Some(catch_unwind(AssertUnwindSafe(|| job(i))));
+        let result = catch_unwind(AssertUnwindSafe(|| job(i)));
+        if result.is_err() {
+            progress.stop.store(true, Ordering::SeqCst);
+        }
+        results[i] = Some(result);
         collected += 1;
         due(&mut last_poll);
     });
-    while collected < count {
+    // No job is taken after this: every index below `taken` was taken by someone who runs it
+    // and sends its result, and none above (`take_jobs` stops at `count`).
+    let taken = progress.next.swap(count, Ordering::SeqCst).min(count);
+    while collected < taken {
         match receiver.recv_timeout(POLL_PERIOD) {
             Ok((i, result)) => {
+                if result.is_err() {
+                    // The first panic stops the helpers too (they may not have seen it).
+                    progress.stop.store(true, Ordering::SeqCst);
+                }
                 results[i] = Some(result);
                 collected += 1;
             }
@@ -156,6 +203,10 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
     // Every job is done: a helper still counted is on its way out.
     while progress.active.load(Ordering::SeqCst) > 0 {
         std::thread::yield_now();
+    }
+    if taken < count || results.iter().any(|result| matches!(result, Some(Err(_)))) {
+        let first_panic = results.into_iter().flatten().find_map(|result| result.err());
+        resume_unwind(first_panic.expect("jobs stop being taken only after a panic"));
     }
     results.into_iter().map(|result| result.expect("every job collected").unwrap_or_else(|panic| resume_unwind(panic))).collect()
 }
@@ -173,9 +224,12 @@ fn current_cpu() -> Option<usize> {
     None
 }
 
-/// Takes jobs until none is left, running `run(i)` for each.
+/// Takes jobs until none is left (or one has panicked), running `run(i)` for each.
 fn take_jobs(progress: &Progress, count: usize, mut run: impl FnMut(usize)) {
     loop {
+        if progress.stop.load(Ordering::SeqCst) {
+            return;
+        }
         let i = progress.next.fetch_add(1, Ordering::SeqCst);
         if i >= count {
             return;
@@ -247,6 +301,42 @@ mod tests {
         assert_eq!(message, Some("job five fails"));
         // No caller is left set up on this thread.
         assert!(CALLER.with(Cell::get).is_none());
+    }
+
+    #[test]
+    fn a_panic_stops_the_jobs_not_yet_taken() {
+        // 1000 jobs of 1 ms, the fourth panics: the rest are not run (a failed call returned
+        // only after all of them, minutes for S = 3 batches).
+        let pool = pool();
+        let runs = AtomicUsize::new(0);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            as_caller(pool, &|| {}, || {
+                map(1000, |i| {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                    assert!(i != 3, "job three fails");
+                })
+            })
+        }));
+        assert!(outcome.is_err());
+        // At most the jobs in hand when it panicked, one per thread, and a few taken meanwhile.
+        assert!(runs.load(Ordering::Relaxed) < 20, "{} jobs ran", runs.load(Ordering::Relaxed));
+        // The pool is usable after.
+        as_caller(pool, &|| {}, || assert_eq!(map(8, |i| i), (0..8).collect::<Vec<_>>()));
+    }
+
+    #[test]
+    fn jobs_see_the_callers_cancellation() {
+        let pool = pool();
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let seen = cancel.enter(|| as_caller(pool, &|| {}, || map(16, |_| {
+            std::thread::sleep(Duration::from_micros(300));
+            Cancel::current().is_cancelled()
+        })));
+        assert!(seen.iter().all(|&s| s));
+        let seen = cancel.enter(|| map(16, |_| Cancel::current().is_cancelled()));
+        assert!(seen.iter().all(|&s| s));
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod sov;
 use rayon::prelude::*;
 
 use crate::cancel::Cancel;
-use crate::error::{invalid, Result};
+use crate::error::{invalid, Error, Result};
 use crate::partition::complement_basis;
 use crate::partition::lp::{chebyshev_ball, Lp, LpOutcome};
 
@@ -155,7 +155,7 @@ impl PolytopeShape {
             Some((_, e, _)) if e.is_empty() => WhitenedMoments::whole_space(s),
             Some((f, e, center)) => {
                 let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
-                integrate_whitened(&f, &e, s, &center, rtol, seed, want, sov::MAX_POINTS, cancel)?
+                checked(integrate_whitened(&f, &e, s, &center, rtol, seed, want, sov::MAX_POINTS, cancel)?, s, e.len(), want)?
             }
         };
         Ok(self.unwhiten(whitened, mean))
@@ -171,7 +171,7 @@ impl PolytopeShape {
             WhitenedMoments::whole_space(s)
         } else {
             let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
-            integrate_whitened(&f, &e, s, &self.whiten_point(inside, mean), rtol, seed, want, sov::MAX_POINTS, cancel)?
+            checked(integrate_whitened(&f, &e, s, &self.whiten_point(inside, mean), rtol, seed, want, sov::MAX_POINTS, cancel)?, s, e.len(), want)?
         };
         Ok(self.unwhiten(whitened, mean))
     }
@@ -358,6 +358,25 @@ enum Want {
     MeanAndSecond,
 }
 
+/// `w` if its numbers are numbers: a NaN log mass (or `+inf`), or a NaN or infinite moment
+/// beside a positive mass, is a failure of the integral, reported with its context instead of
+/// passed on to sums that would hide where it came from.
+fn checked(w: WhitenedMoments, s: usize, m: usize, want: Want) -> Result<WhitenedMoments> {
+    let bad_mass = w.log_mass.is_nan() || w.log_mass == f64::INFINITY;
+    let bad_moments = want > Want::Mass && w.log_mass > f64::NEG_INFINITY && w.mean.iter().chain(&w.cov).any(|v| !v.is_finite());
+    if bad_mass || bad_moments {
+        let what = if bad_mass { format!("log mass {}", w.log_mass) } else { format!("log mass {} but mean {:?}, covariance {:?}", w.log_mass, w.mean, w.cov) };
+        let method = match s {
+            1 => "interval",
+            2 => "polygon",
+            3 => "slice quadrature",
+            _ => "quasi-Monte Carlo",
+        };
+        return Err(Error::Numerical(format!("the S = {s} Gaussian integral ({method}) over a polyhedron with {m} facets gave {what}")));
+    }
+    Ok(w)
+}
+
 /// Mass (and moments) of `N(0, I)` on the reduced polyhedron `{w : F w <= e}`.
 #[allow(clippy::too_many_arguments)]
 fn integrate_whitened(
@@ -399,7 +418,7 @@ fn integrate_whitened(
         _ => {
             let tilt = nearest::nearest_point(f, e, s, &vec![0.0; s], centre);
             let (log_mass, error) = if s == 3 {
-                slices::log_mass(f, e, &tilt, rtol)
+                slices::log_mass(f, e, &tilt, rtol, cancel)?
             } else {
                 let mass = sov::integrate(f, e, s, &tilt, centre, rtol, seed, budget, cancel)?;
                 (mass.log_mass, mass.error)

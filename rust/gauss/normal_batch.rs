@@ -13,6 +13,10 @@
 //! square roots are used, never a fused multiply-add, so a batch gives the same bits with or
 //! without the wider instructions of [`with_wide_vectors`]. (Kernels may instead take their
 //! products and sums through `MulAdd`, fused where the processor can: see there.)
+//!
+//! `EXACTEM_SIMD=baseline|avx2|avx512|auto` (read once) forces the kernels every computation
+//! uses, never beyond what the processor has ([`Vectors::selected`]): `baseline` gives the
+//! bits of a processor without fused multiply-add, whichever runs it.
 
 use super::normal::{
     cody_central, cody_far, cody_middle, ndtr, ndtri, polynomial, square_with_error, toward_lower_tail, truncated_draw, AS241_A, AS241_B, AS241_C,
@@ -534,7 +538,53 @@ pub(crate) fn with_wide_vectors<K: VectorKernel>(kernel: K) -> K::Output {
     if let Some(vectors) = FORCED_VECTORS.with(std::cell::Cell::get) {
         return vectors.run(kernel);
     }
-    Vectors::widest().run(kernel)
+    Vectors::selected().run(kernel)
+}
+
+impl Vectors {
+    /// The kernels every computation of this process runs: the widest the processor has, or
+    /// what the environment variable `EXACTEM_SIMD` asks for (read once, at the first
+    /// kernel): `baseline` (SSE2 on x86-64, separate multiplies and adds: the same bits on
+    /// every processor), `avx2` (AVX2 and FMA), `avx512` (AVX-512F and FMA) or `auto` (the
+    /// default, the widest). A kernel the processor lacks is never run: the request falls back
+    /// to the widest below it, with a message on standard error saying so. Results differ
+    /// between kernels only in the last bits of fused products (see [`MulAdd`]); the variable
+    /// lets tests and users reproduce another processor's results.
+    pub(crate) fn selected() -> Vectors {
+        static SELECTED: std::sync::OnceLock<Vectors> = std::sync::OnceLock::new();
+        *SELECTED.get_or_init(|| {
+            let request = std::env::var("EXACTEM_SIMD").unwrap_or_default();
+            let (chosen, message) = Vectors::from_request(&request, Vectors::widest());
+            if let Some(message) = message {
+                eprintln!("exactem: {message}");
+            }
+            chosen
+        })
+    }
+
+    /// The kernels for an `EXACTEM_SIMD` value on a processor whose widest are `widest`, and a
+    /// message where the request could not be met as asked.
+    pub(crate) fn from_request(request: &str, widest: Vectors) -> (Vectors, Option<String>) {
+        let rank = |v: Vectors| match v {
+            Vectors::Baseline => 0,
+            Vectors::Avx2 => 1,
+            Vectors::Avx512 => 2,
+        };
+        let asked = match request.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => return (widest, None),
+            "baseline" => Vectors::Baseline,
+            "avx2" => Vectors::Avx2,
+            "avx512" => Vectors::Avx512,
+            other => {
+                return (widest, Some(format!("EXACTEM_SIMD={other:?} is not one of baseline, avx2, avx512, auto; using {widest:?}")));
+            }
+        };
+        if rank(asked) <= rank(widest) {
+            (asked, None)
+        } else {
+            (widest, Some(format!("EXACTEM_SIMD asks for {asked:?} kernels, which this processor lacks; using {widest:?}")))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -727,5 +777,20 @@ mod tests {
         for vectors in [Vectors::Avx2, Vectors::Avx512] {
             assert_eq!(run(vectors), baseline, "{vectors:?}");
         }
+    }
+
+    #[test]
+    fn simd_requests_never_exceed_the_processor() {
+        use Vectors::*;
+        assert_eq!(Vectors::from_request("", Avx2), (Avx2, None));
+        assert_eq!(Vectors::from_request("auto", Avx512), (Avx512, None));
+        assert_eq!(Vectors::from_request("baseline", Avx512), (Baseline, None));
+        assert_eq!(Vectors::from_request(" AVX2 ", Avx512), (Avx2, None));
+        let (chosen, message) = Vectors::from_request("avx512", Avx2);
+        assert_eq!(chosen, Avx2);
+        assert!(message.unwrap().contains("lacks"));
+        let (chosen, message) = Vectors::from_request("sse9", Baseline);
+        assert_eq!(chosen, Baseline);
+        assert!(message.unwrap().contains("not one of"));
     }
 }

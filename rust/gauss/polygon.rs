@@ -588,6 +588,12 @@ impl Placed<'_> {
         }
         let p = self.nearest_point();
         let d = norm2(p);
+        if d == f64::INFINITY {
+            // Empty: the edges cross. A slice of a polyhedron taken within rounding of a vertex
+            // (`slices.rs` fixes a panel's edges at its centre) can be, and its mass is zero;
+            // integrating it would slice along `p / d`, NaN.
+            return (f64::NEG_INFINITY, d);
+        }
         // The fan estimates its own error (its terms' errors over what they cancel down to): a
         // loose level is kept when that meets `rtol`, else the tightest level decides, or the
         // quadrature when even its error is too large.
@@ -1289,5 +1295,16 @@ mod tests {
         let poly = Polygon2::new(vec![], vec![], l);
         let (mut mean, mut second) = ([0.0; 2], [0.0; 4]);
         assert_eq!(poly.integrate(&[1.0, 2.0], 0.0, &mut mean, &mut second), 0.0);
+    }
+
+    /// Three edges that cross (the slice of a polyhedron within rounding of its vertex): the
+    /// polygon is empty, as `non_redundant` says, and its mass zero, where it panicked.
+    #[test]
+    fn crossed_edges_have_no_mass() {
+        let g = vec![[0.8622583483395293, 0.5064686966820229], [-0.853763492934684, -0.5206610203692684], [-0.8908935388612435, -0.45421217774878075]];
+        let e = vec![-1.245115122117113e-13, 7.802092305553288e-13, -2.2388757514590907e-12];
+        assert!(non_redundant(&g, &e).is_none());
+        let poly = Polygon2::new(g, vec![0.0; 3], [1.0, 0.0, 0.0, 1.0]);
+        assert_eq!(poly.log_mass_whitened(e, 1e-5), f64::NEG_INFINITY);
     }
 }

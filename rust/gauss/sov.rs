@@ -350,6 +350,10 @@ pub fn integrate(
         for shift in 0..SHIFTS {
             // Rounds add multiples of LANES points (FIRST_ROUND, then doublings).
             for batch in (done..target).step_by(LANES) {
+                // Rounds grow to 2^19 points: Ctrl-C is heard every 64 batches (4096 paths, ~1 ms).
+                if batch.is_multiple_of(64 * LANES) {
+                    cancel.check()?;
+                }
                 nets[shift].gray_points_into(batch as u32, &mut u);
                 with_wide_vectors(PathBatch { rot: &rot, rows_of: &rows_of, nu: &nu, u: &u, v: &mut drawn, log_weight: &mut log_weights });
                 for &lw in &log_weights {

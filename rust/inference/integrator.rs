@@ -102,11 +102,30 @@ impl GaussIntegrator {
         // Never looser than 10% relative, nor than a thousand times `rtol`: the moments and
         // the weights still need some digits.
         let rtol = (self.rtol * looseness.min(MAX_LOOSENESS)).min(0.1).max(self.rtol);
-        // The trait has no error channel: the inputs were validated when the region was
-        // prepared, and a never-cancelled token cannot interrupt, so the call cannot fail.
-        shape
-            .moments_of_facets(h, mean, inside, rtol, self.seed, want_moments, &Cancel::new())
-            .expect("region integrals over validated polyhedra cannot fail")
+        // The trait has no error channel: the call's token (`Cancel::current`, set by
+        // inference's batches) interrupts the integral and carries its failure, which stops
+        // the call and becomes its error; the value returned meanwhile is never used.
+        let cancel = Cancel::current();
+        match shape.moments_of_facets(h, mean, inside, rtol, self.seed, want_moments, &cancel) {
+            Ok(moments) => moments,
+            Err(err) => {
+                if err != Error::Interrupted {
+                    cancel.fail(err);
+                }
+                GaussMoments { log_mass: f64::NAN, mean: vec![f64::NAN; mean.len()], cov: vec![f64::NAN; mean.len() * mean.len()], error: f64::INFINITY }
+            }
+        }
+    }
+
+    /// A polygon's mass or moments must be numbers (see `crate::gauss::checked`); a NaN stops
+    /// the call through its token with this context.
+    fn check_polygon(region: usize, log_mass: f64, moments: &[f64]) {
+        let bad_moments = log_mass > f64::NEG_INFINITY && moments.iter().any(|v| !v.is_finite());
+        if log_mass.is_nan() || log_mass == f64::INFINITY || bad_moments {
+            Cancel::current().fail(Error::Numerical(format!(
+                "the S = 2 Gaussian integral over region {region} (a polygon) gave log mass {log_mass}, moments {moments:?}"
+            )));
+        }
     }
 }
 
@@ -134,7 +153,11 @@ impl RegionIntegrator for GaussIntegrator {
                 let (lo, hi, sd) = self.s1_intervals().interval(region);
                 log_diff_ndtr((lo - mean[0]) / sd, (hi - mean[0]) / sd)
             }
-            PreparedRegion::Polygon(poly) => poly.log_mass(mean, polygon_rtol(looseness)),
+            PreparedRegion::Polygon(poly) => {
+                let log_mass = poly.log_mass(mean, polygon_rtol(looseness));
+                Self::check_polygon(region, log_mass, &[]);
+                log_mass
+            }
             PreparedRegion::Polyhedron { shape, h, inside } => self.polyhedron(shape, h, inside, mean, false, looseness).log_mass,
         }
     }
@@ -148,7 +171,12 @@ impl RegionIntegrator for GaussIntegrator {
                 cond_second[0] = second;
                 log_mass
             }
-            PreparedRegion::Polygon(poly) => poly.integrate(mean, polygon_rtol(looseness), cond_mean, cond_second),
+            PreparedRegion::Polygon(poly) => {
+                let log_mass = poly.integrate(mean, polygon_rtol(looseness), cond_mean, cond_second);
+                Self::check_polygon(region, log_mass, cond_mean);
+                Self::check_polygon(region, log_mass, cond_second);
+                log_mass
+            }
             PreparedRegion::Polyhedron { shape, h, inside } => {
                 let out = self.polyhedron(shape, h, inside, mean, true, looseness);
                 let s = mean.len();

@@ -411,7 +411,11 @@ fn over_batches<T: Send + 'static>(x: DMatrixView<f64>, algebra: &RegionAlgebra,
     crate::parallel::map(chunks.len(), |i| {
         let (first, end) = chunks[i];
         cancel.check()?;
-        Ok(per_batch(x.columns(first, end - first)))
+        // The region integrals check the token as the call's current one, and record their
+        // failures in it; a batch they cut short is discarded here.
+        let out = cancel.enter(|| per_batch(x.columns(first, end - first)));
+        cancel.check()?;
+        Ok(out)
     })
     .into_iter()
     .collect()
@@ -430,7 +434,12 @@ fn map_batches<T: Send + 'static>(
     over_batches(x, algebra, cancel, |points| {
         let local = algebra.local_gaussians(points);
         let mut state = start(points.ncols());
+        let cancel = Cancel::current();
         for p in 0..points.ncols() {
+            // Stopped: the batch is discarded (`over_batches`), so the rest is not computed.
+            if cancel.is_cancelled() {
+                break;
+            }
             let (lk, mu) = local.point(p);
             per_point(&mut state, lk, mu);
         }
@@ -557,7 +566,18 @@ pub fn log_likelihood<I: RegionIntegrator>(
         let start = |points| (Vec::with_capacity(points), Vec::new());
         map_batches(algebra, x, cancel, start, |(out, bounds), lk, mu| out.push(log_likelihood_by_regions(integrator, lk, mu, algebra.s, bounds)))?
     };
-    Ok(batches.into_iter().flat_map(|(out, _)| out).collect())
+    let out: Vec<f64> = batches.into_iter().flat_map(|(out, _)| out).collect();
+    no_nan_log_likelihood(&out)?;
+    Ok(out)
+}
+
+/// `Err(Numerical)` naming the first point whose log-likelihood is NaN: the region integrals
+/// report their own failures, and this catches any other, never passed on silently.
+fn no_nan_log_likelihood(values: &[f64]) -> Result<()> {
+    match values.iter().position(|v| v.is_nan()) {
+        Some(n) => Err(crate::error::Error::Numerical(format!("the log-likelihood of point {n} came out NaN"))),
+        None => Ok(()),
+    }
 }
 
 /// The posterior terms of one point, flat, in the order visited (the first region, then the
@@ -687,6 +707,17 @@ impl EStep {
 
     /// Appends one point's entries whose weight is stored (above [`MIN_WEIGHT`]).
     fn push_point(&mut self, terms: &PointTerms, s: usize) {
+        // The arrays grow with the data: a growth the memory cannot take stops the call with
+        // `Memory` through its token (the batch is discarded) instead of aborting the process.
+        let entries = terms.region.len();
+        let room = crate::memory::try_reserve(&mut self.m2, entries * s * s, "the E-step's second moments")
+            .and_then(|()| crate::memory::try_reserve(&mut self.m1, entries * s, "the E-step's first moments"))
+            .and_then(|()| crate::memory::try_reserve(&mut self.m0, entries, "the E-step's weights"))
+            .and_then(|()| crate::memory::try_reserve(&mut self.region, entries, "the E-step's regions"));
+        if let Err(err) = room {
+            crate::cancel::Cancel::current().fail(err);
+            return;
+        }
         self.log_likelihood.push(terms.log_likelihood);
         for k in in_region_order(&terms.region) {
             let w = terms.weight[k];
@@ -717,14 +748,20 @@ impl EStep {
     /// The batches' points one after the other, in point order: each array allocated once and
     /// each entry written once, the batches in parallel. A batch that comes with `computed` has
     /// its statistics in the order computed, `computed[i]` the point of the `i`-th.
-    fn concat(mut batches: Vec<(EStep, Option<Vec<usize>>)>, s: usize) -> EStep {
+    fn concat(mut batches: Vec<(EStep, Option<Vec<usize>>)>, s: usize) -> Result<EStep> {
         if let [(_, None)] = batches.as_slice() {
-            return batches.pop().unwrap().0;
+            return Ok(batches.pop().unwrap().0);
         }
         let points: usize = batches.iter().map(|(b, _)| b.log_likelihood.len()).sum();
         let entries: usize = batches.iter().map(|(b, _)| b.region.len()).sum();
+        // The batches' arrays are held while these are filled: both must fit.
+        let per_entry = (std::mem::size_of::<usize>() + 8 * (1 + s + s * s)) as u128;
+        crate::memory::check(entries as u128 * per_entry + points as u128 * 24, &format!("the E-step's statistics of {points} points ({entries} region terms)"))?;
         let mut out = EStep::with_capacity(points, 0, s);
-        out.reserve(entries, s);
+        crate::memory::try_reserve(&mut out.region, entries, "the E-step's regions")?;
+        crate::memory::try_reserve(&mut out.m0, entries, "the E-step's weights")?;
+        crate::memory::try_reserve(&mut out.m1, entries * s, "the E-step's first moments")?;
+        crate::memory::try_reserve(&mut out.m2, entries * s * s, "the E-step's second moments")?;
         {
             let mut rest = Destination {
                 entry_offset: 0,
@@ -758,7 +795,7 @@ impl EStep {
             out.m1.set_len(entries * s);
             out.m2.set_len(entries * s * s);
         }
-        out
+        Ok(out)
     }
 }
 
@@ -869,7 +906,9 @@ pub fn e_step<I: RegionIntegrator>(
     } else {
         map_batches(algebra, x, cancel, start, by_regions)?.into_iter().map(|(stats, _)| (stats, None)).collect()
     };
-    Ok(EStep::concat(batches, s))
+    let out = EStep::concat(batches, s)?;
+    no_nan_log_likelihood(&out.log_likelihood)?;
+    Ok(out)
 }
 
 /// The DGN: a partition of its decoder and the per-region algebra for a noise variance.

@@ -161,7 +161,7 @@ impl PointPosterior {
             cumulative.push(total);
         }
         let last = self.weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
-        let mut out = Vec::with_capacity(n * s);
+        let mut out = crate::memory::try_with_capacity(n.saturating_mul(s), &format!("{n} samples of dimension {s}"))?;
         let mut prepared: std::collections::HashMap<usize, RegionSampler> = Default::default();
         for i in 0..n {
             if i % 256 == 0 {

@@ -707,7 +707,9 @@ impl HyperSlices {
             return 0.0;
         }
         let nearest = crate::gauss::nearest::nearest_point(f, e, 3, &[0.0; 3], centre);
-        crate::gauss::slices::log_mass(f, e, &nearest, SLICE_RTOL).0
+        // The draw loop checks for Ctrl-C; a failed slice integral is no point of the envelope
+        // (non-finite values are left out of it).
+        crate::gauss::slices::log_mass(f, e, &nearest, SLICE_RTOL, &crate::cancel::Cancel::new()).map_or(f64::NAN, |r| r.0)
     }
 
     fn log_marginal(&self, t: f64) -> f64 {

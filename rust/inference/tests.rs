@@ -369,7 +369,7 @@ fn e_step_batches_are_joined_in_point_order() {
     let computed = batch_of(0, &[&[5], &[1, 2], &[]]);
     let computed = EStep { log_likelihood: vec![-2.0, 0.0, -1.0], ..computed };
     let in_order = batch_of(3, &[&[3], &[4, 6]]);
-    let joined = EStep::concat(vec![(computed, Some(vec![2, 0, 1])), (in_order, None)], 2);
+    let joined = EStep::concat(vec![(computed, Some(vec![2, 0, 1])), (in_order, None)], 2).unwrap();
     let expected = batch_of(0, &[&[1, 2], &[], &[5], &[3], &[4, 6]]);
     assert_eq!(joined.log_likelihood, expected.log_likelihood);
     assert_eq!(joined.indptr, expected.indptr);
@@ -378,8 +378,8 @@ fn e_step_batches_are_joined_in_point_order() {
     assert_eq!(joined.m1, expected.m1);
     assert_eq!(joined.m2, expected.m2);
     // One batch in order is returned as it is; none gives no points.
-    let alone = EStep::concat(vec![(batch_of(0, &[&[7]]), None)], 2);
+    let alone = EStep::concat(vec![(batch_of(0, &[&[7]]), None)], 2).unwrap();
     assert_eq!((alone.indptr, alone.region), (vec![0, 1], vec![7]));
-    let empty = EStep::concat(Vec::new(), 2);
+    let empty = EStep::concat(Vec::new(), 2).unwrap();
     assert_eq!((empty.indptr, empty.log_likelihood.len()), (vec![0], 0));
 }

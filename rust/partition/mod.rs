@@ -158,7 +158,26 @@ struct Enumeration<'a> {
     tol: Tolerance,
     cancel: &'a Cancel,
     max_regions: usize,
+    /// Cells created so far: the whole space, plus one per split. Cells only split, and each
+    /// ends as one region, so this never exceeds the final count and reaches it at the end:
+    /// the limit fires as soon as it is certain to be exceeded, in time proportional to it.
     found: AtomicUsize,
+    /// The bytes each region will hold (see [`region_bytes`]).
+    region_bytes: usize,
+}
+
+/// Regions between two checks of the memory they will need.
+const MEMORY_CHECK_EVERY: usize = 1 << 12;
+
+/// A region's share of the partition's peak memory: its pattern, interior point and cell, the
+/// last hidden layer's map it holds until the output maps are formed (`width x (S + 1)`: 24 kB
+/// a region at width 1000), its affine output map (`A_q`, `b_q`), and its facets once asked
+/// for (counted at a dozen of S + 1 numbers, where a region of a wide network has a few dozen:
+/// an estimate, not a bound).
+fn region_bytes(decoder: &Decoder) -> usize {
+    let (s, d, h) = (decoder.latent_dim(), decoder.output_dim(), decoder.n_hidden());
+    let last_width = decoder.weights().last().map_or(0, |w| w.ncols());
+    8 * (words_for(h) + s + last_width * (s + 1) + d * (s + 1) + 12 * (s + 1) + 2 * (s + 1) * 4) + 128
 }
 
 impl<'a> Enumeration<'a> {
@@ -197,6 +216,10 @@ impl<'a> Enumeration<'a> {
         let mut a = vec![0.0; s];
         loop {
             self.cancel.check()?;
+            // Another branch passed the limit: stop here too, not after the whole subtree.
+            if self.found.load(Ordering::Relaxed) > self.max_regions {
+                return Err(Error::RegionLimit { limit: self.max_regions });
+            }
             if layer == hidden_layers {
                 return self.finish(cell, pattern, None);
             }
@@ -242,6 +265,7 @@ impl<'a> Enumeration<'a> {
                 Cut::On => set_bit(&mut pattern, k, true),
                 Cut::Off => set_bit(&mut pattern, k, false),
                 Cut::Split { on, off } => {
+                    self.count_new_region()?;
                     let mut off_pattern = pattern.clone();
                     set_bit(&mut off_pattern, k, false);
                     set_bit(&mut pattern, k, true);
@@ -259,11 +283,26 @@ impl<'a> Enumeration<'a> {
         }
     }
 
-    fn finish<C: Cell>(&self, cell: C, pattern: Box<[u64]>, last_hidden: Option<DMatrix<f64>>) -> Result<Vec<Leaf>> {
+    /// Counts the cell a split adds: `RegionLimit` past the limit, and every
+    /// [`MEMORY_CHECK_EVERY`] regions, `Memory` if the regions so far will not fit.
+    fn count_new_region(&self) -> Result<()> {
         let found = self.found.fetch_add(1, Ordering::Relaxed) + 1;
         if found > self.max_regions {
             return Err(Error::RegionLimit { limit: self.max_regions });
         }
+        if found.is_multiple_of(MEMORY_CHECK_EVERY) {
+            // What is held already is in use, so the rest must fit in what is left: about as
+            // much again for the maps, facets and the copies made when the leaves are joined.
+            if let Err(err) = crate::memory::check(found as u128 * self.region_bytes as u128, &format!("the {found} regions enumerated so far (and counting)")) {
+                // Every branch stops at its next check of the token, with this error.
+                self.cancel.fail(err.clone());
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish<C: Cell>(&self, cell: C, pattern: Box<[u64]>, last_hidden: Option<DMatrix<f64>>) -> Result<Vec<Leaf>> {
         let interior = cell.interior_point();
         Ok(vec![Leaf { pattern, interior, shape: cell.into_shape(), last_hidden }])
     }
@@ -286,7 +325,10 @@ impl Partition {
     ) -> Result<Partition> {
         let s = decoder.latent_dim();
         let h = decoder.n_hidden();
-        let job = Enumeration { decoder: &decoder, tol, cancel, max_regions, found: AtomicUsize::new(0) };
+        if max_regions == 0 {
+            return Err(Error::RegionLimit { limit: max_regions });
+        }
+        let job = Enumeration { decoder: &decoder, tol, cancel, max_regions, found: AtomicUsize::new(1), region_bytes: region_bytes(&decoder) };
         let pattern = vec![0u64; words_for(h)].into_boxed_slice();
         let map = Arc::new(job.first_map());
         let leaves = match s {
@@ -439,6 +481,7 @@ fn output_maps(decoder: &Decoder, leaves: &[Leaf]) -> Result<(Vec<f64>, Vec<f64>
             bytes as f64 / (1u64 << 30) as f64
         )));
     }
+    crate::memory::check(bytes as u128, &format!("the affine maps of {r} regions"))?;
     let w_last = decoder.weights().last().unwrap();
     let b_last = decoder.biases().last().unwrap();
     let mut a = vec![0.0; r * d * s];

@@ -6,7 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{mpsc, Mutex};
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyKeyboardInterrupt, PyValueError};
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt, PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::cancel::Cancel;
@@ -47,6 +47,8 @@ impl From<Error> for PyErr {
             Error::RegionLimit { .. } => RegionLimitError::new_err(err.to_string()),
             Error::Interrupted => PyKeyboardInterrupt::new_err("exactem computation interrupted"),
             Error::Numerical(_) => NumericalError::new_err(err.to_string()),
+            Error::Memory { .. } => PyMemoryError::new_err(err.to_string()),
+            Error::Internal(_) => InternalError::new_err(err.to_string()),
         }
     }
 }
@@ -69,7 +71,7 @@ where
         let token = &cancel;
         pool.in_place_scope(|scope| {
             scope.spawn(move |_| {
-                let outcome = catch_unwind(AssertUnwindSafe(|| work(token)));
+                let outcome = catch_unwind(AssertUnwindSafe(|| token.enter(|| work(token))));
                 let _ = sender.send(outcome);
             });
             let mut interrupt = None;
@@ -103,7 +105,7 @@ where
     let interrupt = Mutex::new(None);
     let outcome = py.detach(|| {
         let poll = || check_signals(&cancel, &mut interrupt.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        catch_unwind(AssertUnwindSafe(|| parallel::as_caller(pool, &poll, || work(&cancel))))
+        catch_unwind(AssertUnwindSafe(|| parallel::as_caller(pool, &poll, || cancel.enter(|| work(&cancel)))))
     });
     finish(outcome, interrupt.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
@@ -131,9 +133,26 @@ fn finish<T>(outcome: std::thread::Result<crate::Result<T>>, interrupt: Option<P
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(InternalError::new_err(format!("internal error in exactem's engine: {msg}")))
+            // The panic unwound through the call (the pool's jobs catch their own and hand them
+            // to the caller), so the pool and the process stay usable.
+            Err(Error::Internal(format!("a Rust panic: {msg} (the call was abandoned; exactem remains usable)")).into())
         }
     }
+}
+
+/// Test hook: a call whose job `which` of `jobs` panics, on whichever thread takes it (the
+/// pool's workers included), as a bug in the engine would. It must come back as
+/// `InternalError` promptly, leaving the pool usable for the next call.
+#[pyfunction]
+fn _force_panic(py: Python<'_>, jobs: usize, which: usize) -> PyResult<usize> {
+    run_released_here(py, move |_| {
+        let done = parallel::map(jobs, |i| {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            assert!(i != which, "forced panic in job {i} (test hook)");
+            1usize
+        });
+        Ok(done.into_iter().sum())
+    })
 }
 
 /// The CPUs each worker thread may run on, worker by worker (see `threads`).
@@ -150,6 +169,7 @@ fn no_threads(err: rayon::ThreadPoolBuildError) -> PyErr {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_function(wrap_pyfunction!(worker_cpus, m)?)?;
+    m.add_function(wrap_pyfunction!(_force_panic, m)?)?;
     m.add("ExactemError", py.get_type::<ExactemError>())?;
     m.add("RegionLimitError", py.get_type::<RegionLimitError>())?;
     m.add("NumericalError", py.get_type::<NumericalError>())?;

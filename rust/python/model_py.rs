@@ -53,13 +53,13 @@ impl PyDecoder {
 
     fn forward<'py>(&self, py: Python<'py>, z: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray2<f64>>> {
         let zt = points(&z, self.inner.latent_dim(), "Z")?;
-        let out = py.detach(|| self.inner.forward_batch(zt));
+        let out = py.detach(|| self.inner.try_forward_batch(zt))?;
         to_rows(py, out)
     }
 
     fn patterns<'py>(&self, py: Python<'py>, z: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray2<bool>>> {
         let zt = points(&z, self.inner.latent_dim(), "Z")?;
-        let out = py.detach(|| self.inner.patterns_batch(zt));
+        let out = py.detach(|| self.inner.try_patterns_batch(zt))?;
         to_rows(py, out)
     }
 
