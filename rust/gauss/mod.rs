@@ -111,6 +111,14 @@ impl PolytopeShape {
             return invalid("G contains NaN or infinite values");
         }
         let l = cholesky(cov, s)?;
+        Ok(Self::with_factor(g, s, l))
+    }
+
+    /// As [`Self::new`] from a lower triangular factor `l` (row-major, positive diagonal) of
+    /// the covariance, `L L^T = cov`: inference factors its covariances itself, accurately
+    /// also where they are too ill-conditioned for a Cholesky factorisation of the formed
+    /// matrix (tiny noise). `g` must be finite with S columns.
+    pub(crate) fn with_factor(g: &[f64], s: usize, l: Vec<f64>) -> Self {
         let m = g.len() / s;
         let mut f = vec![0.0; m * s];
         let mut scale = vec![0.0; m];
@@ -125,7 +133,7 @@ impl PolytopeShape {
                 }
             }
         }
-        Ok(PolytopeShape { s, g: g.to_vec(), l, f, scale })
+        PolytopeShape { s, g: g.to_vec(), l, f, scale }
     }
 
     pub fn dim(&self) -> usize {

@@ -21,7 +21,7 @@
 
 use nalgebra::DMatrixView;
 
-use super::PRUNE_GAP;
+use super::{RegionAlgebra, PRUNE_GAP};
 use crate::gauss::normal::{cody_central, cody_far_one_division, cody_middle, log_diff_ndtr, truncated_normal, CentredSeries, CODY_CENTRAL_END, FRAC_1_SQRT_2PI, SQRT_32};
 use crate::gauss::normal_batch::{exp_or_zero, ln, with_wide_vectors, MulAdd, Separate, VectorKernel};
 
@@ -539,29 +539,25 @@ pub(crate) enum Local<'a> {
     Formed(Forms<'a>),
 }
 
-/// The points (`x`, `D x n`) and what forms their local Gaussians: `u_q = (A^T Psi^-1 x)_q - v_q`,
-/// `mu_q = sigma_q u_q` and `log kappa_q = constant_q - x^T Psi^-1 x / 2 + (B^T Psi^-1 x)_q
-/// + u_q mu_q / 2`, with `A^T Psi^-1` and `B^T Psi^-1` column-major (`R x D`).
+/// The points (`x`, `D x n`) and the algebra that forms their local Gaussians (see
+/// [`RegionAlgebra::s1_form`]): the completed-square form, and the residual form for the lanes
+/// whose error bound asks for it.
 pub(crate) struct Forms<'a> {
     pub x: DMatrixView<'a, f64>,
-    pub at_psi: &'a [f64],
-    pub bt_psi: &'a [f64],
-    pub v: &'a [f64],
-    pub sigma: &'a [f64],
-    pub constant: &'a [f64],
-    pub inv_psi: &'a [f64],
+    pub algebra: &'a RegionAlgebra,
 }
 
 impl Forms<'_> {
     /// The coordinates of the lanes' points, into `x_lanes`, and their `x^T Psi^-1 x`.
     #[inline(always)]
     fn load<M: MulAdd>(&self, lane_point: &[usize; LANES], x_lanes: &mut Vec<Lanes>) -> Lanes {
-        x_lanes.resize(self.inv_psi.len(), ZERO_LANES);
+        let inv_psi = self.algebra.inv_psi();
+        x_lanes.resize(inv_psi.len(), ZERO_LANES);
         let mut xpx = ZERO_LANES;
         for (i, lanes) in x_lanes.iter_mut().enumerate() {
             for l in 0..LANES {
                 lanes[l] = self.x[(i, lane_point[l])];
-                xpx[l] = M::mul_add(lanes[l] * lanes[l], self.inv_psi[i], xpx[l]);
+                xpx[l] = M::mul_add(lanes[l] * lanes[l], inv_psi[i], xpx[l]);
             }
         }
         xpx
@@ -570,22 +566,39 @@ impl Forms<'_> {
     /// Region q's `(log kappa_q, mu_q)` for the loaded lanes.
     #[inline(always)]
     fn region<M: MulAdd>(&self, q: usize, x_lanes: &[Lanes], xpx: &Lanes) -> (Lanes, Lanes) {
-        let r = self.v.len();
         let (mut a, mut bx) = (ZERO_LANES, ZERO_LANES);
         for (i, xi) in x_lanes.iter().enumerate() {
-            let (ca, cb) = (self.at_psi[i * r + q], self.bt_psi[i * r + q]);
+            let (ca, cb) = self.algebra.s1_coefficients(q, i);
             for l in 0..LANES {
                 a[l] = M::mul_add(ca, xi[l], a[l]);
                 bx[l] = M::mul_add(cb, xi[l], bx[l]);
             }
         }
         let (mut lk, mut m) = (ZERO_LANES, ZERO_LANES);
+        let mut any = false;
         for l in 0..LANES {
-            let u = a[l] - self.v[q];
-            m[l] = self.sigma[q] * u;
-            lk[l] = M::mul_add(0.5 * u, m[l], self.constant[q] - 0.5 * xpx[l] + bx[l]);
+            let stable;
+            (lk[l], m[l], stable) = self.algebra.s1_form::<M>(q, a[l], bx[l], xpx[l]);
+            any |= stable;
+        }
+        if any {
+            self.stable_lanes(q, x_lanes, xpx, &mut lk, &mut m);
         }
         (lk, m)
+    }
+
+    /// The residual form for the lanes whose completed-square form's bound asks for it.
+    #[inline(never)]
+    fn stable_lanes(&self, q: usize, x_lanes: &[Lanes], xpx: &Lanes, lk: &mut Lanes, m: &mut Lanes) {
+        let mut point = vec![0.0; x_lanes.len()];
+        for l in 0..LANES {
+            if self.algebra.completed_square_too_rough(q, lk[l], xpx[l]) {
+                point.iter_mut().zip(x_lanes).for_each(|(v, lanes)| *v = lanes[l]);
+                let mut mean = [m[l]];
+                lk[l] = self.algebra.stable_log_kappa(q, &point, &mut mean);
+                m[l] = mean[0];
+            }
+        }
     }
 }
 
