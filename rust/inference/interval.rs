@@ -548,9 +548,10 @@ pub(crate) struct Forms<'a> {
 }
 
 impl Forms<'_> {
-    /// The coordinates of the lanes' points, into `x_lanes`, and their `x^T Psi^-1 x`.
+    /// The coordinates of the lanes' points, into `x_lanes`, their `x^T Psi^-1 x` and its
+    /// largest value.
     #[inline(always)]
-    fn load<M: MulAdd>(&self, lane_point: &[usize; LANES], x_lanes: &mut Vec<Lanes>) -> Lanes {
+    fn load<M: MulAdd>(&self, lane_point: &[usize; LANES], x_lanes: &mut Vec<Lanes>) -> (Lanes, f64) {
         let inv_psi = self.algebra.inv_psi();
         x_lanes.resize(inv_psi.len(), ZERO_LANES);
         let mut xpx = ZERO_LANES;
@@ -560,12 +561,13 @@ impl Forms<'_> {
                 xpx[l] = M::mul_add(lanes[l] * lanes[l], inv_psi[i], xpx[l]);
             }
         }
-        xpx
+        (xpx, largest(&xpx[..]))
     }
 
-    /// Region q's `(log kappa_q, mu_q)` for the loaded lanes.
+    /// Region q's `(log kappa_q, mu_q)` for the loaded lanes; with `EXACT` false, the completed
+    /// square however rough (for the ordering of points, where it only costs speed).
     #[inline(always)]
-    fn region<M: MulAdd>(&self, q: usize, x_lanes: &[Lanes], xpx: &Lanes) -> (Lanes, Lanes) {
+    fn region<M: MulAdd, const EXACT: bool>(&self, q: usize, x_lanes: &[Lanes], (xpx, largest_xpx): (&Lanes, f64)) -> (Lanes, Lanes) {
         let (mut a, mut bx) = (ZERO_LANES, ZERO_LANES);
         for (i, xi) in x_lanes.iter().enumerate() {
             let (ca, cb) = self.algebra.s1_coefficients(q, i);
@@ -575,28 +577,38 @@ impl Forms<'_> {
             }
         }
         let (mut lk, mut m) = (ZERO_LANES, ZERO_LANES);
-        let mut any = false;
         for l in 0..LANES {
-            let stable;
-            (lk[l], m[l], stable) = self.algebra.s1_form::<M>(q, a[l], bx[l], xpx[l]);
-            any |= stable;
+            (lk[l], m[l], _) = self.algebra.s1_form::<M>(q, a[l], bx[l], xpx[l]);
         }
-        if any {
+        // Lane by lane only where some lane's completed square may be too rough.
+        if EXACT && self.algebra.completed_square_may_be_rough(q, largest_xpx) && (0..LANES).any(|l| self.algebra.completed_square_too_rough(q, lk[l], xpx[l])) {
             self.stable_lanes(q, x_lanes, xpx, &mut lk, &mut m);
         }
         (lk, m)
     }
 
-    /// The residual form for the lanes whose completed-square form's bound asks for it.
+    /// The residual form for the lanes whose completed-square form's bound asks for it: on
+    /// the vectors for every lane, kept where the completed square was too rough; the lanes
+    /// whose plain residual is too rough as well (points extremely far in noise units) take
+    /// the compensated one.
+    // Kept out of line, so that the passes over regions stay small; compiled apart it runs on
+    // the baseline processor, hence plain products and sums (fused ones would be library calls
+    // there).
     #[inline(never)]
     fn stable_lanes(&self, q: usize, x_lanes: &[Lanes], xpx: &Lanes, lk: &mut Lanes, m: &mut Lanes) {
-        let mut point = vec![0.0; x_lanes.len()];
+        let (mut residual, mut needs) = ([0.0; LANES], [false; LANES]);
+        self.algebra.s1_residual_form::<Separate, LANES, Lanes>(q, x_lanes, xpx, m, &mut residual, &mut needs);
         for l in 0..LANES {
-            if self.algebra.completed_square_too_rough(q, lk[l], xpx[l]) {
-                point.iter_mut().zip(x_lanes).for_each(|(v, lanes)| *v = lanes[l]);
+            if !self.algebra.completed_square_too_rough(q, lk[l], xpx[l]) {
+                continue;
+            }
+            if needs[l] {
+                let point: Vec<f64> = x_lanes.iter().map(|lanes| lanes[l]).collect();
                 let mut mean = [m[l]];
                 lk[l] = self.algebra.stable_log_kappa(q, &point, &mut mean);
                 m[l] = mean[0];
+            } else {
+                lk[l] = residual[l];
             }
         }
     }
@@ -620,10 +632,10 @@ impl VectorKernel for BestRegions<'_> {
         let mut x_lanes = Vec::new();
         for first in (0..n).step_by(LANES) {
             let lane_point: [usize; LANES] = std::array::from_fn(|l| (first + l).min(n - 1));
-            let xpx = forms.load::<M>(&lane_point, &mut x_lanes);
+            let (xpx, largest_xpx) = forms.load::<M>(&lane_point, &mut x_lanes);
             let (mut top, mut region) = (Lanes::splat(f64::NEG_INFINITY), ZERO_LANES);
             for q in 0..intervals.len() {
-                let (lk, mu) = forms.region::<M>(q, &x_lanes, &xpx);
+                let (lk, mu) = forms.region::<M, false>(q, &x_lanes, (&xpx, largest_xpx));
                 let (lo, hi, inv_sd) = (intervals.lo[q], intervals.hi[q], intervals.inv_sd[q]);
                 for l in 0..LANES {
                     let bound = lk[l] + tail_bound::<M>(lo, hi, inv_sd, mu[l]);
@@ -674,9 +686,9 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
                 }
             }
             Local::Formed(ref forms) => {
-                let xpx = forms.load::<M>(&lane_point, &mut block.x);
+                let (xpx, largest_xpx) = forms.load::<M>(&lane_point, &mut block.x);
                 for q in 0..r {
-                    (block.log_kappa[q], block.mu[q]) = forms.region::<M>(q, &block.x, &xpx);
+                    (block.log_kappa[q], block.mu[q]) = forms.region::<M, true>(q, &block.x, (&xpx, largest_xpx));
                 }
             }
         }

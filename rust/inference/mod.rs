@@ -90,8 +90,11 @@ pub trait RegionIntegrator: Send + Sync {
 
 /// Where the completed-square form of `log kappa` may be off by more than this, relative to
 /// `max(1, |log kappa|)` (by the bound of [`RegionAlgebra::cheap_form_error`]), the region's
-/// `log kappa` is formed again from the residual at its posterior mean (DESIGN.md §3).
-const STABLE_FORM_TOLERANCE: f64 = 1e-11;
+/// `log kappa` is formed again from the residual at its posterior mean (DESIGN.md §3). A tenth
+/// of the 1e-9 relative accuracy promised for `log p`; the bound is worst-case (typical errors
+/// are ~sqrt(D) times smaller), and a tighter threshold sent S = 1 points at noise 1e-5 (where
+/// the completed square is good to ~1e-11) through the slower form.
+const STABLE_FORM_TOLERANCE: f64 = 1e-10;
 
 /// One region's Gaussian algebra, from the SVD `Psi^{-1/2} A = U diag(s) V^T` (DESIGN.md §3):
 /// `Sigma = V diag(1 / (1 + s^2)) V^T`, `log det Sigma = -sum log(1 + s^2)` and
@@ -225,8 +228,9 @@ pub struct RegionAlgebra {
     /// `A_q` (D x S row-major) and `b_q`, for the residual form.
     a: Vec<f64>,
     b: Vec<f64>,
-    /// `b_q^T Psi^-1 b_q`.
+    /// `b_q^T Psi^-1 b_q`, and the largest.
     b_psi_b: Vec<f64>,
+    largest_b_psi_b: f64,
     /// `-D/2 log 2pi - 1/2 log det Psi + 1/2 log det Sigma_q`, and that minus `b^T Psi^-1 b / 2`
     /// (the completed-square form's constant).
     base: Vec<f64>,
@@ -287,6 +291,7 @@ impl RegionAlgebra {
             constant[q] = base[q] - 0.5 * b_psi_b[q];
         }
         let error_factor = 8.0 * (d + s + 6) as f64 * f64::EPSILON;
+        let largest_b_psi_b = b_psi_b.iter().fold(0.0f64, |a, v| a.max(*v));
         Ok(RegionAlgebra {
             s,
             d,
@@ -302,6 +307,7 @@ impl RegionAlgebra {
             a: a_all,
             b: b_all,
             b_psi_b,
+            largest_b_psi_b,
             base,
             constant,
             inv_psi,
@@ -340,6 +346,52 @@ impl RegionAlgebra {
     #[inline(always)]
     fn cheap_form_error(&self, q: usize, xpx: f64) -> f64 {
         self.error_factor * (xpx + self.b_psi_b[q])
+    }
+
+    /// A bound on the error of the residual form with a plainly rounded residual `r`
+    /// (`quad = r^T Psi^-1 r`, `mean_square = m^T m`): each `r_i` is off by at most
+    /// `gamma (|x_i| + |b_i| + |a_i . m|)`, so `quad` by `2 sqrt(quad) gamma sqrt(3 W)` plus
+    /// the square of that error, `W = x^T Psi^-1 x + b^T Psi^-1 b + m^T A^T Psi^-1 A m`
+    /// (Cauchy-Schwarz; `m^T A^T Psi^-1 A m <= |Sigma^-1| |m|^2`, with the largest eigenvalue
+    /// `1 / min shrink`); `m`'s own error enters only to second order, below the same square.
+    /// Of order `gamma sqrt(x^T Psi^-1 x)` where the completed square's is `gamma x^T Psi^-1 x`.
+    #[inline(always)]
+    fn residual_form_error(&self, q: usize, xpx: f64, quad: f64, mean_square: f64) -> f64 {
+        let s = self.s;
+        let largest = self.shrink[q * s..(q + 1) * s].iter().fold(f64::INFINITY, |a, v| a.min(*v));
+        let w = 3.0 * (xpx + self.b_psi_b[q] + mean_square / largest);
+        let gamma = self.error_factor / 8.0;
+        2.0 * gamma * (quad * w).sqrt() + 2.0 * gamma * gamma * w
+    }
+
+    /// At S = 1, the residual form's `log kappa` of region q for the lanes of a block whose
+    /// completed square is too rough (`m` their means, `x` their coordinates by output), with a
+    /// plainly rounded residual, on the vectors; `needs` says which lanes must still take
+    /// [`Self::stable_log_kappa`] (its bound is too loose there).
+    #[inline(always)]
+    pub(crate) fn s1_residual_form<M: MulAdd, const LANES: usize, X: std::ops::Deref<Target = [f64; LANES]>>(
+        &self,
+        q: usize,
+        x: &[X],
+        xpx: &[f64; LANES],
+        m: &[f64; LANES],
+        log_kappa: &mut [f64; LANES],
+        needs: &mut [bool; LANES],
+    ) {
+        let d = self.d;
+        let (a, b) = (&self.a[q * d..(q + 1) * d], &self.b[q * d..(q + 1) * d]);
+        let mut quad = [0.0; LANES];
+        for (i, xi) in x.iter().enumerate() {
+            for l in 0..LANES {
+                let r = M::mul_add(-a[i], m[l], xi[l] - b[i]);
+                quad[l] = M::mul_add(r * r, self.inv_psi[i], quad[l]);
+            }
+        }
+        for l in 0..LANES {
+            let mean_square = m[l] * m[l];
+            log_kappa[l] = self.base[q] - 0.5 * (quad[l] + mean_square);
+            needs[l] = Self::needs_stable_form(log_kappa[l], self.residual_form_error(q, xpx[l], quad[l], mean_square));
+        }
     }
 
     /// Whether `log_kappa`, with its error bound `error`, must be formed again.
@@ -387,18 +439,27 @@ impl RegionAlgebra {
                 *mj += st;
             }
         }
-        // Where x, b and A m are large against their difference, the residual is formed in
-        // double-double arithmetic: rounded once, it keeps its own relative accuracy however
-        // far the point is (m is exact input here, the form being stationary in it).
-        let compensated = rough > STABLE_FORM_TOLERANCE;
-        let quad: f64 = (0..d)
+        let mean_square: f64 = m.iter().map(|v| v * v).sum();
+        let plain: f64 = (0..d)
             .map(|i| {
-                let ri = if compensated { compensated_residual(x[i], b[i], &a[i * s..(i + 1) * s], m) } else { residual(i, m) };
+                let ri = residual(i, m);
                 ri * ri * self.inv_psi[i]
             })
-            .sum::<f64>()
-            + m.iter().map(|v| v * v).sum::<f64>();
-        self.base[q] - 0.5 * quad
+            .sum::<f64>();
+        let value = self.base[q] - 0.5 * (plain + mean_square);
+        // Where x, b and A m are large against their difference, the residual is formed again
+        // in double-double arithmetic: rounded once, it keeps its own relative accuracy however
+        // far the point is (m is exact input here, the form being stationary in it).
+        if !Self::needs_stable_form(value, self.residual_form_error(q, xpx, plain, mean_square)) {
+            return value;
+        }
+        let quad: f64 = (0..d)
+            .map(|i| {
+                let ri = compensated_residual(x[i], b[i], &a[i * s..(i + 1) * s], m);
+                ri * ri * self.inv_psi[i]
+            })
+            .sum::<f64>();
+        self.base[q] - 0.5 * (quad + mean_square)
     }
 
     /// `log kappa_q(x)` and `mu_q(x)` for every region and every point of a batch
@@ -456,6 +517,13 @@ impl RegionAlgebra {
         (lk, m, Self::needs_stable_form(lk, error))
     }
 
+    /// Whether some point with `x^T Psi^-1 x <= largest_xpx` may need the residual form in
+    /// region q: the bound at the largest is above the tolerance of `|log kappa| <= 1`.
+    #[inline(always)]
+    pub(crate) fn completed_square_may_be_rough(&self, q: usize, largest_xpx: f64) -> bool {
+        !(self.cheap_form_error(q, largest_xpx) <= STABLE_FORM_TOLERANCE)
+    }
+
     /// Whether S = 1's completed-square `log_kappa` of region q at a point with
     /// `x^T Psi^-1 x = xpx` must be formed again (as in [`Self::s1_form`]).
     #[inline]
@@ -480,13 +548,11 @@ impl RegionAlgebra {
     /// units: large weights, unscaled data, tiny noise).
     #[inline(always)]
     fn local_gaussians_of_point_s1<M: MulAdd>(&self, x: &[f64], gx: &[f64], bx: &[f64], xpx: f64, log_kappa: &mut [f64], mu: &mut [f64]) {
-        let mut any = false;
         for (q, ((lk, m), (g, b))) in log_kappa.iter_mut().zip(mu.iter_mut()).zip(gx.iter().zip(bx)).enumerate() {
-            let (value, mean, stable) = self.s1_form::<M>(q, *g, *b, xpx);
-            (*lk, *m) = (value, mean);
-            any |= stable;
+            (*lk, *m, _) = self.s1_form::<M>(q, *g, *b, xpx);
         }
-        if any {
+        // Region by region only where the bound at the largest b^T Psi^-1 b may be too rough.
+        if !(self.error_factor * (xpx + self.largest_b_psi_b) <= STABLE_FORM_TOLERANCE) {
             for q in 0..log_kappa.len() {
                 if self.completed_square_too_rough(q, log_kappa[q], xpx) {
                     log_kappa[q] = self.stable_log_kappa(q, x, &mut mu[q..q + 1]);
