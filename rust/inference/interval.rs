@@ -291,6 +291,10 @@ fn end_tails<M: MulAdd>(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes)
 pub(crate) struct Block {
     /// The points' coordinates, where the block forms their values.
     x: Vec<Lanes>,
+    /// Scratch of [`Forms::fix_rough_regions`].
+    rough: Vec<bool>,
+    upper: Vec<Lanes>,
+    fix: Vec<bool>,
     /// `log kappa_q - M` and `mu_q` per region.
     log_kappa: Vec<Lanes>,
     mu: Vec<Lanes>,
@@ -587,6 +591,62 @@ impl Forms<'_> {
         (lk, m)
     }
 
+    /// The residual form where the block may use a region's values and its completed square
+    /// is too rough. A lane counts region q only where its bound lies within
+    /// `PRUNE_GAP - ln MIN_SCALED_TOTAL` of the lane's scale (its threshold is never lower
+    /// for a lane it does not decline), and computing q reads the joint density at q's ends
+    /// from their density regions: with the completed square's values off by at most `err`,
+    /// those are the regions fixed, judged by `bound + err` against the largest `bound - err`
+    /// (which the lane's scale is at least, once fixed). Where a rough value is not finite,
+    /// every rough region is fixed.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn fix_rough_regions<M: MulAdd>(&self, intervals: &Intervals, x_lanes: &[Lanes], xpx: &Lanes, log_kappa: &mut [Lanes], mu: &mut [Lanes], rough: &mut Vec<bool>, upper: &mut Vec<Lanes>, fix: &mut Vec<bool>) {
+        let (algebra, r) = (self.algebra, intervals.len());
+        rough.clear();
+        rough.resize(r, false);
+        upper.resize(r, ZERO_LANES);
+        let mut scale = Lanes::splat(f64::NEG_INFINITY);
+        let mut unreliable = false;
+        for q in 0..r {
+            let (lo, hi, inv_sd) = (intervals.lo[q], intervals.hi[q], intervals.inv_sd[q]);
+            let (lk, m) = (log_kappa[q], mu[q]);
+            let (mut up, mut any, mut finite) = (ZERO_LANES, false, true);
+            for l in 0..LANES {
+                let error = algebra.completed_square_error(q, xpx[l]);
+                let bound = lk[l] + tail_bound::<M>(lo, hi, inv_sd, m[l]);
+                let too_rough = algebra.completed_square_too_rough(q, lk[l], xpx[l]);
+                any |= too_rough;
+                finite &= !too_rough | (bound - bound == 0.0);
+                up[l] = bound + error;
+                let low = bound - error;
+                scale[l] = if low > scale[l] { low } else { scale[l] };
+            }
+            rough[q] = any;
+            unreliable |= !finite;
+            upper[q] = up;
+        }
+        let every = unreliable;
+        let reach = PRUNE_GAP - MIN_SCALED_TOTAL.ln() + 1.0;
+        fix.clear();
+        fix.resize(r, false);
+        for q in 0..r {
+            let up = upper[q];
+            if every || (0..LANES).fold(false, |any, l| any | (up[l] >= scale[l] - reach)) {
+                fix[q] |= rough[q];
+                for end in [intervals.lo_end[q], intervals.hi_end[q]] {
+                    if end != NO_END {
+                        let neighbour = intervals.density_region[end];
+                        fix[neighbour] |= rough[neighbour];
+                    }
+                }
+            }
+        }
+        for q in (0..r).filter(|&q| fix[q]) {
+            self.stable_lanes(q, x_lanes, xpx, &mut log_kappa[q], &mut mu[q]);
+        }
+    }
+
     /// The residual form for the lanes whose completed-square form's bound asks for it: on
     /// the vectors for every lane, kept where the completed square was too rough; the lanes
     /// whose plain residual is too rough as well (points extremely far in noise units) take
@@ -688,7 +748,10 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
             Local::Formed(ref forms) => {
                 let (xpx, largest_xpx) = forms.load::<M>(&lane_point, &mut block.x);
                 for q in 0..r {
-                    (block.log_kappa[q], block.mu[q]) = forms.region::<M, true>(q, &block.x, (&xpx, largest_xpx));
+                    (block.log_kappa[q], block.mu[q]) = forms.region::<M, false>(q, &block.x, (&xpx, largest_xpx));
+                }
+                if forms.algebra.completed_square_may_be_rough_anywhere(largest_xpx) {
+                    forms.fix_rough_regions::<M>(intervals, &block.x, &xpx, &mut block.log_kappa, &mut block.mu, &mut block.rough, &mut block.upper, &mut block.fix);
                 }
             }
         }

@@ -517,6 +517,19 @@ impl RegionAlgebra {
         (lk, m, Self::needs_stable_form(lk, error))
     }
 
+    /// Whether some point with `x^T Psi^-1 x <= largest_xpx` may need the residual form in some
+    /// region.
+    #[inline(always)]
+    pub(crate) fn completed_square_may_be_rough_anywhere(&self, largest_xpx: f64) -> bool {
+        !(self.error_factor * (largest_xpx + self.largest_b_psi_b) <= STABLE_FORM_TOLERANCE)
+    }
+
+    /// The bound of [`Self::cheap_form_error`], for the interval path.
+    #[inline(always)]
+    pub(crate) fn completed_square_error(&self, q: usize, xpx: f64) -> f64 {
+        self.cheap_form_error(q, xpx)
+    }
+
     /// Whether some point with `x^T Psi^-1 x <= largest_xpx` may need the residual form in
     /// region q: the bound at the largest is above the tolerance of `|log kappa| <= 1`.
     #[inline(always)]
