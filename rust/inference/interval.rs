@@ -665,7 +665,7 @@ impl Forms<'_> {
             if needs[l] {
                 let point: Vec<f64> = x_lanes.iter().map(|lanes| lanes[l]).collect();
                 let mut mean = [m[l]];
-                lk[l] = self.algebra.stable_log_kappa(q, &point, &mut mean);
+                lk[l] = self.algebra.stable_log_kappa(q, &point, xpx[l], &mut mean);
                 m[l] = mean[0];
             } else {
                 lk[l] = residual[l];

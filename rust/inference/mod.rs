@@ -407,12 +407,11 @@ impl RegionAlgebra {
     /// so an error `delta` in `m` moves it by only `delta^T Sigma^-1 delta`. Where that could
     /// matter (points very far in noise units), `m` is refined first by one Newton step
     /// `m += Sigma A^T Psi^-1 r - Sigma m` from the residual `r`, and left refined.
-    pub(crate) fn stable_log_kappa(&self, q: usize, x: &[f64], m: &mut [f64]) -> f64 {
+    pub(crate) fn stable_log_kappa(&self, q: usize, x: &[f64], xpx: f64, m: &mut [f64]) -> f64 {
         let (s, d) = (self.s, self.d);
         let a = &self.a[q * d * s..(q + 1) * d * s];
         let b = &self.b[q * d..(q + 1) * d];
         let residual = |i: usize, m: &[f64]| x[i] - b[i] - a[i * s..(i + 1) * s].iter().zip(m).map(|(a, m)| a * m).sum::<f64>();
-        let xpx: f64 = x.iter().zip(&self.inv_psi).map(|(v, w)| v * v * w).sum();
         let rough = self.cheap_form_error(q, xpx);
         // An error delta ~ gamma |mu| in m moves the form by delta^T Sigma^-1 delta, of order
         // gamma^2 (xpx + bpb): refine where that is not negligible.
@@ -481,10 +480,11 @@ impl RegionAlgebra {
         let mut column = vec![0.0; self.d];
         for p in 0..n {
             column.iter_mut().zip(x.column(p).iter()).for_each(|(c, v)| *c = *v);
+            let xpx: f64 = column.iter().zip(&self.inv_psi).map(|(v, w)| v * v * w).sum();
             let (lk, m) = (&mut log_kappa[p * r..(p + 1) * r], &mut mu[p * r * s..(p + 1) * r * s]);
             for (q, (lk, m)) in lk.iter_mut().zip(m.chunks_exact_mut(s)).enumerate() {
                 m.iter_mut().zip(&self.offset[q * s..(q + 1) * s]).for_each(|(m, o)| *m -= o);
-                *lk = self.stable_log_kappa(q, &column, m);
+                *lk = self.stable_log_kappa(q, &column, xpx, m);
             }
         }
         LocalGaussians { s, r, log_kappa, mu }
@@ -568,7 +568,7 @@ impl RegionAlgebra {
         if !(self.error_factor * (xpx + self.largest_b_psi_b) <= STABLE_FORM_TOLERANCE) {
             for q in 0..log_kappa.len() {
                 if self.completed_square_too_rough(q, log_kappa[q], xpx) {
-                    log_kappa[q] = self.stable_log_kappa(q, x, &mut mu[q..q + 1]);
+                    log_kappa[q] = self.stable_log_kappa(q, x, xpx, &mut mu[q..q + 1]);
                 }
             }
         }

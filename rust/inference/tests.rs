@@ -470,7 +470,7 @@ fn residual_form_agrees_with_the_completed_square_at_moderate_scale_and_fixes_it
             let bx: f64 = (0..2).map(|i| algebra.s1_coefficients(q, i).1 * x[i]).sum();
             let (cheap, mean, rough) = algebra.s1_form::<crate::gauss::normal_batch::Separate>(q, gx, bx, xpx);
             let mut m = [mean];
-            let stable = algebra.stable_log_kappa(q, x.as_slice(), &mut m);
+            let stable = algebra.stable_log_kappa(q, x.as_slice(), xpx, &mut m);
             let bound = algebra.cheap_form_error(q, xpx);
             assert!((cheap - stable).abs() <= bound, "region {q}: |{cheap} - {stable}| above the bound {bound}");
             assert_eq!(local.log_kappa[q], if rough { stable } else { cheap });
