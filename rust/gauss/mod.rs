@@ -91,7 +91,10 @@ pub fn cholesky(cov: &[f64], s: usize) -> Result<Vec<f64>> {
 #[derive(Clone, Debug)]
 pub struct PolytopeShape {
     s: usize,
+    /// `G` with each row scaled by a power of two to a largest entry in [1, 2), and that
+    /// scale's inverse (the offsets are divided by it).
     g: Vec<f64>,
+    row_norm: Vec<f64>,
     l: Vec<f64>,
     /// `G L` with unit rows (rows of `G` that are zero have a zero row here).
     f: Vec<f64>,
@@ -111,7 +114,32 @@ impl PolytopeShape {
             return invalid("G contains NaN or infinite values");
         }
         let l = cholesky(cov, s)?;
+        Ok(Self::with_factor(g, s, l))
+    }
+
+    /// As [`Self::new`] from a lower triangular factor `l` (row-major, positive diagonal) of
+    /// the covariance, `L L^T = cov`: inference factors its covariances itself, accurately
+    /// also where they are too ill-conditioned for a Cholesky factorisation of the formed
+    /// matrix (tiny noise). `g` must be finite with S columns.
+    pub(crate) fn with_factor(g: &[f64], s: usize, l: Vec<f64>) -> Self {
         let m = g.len() / s;
+        // Each row (and later its offset) scaled by the power of two that brings its largest
+        // entry into [1, 2): rows of any scale (1e-300 to 1e300) describe the same polyhedron,
+        // and neither their squares nor those of `G L` may underflow or overflow. A power of
+        // two scales exactly, so rows of ordinary size give the same bits as unscaled. A zero
+        // row stays zero.
+        let mut row_norm = vec![1.0; m];
+        let mut g = g.to_vec();
+        for (row, norm) in g.chunks_exact_mut(s).zip(row_norm.iter_mut()) {
+            let largest = row.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            if largest > 0.0 {
+                let exponent = largest.log2().floor() as i32;
+                // Two halves: 2^-exponent alone overflows for subnormal rows.
+                let (first, second) = (2f64.powi(-exponent / 2), 2f64.powi(-exponent + exponent / 2));
+                row.iter_mut().for_each(|v| *v = *v * first * second);
+                *norm = 1.0 / (first * second);
+            }
+        }
         let mut f = vec![0.0; m * s];
         let mut scale = vec![0.0; m];
         for i in 0..m {
@@ -125,7 +153,7 @@ impl PolytopeShape {
                 }
             }
         }
-        Ok(PolytopeShape { s, g: g.to_vec(), l, f, scale })
+        PolytopeShape { s, g, row_norm, l, f, scale }
     }
 
     pub fn dim(&self) -> usize {
@@ -222,8 +250,17 @@ impl PolytopeShape {
             if h[i] == f64::NEG_INFINITY {
                 return None;
             }
+            // An offset beyond the range of doubles once over a tiny row's length: a row that
+            // constrains nothing, or one that empties the polyhedron.
+            let offset = h[i] / self.row_norm[i];
+            if offset == f64::INFINITY {
+                continue;
+            }
+            if offset == f64::NEG_INFINITY {
+                return None;
+            }
             f.extend_from_slice(&self.f[i * s..(i + 1) * s]);
-            e.push((h[i] - dot(&self.g[i * s..(i + 1) * s], mean)) / self.scale[i]);
+            e.push((offset - dot(&self.g[i * s..(i + 1) * s], mean)) / self.scale[i]);
         }
         Some((f, e))
     }
@@ -403,6 +440,31 @@ fn integrate_whitened(
             let (log_mass, mean, variance) = normal::truncated_normal_central(0.0, 1.0, lo, hi);
             Ok(WhitenedMoments { log_mass, mean: vec![mean], cov: vec![variance], error: 0.0 })
         }
+        _ if s >= 2 && lineal_normal(f, s).is_some() => {
+            // A half-space or slab: the truncated normal along its normal, standard across it,
+            // which stays accurate however far the mean is (the facet formulas take ratios of
+            // masses whose logarithms there keep only `eps d^2` absolute accuracy).
+            let n = lineal_normal(f, s).expect("checked");
+            let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+            for (row, ei) in f.chunks_exact(s).zip(e) {
+                if dot(row, n) > 0.0 {
+                    hi = hi.min(*ei);
+                } else {
+                    lo = lo.max(-*ei);
+                }
+            }
+            let (log_mass, mean, variance) = normal::truncated_normal_central(0.0, 1.0, lo, hi);
+            // Variance along n, 1 across it: `v n n^T + sum_b b b^T` over an orthonormal basis
+            // of the complement (`I - n n^T` would cancel where v is tiny).
+            let across = complement_basis(n);
+            let mut cov = vec![0.0; s * s];
+            for j in 0..s {
+                for k in 0..s {
+                    cov[j * s + k] = variance * n[j] * n[k] + across.iter().map(|b| b[j] * b[k]).sum::<f64>();
+                }
+            }
+            Ok(WhitenedMoments { log_mass, mean: n.iter().map(|v| mean * v).collect(), cov, error: 0.0 })
+        }
         2 => {
             let rows = (0..e.len()).map(|i| [f[2 * i], f[2 * i + 1]]).collect();
             let poly = polygon::Polygon2::new(rows, e.to_vec(), [1.0, 0.0, 0.0, 1.0]);
@@ -430,6 +492,13 @@ fn integrate_whitened(
             Ok(out)
         }
     }
+}
+
+/// The common normal of unit rows that are all parallel or antiparallel to the first (a
+/// half-space or a slab), or `None`.
+fn lineal_normal(f: &[f64], s: usize) -> Option<&[f64]> {
+    let first = f.get(..s)?;
+    f.chunks_exact(s).all(|row| dot(row, first).abs() >= 1.0 - 1e-14).then_some(first)
 }
 
 /// Moments from facet masses (docs/design.md §4). The divergence theorem with `grad phi = -w phi`

@@ -509,15 +509,19 @@ impl Polygon2 {
             Some(moments) => moments,
             None => {
                 let placed = self.place(mu);
+                if let Some(moments) = placed.lineal_moments() {
+                    moments
+                } else {
                 let mut fluxes = vec![f64::NAN; placed.m()];
-                let (log_mass, d) = placed.log_mass_and_fluxes(rtol, Some(&mut fluxes));
+                let (log_mass, d, scaled) = placed.log_mass_and_fluxes(rtol, Some(&mut fluxes));
                 if log_mass == f64::NEG_INFINITY {
                     cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
                     cond_second.iter_mut().for_each(|v| *v = f64::NAN);
                     return log_mass;
                 }
-                let (wm, ws) = placed.whitened_moments(log_mass, d, &fluxes);
+                let (wm, ws) = placed.whitened_moments(log_mass, d, scaled, &fluxes);
                 (log_mass, wm, ws)
+                }
             }
         };
         // z = mu + L w.
@@ -575,16 +579,19 @@ impl Placed<'_> {
     /// The log mass, and the distance `d` from the mean to the polygon. Where the fan decides
     /// and `fluxes` is given, `fluxes[k]` is edge `order[k]`'s Gaussian flux scaled by
     /// `e^{d^2/2}` (see [`scaled_edge_integrals`]); NaN where it was not computed.
-    fn log_mass_and_fluxes(&self, rtol: f64, mut fluxes: Option<&mut [f64]>) -> (f64, f64) {
+    /// Also the log mass scaled by `e^{d^2/2}`, as the fan computes it: far from the mean,
+    /// `log mass` itself keeps only `eps d^2 / 2` absolute accuracy, which ratios of the mass
+    /// to the edges' fluxes (the moments) would inherit.
+    fn log_mass_and_fluxes(&self, rtol: f64, mut fluxes: Option<&mut [f64]>) -> (f64, f64, f64) {
         let m = self.m();
         if let Some(fluxes) = fluxes.as_deref_mut() {
             fluxes.fill(f64::NAN);
         }
         if m == 0 {
-            return (0.0, 0.0);
+            return (0.0, 0.0, 0.0);
         }
         if self.vertex.iter().all(Option::is_none) {
-            return (self.log_mass_lineal(), f64::NAN);
+            return (self.log_mass_lineal(), f64::NAN, f64::NAN);
         }
         let p = self.nearest_point();
         let d = norm2(p);
@@ -592,7 +599,7 @@ impl Placed<'_> {
             // Empty: the edges cross. A slice of a polyhedron taken within rounding of a vertex
             // (`slices.rs` fixes a panel's edges at its centre) can be, and its mass is zero;
             // integrating it would slice along `p / d`, NaN.
-            return (f64::NEG_INFINITY, d);
+            return (f64::NEG_INFINITY, d, f64::NEG_INFINITY);
         }
         // The fan estimates its own error (its terms' errors over what they cancel down to): a
         // loose level is kept when that meets `rtol`, else the tightest level decides, or the
@@ -604,7 +611,7 @@ impl Placed<'_> {
             // The tightest level settles for FAN_MAX_ERROR; a looser one must meet `rtol`.
             let enough = if level == 0 { rtol.max(FAN_MAX_ERROR) } else { rtol };
             match self.log_mass_fan(d, accuracy, fluxes.as_deref_mut()) {
-                Some((log_mass, error)) if error <= enough => return (log_mass, d),
+                Some((scaled, error)) if error <= enough => return (scaled - 0.5 * d * d, d, scaled),
                 // A tighter level helps only if the edge integrals' error is what failed.
                 Some((_, error)) if level != 0 && error <= 1e4 * rtol.max(FAN_MAX_ERROR) => {}
                 _ => break,
@@ -613,7 +620,8 @@ impl Placed<'_> {
         if let Some(fluxes) = fluxes {
             fluxes.fill(f64::NAN);
         }
-        (self.log_mass_quadrature(p, d), d)
+        let log_mass = self.log_mass_quadrature(p, d);
+        (log_mass, d, log_mass + 0.5 * d * d)
     }
 
     /// The mass as a fan of triangles from the mean (the origin): each edge at distance `h`
@@ -669,7 +677,7 @@ impl Placed<'_> {
                 error += f64::EPSILON * arc;
             }
         }
-        (signed > 0.0).then(|| (signed.ln() - 0.5 * d * d, error / signed))
+        (signed > 0.0).then(|| (signed.ln(), error / signed))
     }
 
     /// How steep the polygon's edges are as bounds `y(x)` when slicing along `u`: the smallest
@@ -829,6 +837,41 @@ impl Placed<'_> {
         super::normal::log_sum_exp(terms.iter().copied())
     }
 
+    /// Half-planes and strips: `(log mass, E[w], E[w w^T])` from the truncated normal along
+    /// the common normal `n` (standard across it), which keeps its accuracy however far the
+    /// mean is: `E[w] = m n`, `E[w w^T] = (v + m^2) n n^T + t t^T`. `None` for other polygons
+    /// (and the whole plane).
+    fn lineal_moments(&self) -> Option<(f64, [f64; 2], [f64; 4])> {
+        if self.m() == 0 || !self.vertex.iter().all(Option::is_none) {
+            return None;
+        }
+        let n = self.poly.f[0];
+        let (lo, hi) = self.lineal_interval();
+        let (log_mass, mean, variance) = super::normal::truncated_normal_central(0.0, 1.0, lo, hi);
+        if log_mass == f64::NEG_INFINITY {
+            return Some((log_mass, [f64::NAN; 2], [f64::NAN; 4]));
+        }
+        // E[w w^T] = (v + m^2) n n^T + t t^T, t across n (not I + (v + m^2 - 1) n n^T, which
+        // would cancel where v + m^2 is tiny).
+        let (along, t) = (variance + mean * mean, rot90(n));
+        let second = [along * n[0] * n[0] + t[0] * t[0], along * n[0] * n[1] + t[0] * t[1], along * n[1] * n[0] + t[1] * t[0], along * n[1] * n[1] + t[1] * t[1]];
+        Some((log_mass, [mean * n[0], mean * n[1]], second))
+    }
+
+    /// Half-planes and strips: the interval along the common normal `f[0]`.
+    fn lineal_interval(&self) -> (f64, f64) {
+        let n = self.poly.f[0];
+        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+        for i in 0..self.m() {
+            if dot(self.poly.f[i], n) > 0.0 {
+                hi = hi.min(self.e[i]);
+            } else {
+                lo = lo.max(-self.e[i]);
+            }
+        }
+        (lo, hi)
+    }
+
     /// Half-planes and strips: the mass along the common normal.
     fn log_mass_lineal(&self) -> f64 {
         let n = self.poly.f[0];
@@ -846,13 +889,13 @@ impl Placed<'_> {
     /// `E[w | P]` and `E[w w^T | P]` (row-major) by the divergence theorem. Each edge's
     /// Gaussian flux `phi(e) (Phi(end) - Phi(start))` comes from `fluxes` (scaled by
     /// `e^{d^2/2}`, as the fan computed it) where finite, else in closed form.
-    fn whitened_moments(&self, log_mass: f64, d: f64, fluxes: &[f64]) -> ([f64; 2], [f64; 4]) {
+    fn whitened_moments(&self, log_mass: f64, d: f64, scaled_log_mass: f64, fluxes: &[f64]) -> ([f64; 2], [f64; 4]) {
         let mut mean = [0.0; 2];
         let mut second = [1.0, 0.0, 0.0, 1.0];
         let m = self.m();
         // phi(e) phi(y) = exp(-(e^2 + y^2) / 2) / 2 pi, at a vertex exp(-|v|^2 / 2) / 2 pi; the
         // fluxes and the vertex factors are scaled by e^{d^2/2}.
-        let scale = (-0.5 * d * d - std::f64::consts::TAU.ln() - log_mass).exp();
+        let scale = (-std::f64::consts::TAU.ln() - scaled_log_mass).exp();
         let at_vertex: Vec<f64> = self.vertex.iter().map(|v| v.map_or(0.0, |v| (-0.5 * (dot(v, v) - d * d)).exp() * scale)).collect();
         for k in 0..m {
             let i = self.poly.order[k];
@@ -1204,6 +1247,7 @@ mod tests {
             let d = p[0].hypot(p[1]);
             let reference = placed.log_mass_quadrature(p, d);
             if let Some((fan, _)) = placed.log_mass_fan(d, &EDGE_ACCURACY[0], None).filter(|f| f.1 <= FAN_MAX_ERROR) {
+                let fan = fan - 0.5 * d * d;
                 assert!((fan - reference).abs() < 1e-10 * (1.0 + reference.abs()), "fan {fan} vs quadrature {reference}: f {:?} e {:?} vertex {:?}", poly.f, placed.e, placed.vertex);
                 compared += 1;
             }
@@ -1253,12 +1297,12 @@ mod tests {
                 assert!((loose - tight).abs() <= rtol + 1e-14 * tight.abs(), "rtol {rtol}: {loose} vs {tight}");
             }
             let mut fluxes = vec![f64::NAN; placed.m()];
-            let (log_mass, d) = placed.log_mass_and_fluxes(0.0, Some(&mut fluxes));
+            let (log_mass, d, scaled) = placed.log_mass_and_fluxes(0.0, Some(&mut fluxes));
             if fluxes.iter().all(|f| f.is_nan()) {
                 continue;
             }
-            let (mean, second) = placed.whitened_moments(log_mass, d, &fluxes);
-            let (mean_closed, second_closed) = placed.whitened_moments(log_mass, d, &vec![f64::NAN; placed.m()]);
+            let (mean, second) = placed.whitened_moments(log_mass, d, scaled, &fluxes);
+            let (mean_closed, second_closed) = placed.whitened_moments(log_mass, d, scaled, &vec![f64::NAN; placed.m()]);
             let scale = 1.0 + mean_closed.iter().chain(&second_closed).fold(0.0f64, |a, v| a.max(v.abs()));
             for (a, b) in mean.iter().chain(&second).zip(mean_closed.iter().chain(&second_closed)) {
                 assert!((a - b).abs() < 1e-11 * scale, "moments {a} vs {b} (log mass {log_mass}, d {d})");

@@ -1,4 +1,4 @@
-//! Exact evidence lower bound and posterior gap of Gaussian encoders (DESIGN.md §7).
+//! Exact evidence lower bound and posterior gap of Gaussian encoders (docs/design.md §7).
 //!
 //! For a Gaussian `q(z | x) = N(m, V)` the ELBO is a sum over regions of Gaussian-quadratic
 //! integrals: on region `omega` (map `A z + b`, `r = x - b`), with `P`, `c`, `C` q's mass,

@@ -73,7 +73,7 @@ impl GaussIntegrator {
             } else if s >= 3 {
                 let g: Vec<f64> = facets.iter().flat_map(|f| f.normal.iter().copied()).collect();
                 PreparedRegion::Polyhedron {
-                    shape: PolytopeShape::new(&g, s, algebra.sigma(q))?,
+                    shape: PolytopeShape::with_factor(&g, s, algebra.chol(q).to_vec()),
                     h: facets.iter().map(|f| f.offset).collect(),
                     inside: partition.interior_point(q).to_vec(),
                 }

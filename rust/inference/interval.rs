@@ -21,7 +21,7 @@
 
 use nalgebra::DMatrixView;
 
-use super::PRUNE_GAP;
+use super::{RegionAlgebra, PRUNE_GAP};
 use crate::gauss::normal::{cody_central, cody_far_one_division, cody_middle, log_diff_ndtr, truncated_normal, CentredSeries, CODY_CENTRAL_END, FRAC_1_SQRT_2PI, SQRT_32};
 use crate::gauss::normal_batch::{exp_or_zero, ln, with_wide_vectors, MulAdd, Separate, VectorKernel};
 
@@ -291,6 +291,10 @@ fn end_tails<M: MulAdd>(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes)
 pub(crate) struct Block {
     /// The points' coordinates, where the block forms their values.
     x: Vec<Lanes>,
+    /// Scratch of [`Forms::fix_rough_regions`].
+    rough: Vec<bool>,
+    upper: Vec<Lanes>,
+    fix: Vec<bool>,
     /// `log kappa_q - M` and `mu_q` per region.
     log_kappa: Vec<Lanes>,
     mu: Vec<Lanes>,
@@ -539,41 +543,38 @@ pub(crate) enum Local<'a> {
     Formed(Forms<'a>),
 }
 
-/// The points (`x`, `D x n`) and what forms their local Gaussians: `u_q = (A^T Psi^-1 x)_q - v_q`,
-/// `mu_q = sigma_q u_q` and `log kappa_q = constant_q - x^T Psi^-1 x / 2 + (B^T Psi^-1 x)_q
-/// + u_q mu_q / 2`, with `A^T Psi^-1` and `B^T Psi^-1` column-major (`R x D`).
+/// The points (`x`, `D x n`) and the algebra that forms their local Gaussians (see
+/// [`RegionAlgebra::s1_form`]): the completed-square form, and the residual form for the lanes
+/// whose error bound asks for it.
 pub(crate) struct Forms<'a> {
     pub x: DMatrixView<'a, f64>,
-    pub at_psi: &'a [f64],
-    pub bt_psi: &'a [f64],
-    pub v: &'a [f64],
-    pub sigma: &'a [f64],
-    pub constant: &'a [f64],
-    pub inv_psi: &'a [f64],
+    pub algebra: &'a RegionAlgebra,
 }
 
 impl Forms<'_> {
-    /// The coordinates of the lanes' points, into `x_lanes`, and their `x^T Psi^-1 x`.
+    /// The coordinates of the lanes' points, into `x_lanes`, their `x^T Psi^-1 x` and its
+    /// largest value.
     #[inline(always)]
-    fn load<M: MulAdd>(&self, lane_point: &[usize; LANES], x_lanes: &mut Vec<Lanes>) -> Lanes {
-        x_lanes.resize(self.inv_psi.len(), ZERO_LANES);
+    fn load<M: MulAdd>(&self, lane_point: &[usize; LANES], x_lanes: &mut Vec<Lanes>) -> (Lanes, f64) {
+        let inv_psi = self.algebra.inv_psi();
+        x_lanes.resize(inv_psi.len(), ZERO_LANES);
         let mut xpx = ZERO_LANES;
         for (i, lanes) in x_lanes.iter_mut().enumerate() {
             for l in 0..LANES {
                 lanes[l] = self.x[(i, lane_point[l])];
-                xpx[l] = M::mul_add(lanes[l] * lanes[l], self.inv_psi[i], xpx[l]);
+                xpx[l] = M::mul_add(lanes[l] * lanes[l], inv_psi[i], xpx[l]);
             }
         }
-        xpx
+        (xpx, largest(&xpx[..]))
     }
 
-    /// Region q's `(log kappa_q, mu_q)` for the loaded lanes.
+    /// Region q's `(log kappa_q, mu_q)` for the loaded lanes; with `EXACT` false, the completed
+    /// square however rough (for the ordering of points, where it only costs speed).
     #[inline(always)]
-    fn region<M: MulAdd>(&self, q: usize, x_lanes: &[Lanes], xpx: &Lanes) -> (Lanes, Lanes) {
-        let r = self.v.len();
+    fn region<M: MulAdd, const EXACT: bool>(&self, q: usize, x_lanes: &[Lanes], (xpx, largest_xpx): (&Lanes, f64)) -> (Lanes, Lanes) {
         let (mut a, mut bx) = (ZERO_LANES, ZERO_LANES);
         for (i, xi) in x_lanes.iter().enumerate() {
-            let (ca, cb) = (self.at_psi[i * r + q], self.bt_psi[i * r + q]);
+            let (ca, cb) = self.algebra.s1_coefficients(q, i);
             for l in 0..LANES {
                 a[l] = M::mul_add(ca, xi[l], a[l]);
                 bx[l] = M::mul_add(cb, xi[l], bx[l]);
@@ -581,11 +582,95 @@ impl Forms<'_> {
         }
         let (mut lk, mut m) = (ZERO_LANES, ZERO_LANES);
         for l in 0..LANES {
-            let u = a[l] - self.v[q];
-            m[l] = self.sigma[q] * u;
-            lk[l] = M::mul_add(0.5 * u, m[l], self.constant[q] - 0.5 * xpx[l] + bx[l]);
+            (lk[l], m[l], _) = self.algebra.s1_form::<M>(q, a[l], bx[l], xpx[l]);
+        }
+        // Lane by lane only where some lane's completed square may be too rough.
+        if EXACT && self.algebra.completed_square_may_be_rough(q, largest_xpx) && (0..LANES).any(|l| self.algebra.completed_square_too_rough(q, lk[l], xpx[l])) {
+            self.stable_lanes(q, x_lanes, xpx, &mut lk, &mut m);
         }
         (lk, m)
+    }
+
+    /// The residual form where the block may use a region's values and its completed square
+    /// is too rough. A lane counts region q only where its bound lies within
+    /// `PRUNE_GAP - ln MIN_SCALED_TOTAL` of the lane's scale (its threshold is never lower
+    /// for a lane it does not decline), and computing q reads the joint density at q's ends
+    /// from their density regions: with the completed square's values off by at most `err`,
+    /// those are the regions fixed, judged by `bound + err` against the largest `bound - err`
+    /// (which the lane's scale is at least, once fixed). Where a rough value is not finite,
+    /// every rough region is fixed.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn fix_rough_regions<M: MulAdd>(&self, intervals: &Intervals, x_lanes: &[Lanes], xpx: &Lanes, log_kappa: &mut [Lanes], mu: &mut [Lanes], rough: &mut Vec<bool>, upper: &mut Vec<Lanes>, fix: &mut Vec<bool>) {
+        let (algebra, r) = (self.algebra, intervals.len());
+        rough.clear();
+        rough.resize(r, false);
+        upper.resize(r, ZERO_LANES);
+        let mut scale = Lanes::splat(f64::NEG_INFINITY);
+        let mut unreliable = false;
+        for q in 0..r {
+            let (lo, hi, inv_sd) = (intervals.lo[q], intervals.hi[q], intervals.inv_sd[q]);
+            let (lk, m) = (log_kappa[q], mu[q]);
+            let (mut up, mut any, mut finite) = (ZERO_LANES, false, true);
+            for l in 0..LANES {
+                let error = algebra.completed_square_error(q, xpx[l]);
+                let bound = lk[l] + tail_bound::<M>(lo, hi, inv_sd, m[l]);
+                let too_rough = algebra.completed_square_too_rough(q, lk[l], xpx[l]);
+                any |= too_rough;
+                finite &= !too_rough | (bound - bound == 0.0);
+                up[l] = bound + error;
+                let low = bound - error;
+                scale[l] = if low > scale[l] { low } else { scale[l] };
+            }
+            rough[q] = any;
+            unreliable |= !finite;
+            upper[q] = up;
+        }
+        let every = unreliable;
+        let reach = PRUNE_GAP - MIN_SCALED_TOTAL.ln() + 1.0;
+        fix.clear();
+        fix.resize(r, false);
+        for q in 0..r {
+            let up = upper[q];
+            if every || (0..LANES).fold(false, |any, l| any | (up[l] >= scale[l] - reach)) {
+                fix[q] |= rough[q];
+                for end in [intervals.lo_end[q], intervals.hi_end[q]] {
+                    if end != NO_END {
+                        let neighbour = intervals.density_region[end];
+                        fix[neighbour] |= rough[neighbour];
+                    }
+                }
+            }
+        }
+        for q in (0..r).filter(|&q| fix[q]) {
+            self.stable_lanes(q, x_lanes, xpx, &mut log_kappa[q], &mut mu[q]);
+        }
+    }
+
+    /// The residual form for the lanes whose completed-square form's bound asks for it: on
+    /// the vectors for every lane, kept where the completed square was too rough; the lanes
+    /// whose plain residual is too rough as well (points extremely far in noise units) take
+    /// the compensated one.
+    // Kept out of line, so that the passes over regions stay small; compiled apart it runs on
+    // the baseline processor, hence plain products and sums (fused ones would be library calls
+    // there).
+    #[inline(never)]
+    fn stable_lanes(&self, q: usize, x_lanes: &[Lanes], xpx: &Lanes, lk: &mut Lanes, m: &mut Lanes) {
+        let (mut residual, mut needs) = ([0.0; LANES], [false; LANES]);
+        self.algebra.s1_residual_form::<Separate, LANES, Lanes>(q, x_lanes, xpx, m, &mut residual, &mut needs);
+        for l in 0..LANES {
+            if !self.algebra.completed_square_too_rough(q, lk[l], xpx[l]) {
+                continue;
+            }
+            if needs[l] {
+                let point: Vec<f64> = x_lanes.iter().map(|lanes| lanes[l]).collect();
+                let mut mean = [m[l]];
+                lk[l] = self.algebra.stable_log_kappa(q, &point, xpx[l], &mut mean);
+                m[l] = mean[0];
+            } else {
+                lk[l] = residual[l];
+            }
+        }
     }
 }
 
@@ -607,10 +692,10 @@ impl VectorKernel for BestRegions<'_> {
         let mut x_lanes = Vec::new();
         for first in (0..n).step_by(LANES) {
             let lane_point: [usize; LANES] = std::array::from_fn(|l| (first + l).min(n - 1));
-            let xpx = forms.load::<M>(&lane_point, &mut x_lanes);
+            let (xpx, largest_xpx) = forms.load::<M>(&lane_point, &mut x_lanes);
             let (mut top, mut region) = (Lanes::splat(f64::NEG_INFINITY), ZERO_LANES);
             for q in 0..intervals.len() {
-                let (lk, mu) = forms.region::<M>(q, &x_lanes, &xpx);
+                let (lk, mu) = forms.region::<M, false>(q, &x_lanes, (&xpx, largest_xpx));
                 let (lo, hi, inv_sd) = (intervals.lo[q], intervals.hi[q], intervals.inv_sd[q]);
                 for l in 0..LANES {
                     let bound = lk[l] + tail_bound::<M>(lo, hi, inv_sd, mu[l]);
@@ -661,9 +746,12 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
                 }
             }
             Local::Formed(ref forms) => {
-                let xpx = forms.load::<M>(&lane_point, &mut block.x);
+                let (xpx, largest_xpx) = forms.load::<M>(&lane_point, &mut block.x);
                 for q in 0..r {
-                    (block.log_kappa[q], block.mu[q]) = forms.region::<M>(q, &block.x, &xpx);
+                    (block.log_kappa[q], block.mu[q]) = forms.region::<M, false>(q, &block.x, (&xpx, largest_xpx));
+                }
+                if forms.algebra.completed_square_may_be_rough_anywhere(largest_xpx) {
+                    forms.fix_rough_regions::<M>(intervals, &block.x, &xpx, &mut block.log_kappa, &mut block.mu, &mut block.rough, &mut block.upper, &mut block.fix);
                 }
             }
         }

@@ -383,3 +383,99 @@ fn e_step_batches_are_joined_in_point_order() {
     let empty = EStep::concat(Vec::new(), 2).unwrap();
     assert_eq!((empty.indptr, empty.log_likelihood.len()), (vec![0], 0));
 }
+
+#[test]
+fn region_factor_matches_the_inverse_of_the_precision_where_it_is_well_conditioned() {
+    // A full-rank A under moderate noise: Sigma = (I + A^T Psi^-1 A)^-1 by a plain inverse,
+    // L L^T = Sigma, log det, and gain = Sigma A^T Psi^-1.
+    let (s, psi) = (3, [0.3, 0.5, 0.2, 0.7]);
+    let a = [1.0, 0.5, -0.3, 2.0, 0.7, 0.1, -0.4, 0.3, 1.2, 0.6, -1.1, 0.2];
+    let inv_sd: Vec<f64> = psi.iter().map(|v| 1.0 / f64::sqrt(*v)).collect();
+    let factor = factor_region(&a, &inv_sd, s);
+    let am = DMatrix::from_row_slice(4, 3, &a);
+    let inv_psi = DMatrix::from_diagonal(&DVector::from_iterator(4, psi.iter().map(|v| 1.0 / v)));
+    let precision = DMatrix::<f64>::identity(3, 3) + am.transpose() * &inv_psi * &am;
+    let sigma = precision.clone().try_inverse().unwrap();
+    let l = DMatrix::from_row_slice(3, 3, &factor.chol);
+    let gain = &sigma * am.transpose() * &inv_psi;
+    let ll = &l * l.transpose();
+    for j in 0..s {
+        for k in 0..s {
+            assert!((factor.sigma[j * s + k] - sigma[(j, k)]).abs() < 1e-14, "Sigma[{j}, {k}]");
+            assert!((ll[(j, k)] - sigma[(j, k)]).abs() < 1e-14, "L L^T [{j}, {k}]");
+            if k > j {
+                assert_eq!(factor.chol[j * s + k], 0.0, "L is lower triangular");
+            }
+        }
+        assert!(factor.chol[j * s + j] > 0.0);
+        for i in 0..4 {
+            assert!((factor.gain[j * 4 + i] - gain[(j, i)]).abs() < 1e-14, "gain[{j}, {i}]");
+        }
+    }
+    assert!((factor.log_det_sigma + precision.determinant().ln()).abs() < 1e-13);
+}
+
+#[test]
+fn region_factor_keeps_the_small_directions_of_rank_deficient_regions() {
+    // A = ones(3, 2), Psi = psi I: Sigma has eigenvalue psi / (psi + 6) along (1, 1) / sqrt 2
+    // and 1 along (1, -1) / sqrt 2, log det Sigma = log(psi / (psi + 6)), and
+    // Sigma A^T Psi^-1 = ones(2, 3) / (psi + 6): in closed form. The formed precision
+    // I + A^T Psi^-1 A has condition ~6 / psi; at psi = 1e-16 it is not positive definite in
+    // floating point.
+    for psi in [1e-2, 1e-6, 1e-12, 1e-16, 1e-300] {
+        let factor = factor_region(&[1.0; 6], &[1.0 / f64::sqrt(psi); 3], 2);
+        let small = psi / (psi + 6.0);
+        let expected_log_det = psi.ln() - (psi + 6.0).ln();
+        assert!((factor.log_det_sigma - expected_log_det).abs() < 1e-13 * expected_log_det.abs().max(1.0), "psi {psi}: log det {}", factor.log_det_sigma);
+        let l = DMatrix::from_row_slice(2, 2, &factor.chol);
+        let ll = &l * l.transpose();
+        let along = |v: [f64; 2], m: &DMatrix<f64>| (v[0] * (m[(0, 0)] * v[0] + m[(0, 1)] * v[1]) + v[1] * (m[(1, 0)] * v[0] + m[(1, 1)] * v[1])) * 0.5;
+        // (v^T L)(L^T v) for v = (1, 1): the squared norm of L^T v, summed without cancellation.
+        let lt_v = [l[(0, 0)] + l[(1, 0)], l[(1, 1)]];
+        let small_from_l = 0.5 * (lt_v[0] * lt_v[0] + lt_v[1] * lt_v[1]);
+        assert!((small_from_l - small).abs() < 1e-9 * small + 1e-15, "psi {psi}: small variance {small_from_l} vs {small}");
+        assert!((along([1.0, -1.0], &ll) - 1.0).abs() < 1e-14, "psi {psi}: large variance");
+        for g in &factor.gain {
+            assert!((g - 1.0 / (psi + 6.0)).abs() < 1e-13 / (psi + 6.0), "psi {psi}: gain {g}");
+        }
+    }
+}
+
+#[test]
+fn compensated_residual_is_exact_where_the_plain_one_cancels() {
+    // x - a m with a m = (1e8 + 1)(1e8 - 1) = 1e16 - 1, not a double: the plain residual is 0
+    // or 2, the exact one 1.
+    assert_eq!(compensated_residual(1e16, 0.0, &[1e8 + 1.0], &[1e8 - 1.0]), 1.0);
+    assert_eq!(compensated_residual(1e16 + 2.0, 2.0, &[1e8 + 1.0, 3.0], &[1e8 - 1.0, 0.5]), -0.5);
+}
+
+#[test]
+fn residual_form_agrees_with_the_completed_square_at_moderate_scale_and_fixes_it_at_large() {
+    // Where the completed square is accurate both forms agree to rounding; with weights x1000
+    // (x - b)^T Psi^-1 (x - b) ~ 1e9 and the completed square loses ~1e-7 nats, which the bound
+    // must catch (so that `local_gaussians` takes the residual form).
+    for (scale, must_flag) in [(1.0, false), (1000.0, true)] {
+        let base = Decoder::random_uniform(&[1, 6, 2], 1.0, 3).unwrap();
+        let weights = base.weights().iter().map(|w| w * scale).collect();
+        let biases = base.biases().iter().map(|b| b * scale).collect();
+        let dec = Arc::new(Decoder::new(weights, biases, base.slopes().to_vec()).unwrap());
+        let part = Partition::enumerate(dec.clone(), 100, &Cancel::new()).unwrap();
+        let algebra = RegionAlgebra::new(&part, &[0.1, 0.1]).unwrap();
+        let x = dec.forward_batch(DMatrix::from_element(1, 1, 0.7).as_view()).column(0).into_owned();
+        let local = algebra.local_gaussians(DMatrixView::from_slice(x.as_slice(), 2, 1));
+        let xpx: f64 = x.iter().map(|v| v * v / 0.1).sum();
+        let mut flagged = false;
+        for q in 0..algebra.n_regions() {
+            let gx: f64 = (0..2).map(|i| algebra.s1_coefficients(q, i).0 * x[i]).sum();
+            let bx: f64 = (0..2).map(|i| algebra.s1_coefficients(q, i).1 * x[i]).sum();
+            let (cheap, mean, rough) = algebra.s1_form::<crate::gauss::normal_batch::Separate>(q, gx, bx, xpx);
+            let mut m = [mean];
+            let stable = algebra.stable_log_kappa(q, x.as_slice(), xpx, &mut m);
+            let bound = algebra.cheap_form_error(q, xpx);
+            assert!((cheap - stable).abs() <= bound, "region {q}: |{cheap} - {stable}| above the bound {bound}");
+            assert_eq!(local.log_kappa[q], if rough { stable } else { cheap });
+            flagged |= rough;
+        }
+        assert_eq!(flagged, must_flag, "scale {scale}");
+    }
+}
