@@ -88,10 +88,18 @@ pub trait RegionIntegrator: Send + Sync {
     }
 }
 
-/// The per-region quantities that do not depend on x.
+/// The per-region quantities that do not depend on x, in a frame centred on the decoder's output
+/// at the prior's mode: every `b_q` is stored as `b_q - c` with `c = g(0)`, and the points come in
+/// as `x - c` ([`Self::centred`]). `log kappa_q` is formed from the expanded quadratic
+/// `x^T Psi^-1 x - 2 b_q^T Psi^-1 x + b_q^T Psi^-1 b_q`, which loses `eps` times its largest term:
+/// uncentred, data offset by 1e8 (all of it, and the decoder's output bias) lost everything
+/// (`log p(x)` off by tens, NaN for some points). Centred, the terms are of the size of
+/// `(x - g(0))^T Psi^-1 (x - g(0))`, and the translation changes no `A_q`, `mu_q` or `kappa_q`.
 pub struct RegionAlgebra {
     s: usize,
     d: usize,
+    /// `c = g(0)`, the origin of the frame of `b_q` and of the points.
+    centre: Vec<f64>,
     /// `Psi^{-1} [A_1 | ... | A_R]`, `D x RS`, transposed for the batched product: `RS x D`.
     at_psi: DMatrix<f64>,
     /// `[b_1 | ... | b_R]^T Psi^{-1}`: `R x D`.
@@ -118,6 +126,7 @@ impl RegionAlgebra {
         if noise_var.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
             return invalid("noise_var must be positive and finite");
         }
+        let centre: Vec<f64> = dec.forward_batch(DMatrix::<f64>::zeros(s, 1).as_view()).column(0).iter().copied().collect();
         let inv_psi: Vec<f64> = noise_var.iter().map(|v| 1.0 / v).collect();
         let log_det_psi: f64 = noise_var.iter().map(|v| v.ln()).sum();
         let mut at_psi = DMatrix::zeros(r * s, d);
@@ -128,7 +137,8 @@ impl RegionAlgebra {
         let mut v = vec![0.0; r * s];
         let mut constant = vec![0.0; r];
         for q in 0..r {
-            let (a, b) = (partition.a(q), partition.b(q));
+            let a = partition.a(q);
+            let b: Vec<f64> = partition.b(q).iter().zip(&centre).map(|(b, c)| b - c).collect();
             // Precision I + A^T Psi^{-1} A, then Sigma by Cholesky inversion.
             let mut precision = DMatrix::<f64>::identity(s, s);
             for i in 0..d {
@@ -155,7 +165,19 @@ impl RegionAlgebra {
             let b_psi_b: f64 = (0..d).map(|i| b[i] * b[i] * inv_psi[i]).sum();
             constant[q] = -0.5 * d as f64 * LOG_2PI - 0.5 * log_det_psi - 0.5 * log_det_precision - 0.5 * b_psi_b;
         }
-        Ok(RegionAlgebra { s, d, at_psi, bt_psi, sigma, chol: chol_sigma, log_det_sigma, v, constant, inv_psi })
+        Ok(RegionAlgebra { s, d, centre, at_psi, bt_psi, sigma, chol: chol_sigma, log_det_sigma, v, constant, inv_psi })
+    }
+
+    /// The points `x` (`D x n`, a column per point) in the algebra's frame: `x - g(0)`. Every
+    /// method taking points takes them centred.
+    pub fn centred(&self, x: DMatrixView<f64>) -> DMatrix<f64> {
+        let mut out = x.into_owned();
+        for mut column in out.column_iter_mut() {
+            for (v, c) in column.iter_mut().zip(&self.centre) {
+                *v -= c;
+            }
+        }
+        out
     }
 
     pub fn sigma(&self, q: usize) -> &[f64] {
@@ -540,6 +562,8 @@ pub fn log_likelihood<I: RegionIntegrator>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
 ) -> Result<Vec<f64>> {
+    let x = algebra.centred(x);
+    let x = x.as_view();
     let batches = if let Some(intervals) = integrator.intervals() {
         // Results by position in the batch: the blocks take the points out of order.
         let start = |points| (vec![f64::NAN; points], Vec::new());
@@ -836,6 +860,8 @@ pub fn e_step<I: RegionIntegrator>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
 ) -> Result<EStep> {
+    let x = algebra.centred(x);
+    let x = x.as_view();
     let s = algebra.s;
     let start = |points| (EStep::with_capacity(points, algebra.n_regions().min(MAX_RESERVED_REGIONS), s), PointTerms::default());
     // Region by region, in log space, where the interval path declined or does not apply.

@@ -70,7 +70,8 @@ impl PointPosterior {
     pub fn new<I: RegionIntegrator>(algebra: &RegionAlgebra, integrator: &I, x: &[f64]) -> Self {
         let s = algebra.latent_dim();
         let r = algebra.n_regions();
-        let local = algebra.local_gaussians(DMatrixView::from_slice(x, x.len(), 1));
+        let x = algebra.centred(DMatrixView::from_slice(x, x.len(), 1));
+        let local = algebra.local_gaussians(x.as_view());
         let (lk, mu) = local.point(0);
         let terms = moment_terms(integrator, lk, mu, s);
         let mut weights = vec![0.0; r];
