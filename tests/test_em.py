@@ -209,8 +209,12 @@ def test_region_sums_match_dense_sums_over_points():
     assert np.allclose(stats.s0, m0.sum(axis=0), rtol=1e-12, atol=1e-12)
     assert np.allclose(stats.s1, m1.sum(axis=0), rtol=1e-12, atol=1e-12)
     assert np.allclose(stats.s2, m2.sum(axis=0), rtol=1e-12, atol=1e-12)
-    assert np.allclose(stats.sx0, np.einsum("nq,nd->qd", m0, X), rtol=1e-12, atol=1e-12)
-    assert np.allclose(stats.sx1, np.einsum("nqs,nd->qds", m1, X), rtol=1e-12, atol=1e-12)
+    # The sums over the data are in the frame centred on the data's mean.
+    np.testing.assert_allclose(stats.centre, X.mean(axis=0), rtol=1e-15)
+    Xc = X - stats.centre
+    assert np.allclose(stats.sx0, np.einsum("nq,nd->qd", m0, Xc), rtol=1e-12, atol=1e-12)
+    assert np.allclose(stats.sx1, np.einsum("nqs,nd->qds", m1, Xc), rtol=1e-12, atol=1e-12)
+    assert np.allclose(stats.sum_x2, (Xc * Xc).sum(axis=0), rtol=1e-12, atol=1e-12)
 
 
 def test_normal_equations_solve_by_cholesky_else_least_squares():

@@ -19,12 +19,21 @@ from .model import DGN
 
 
 class RegionStats:
-    """Per-region sums of the E-step statistics: all the M-step needs, independent of N."""
+    """Per-region sums of the E-step statistics: all the M-step needs, independent of N.
+
+    The sums over the data are of ``x - centre`` (``centre`` the data's mean): the frozen objective
+    expands ``|x - A z - b|^2`` into sums that lose ``eps`` times ``|x|^2``, which for data offset
+    by 1e8 was all of the residual. The functions below take the decoder in the data's frame and
+    move its output bias into this one themselves (:func:`_in_frame`): the translation is exact
+    algebra, so the updates are those of the data as given.
+    """
 
     def __init__(self, es, X, n_regions):
         S = es.m1.shape[1]
         q = es.regions
         self.n_points, self.dim = X.shape
+        self.centre = X.mean(axis=0) if len(X) else np.zeros(X.shape[1])
+        X = X - self.centre
         # Sums by region as products with sparse (N, R) matrices laid out as m0 (a statistic
         # per stored (point, region) pair): np.add.at scattered one pair at a time, and took six
         # times the E-step's own time at S = 1 (BENCHMARKS.md).
@@ -53,6 +62,11 @@ class RegionStats:
     def cross_matrix(self):
         """(R, D, S+1): sum_n x_n E[[z; 1] 1_q]^T."""
         return np.concatenate([self.sx1, self.sx0[:, :, None]], axis=2)
+
+
+def _in_frame(biases, stats):
+    """The biases with the output layer's moved into the frame of ``stats`` (x - centre)."""
+    return [*biases[:-1], biases[-1] - stats.centre]
 
 
 def layer_factors(decoder, patterns):
@@ -99,6 +113,7 @@ def frozen_objective(weights, biases, factors, noise_var, stats):
 def _expected_residuals(weights, biases, factors, stats):
     """Per output coordinate: sum_{n,q} E[(x_n - A_q z - b_q)^2 1_q], with A_q, b_q the output
     map of region q with its activation pattern frozen."""
+    biases = _in_frame(biases, stats)
     E, f, _, _ = frozen_maps(weights, biases, factors, len(weights) - 1)
     A = weights[-1] @ E
     b = f @ weights[-1].T + biases[-1]
@@ -112,7 +127,9 @@ def _expected_residuals(weights, biases, factors, stats):
 
 
 def _layer_system(weights, biases, factors, psi, stats, layer):
-    """The frozen-mask normal equations of one layer: per region T_q, Y_q, F_q (see DESIGN §6)."""
+    """The frozen-mask normal equations of one layer: per region T_q, Y_q, F_q (see DESIGN §6),
+    in the frame of ``stats`` (``biases`` in the data's)."""
+    biases = _in_frame(biases, stats)
     K = stats.moment_matrix()
     E, f, F, r = frozen_maps(weights, biases, factors, layer)
     R, D_prev, S = E.shape
@@ -130,7 +147,7 @@ def _layer_system(weights, biases, factors, psi, stats, layer):
 def layer_gradient(weights, biases, factors, psi, stats, layer, weight_decay=0.0):
     """d Q / d [W_l, b_l] = sum_q F_q^T Psi^-1 (Y_q - F_q Theta T_q) - weight_decay [W_l, 0]."""
     T, Y, F, FtP = _layer_system(weights, biases, factors, psi, stats, layer)
-    theta = np.hstack([weights[layer], biases[layer][:, None]])
+    theta = np.hstack([weights[layer], _in_frame(biases, stats)[layer][:, None]])
     grad = np.einsum("rid,rda->ia", FtP, Y - F @ theta[None] @ T)
     grad[:, :-1] -= weight_decay * weights[layer]
     return grad
@@ -186,7 +203,7 @@ def _update_layer(weights, biases, factors, psi, stats, layer, weight_decay, dam
     D_l = C.shape[1]
     penalty = np.zeros((D_l, A1))
     penalty[:, :D_prev] = weight_decay
-    theta_old = np.hstack([weights[layer], biases[layer][:, None]])
+    theta_old = np.hstack([weights[layer], _in_frame(biases, stats)[layer][:, None]])
     # The system's diagonal: sum_q C_q[i, i] T_q[a, a] (+ decay).
     diagonal = np.einsum("rii,raa->ia", C, T) + penalty
     # A ridge at rounding level: directions the frozen objective does not constrain at all (a
@@ -209,7 +226,8 @@ def _update_layer(weights, biases, factors, psi, stats, layer, weight_decay, dam
     else:
         delta = _solve_cg(C, T, penalty, extra, diagonal, rhs, theta_old)
     theta = theta_old + delta
-    return theta[:, :D_prev], theta[:, D_prev]
+    bias = theta[:, D_prev] + (stats.centre if layer == len(weights) - 1 else 0.0)  # back to the data's frame
+    return theta[:, :D_prev], bias
 
 
 def m_step(decoder, patterns, noise_var, stats, weight_decay=0.0, min_noise_var=1e-6, diagonal=False, damping=0.0):
