@@ -18,7 +18,7 @@ The references:
   the error is estimated by a second, coarser rule (16 nodes, ratio 2 against 24 nodes, ratio
   1.5), whose difference from the first bounds the first's error.
 * S = 2: a tensor trapezoidal grid in log space on the box ``mean +- 14 sd`` of the posterior,
-  at two resolutions (the difference bounds the finer's error).
+  at three resolutions (four times the larger difference bounds the finest's error; see the test).
 * Gaussian integrals: closed forms for boxes seen through random rotations and row scalings
   (scipy's truncated normal), and scipy's normal CDF.
 
@@ -216,10 +216,11 @@ def reference_s1(dec, psi, x, breakpoints):
     return results
 
 
-def reference_s2(dec, psi, x, centre, sd, n=301):
-    """S = 2 log p(x) on the box centre +- 14 sd, trapezoidal in log space, at n and 2n - 1 nodes."""
+def reference_s2(dec, psi, x, centre, sd, levels=(201, 401, 801)):
+    """S = 2 log p(x) on the box centre +- 14 sd, trapezoidal in log space, at each number of
+    nodes per axis in ``levels``."""
     out = []
-    for m in (n, 2 * n - 1):
+    for m in levels:
         axes = [np.linspace(c - 14 * s, c + 14 * s, m) for c, s in zip(centre, sd)]
         Z = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 2)
         w = np.ones(m)
@@ -403,7 +404,7 @@ def test_one_dimensional_results_match_quadrature(data):
             assert abs(post.cov[0, 0] - var) <= tol_var, (post.cov, var, tol_var)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_two_dimensional_likelihood_matches_a_grid(data):
     model = data.draw(models(latent_dims=(2,), noise_exponents=(-2.0, 2.0), scales=(-1.0, 1.0)))
@@ -417,13 +418,18 @@ def test_two_dimensional_likelihood_matches_a_grid(data):
     sd = np.sqrt(np.diag(post.cov))
     assume(np.all(sd > 0))
     psi = np.broadcast_to(model.noise_var, (model.output_dim,))
-    coarse, fine = reference_s2(model.decoder, psi, X[0], post.mean, sd)
+    levels = reference_s2(model.decoder, psi, X[0], post.mean, sd)
+    fine = levels[-1]
+    # The trapezoidal rule converges like h^2 across the regions' kinks, with a constant that
+    # depends on where the kinks cross the grid, so one difference between levels can be small
+    # by accident (seen: 3.6e-9 between 201 and 401 nodes, error 3.7e-8 at 401): the largest of
+    # the two differences, times 4, bounds the finest level's error. The grid covers +-14 sd:
+    # the mixtures here have Gaussian tails (curvature >= 1 in every region), so the mass
+    # outside is below exp(-98) relative; a missed mode would show as a large difference.
+    err = 4 * max(abs(levels[1] - levels[0]), abs(levels[2] - levels[1]))
     budget = _budget(model, X[0], post.mean)
-    note(f"got={ll[0]!r} grid={fine!r} coarse={coarse!r}")
-    # The grid covers +-14 sd: the mass outside is below 2 / 14^2 by Chebyshev's inequality in
-    # the worst case, far less for the Gaussian-tailed mixtures here, which the error estimate
-    # (two resolutions) does not see; a missed mode would show as a large difference.
-    assert abs(ll[0] - fine) <= abs(fine - coarse) + budget + 1e-10 * (1 + abs(fine)), (ll[0], fine, coarse)
+    note(f"got={ll[0]!r} grid levels={levels!r}")
+    assert abs(ll[0] - fine) <= err + budget + 1e-12 * (1 + abs(fine)), (ll[0], levels)
 
 
 @FUZZ
@@ -663,3 +669,35 @@ def test_data_far_from_the_origin_fit_like_centred_data(offset):
     np.testing.assert_allclose(far.history_, near.history_, rtol=0, atol=1e-6 + 1e3 * EPS * offset)
     np.testing.assert_allclose(far.score_samples(X + offset), near.score_samples(X), rtol=0,
                                atol=1e-6 + 1e3 * EPS * offset)
+
+
+# -- known engine failures found by the fuzzing (notes/fuzz.md A, D, G3) ------------------------------
+# strict xfails: when a fix lands they fail, saying that the marker and the restricted RANGES
+# above can go.
+
+
+@pytest.mark.xfail(strict=True, reason="S = 2, D = 1, rank-1 maps with |A|^2/psi ~ 1e9: log p NaN (notes/fuzz.md A)")
+def test_known_failure_rank_one_maps_give_nan():
+    weights = [[[-2.4823688642134973, -1.8570770627407744], [-0.995538630173099, -0.11758747621193413], [1.991077260346198, 0.23517495242386827], [1.0163275305653063, 0.7620280905324222], [0.0, 0.0]],
+               [[18.78742496515527, 39.08115653682943, 19.735727723343082, -32.556410717019375, -26.205130505993324], [18.78742496515527, 39.08115653682943, 19.735727723343082, -32.556410717019375, -26.205130505993324], [-33.349902059248045, -16.92536392763597, 22.111380020748665, -46.535513287469335, 36.55083522279175]],
+               [[-0.04598833615674876, -1.6388948906083487, 0.2643981907620829]]]
+    biases = [[-1.9998994566904473, -0.9153415654228537, 1.8306831308457074, 0.45896305899756634, -4.879410951924866], [1.413600732942685, 1.413600732942685, -0.09476196471344252], [0.3833193389278516]]
+    dec = exactem.Decoder([np.array(w) for w in weights], [np.array(b) for b in biases], activation="abs")
+    psi = 3.932158758718694e-07
+    X = np.array([[2201.810995243287], [-2201.8]])
+    ll = documented(lambda: exactem.DGN(dec, psi).log_likelihood(X))
+    # p(x) <= max density of N(g(z), psi): log p <= -log(2 pi psi) / 2.
+    assert ll is None or (np.all(np.isfinite(ll)) and np.all(ll <= -0.5 * np.log(2 * np.pi * psi)))
+
+
+@pytest.mark.xfail(strict=True, reason="a long thin wedge closed by a far row: mass off by 4.6% (notes/fuzz.md G3)")
+def test_known_failure_wedge_closed_far_away():
+    G = np.array([[-0.9778984995335782, 0.2090801870335315], [0.9683261827393667, -0.24968861371998224], [0.9923706617608222, -0.12329018483394333]])
+    h = np.array([-0.45947562060662311, 18091.377673684310, 0.25162860879274984])
+    mean = np.array([-0.09116495619544238, 0.01529472347469926])
+    cov = np.array([[13.753618898506675, 5.370817806749733], [5.370817806749733, 5.121307628159791]])
+    # The far row (h = 18091) closes the wedge ~1e4 sd away: dropping it changes the mass by
+    # less than exp(-1e7); the two-row wedge is the reference.
+    with_far_row = gauss.polytope_moments(G, h, mean, cov).log_mass
+    without = gauss.polytope_moments(G[[0, 2]], h[[0, 2]], mean, cov).log_mass
+    assert abs(with_far_row - without) <= 1e-12 * abs(without)
