@@ -174,7 +174,7 @@ fn check_partition(bytes: &mut Bytes) {
         let z = part.interior_point(q).to_vec();
         assert!(z.iter().all(|v| v.is_finite()), "region {q}: interior point {z:?}");
         for facet in part.facets(q) {
-            assert!(dot(&facet.normal, &z) < facet.offset, "region {q}: interior point {z:?} outside a facet {facet:?}");
+            assert!(dot(&facet.normal, &z) < facet.offset, "region {q}: interior point {z:?} outside a facet {facet:?} (decoder {dec:?})");
             assert!(facet.normal.iter().all(|v| v.is_finite()) && !facet.offset.is_nan(), "region {q}: facet {facet:?}");
         }
         let mut pattern = vec![false; h];
