@@ -211,8 +211,12 @@ def test_region_sums_match_dense_sums_over_points():
     assert np.allclose(stats.s0, m0.sum(axis=0), rtol=1e-12, atol=1e-12)
     assert np.allclose(stats.s1, m1.sum(axis=0), rtol=1e-12, atol=1e-12)
     assert np.allclose(stats.s2, m2.sum(axis=0), rtol=1e-12, atol=1e-12)
-    assert np.allclose(stats.sx0, np.einsum("nq,nd->qd", m0, X), rtol=1e-12, atol=1e-12)
-    assert np.allclose(stats.sx1, np.einsum("nqs,nd->qds", m1, X), rtol=1e-12, atol=1e-12)
+    # The sums over the data are in the frame centred on the data's mean.
+    np.testing.assert_allclose(stats.centre, X.mean(axis=0), rtol=1e-15)
+    Xc = X - stats.centre
+    assert np.allclose(stats.sx0, np.einsum("nq,nd->qd", m0, Xc), rtol=1e-12, atol=1e-12)
+    assert np.allclose(stats.sx1, np.einsum("nqs,nd->qds", m1, Xc), rtol=1e-12, atol=1e-12)
+    assert np.allclose(stats.sum_x2, (Xc * Xc).sum(axis=0), rtol=1e-12, atol=1e-12)
 
 
 def test_normal_equations_solve_by_cholesky_else_least_squares():
@@ -285,7 +289,8 @@ def test_output_layer_rows_solve_the_full_system(noise):
     X = exactem.datasets.wave(300, 0.1, seed=2)
     dec, stats, factors, _ = frozen_problem(X, (6, 6), max_iter=2)
     layer = 2
-    maps = em.frozen_maps(dec.weights, dec.biases, factors, layer)
+    frame = em._in_frame(dec.biases, stats)  # the sums are about the data's mean
+    maps = em.frozen_maps(dec.weights, frame, factors, layer)
     T, Y, _, _, _, _ = em._layer_system(maps, True, noise, stats)
     R, A1 = T.shape[0], T.shape[1]
     D = len(noise)
@@ -295,10 +300,11 @@ def test_output_layer_rows_solve_the_full_system(noise):
     system = sum(np.kron(np.diag(1 / noise), T[q]) for q in range(R))  # unknowns theta[i, a] -> i * A1 + a
     diag = np.diag(system) + penalty.ravel()
     system = system + np.diag(penalty.ravel() + damping * diag + em._ridge(diag.reshape(D, A1)))
-    theta_old = np.hstack([dec.weights[layer], dec.biases[layer][:, None]])
+    theta_old = np.hstack([dec.weights[layer], frame[layer][:, None]])
     rhs = (Y.sum(axis=0) / noise[:, None]).ravel()
     residual = rhs - (system - np.diag(damping * diag + em._ridge(diag.reshape(D, A1)))) @ theta_old.ravel()
     expected = theta_old + np.linalg.solve(system, residual).reshape(D, A1)
+    expected[:, -1] += stats.centre
     W, b = update_layer(dec.weights, dec.biases, factors, noise, stats, layer, decay, damping)
     np.testing.assert_allclose(np.hstack([W, b[:, None]]), expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
 

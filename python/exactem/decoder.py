@@ -3,7 +3,7 @@
 import numpy as np
 
 from . import _core
-from ._validation import as_count, as_points
+from ._validation import as_count, as_points, as_real, as_real_array
 from .partition import Partition
 
 #: Negative-side slope of each activation; leaky_relu takes its slope from ``alpha``.
@@ -67,8 +67,8 @@ class Decoder:
             raise ValueError(f"got {len(weights)} weight matrices but {len(biases)} bias vectors; give one per layer")
         ws, bs = [], []
         for layer, (w, b) in enumerate(zip(weights, biases)):
-            w = np.asarray(w, dtype=np.float64)
-            b = np.asarray(b, dtype=np.float64)
+            w = as_real_array(w, f"weights[{layer}]")
+            b = as_real_array(b, f"biases[{layer}]")
             if w.ndim != 2:
                 raise ValueError(f"layer {layer}: weights[{layer}] must be 2-D (out, in); got shape {w.shape}")
             if b.ndim != 1:
@@ -85,8 +85,7 @@ class Decoder:
                 raise ValueError(
                     f"activation lists {len(activations)} entries but the decoder has {n_hidden_layers} hidden layers"
                 )
-        if not np.isfinite(alpha):
-            raise ValueError(f"alpha must be finite; got {alpha}")
+        alpha = as_real(alpha, "alpha")
         slopes = [_slope(a, alpha) for a in activations]
         self._core = _core.DecoderCore(ws, bs, slopes)
         self._weights = ws

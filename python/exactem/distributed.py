@@ -25,10 +25,12 @@ def is_dask_array(X):
     return type(X).__module__.startswith("dask.") and hasattr(X, "chunks")
 
 
-def model_spec(decoder, noise_var, max_regions, rtol=1e-6, seed=0):
-    """The model as plain arrays, to send to workers (a few kilobytes for typical decoders)."""
+def model_spec(decoder, noise_var, max_regions, rtol=1e-6, seed=0, centre=None):
+    """The model as plain arrays, to send to workers (a few kilobytes for typical decoders);
+    ``centre``, the origin every shard's sums are taken about (:class:`exactem.em.RegionStats`)."""
     return dict(weights=decoder.weights, biases=decoder.biases, activations=decoder.activations,
-                alpha=decoder.alpha, noise_var=noise_var, max_regions=max_regions, rtol=rtol, seed=seed)
+                alpha=decoder.alpha, noise_var=noise_var, max_regions=max_regions, rtol=rtol, seed=seed,
+                centre=centre)
 
 
 def _model_of(spec):
@@ -73,7 +75,7 @@ def shard_sums(spec, X, index=0, start=0):
     X = _check_shard(X, index, start)
     model = _model_of(spec)
     es = model.e_step(X)
-    return RegionStats(es, X, len(model.regions)), float(np.sum(es.log_likelihood))
+    return RegionStats(es, X, len(model.regions), centre=spec["centre"]), float(np.sum(es.log_likelihood))
 
 
 class Shards:
@@ -112,6 +114,7 @@ class Shards:
         self.sizes = sizes
         self.n_samples = int(sum(sizes))
         self.n_features = int(X.shape[1])
+        self._init_rows = None
         self._futures = None
         if client is not None:
             # Each shard lives on a worker as the result of a task: if the worker is lost, the
@@ -125,8 +128,19 @@ class Shards:
     def __len__(self):
         return len(self.sizes)
 
+    @property
+    def centre(self):
+        """The origin of every shard's sums (they are added, so it is one): the mean of
+        :meth:`init_rows`, computed alike from a numpy or a dask array."""
+        return self.init_rows().mean(axis=0)
+
     def init_rows(self, limit=INIT_ROWS):
         """At most ``limit`` evenly spaced rows, for the initialisation (all rows below it)."""
+        if self._init_rows is None or len(self._init_rows) != min(limit, self.n_samples):
+            self._init_rows = self._read_init_rows(limit)
+        return self._init_rows
+
+    def _read_init_rows(self, limit):
         n = self.n_samples
         idx = np.arange(n) if n <= limit else (np.arange(limit) * n) // limit
         rows = self._array[idx]
@@ -142,7 +156,7 @@ class Shards:
 
     def statistics(self, decoder, noise_var, max_regions):
         """The per-region sums over all rows and the mean exact log-likelihood, shards added in order."""
-        spec = model_spec(decoder, noise_var, max_regions)
+        spec = model_spec(decoder, noise_var, max_regions, centre=self.centre)
         if self.client is None:
             parts = [shard_sums(spec, block.compute() if hasattr(block, "compute") else block, i, int(start))
                      for i, (block, start) in enumerate(zip(self._blocks, self.starts))]

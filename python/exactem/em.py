@@ -43,6 +43,13 @@ class RegionStats:
         ``sum_n x_n^2`` per coordinate.
     n_points, dim : int
         N and D.
+    centre : ndarray of shape (D,)
+        The origin of the sums over the data: they are of ``x - centre`` (default: the data's
+        mean). The frozen objective expands ``|x - A z - b|^2`` into sums that lose ``eps``
+        times ``|x|^2``, which for data offset by 1e8 was all of the residual. The functions
+        below take the decoder in the data's frame and move its output bias into this one
+        (:func:`_in_frame`): a translation, exact algebra, so the updates are those of the data
+        as given. Sums of several row blocks must share one centre.
 
     Examples
     --------
@@ -55,10 +62,14 @@ class RegionStats:
     100.0
     """
 
-    def __init__(self, es, X, n_regions):
+    def __init__(self, es, X, n_regions, centre=None):
         S = es.m1.shape[1]
         q = es.regions
         self.n_points, self.dim = X.shape
+        if centre is None:
+            centre = X.mean(axis=0) if len(X) else np.zeros(X.shape[1])
+        self.centre = np.asarray(centre, dtype=np.float64)
+        X = X - self.centre
         # Sums by region as products with sparse (N, R) matrices laid out as m0 (a statistic
         # per stored (point, region) pair): np.add.at scattered one pair at a time, and took six
         # times the E-step's own time at S = 1 (BENCHMARKS.md).
@@ -81,7 +92,10 @@ class RegionStats:
         """The sums of several row blocks' statistics (same regions), added in the order given:
         the same blocks in the same order give the same bits wherever they were computed."""
         parts = list(parts)
+        if any(not np.array_equal(part.centre, parts[0].centre) for part in parts):
+            raise ValueError("RegionStats.combine needs sums about one centre (RegionStats(..., centre=c))")
         total = cls.__new__(cls)
+        total.centre = parts[0].centre
         for name in cls._SUMS:
             value = getattr(parts[0], name).copy()
             for part in parts[1:]:
@@ -104,6 +118,11 @@ class RegionStats:
     def cross_matrix(self):
         """(R, D, S+1): sum_n x_n E[[z; 1] 1_q]^T."""
         return np.concatenate([self.sx1, self.sx0[:, :, None]], axis=2)
+
+
+def _in_frame(biases, stats):
+    """The biases with the output layer's moved into the frame of ``stats`` (x - centre)."""
+    return [*biases[:-1], biases[-1] - stats.centre]
 
 
 def layer_factors(decoder, patterns):
@@ -167,6 +186,7 @@ def frozen_objective(weights, biases, factors, noise_var, stats):
 def _expected_residuals(weights, biases, factors, stats):
     """Per output coordinate: sum_{n,q} E[(x_n - A_q z - b_q)^2 1_q], with A_q, b_q the output
     map of region q with its activation pattern frozen."""
+    biases = _in_frame(biases, stats)
     E, f = _layer_inputs(weights, biases, factors)[-1]
     A = weights[-1] @ E
     b = f @ weights[-1].T + biases[-1]
@@ -203,6 +223,7 @@ def _layer_system(maps, output_layer, psi, stats):
 
 def layer_gradient(weights, biases, factors, psi, stats, layer, weight_decay=0.0):
     """d Q / d [W_l, b_l] = sum_q F_q^T Psi^-1 (Y_q - F_q Theta T_q) - weight_decay [W_l, 0]."""
+    biases = _in_frame(biases, stats)
     maps = frozen_maps(weights, biases, factors, layer)
     T, Y, F, FtP, _, _ = _layer_system(maps, layer == len(weights) - 1, psi, stats)
     theta = np.hstack([weights[layer], biases[layer][:, None]])
@@ -241,12 +262,17 @@ def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, 
     ``damping`` > 0 maximises instead the objective minus a Marquardt proximal term
     ``damping / 2 * sum_i H_ii (theta_i - theta_old_i)^2`` (H the system's diagonal): the
     update then moves less, most of all in directions the frozen objective constrains weakly,
-    which are the directions in which the frozen masks stop being true. ``maps`` are the layer's
-    :func:`frozen_maps`, if the caller has them."""
+    which are the directions in which the frozen masks stop being true. ``biases`` are in the
+    data's frame; ``maps`` are the layer's :func:`frozen_maps` in the frame of ``stats``
+    (:func:`_in_frame`), if the caller has them."""
+    frame = _in_frame(biases, stats)
     if maps is None:
-        maps = frozen_maps(weights, biases, factors, layer)
+        maps = frozen_maps(weights, frame, factors, layer)
     with one_blas_thread():
-        return _update_layer(weights, biases, maps, psi, stats, layer, weight_decay, damping)
+        weight, bias = _update_layer(weights, frame, maps, psi, stats, layer, weight_decay, damping)
+    if layer == len(weights) - 1:
+        bias = bias + stats.centre  # back to the data's frame
+    return weight, bias
 
 
 def _update_layer(weights, biases, maps, psi, stats, layer, weight_decay, damping):
@@ -350,7 +376,7 @@ def _m_step(decoder, patterns, noise_var, stats, weight_decay, min_noise_var, di
     F, r = None, None
     for layer in reversed(range(len(weights))):
         if layer < len(weights) - 1:
-            F, r = _output_map_below(weights, biases, factors, layer + 1, F, r)
+            F, r = _output_map_below(weights, _in_frame(biases, stats), factors, layer + 1, F, r)
             maps = (*inputs[layer], F, r)
         else:
             maps = (*inputs[layer], np.broadcast_to(np.eye(D), (R, D, D)), np.zeros((R, D)))

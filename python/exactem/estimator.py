@@ -11,7 +11,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _core
-from ._validation import as_count
+from ._validation import as_count, as_real_array
 from .decoder import ACTIVATIONS, Decoder
 from .em import RegionStats, layer_factors, layer_gradient, m_step, noise_gradient, one_blas_thread
 from .distributed import Shards, is_dask_array
@@ -268,9 +268,11 @@ class ExactEM(DensityMixin, BaseEstimator):
             gram = design.T @ design
             ridge = 1e-3 * np.trace(gram[:-1, :-1]) / max(gram.shape[0] - 1, 1)
             gram[np.arange(len(gram) - 1), np.arange(len(gram) - 1)] += ridge
-            coef = np.linalg.solve(gram, design.T @ X)
-            weights[-1], biases[-1] = coef[:-1].T, coef[-1]
-            resid = X - design @ coef
+            # Fitted to the centred data, the mean added back to the bias: data offset by 1e8 would
+            # otherwise cost the normal equations every digit of the residual.
+            coef = np.linalg.solve(gram, design.T @ centred)
+            weights[-1], biases[-1] = coef[:-1].T, coef[-1] + X.mean(axis=0)
+            resid = centred - design @ coef
         else:
             resid = X - X.mean(axis=0)
         var = np.maximum(resid.var(axis=0), self.min_noise_var)
@@ -382,8 +384,21 @@ class ExactEM(DensityMixin, BaseEstimator):
         es = model.e_step(data)
         return RegionStats(es, data, len(model.regions)), float(np.mean(es.log_likelihood))
 
+    def _check_finite(self, mean_ll, iteration):
+        """Raises NumericalError if the exact log-likelihood at ``iteration`` is not finite: a NaN
+        must never enter ``history_`` or end a fit as converged. The attributes keep the last model
+        accepted (none if the first model fails)."""
+        if not np.isfinite(mean_ll):
+            kept = ("the estimator keeps the last good model in decoder_, noise_var_, model_" if self.history_
+                    else "this fit accepted no model")
+            raise _core.NumericalError(
+                f"the exact log-likelihood per point is {mean_ll} at {self.solver} iteration {iteration}: the "
+                f"engine lost precision. Centre and scale the data (e.g. sklearn.preprocessing.StandardScaler) "
+                f"and fit again; {kept}")
+
     def _accept(self, decoder, noise, model, mean_ll, iteration, started):
         """Records an iterate; True if training should stop here (early stopping or max_time)."""
+        self._check_finite(mean_ll, iteration)
         self.decoder_, self.noise_var_, self.model_ = decoder, (noise if self.noise == "diagonal" else float(noise[0])), model
         self.history_.append(mean_ll)
         self.n_regions_.append(len(model.regions))
@@ -463,6 +478,7 @@ class ExactEM(DensityMixin, BaseEstimator):
                 except _core.RegionLimitError as err:
                     raise _core.RegionLimitError(f"{err} (at EM iteration {iteration}; the estimator keeps the "
                                                  f"last good model in decoder_, noise_var_, model_)") from None
+                self._check_finite(cand_ll, iteration)  # a NaN would read as "no gain" and end the fit as converged
                 if cand_ll >= ll - 1e-12 * (1 + abs(ll)):
                     accepted = (cand, new_noise, cand_model, cand_stats, cand_ll)
                     break
@@ -519,6 +535,7 @@ class ExactEM(DensityMixin, BaseEstimator):
             n = n_samples
             penalty = 0.5 * self.weight_decay * sum(np.sum(w * w) for w in weights)
             value = -(mean_ll * n - penalty) / n
+            self._check_finite(value, len(self.history_))  # L-BFGS would take a NaN for a line-search failure
             state["last"] = (dec, noise_vec, model, mean_ll)
             return value, -np.concatenate(grad) / n
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
+from ._validation import as_real, as_real_array, as_seed
 
 
 @dataclass(frozen=True)
@@ -44,16 +45,10 @@ class PolytopeMoments:
 
 
 def _as_matrix(value, name, shape=None):
-    arr = np.asarray(value, dtype=np.float64)
+    arr = as_real_array(value, name)
     if shape is not None and arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}; got {arr.shape}")
     return arr
-
-
-def _rtol(rtol):
-    if not (np.isfinite(rtol) and rtol > 0):
-        raise ValueError(f"rtol must be a positive number; got {rtol}")
-    return float(rtol)
 
 
 def _cov(cov, s):
@@ -122,7 +117,7 @@ def polytope_moments(G, h, mean, cov, rtol=1e-6, seed=0):
         raise ValueError("G contains NaN or infinite values")
     if np.any(np.isnan(h)) or not np.all(np.isfinite(mean)):
         raise ValueError("h contains NaN, or mean contains NaN or infinite values")
-    rtol = _rtol(rtol)
+    rtol = as_real(rtol, "rtol", positive=True)
     cov = _cov(cov, s)
     single = h.ndim == 1 and mean.ndim == 1
     n = max(h.shape[0] if h.ndim == 2 else 1, mean.shape[0] if mean.ndim == 2 else 1)
@@ -132,7 +127,7 @@ def polytope_moments(G, h, mean, cov, rtol=1e-6, seed=0):
     except ValueError:
         raise ValueError(f"h {h.shape} and mean {mean.shape} have different batch sizes") from None
     log_mass, cond_mean, cond_cov, error = _core.polytope_moments(
-        np.ascontiguousarray(G), H, M, cov, rtol, int(seed), True)
+        np.ascontiguousarray(G), H, M, cov, rtol, as_seed(seed), True)
     if single:
         return PolytopeMoments(float(log_mass[0]), cond_mean[0], cond_cov[0], float(error[0]))
     return PolytopeMoments(log_mass, cond_mean, cond_cov, error)
@@ -180,9 +175,9 @@ def mvn_cdf(lower, upper, mean, cov, rtol=1e-6, seed=0):
         raise ValueError(f"lower and upper must both have shape (n, {s}) or ({s},); got {lower.shape} and {upper.shape}")
     if np.any(np.isnan(lower)) or np.any(np.isnan(upper)) or not np.all(np.isfinite(mean)):
         raise ValueError("lower, upper or mean contains NaN")
-    rtol = _rtol(rtol)
+    rtol = as_real(rtol, "rtol", positive=True)
     cov = _cov(cov, s)
-    log_mass, rel_error = _core.mvn_cdf(np.ascontiguousarray(lower), np.ascontiguousarray(upper), np.ascontiguousarray(mean), cov, rtol, int(seed))
+    log_mass, rel_error = _core.mvn_cdf(np.ascontiguousarray(lower), np.ascontiguousarray(upper), np.ascontiguousarray(mean), cov, rtol, as_seed(seed))
     p = np.exp(log_mass)
     err = p * rel_error
     if single:

@@ -4,14 +4,16 @@ import numpy as np
 import scipy.sparse
 
 from . import _core
-from ._validation import as_count, as_points
+from ._validation import as_count, as_points, as_real, as_real_array, as_seed
 from .decoder import Decoder
 from .distributed import block_e_step, block_log_likelihood, is_dask_array, model_spec
 
 
 def _as_noise_var(noise_var, dim):
     """A positive (D,) array from a scalar (isotropic) or a (D,) array (diagonal)."""
-    arr = np.asarray(noise_var, dtype=np.float64)
+    if isinstance(noise_var, (bool, np.bool_)):
+        raise ValueError(f"noise_var must be a positive number or array; got {noise_var!r}")
+    arr = as_real_array(noise_var, "noise_var")
     if arr.ndim == 0:
         arr = np.full(dim, float(arr))
     if arr.shape != (dim,):
@@ -185,7 +187,7 @@ class Posterior:
             The draws.
         """
         n = as_count(n, "n", minimum=0)
-        return self._core.sample(n, int(seed))
+        return self._core.sample(n, as_seed(seed))
 
 
 class EStepResult:
@@ -303,8 +305,8 @@ class DGN:
         self._noise_var = _as_noise_var(noise_var, decoder.output_dim)
         self._isotropic = np.ndim(noise_var) == 0
         self.max_regions = as_count(max_regions, "max_regions")
-        self.rtol = float(rtol)
-        self.seed = int(seed)
+        self.rtol = as_real(rtol, "rtol", positive=True)
+        self.seed = as_seed(seed)
         self._regions = None
         self._core = None
 
@@ -390,7 +392,7 @@ class DGN:
         -------
         posterior : Posterior
         """
-        x = np.asarray(x, dtype=np.float64)
+        x = as_real_array(x, "x", allow_bool=True)
         if x.shape != (self.output_dim,):
             raise ValueError(f"x must have shape ({self.output_dim},); got {x.shape}")
         if not np.all(np.isfinite(x)):
