@@ -20,11 +20,10 @@ from exactem import _core
 
 
 def run_child(code, timeout, env=None):
-    """Runs ``code`` in a fresh interpreter (this worktree's package first on the path) and
-    returns the JSON object it prints last; fails, not hangs, past ``timeout`` seconds."""
+    """Runs ``code`` in a fresh interpreter (the exactem this process imports: the installed
+    package, or whatever PYTHONPATH names) and returns the JSON object it prints last; fails, not
+    hangs, past ``timeout`` seconds."""
     child_env = dict(os.environ)
-    child_env["PYTHONPATH"] = os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "python"),
-                                              child_env.get("PYTHONPATH", "")])
     child_env["RUST_BACKTRACE"] = "0"
     child_env.update(env or {})
     prelude = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
