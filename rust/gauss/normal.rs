@@ -464,6 +464,12 @@ pub fn truncated_normal(mu: f64, sd: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
 /// closed form `sd^2 (1 + a r_a - b r_b - (r_a - r_b)^2)` would lose it to terms of order
 /// `1 / width^2` (relative error ~1e-3 for `[12, 12.001]` under `N(0, 1)`).
 pub fn truncated_normal_central(mu: f64, sd: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
+    // An empty interval (a strip whose sides cross, as a nearly antiparallel pair of a polygon
+    // treated as parallel can) has no mass; the centred series would take the log of a
+    // negative width's integral, NaN.
+    if lo >= hi {
+        return (f64::NEG_INFINITY, f64::NAN, f64::NAN);
+    }
     let (centre, half) = ((0.5 * (lo + hi) - mu) / sd, 0.5 * (hi - lo) / sd);
     if CentredSeries::reaches(half, centre) {
         let [i0, i1, i2] = CentredSeries::new(half).at::<true, Separate>(centre);
@@ -702,6 +708,15 @@ mod tests {
     /// Beyond `sqrt(32)`, against the Mills ratio's continued fraction
     /// `R(y) = 1 / (y + 1 / (y + 2 / (y + 3 / ...)))` (`r = R / sqrt(2 pi)`), which 200 levels
     /// take to rounding there.
+    #[test]
+    fn empty_intervals_have_no_mass_and_nan_stays_nan() {
+        for (lo, hi) in [(1.0, 1.0), (-28.41, -29.89), (3.0, -3.0), (0.1, 0.05)] {
+            let (log_mass, mean, variance) = truncated_normal_central(0.0, 1.0, lo, hi);
+            assert!(log_mass == f64::NEG_INFINITY && mean.is_nan() && variance.is_nan(), "[{lo}, {hi}]");
+        }
+        assert!(truncated_normal_central(0.0, 1.0, f64::NAN, 1.0).0.is_nan());
+    }
+
     #[test]
     fn far_tail_factor_with_one_division_matches_the_continued_fraction() {
         let mills = |y: f64| 1.0 / (1..200).rev().fold(y, |acc, k| y + k as f64 / acc);

@@ -1468,4 +1468,24 @@ mod tests {
             check([f0, f1, f2], e, open_wedge_log_mass(f0, e[0], f2, e[2]));
         }
     }
+
+    /// Two rows antiparallel to within 5e-8 rad in whitened coordinates (a rank-1 region of
+    /// an S = 2 model at |A|^2 / psi ~ 1e9, from the fuzzing) are treated as a strip, and
+    /// this one's sides cross: the true region is a wedge whose tip lies ~3e7 deviations out,
+    /// mass below exp(-4e14). Its log mass must be -inf (or that small) and its moments must
+    /// not be asked for as NaN mass: the truncated normal of the crossed interval once gave NaN.
+    #[test]
+    fn a_crossed_nearly_parallel_pair_has_no_mass() {
+        let f = vec![[-0.9999999998959734, 1.4424051895911272e-5], [0.9999999998966964, -1.43738441382536e-5]];
+        let e = vec![-29.89341949629131, 28.414141604286456];
+        // The rows' crossing, ~3e7 deviations out, bounds the true log mass.
+        let det = f[0][0] * f[1][1] - f[0][1] * f[1][0];
+        let tip = [(e[0] * f[1][1] - e[1] * f[0][1]) / det, (f[0][0] * e[1] - f[1][0] * e[0]) / det];
+        assert!(norm2(tip) > 1e7);
+        let poly = Polygon2::new(f, e, [1.0, 0.0, 0.0, 1.0]);
+        assert!(poly.log_mass(&[0.0, 0.0], 0.0) <= -0.25 * dot(tip, tip));
+        let (mut mean, mut second) = ([0.0; 2], [0.0; 4]);
+        let log_mass = poly.integrate(&[0.0, 0.0], 0.0, &mut mean, &mut second);
+        assert!(log_mass <= -0.25 * dot(tip, tip), "{log_mass}");
+    }
 }

@@ -680,6 +680,12 @@ impl RunningLogSumExp {
     }
 
     fn add(&mut self, t: f64) {
+        // A region of no mass adds nothing; while the sum is still empty, `exp(t - max)` would
+        // be `exp(-inf + inf)`, NaN (a rank-1 map whose best-bounded region is a strip
+        // crossed out in whitened coordinates gave log p NaN).
+        if t == f64::NEG_INFINITY {
+            return;
+        }
         if t <= self.max {
             self.scaled += (t - self.max).exp();
         } else if t > f64::NEG_INFINITY {

@@ -479,3 +479,21 @@ fn residual_form_agrees_with_the_completed_square_at_moderate_scale_and_fixes_it
         assert_eq!(flagged, must_flag, "scale {scale}");
     }
 }
+
+/// A region of no mass (log term -inf) adds nothing to the running sum of a point's terms,
+/// first or later: the first once made the sum `exp(-inf + inf)`, NaN, and log p NaN.
+#[test]
+fn running_log_sum_exp_skips_regions_of_no_mass() {
+    let sum = |terms: &[f64]| {
+        let mut total = RunningLogSumExp::new();
+        terms.iter().for_each(|&t| total.add(t));
+        total.value()
+    };
+    let want = (-3.0f64).exp().ln_1p() - 2.0; // log(e^-2 + e^-5)
+    for terms in [[f64::NEG_INFINITY, -2.0, -5.0], [-2.0, f64::NEG_INFINITY, -5.0], [-5.0, -2.0, f64::NEG_INFINITY]] {
+        let got = sum(&terms);
+        assert!((got - want).abs() <= 4.0 * f64::EPSILON * want.abs(), "{terms:?}: {got} vs {want}");
+    }
+    assert_eq!(sum(&[f64::NEG_INFINITY, f64::NEG_INFINITY]), f64::NEG_INFINITY);
+    assert_eq!(sum(&[]), f64::NEG_INFINITY);
+}
