@@ -338,8 +338,9 @@ def check_model_on(model, X):
 
 # (noise exponents, weight-scale exponents, outlier exponents) per latent dimension. S = 1 takes
 # the full ranges. restricted: S = 2 with noise below 1e-4, weights above 1e2 or outliers beyond
-# 10^2.5 gives NaN or absurd log-likelihoods, negative posterior variances and a panic when the
-# maps are rank-deficient (kept as strict expected failures below).
+# 10^2.5 gave NaN or absurd log-likelihoods, negative posterior variances and a panic when the
+# maps are rank-deficient (the cases found are regression tests below; the ranges are not yet
+# widened again).
 RANGES = {1: ((-12.0, 12.0), (-3.0, 3.0), (3.0, 6.0)), 2: ((-4.0, 8.0), (-2.0, 2.0), (1.0, 2.5))}
 
 
@@ -672,9 +673,9 @@ def test_data_far_from_the_origin_fit_like_centred_data(offset):
                                atol=1e-6 + 1e3 * EPS * offset)
 
 
-# -- known engine failures found by the fuzzing  ------------------------------
-# strict xfails: when a fix lands they fail, saying that the marker and the restricted RANGES
-# above can go.
+# -- engine failures found by the fuzzing  ------------------------------
+# Fixed, kept as regression tests. A failure not yet fixed goes here as a strict xfail: when its
+# fix lands it fails, saying that the marker (and the restriction of RANGES above) can go.
 
 
 def test_rank_one_maps_at_huge_signal_to_noise_give_finite_log_p():
