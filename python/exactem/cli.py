@@ -16,7 +16,7 @@ import textwrap
 import time
 import warnings
 
-BUILTIN_DATA = ("wave", "circle")
+BUILTIN_DATA = ("wave", "circle", "digits")
 ACTIVATIONS = ["relu", "leaky_relu", "abs", "linear"]
 
 
@@ -129,6 +129,8 @@ def _load_data(args):
 
     from . import datasets
 
+    if args.data == "digits":  # a fixed data set: --n, --data-noise do not apply
+        return datasets.digits()
     if args.data in BUILTIN_DATA:
         return getattr(datasets, args.data)(args.n, args.data_noise, seed=args.seed)
     path = args.data
@@ -415,9 +417,12 @@ def _methods(text):
 
 
 def compare(args):
-    from .compare import compare as run_comparison, load_data
+    from .compare import compare as run_comparison
 
-    X = load_data(args.data, n=args.n, noise=args.data_noise, seed=0)
+    # The same checked reading as `fit` (CSV header, NaN rows named); the built-in curves drawn
+    # with seed 0 whatever the seeds of the fits.
+    X = _load_data(argparse.Namespace(data=args.data, n=args.n, data_noise=args.data_noise, seed=0,
+                                      skip_header=args.skip_header))
     result = run_comparison(X, methods=args.methods, seeds=args.seeds, latent_dim=args.latent_dim,
                             hidden=tuple(args.hidden), activation=args.activation, alpha=args.alpha, noise=args.noise,
                             test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
@@ -446,6 +451,7 @@ def add_compare_parser(sub):
                         "or a .npy/.csv file of rows")
     p.add_argument("--n", type=int, default=1000, help="points drawn from wave or circle")
     p.add_argument("--data-noise", type=float, default=0.1, help="noise level of wave or circle")
+    p.add_argument("--skip-header", action="store_true", help="skip the first line of a .csv file even if it is numeric")
     p.add_argument("--methods", type=_methods, default="em,lbfgs,vae,iwae",
                    help="comma-separated methods among em, lbfgs (exact), vae, iwae (amortised variational)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds 0..N-1; each seed its own split and initialisation")

@@ -38,9 +38,7 @@ def load_data(name, n=1000, noise=0.1, seed=0):
     if name in ("wave", "circle"):
         return getattr(datasets, name)(n, noise, seed=seed)
     if name == "digits":
-        from sklearn.datasets import load_digits
-
-        return load_digits().data / 16.0
+        return datasets.digits()
     try:
         if name.endswith(".npy"):
             return np.load(name, allow_pickle=False)
