@@ -9,6 +9,7 @@ pub mod error;
 pub mod gauss;
 pub mod model;
 pub mod inference;
+pub mod learning;
 pub mod memory;
 pub mod parallel;
 pub mod partition;

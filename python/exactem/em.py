@@ -313,7 +313,7 @@ def _update_layer(weights, biases, maps, psi, stats, layer, weight_decay, dampin
             system[np.diag_indices_from(system)] += extra.ravel()
             delta = _solve_spd(system, lambda: system_of(penalty + extra), residual).reshape(D_l, A1)
         else:
-            operator = _KroneckerOperator(C, F, FtP, M, K)
+            operator = _KroneckerOperator(C, F, FtP, M, K, psi)
             residual = rhs - (operator(theta_old) + penalty * theta_old)
             diagonal_blocks = (np.einsum("rii->ri", C).T @ T.reshape(R, A1 * A1)).reshape(D_l, A1, A1)
             preconditioner = _RowBlocks(diagonal_blocks, penalty + extra)
@@ -409,9 +409,30 @@ class _KroneckerOperator:
     ``T_q = M_q K_q M_q^T`` has rank at most S + 1, and ``C_q = F_q^T Psi^-1 F_q`` is applied
     through ``F_q`` where the output has fewer coordinates than the layer has units. Per
     application O(R D_l (D_l or D) (S + 1) + R D_l A1 (S + 1)) instead of the dense system's
-    (D_l A1)^2."""
+    (D_l A1)^2. Applied by the engine (``learning::kronecker``: one pass over the regions, in
+    parallel, the same bits whatever the number of threads); :class:`_KroneckerOperatorNumpy`
+    is the same operator in numpy, its reference."""
 
-    def __init__(self, C, F, FtP, M, K):
+    def __init__(self, C, F, FtP, M, K, psi):
+        from . import _core
+
+        D, D_l = F.shape[1], F.shape[2]
+        M, K = np.ascontiguousarray(M, dtype=np.float64), np.ascontiguousarray(K, dtype=np.float64)
+        if D < D_l:
+            self._core = _core.KroneckerCore(M, K, output_map=np.ascontiguousarray(F, dtype=np.float64),
+                                             inverse_noise=np.ascontiguousarray(1.0 / psi, dtype=np.float64))
+        else:
+            self._core = _core.KroneckerCore(M, K, curvature=np.ascontiguousarray(C, dtype=np.float64))
+
+    def __call__(self, X):
+        return self._core(np.ascontiguousarray(X, dtype=np.float64))
+
+
+class _KroneckerOperatorNumpy:
+    """:class:`_KroneckerOperator` as numpy batches of per-region products (the reference the
+    engine's operator is tested against)."""
+
+    def __init__(self, C, F, FtP, M, K, psi=None):
         R, A1, S1 = M.shape
         self._R, self._S1 = R, S1
         self._M_columns = M.transpose(1, 0, 2).reshape(A1, R * S1)  # [a, (q, k)]

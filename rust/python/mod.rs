@@ -21,6 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod gauss_py;
 mod inference_py;
+mod learning_py;
 mod model_py;
 mod partition_py;
 mod threads;
@@ -178,5 +179,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     partition_py::register(m)?;
     inference_py::register(m)?;
     gauss_py::register(m)?;
+    learning_py::register(m)?;
     Ok(())
 }
