@@ -23,7 +23,10 @@ def random_layer(rng, R, D_l, A1, S1, D, scale):
     M[:, -1, -1] = 1.0
     Z = rng.standard_normal((R, S1, S1 + 2))
     K = Z @ np.swapaxes(Z, 1, 2) * rng.uniform(0.0, 50.0, size=(R, 1, 1))
-    F = rng.standard_normal((R, D, D_l)) / scale
+    # Regions share F_q (and C_q) as regions with one activation pattern above the layer do:
+    # a few distinct ones, scattered over the regions.
+    distinct = rng.standard_normal((max(1, R // 3), D, D_l)) / scale
+    F = distinct[rng.integers(0, len(distinct), size=R)]
     psi = rng.uniform(0.05, 2.0, size=D)
     FtP = np.swapaxes(F, 1, 2) / psi
     C = FtP @ F
@@ -49,7 +52,7 @@ def rounding_bound(C, F, psi, M, K, X, through_F):
     R=st.sampled_from([0, 1, 2, 7, 64, 65, 150]),
     D_l=st.integers(1, 12),
     A1=st.integers(1, 10),
-    S1=st.integers(2, 4),
+    S1=st.integers(2, 6),
     D=st.integers(1, 14),
     scale=st.sampled_from([1.0, 1e-3, 1e3]),
     seed=st.integers(0, 2**32 - 1),

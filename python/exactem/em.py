@@ -418,7 +418,9 @@ class _KroneckerOperator:
 
         D, D_l = F.shape[1], F.shape[2]
         M, K = np.ascontiguousarray(M, dtype=np.float64), np.ascontiguousarray(K, dtype=np.float64)
-        if D < D_l:
+        if M.shape[2] > _core.KRONECKER_MAX_LATENT1:  # the engine's kernels stop at S = 4
+            self._core = _KroneckerOperatorNumpy(C, F, FtP, M, K)
+        elif D < D_l:
             self._core = _core.KroneckerCore(M, K, output_map=np.ascontiguousarray(F, dtype=np.float64),
                                              inverse_noise=np.ascontiguousarray(1.0 / psi, dtype=np.float64))
         else:

@@ -6,7 +6,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use super::run_released_here;
-use crate::learning::kronecker::{Curvature, KroneckerOperator};
+use crate::learning::kronecker::{Curvature, KroneckerOperator, MAX_LATENT1};
 
 /// The entries of an array in row-major order, whatever its memory layout.
 fn row_major<D: numpy::ndarray::Dimension>(a: &numpy::PyReadonlyArray<'_, f64, D>) -> Vec<f64> {
@@ -78,5 +78,6 @@ impl PyKronecker {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("KRONECKER_MAX_LATENT1", MAX_LATENT1)?;
     m.add_class::<PyKronecker>()
 }
