@@ -13,6 +13,7 @@
 pub mod integrator;
 pub mod interval;
 pub mod posterior;
+mod pruned;
 pub mod elbo;
 pub mod sampling;
 
@@ -766,6 +767,32 @@ fn map_batches<T: Send + 'static>(
     })
 }
 
+/// As [`map_batches`] for S >= 2, through [`pruned`] (which forms `log kappa` as
+/// `local_gaussians` does there): `per_point(state, batch, p)` for every
+/// point `p` of each batch, whose regions it visits with `pruned::visit_regions_pruned`.
+fn map_pruned_batches<T: Send + 'static>(
+    algebra: &RegionAlgebra,
+    forms: &pruned::UpperForms,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+    start: impl Fn(usize) -> T + Sync,
+    per_point: impl Fn(&mut T, &mut pruned::PrunedBatch, usize) + Sync,
+) -> Result<Vec<T>> {
+    over_batches(x, algebra, cancel, |points| {
+        let mut batch = pruned::PrunedBatch::new(algebra, forms, points);
+        let mut state = start(points.ncols());
+        let cancel = Cancel::current();
+        for p in 0..batch.len() {
+            // Stopped: the batch is discarded (`over_batches`), so the rest is not computed.
+            if cancel.is_cancelled() {
+                break;
+            }
+            per_point(&mut state, &mut batch, p);
+        }
+        state
+    })
+}
+
 /// Where the points of a batch's first block count this fraction of the regions on average,
 /// the S = 1 path leaves the batch's points in their order (see [`map_interval_batches`]).
 const UNORDERED_FRACTION: f64 = 0.9;
@@ -881,11 +908,25 @@ pub fn log_likelihood<I: RegionIntegrator>(
                 });
             }
         })?
-    } else {
+        .into_iter()
+        .map(|(out, _)| out)
+        .collect::<Vec<_>>()
+    } else if algebra.s == 1 {
+        // S = 1 without intervals (test integrators): the forms of `local_gaussians`.
         let start = |points| (Vec::with_capacity(points), Vec::new());
-        map_batches(algebra, x, cancel, start, |(out, bounds), lk, mu| out.push(log_likelihood_by_regions(integrator, lk, mu, algebra.s, bounds)))?
+        map_batches(algebra, x, cancel, start, |(out, bounds), lk, mu| out.push(log_likelihood_by_regions(integrator, lk, mu, 1, bounds)))?
+            .into_iter()
+            .map(|(out, _)| out)
+            .collect()
+    } else {
+        let forms = pruned::UpperForms::new(algebra);
+        let start = |points| (Vec::with_capacity(points), pruned::PointRegions::default());
+        map_pruned_batches(algebra, &forms, x, cancel, start, |(out, regions), batch, p| out.push(pruned::log_likelihood_pruned(integrator, batch, p, regions)))?
+            .into_iter()
+            .map(|(out, _)| out)
+            .collect()
     };
-    let out: Vec<f64> = batches.into_iter().flat_map(|(out, _)| out).collect();
+    let out: Vec<f64> = batches.into_iter().flatten().collect();
     no_nan_log_likelihood(&out)?;
     Ok(out)
 }
@@ -959,6 +1000,12 @@ impl PointTerms {
             weight.push(t);
             t
         });
+        self.normalise();
+    }
+
+    /// Turns the terms `log(kappa_q Phi_q)` in `weight` into posterior weights, and sets the
+    /// log-likelihood.
+    fn normalise(&mut self) {
         let max = self.weight.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         if max == f64::NEG_INFINITY {
             self.log_likelihood = max;
@@ -1222,8 +1269,16 @@ pub fn e_step<I: RegionIntegrator>(
             }
         })?;
         batches.into_iter().map(|((stats, _), computed)| (stats, Some(computed))).collect()
-    } else {
+    } else if s == 1 {
         map_batches(algebra, x, cancel, start, by_regions)?.into_iter().map(|(stats, _)| (stats, None)).collect()
+    } else {
+        let forms = pruned::UpperForms::new(algebra);
+        let start = |points| (start(points), pruned::PointRegions::default());
+        let per_point = |((out, terms), regions): &mut ((EStep, PointTerms), pruned::PointRegions), batch: &mut pruned::PrunedBatch, p: usize| {
+            terms.compute_pruned(integrator, batch, p, regions);
+            out.push_point(terms, s);
+        };
+        map_pruned_batches(algebra, &forms, x, cancel, start, per_point)?.into_iter().map(|((stats, _), _)| (stats, None)).collect()
     };
     let out = EStep::concat(batches, s)?;
     no_nan_log_likelihood(&out.log_likelihood)?;
