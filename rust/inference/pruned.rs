@@ -256,7 +256,8 @@ mod tests {
 
     use nalgebra::{DMatrix, DVector};
 
-    use super::super::{e_step, log_likelihood, log_likelihood_by_regions, map_batches, EStep, GaussIntegrator, PointTerms, RegionAlgebra};
+    use super::super::batching::map_batches;
+    use super::super::{e_step, log_likelihood, log_likelihood_by_regions, EStep, GaussIntegrator, PointTerms, RegionAlgebra};
     use super::*;
     use crate::cancel::Cancel;
     use crate::model::Decoder;
@@ -352,11 +353,11 @@ mod tests {
                     let got = e_step(&algebra, &gauss, x.as_view(), &Cancel::new());
                     let what = format!("{widths:?} scale {scale} noise {noise} offset {offset}");
                     // Where the engine's integrals fail (points absurdly far in noise units),
-                    // both paths fail, on the same region.
+                    // both paths fail (each with the failure its threads met first).
                     let (got_ll, want_ll) = match (got_ll, want_ll) {
                         (Ok(got), Ok(want)) => (got, want),
                         (got, want) => {
-                            assert_eq!(got.err(), want.err(), "{what}: log_likelihood");
+                            assert!(got.is_err() && want.is_err(), "{what}: log_likelihood: {:?} vs {:?}", got.err(), want.err());
                             failures += 1;
                             continue;
                         }
@@ -365,7 +366,7 @@ mod tests {
                     let (got, want) = match (got, want) {
                         (Ok(got), Ok(want)) => (got, want),
                         (got, want) => {
-                            assert_eq!(got.err(), want.err(), "{what}: e_step");
+                            assert!(got.is_err() && want.is_err(), "{what}: e_step: {:?} vs {:?}", got.err(), want.err());
                             failures += 1;
                             continue;
                         }
