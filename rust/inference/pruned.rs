@@ -38,6 +38,8 @@ const MEAN_ERROR: f64 = 1e-10;
 pub(crate) struct UpperForms {
     inv_shrink: Vec<f64>,
     growth: Vec<f64>,
+    /// `sqrt(b_q^T Psi^-1 b_q)`.
+    root_b_psi_b: Vec<f64>,
 }
 
 impl UpperForms {
@@ -45,7 +47,8 @@ impl UpperForms {
         let s = algebra.s;
         let inv_shrink = algebra.shrink.iter().map(|v| 1.0 / v).collect();
         let growth = algebra.shrink.chunks_exact(s).map(|k| 1.0 + 1.0 / k.iter().fold(f64::INFINITY, |a, v| a.min(*v)).sqrt()).collect();
-        UpperForms { inv_shrink, growth }
+        let root_b_psi_b = algebra.b_psi_b.iter().map(|v| v.sqrt()).collect();
+        UpperForms { inv_shrink, growth, root_b_psi_b }
     }
 }
 
@@ -100,7 +103,7 @@ impl PointRegions {
         self.column.clear();
         self.column.extend(batch.x.column(p).iter());
         self.xpx = self.column.iter().zip(&algebra.inv_psi).map(|(v, w)| v * v * w).sum();
-        let xpx = self.xpx;
+        let (xpx, root_xpx) = (self.xpx, self.xpx.sqrt());
         let (mu, bx) = (batch.mu.column(p), batch.bx.column(p));
         let (mu, bx) = (mu.as_slice(), bx.as_slice());
         self.upper.clear();
@@ -119,11 +122,11 @@ impl PointRegions {
             // from the origin this bound is tight where the completed square's margin is not
             // (large `b`, nearly singular regions). `m` there is `mu_q`, perhaps refined by a
             // Newton step, which moves it by at most its rounding (see `MEAN_ERROR`).
+            // With `|m - mu| <= shift`: `|m|^2 >= |mu|^2 - 2 |mu| shift` and `|mu| <= (|mu|^2 + 1) / 2`.
             let mean_square: f64 = m.iter().map(|v| v * v).sum();
-            let shift = MEAN_ERROR * s as f64 * (xpx.sqrt() + algebra.b_psi_b[q].sqrt());
+            let shift = MEAN_ERROR * s as f64 * (root_xpx + forms.root_b_psi_b[q]);
             let base = algebra.base[q];
-            let near = mean_square.sqrt() - shift;
-            let centre_bound = base - 0.5 * near.max(0.0).powi(2) + UPPER_MARGIN * (base.abs() + mean_square + 1.0);
+            let centre_bound = base - 0.5 * mean_square + 0.5 * shift * (mean_square + 1.0) + UPPER_MARGIN * (base.abs() + mean_square + 1.0);
             let upper = (value + margin).min(centre_bound);
             // NaN (an overflow somewhere) bounds nothing: the region is formed exactly.
             if upper.is_nan() { f64::INFINITY } else { upper }
