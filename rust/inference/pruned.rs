@@ -344,8 +344,9 @@ mod tests {
                     for p in 0..n {
                         regions.load(&batch, p);
                         let (lk, _) = local.point(p);
-                        for q in 0..r {
-                            assert!(regions.upper[q] >= lk[q], "scale {scale} noise {noise} point {p} region {q}: upper {} below log kappa {}", regions.upper[q], lk[q]);
+                        assert_eq!(lk.len(), r);
+                        for (q, (upper, lk)) in regions.upper.iter().zip(lk).enumerate() {
+                            assert!(upper >= lk, "scale {scale} noise {noise} point {p} region {q}: upper {upper} below log kappa {lk}");
                         }
                         log_likelihood_pruned(&gauss, &mut batch, p, &mut regions);
                         formed += regions.formed_count();
