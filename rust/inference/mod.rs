@@ -179,24 +179,34 @@ pub(crate) fn factor_region(a: &[f64], inv_sd: &[f64], s: usize) -> RegionFactor
     RegionFactor { sigma, chol, log_det_sigma, gain, basis, shrink }
 }
 
+/// Knuth's two-sum: `u + v` and its exact rounding error.
+#[inline(always)]
+fn two_sum(u: f64, v: f64) -> (f64, f64) {
+    let s = u + v;
+    let w = s - u;
+    (s, (u - (s - w)) + (v - w))
+}
+
+/// Dekker's split of `u` into two halves of 26 bits.
+#[inline(always)]
+fn split(u: f64) -> (f64, f64) {
+    let c = 134_217_729.0 * u; // 2^27 + 1
+    let hi = c - (c - u);
+    (hi, u - hi)
+}
+
+/// Dekker's two-product: `u v` and its exact rounding error, without fused multiply-add.
+#[inline(always)]
+fn two_product(u: f64, v: f64) -> (f64, f64) {
+    let p = u * v;
+    let ((uh, ul), (vh, vl)) = (split(u), split(v));
+    (p, ((uh * vh - p) + uh * vl + ul * vh) + ul * vl)
+}
+
 /// `x - b - a . m` to about one rounding of the result: every product and sum carried with its
 /// exact rounding error (Knuth's two-sum, Dekker's two-product, no fused multiply-add needed).
+#[inline(always)]
 fn compensated_residual(x: f64, b: f64, a: &[f64], m: &[f64]) -> f64 {
-    fn two_sum(u: f64, v: f64) -> (f64, f64) {
-        let s = u + v;
-        let w = s - u;
-        (s, (u - (s - w)) + (v - w))
-    }
-    fn split(u: f64) -> (f64, f64) {
-        let c = 134_217_729.0 * u; // 2^27 + 1
-        let hi = c - (c - u);
-        (hi, u - hi)
-    }
-    fn two_product(u: f64, v: f64) -> (f64, f64) {
-        let p = u * v;
-        let ((uh, ul), (vh, vl)) = (split(u), split(v));
-        (p, ((uh * vh - p) + uh * vl + ul * vh) + ul * vl)
-    }
     let (mut hi, mut lo) = two_sum(x, -b);
     for (aj, mj) in a.iter().zip(m) {
         let (p, p_err) = two_product(*aj, *mj);
@@ -205,6 +215,68 @@ fn compensated_residual(x: f64, b: f64, a: &[f64], m: &[f64]) -> f64 {
         lo += sum_err - p_err;
     }
     hi + lo
+}
+
+/// Coordinates per step of [`residual_square_sum`]: eight interleaved partial sums.
+const SUM_LANES: usize = 8;
+
+/// `sum_i r_i^2 / psi_i` over the residuals `r = x - b - A m` (`a`: A, D x S row-major), each
+/// `r_i` rounded plainly or (`COMPENSATED`) as [`compensated_residual`] forms it, in
+/// [`SUM_LANES`] interleaved partial sums added pairwise at the end. One running sum is a chain
+/// of dependent additions whose latency, not the arithmetic, sets its time: at D = 784 these
+/// residual forms of `log kappa`, which many (point, region) pairs take there, were three
+/// quarters of the S = 1 E-step. Each `r_i` is the same value as one at a time; each partial
+/// sum has at most D / 8 + 1 terms, so the sum rounds no worse than one running sum (the error
+/// bounds that use it assume a sum of length D).
+#[inline(always)]
+fn residual_square_sum<const COMPENSATED: bool>(x: &[f64], b: &[f64], a: &[f64], m: &[f64], inv_psi: &[f64]) -> f64 {
+    const K: usize = SUM_LANES;
+    let (d, s) = (x.len(), m.len());
+    let whole = d - d % K;
+    let mut partial = [0.0f64; K];
+    for start in (0..whole).step_by(K) {
+        let (x, b, w) = (&x[start..start + K], &b[start..start + K], &inv_psi[start..start + K]);
+        let a = &a[start * s..(start + K) * s];
+        let mut r = [0.0f64; K];
+        if COMPENSATED {
+            let mut lo = [0.0f64; K];
+            for k in 0..K {
+                (r[k], lo[k]) = two_sum(x[k], -b[k]);
+            }
+            for (j, &mj) in m.iter().enumerate() {
+                for k in 0..K {
+                    let (p, p_err) = two_product(a[k * s + j], mj);
+                    let (sum, sum_err) = two_sum(r[k], -p);
+                    r[k] = sum;
+                    lo[k] += sum_err - p_err;
+                }
+            }
+            for k in 0..K {
+                r[k] += lo[k];
+            }
+        } else {
+            let mut dot = [0.0f64; K];
+            for (j, &mj) in m.iter().enumerate() {
+                for k in 0..K {
+                    dot[k] += a[k * s + j] * mj;
+                }
+            }
+            for k in 0..K {
+                r[k] = x[k] - b[k] - dot[k];
+            }
+        }
+        for k in 0..K {
+            partial[k] += r[k] * r[k] * w[k];
+        }
+    }
+    let mut rest = 0.0;
+    for i in whole..d {
+        let ai = &a[i * s..(i + 1) * s];
+        let ri = if COMPENSATED { compensated_residual(x[i], b[i], ai, m) } else { x[i] - b[i] - ai.iter().zip(m).map(|(a, m)| a * m).sum::<f64>() };
+        rest += ri * ri * inv_psi[i];
+    }
+    let (low, high) = ((partial[0] + partial[4]) + (partial[2] + partial[6]), (partial[1] + partial[5]) + (partial[3] + partial[7]));
+    (low + high) + rest
 }
 
 /// The per-region quantities that do not depend on x.
@@ -410,6 +482,13 @@ impl RegionAlgebra {
     /// matter (points very far in noise units), `m` is refined first by one Newton step
     /// `m += Sigma A^T Psi^-1 r - Sigma m` from the residual `r`, and left refined.
     pub(crate) fn stable_log_kappa(&self, q: usize, x: &[f64], xpx: f64, m: &mut [f64]) -> f64 {
+        self.stable_log_kappa_inline(q, x, xpx, m)
+    }
+
+    /// [`Self::stable_log_kappa`], inlined: a kernel of [`with_wide_vectors`] that calls it for
+    /// many pairs gets its sums on the widest vectors (the same bits: no product is fused).
+    #[inline(always)]
+    fn stable_log_kappa_inline(&self, q: usize, x: &[f64], xpx: f64, m: &mut [f64]) -> f64 {
         let (s, d) = (self.s, self.d);
         let a = &self.a[q * d * s..(q + 1) * d * s];
         let b = &self.b[q * d..(q + 1) * d];
@@ -441,12 +520,7 @@ impl RegionAlgebra {
             }
         }
         let mean_square: f64 = m.iter().map(|v| v * v).sum();
-        let plain: f64 = (0..d)
-            .map(|i| {
-                let ri = residual(i, m);
-                ri * ri * self.inv_psi[i]
-            })
-            .sum::<f64>();
+        let plain = residual_square_sum::<false>(x, b, a, m, &self.inv_psi);
         let value = self.base[q] - 0.5 * (plain + mean_square);
         // Where x, b and A m are large against their difference, the residual is formed again
         // in double-double arithmetic: rounded once, it keeps its own relative accuracy however
@@ -454,12 +528,7 @@ impl RegionAlgebra {
         if !Self::needs_stable_form(value, self.residual_form_error(q, xpx, plain, mean_square)) {
             return value;
         }
-        let quad: f64 = (0..d)
-            .map(|i| {
-                let ri = compensated_residual(x[i], b[i], &a[i * s..(i + 1) * s], m);
-                ri * ri * self.inv_psi[i]
-            })
-            .sum::<f64>();
+        let quad = residual_square_sum::<true>(x, b, a, m, &self.inv_psi);
         self.base[q] - 0.5 * (quad + mean_square)
     }
 
@@ -570,7 +639,7 @@ impl RegionAlgebra {
         if !(self.error_factor * (xpx + self.largest_b_psi_b) <= STABLE_FORM_TOLERANCE) {
             for q in 0..log_kappa.len() {
                 if self.completed_square_too_rough(q, log_kappa[q], xpx) {
-                    log_kappa[q] = self.stable_log_kappa(q, x, xpx, &mut mu[q..q + 1]);
+                    log_kappa[q] = self.stable_log_kappa_inline(q, x, xpx, &mut mu[q..q + 1]);
                 }
             }
         }
