@@ -13,6 +13,7 @@
 pub mod integrator;
 pub mod interval;
 pub mod posterior;
+pub mod region_sums;
 pub mod elbo;
 pub mod sampling;
 
@@ -238,7 +239,24 @@ fn residual_square_sum<const COMPENSATED: bool>(x: &[f64], b: &[f64], a: &[f64],
         let (x, b, w) = (&x[start..start + K], &b[start..start + K], &inv_psi[start..start + K]);
         let a = &a[start * s..(start + K) * s];
         let mut r = [0.0f64; K];
-        if COMPENSATED {
+        if s == 1 {
+            // The same operations with A's column contiguous, which the compiler keeps in
+            // whole vectors (with a stride it did not).
+            let (a, m): (&[f64; K], f64) = (a.try_into().expect("K entries"), m[0]);
+            if COMPENSATED {
+                let mut lo = [0.0f64; K];
+                for k in 0..K {
+                    (r[k], lo[k]) = two_sum(x[k], -b[k]);
+                    let (p, p_err) = two_product(a[k], m);
+                    let (sum, sum_err) = two_sum(r[k], -p);
+                    r[k] = sum + (lo[k] + (sum_err - p_err));
+                }
+            } else {
+                for k in 0..K {
+                    r[k] = x[k] - b[k] - a[k] * m;
+                }
+            }
+        } else if COMPENSATED {
             let mut lo = [0.0f64; K];
             for k in 0..K {
                 (r[k], lo[k]) = two_sum(x[k], -b[k]);
