@@ -235,56 +235,64 @@ fn residual_square_sum<const COMPENSATED: bool>(x: &[f64], b: &[f64], a: &[f64],
     let (d, s) = (x.len(), m.len());
     let whole = d - d % K;
     let mut partial = [0.0f64; K];
-    for start in (0..whole).step_by(K) {
-        let (x, b, w) = (&x[start..start + K], &b[start..start + K], &inv_psi[start..start + K]);
-        let a = &a[start * s..(start + K) * s];
-        let mut r = [0.0f64; K];
-        if s == 1 {
-            // The same operations with A's column contiguous, which the compiler keeps in
-            // whole vectors (with a stride it did not).
-            let (a, m): (&[f64; K], f64) = (a.try_into().expect("K entries"), m[0]);
+    // Each step on arrays of K, and S = 1 in a loop of its own (A's column contiguous, no dot
+    // product): with slices, or with both cases in one loop, the compiler kept two lanes per
+    // vector, not K.
+    let chunk = |v: &[f64], start: usize| -> [f64; K] { v[start..start + K].try_into().expect("K entries") };
+    if s == 1 {
+        let m = m[0];
+        for start in (0..whole).step_by(K) {
+            let (x, b, a, w) = (chunk(x, start), chunk(b, start), chunk(a, start), chunk(inv_psi, start));
+            let mut r = [0.0f64; K];
+            for k in 0..K {
+                r[k] = if COMPENSATED {
+                    let (hi, lo) = two_sum(x[k], -b[k]);
+                    let (p, p_err) = two_product(a[k], m);
+                    let (sum, sum_err) = two_sum(hi, -p);
+                    sum + (lo + (sum_err - p_err))
+                } else {
+                    x[k] - b[k] - a[k] * m
+                };
+            }
+            for k in 0..K {
+                partial[k] += r[k] * r[k] * w[k];
+            }
+        }
+    } else {
+        for start in (0..whole).step_by(K) {
+            let (x, b, w) = (chunk(x, start), chunk(b, start), chunk(inv_psi, start));
+            let a = &a[start * s..(start + K) * s];
+            let mut r = [0.0f64; K];
             if COMPENSATED {
                 let mut lo = [0.0f64; K];
                 for k in 0..K {
                     (r[k], lo[k]) = two_sum(x[k], -b[k]);
-                    let (p, p_err) = two_product(a[k], m);
-                    let (sum, sum_err) = two_sum(r[k], -p);
-                    r[k] = sum + (lo[k] + (sum_err - p_err));
+                }
+                for (j, &mj) in m.iter().enumerate() {
+                    for k in 0..K {
+                        let (p, p_err) = two_product(a[k * s + j], mj);
+                        let (sum, sum_err) = two_sum(r[k], -p);
+                        r[k] = sum;
+                        lo[k] += sum_err - p_err;
+                    }
+                }
+                for k in 0..K {
+                    r[k] += lo[k];
                 }
             } else {
-                for k in 0..K {
-                    r[k] = x[k] - b[k] - a[k] * m;
+                let mut dot = [0.0f64; K];
+                for (j, &mj) in m.iter().enumerate() {
+                    for k in 0..K {
+                        dot[k] += a[k * s + j] * mj;
+                    }
                 }
-            }
-        } else if COMPENSATED {
-            let mut lo = [0.0f64; K];
-            for k in 0..K {
-                (r[k], lo[k]) = two_sum(x[k], -b[k]);
-            }
-            for (j, &mj) in m.iter().enumerate() {
                 for k in 0..K {
-                    let (p, p_err) = two_product(a[k * s + j], mj);
-                    let (sum, sum_err) = two_sum(r[k], -p);
-                    r[k] = sum;
-                    lo[k] += sum_err - p_err;
+                    r[k] = x[k] - b[k] - dot[k];
                 }
             }
             for k in 0..K {
-                r[k] += lo[k];
+                partial[k] += r[k] * r[k] * w[k];
             }
-        } else {
-            let mut dot = [0.0f64; K];
-            for (j, &mj) in m.iter().enumerate() {
-                for k in 0..K {
-                    dot[k] += a[k * s + j] * mj;
-                }
-            }
-            for k in 0..K {
-                r[k] = x[k] - b[k] - dot[k];
-            }
-        }
-        for k in 0..K {
-            partial[k] += r[k] * r[k] * w[k];
         }
     }
     let mut rest = 0.0;
