@@ -1,5 +1,6 @@
 use super::*;
-use nalgebra::DVector;
+use nalgebra::{DMatrix, DVector};
+use super::algebra::{compensated_residual, factor_region};
 use crate::model::Decoder;
 
 /// The mass and moments of N(mean, sigma^2) on an interval by composite Simpson quadrature: a
