@@ -260,3 +260,93 @@ fn region_tile<const C: usize>(tile: &[Row], sorted: &ByRegion, entries: std::op
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Row([f64; TILE]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A made-up E-step of `n` points: each stores a few regions, increasing, with weights and
+    /// moments of either sign.
+    fn made_up(n: usize, r: usize, s: usize, seed: u64) -> EStep {
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut es = EStep { log_likelihood: vec![], indptr: vec![0], region: vec![], m0: vec![], m1: vec![], m2: vec![] };
+        for _ in 0..n {
+            for q in 0..r {
+                if next() < 0.4 {
+                    es.region.push(q);
+                    es.m0.push(next());
+                    es.m1.extend((0..s).map(|_| next() - 0.5));
+                    es.m2.extend((0..s * s).map(|_| next()));
+                }
+            }
+            es.indptr.push(es.region.len());
+            es.log_likelihood.push(-next());
+        }
+        es
+    }
+
+    #[test]
+    fn sums_match_the_sums_written_out_and_do_not_depend_on_the_threads() {
+        for (s, d) in [(1, 3), (1, 70), (2, 33), (3, 5), (4, 40)] {
+            let (n, r) = (57, 9);
+            let es = made_up(n, r, s, 7 + s as u64);
+            let x: Vec<f64> = (0..n * d).map(|k| ((k * 37 % 101) as f64 - 50.0) * 0.37 + 1e3).collect();
+            let centre: Vec<f64> = (0..d).map(|i| 1e3 + i as f64 * 0.01).collect();
+            let view = DMatrixView::from_slice(&x, d, n);
+            let mut sums = RegionSums::new(r, s, d);
+            sums.add(&es, view, &centre);
+            // Written out: every entry's terms added one at a time, with the scale of each sum
+            // (the sum of absolute values) for the tolerance: a sum of n terms in another order
+            // differs by at most ~n u times that scale.
+            let (mut sx0, mut sx1, mut scale0, mut scale1) = (vec![0.0; r * d], vec![0.0; r * d * s], vec![0.0; r * d], vec![0.0; r * d * s]);
+            let (mut s2, mut scale2) = (vec![0.0; r * s * s], vec![0.0; r * s * s]);
+            for p in 0..n {
+                for k in es.indptr[p]..es.indptr[p + 1] {
+                    let q = es.region[k];
+                    for t in 0..s * s {
+                        s2[q * s * s + t] += es.m2[k * s * s + t];
+                        scale2[q * s * s + t] += es.m2[k * s * s + t].abs();
+                    }
+                    for i in 0..d {
+                        let xc = x[p * d + i] - centre[i];
+                        sx0[q * d + i] += es.m0[k] * xc;
+                        scale0[q * d + i] += (es.m0[k] * xc).abs();
+                        for j in 0..s {
+                            sx1[(q * d + i) * s + j] += es.m1[k * s + j] * xc;
+                            scale1[(q * d + i) * s + j] += (es.m1[k * s + j] * xc).abs();
+                        }
+                    }
+                }
+            }
+            let tolerance = 4.0 * n as f64 * f64::EPSILON;
+            for ((a, b), c) in sums.sx0.iter().zip(&sx0).zip(&scale0) {
+                assert!((a - b).abs() <= tolerance * c, "{a} {b}");
+            }
+            for ((a, b), c) in sums.sx1_by_output().iter().zip(&sx1).zip(&scale1) {
+                assert!((a - b).abs() <= tolerance * c, "{a} {b}");
+            }
+            for ((a, b), c) in sums.s2.iter().zip(&s2).zip(&scale2) {
+                assert!((a - b).abs() <= tolerance * c, "{a} {b}");
+            }
+            let s0: f64 = es.m0.iter().sum();
+            assert!((sums.s0.iter().sum::<f64>() - s0).abs() <= tolerance * s0);
+            for i in 0..d {
+                let squares: f64 = (0..n).map(|p| (x[p * d + i] - centre[i]).powi(2)).sum();
+                assert!((sums.sum_x2[i] - squares).abs() <= tolerance * squares);
+            }
+            assert_eq!(sums.n_points, n);
+            // The same sums on one thread: the same bits.
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let mut alone = RegionSums::new(r, s, d);
+            pool.install(|| alone.add(&es, view, &centre));
+            assert_eq!(alone.sx0, sums.sx0);
+            assert_eq!(alone.sx1, sums.sx1);
+            assert_eq!(alone.s2, sums.s2);
+            assert_eq!(alone.sum_x2, sums.sum_x2);
+        }
+    }
+}
