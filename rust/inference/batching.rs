@@ -4,7 +4,7 @@
 
 use nalgebra::DMatrixView;
 
-use super::{interval, RegionAlgebra};
+use super::{interval, pruned, RegionAlgebra};
 use crate::cancel::Cancel;
 use crate::error::Result;
 
@@ -61,6 +61,32 @@ pub(super) fn map_batches<T: Send + 'static>(
             }
             let (lk, mu) = local.point(p);
             per_point(&mut state, lk, mu);
+        }
+        state
+    })
+}
+
+/// As [`map_batches`] for S >= 2, through [`pruned`] (which forms `log kappa` as
+/// `local_gaussians` does there): `per_point(state, batch, p)` for every point `p` of each
+/// batch, whose regions it visits with `pruned::visit_regions_pruned`.
+pub(super) fn map_pruned_batches<T: Send + 'static>(
+    algebra: &RegionAlgebra,
+    forms: &pruned::UpperForms,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+    start: impl Fn(usize) -> T + Sync,
+    per_point: impl Fn(&mut T, &mut pruned::PrunedBatch, usize) + Sync,
+) -> Result<Vec<T>> {
+    over_batches(x, algebra, cancel, |points| {
+        let mut batch = pruned::PrunedBatch::new(algebra, forms, points);
+        let mut state = start(points.ncols());
+        let cancel = Cancel::current();
+        for p in 0..batch.len() {
+            // Stopped: the batch is discarded (`over_batches`), so the rest is not computed.
+            if cancel.is_cancelled() {
+                break;
+            }
+            per_point(&mut state, &mut batch, p);
         }
         state
     })

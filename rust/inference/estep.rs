@@ -6,7 +6,8 @@ use std::sync::Mutex;
 
 use nalgebra::DMatrixView;
 
-use super::batching::{map_batches, map_interval_batches};
+use super::batching::{map_batches, map_interval_batches, map_pruned_batches};
+use super::pruned;
 use super::{interval, no_nan_log_likelihood, PointTerms, RegionAlgebra, RegionIntegrator};
 use crate::cancel::Cancel;
 use crate::error::Result;
@@ -46,7 +47,7 @@ impl EStep {
     }
 
     /// Appends one point's entries whose weight is stored (above [`MIN_WEIGHT`]).
-    fn push_point(&mut self, terms: &PointTerms, s: usize) {
+    pub(super) fn push_point(&mut self, terms: &PointTerms, s: usize) {
         // The arrays grow with the data: a growth the memory cannot take stops the call with
         // `Memory` through its token (the batch is discarded) instead of aborting the process.
         let entries = terms.region.len();
@@ -252,8 +253,16 @@ pub fn e_step<I: RegionIntegrator>(
             }
         })?;
         batches.into_iter().map(|((stats, _), computed)| (stats, Some(computed))).collect()
-    } else {
+    } else if s == 1 {
         map_batches(algebra, x, cancel, start, by_regions)?.into_iter().map(|(stats, _)| (stats, None)).collect()
+    } else {
+        let forms = pruned::UpperForms::new(algebra);
+        let start = |points| (start(points), pruned::PointRegions::default());
+        let per_point = |((out, terms), regions): &mut ((EStep, PointTerms), pruned::PointRegions), batch: &mut pruned::PrunedBatch, p: usize| {
+            terms.compute_pruned(integrator, batch, p, regions);
+            out.push_point(terms, s);
+        };
+        map_pruned_batches(algebra, &forms, x, cancel, start, per_point)?.into_iter().map(|((stats, _), _)| (stats, None)).collect()
     };
     let out = EStep::concat(batches, s)?;
     no_nan_log_likelihood(&out.log_likelihood)?;

@@ -16,6 +16,7 @@ pub mod estep;
 pub mod integrator;
 pub mod interval;
 pub mod posterior;
+mod pruned;
 pub mod region_sums;
 pub mod elbo;
 pub mod sampling;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 
 use nalgebra::DMatrixView;
 
-use batching::{map_batches, map_interval_batches};
+use batching::{map_batches, map_interval_batches, map_pruned_batches};
 use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::partition::Partition;
@@ -207,11 +208,25 @@ pub fn log_likelihood<I: RegionIntegrator>(
                 });
             }
         })?
-    } else {
+        .into_iter()
+        .map(|(out, _)| out)
+        .collect::<Vec<_>>()
+    } else if algebra.s == 1 {
+        // S = 1 without intervals (test integrators): the forms of `local_gaussians`.
         let start = |points| (Vec::with_capacity(points), Vec::new());
-        map_batches(algebra, x, cancel, start, |(out, bounds), lk, mu| out.push(log_likelihood_by_regions(integrator, lk, mu, algebra.s, bounds)))?
+        map_batches(algebra, x, cancel, start, |(out, bounds), lk, mu| out.push(log_likelihood_by_regions(integrator, lk, mu, 1, bounds)))?
+            .into_iter()
+            .map(|(out, _)| out)
+            .collect()
+    } else {
+        let forms = pruned::UpperForms::new(algebra);
+        let start = |points| (Vec::with_capacity(points), pruned::PointRegions::default());
+        map_pruned_batches(algebra, &forms, x, cancel, start, |(out, regions), batch, p| out.push(pruned::log_likelihood_pruned(integrator, batch, p, regions)))?
+            .into_iter()
+            .map(|(out, _)| out)
+            .collect()
     };
-    let out: Vec<f64> = batches.into_iter().flat_map(|(out, _)| out).collect();
+    let out: Vec<f64> = batches.into_iter().flatten().collect();
     no_nan_log_likelihood(&out)?;
     Ok(out)
 }
@@ -285,6 +300,12 @@ impl PointTerms {
             weight.push(t);
             t
         });
+        self.normalise();
+    }
+
+    /// Turns the terms `log(kappa_q Phi_q)` in `weight` into posterior weights, and sets the
+    /// log-likelihood.
+    fn normalise(&mut self) {
         let max = self.weight.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         if max == f64::NEG_INFINITY {
             self.log_likelihood = max;
