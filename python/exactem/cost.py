@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 
+from ._core import default_block_rows
 from ._validation import as_count
 from .decoder import ACTIVATIONS, Decoder
 from .em import CG_THRESHOLD, RegionStats, m_step
@@ -150,7 +151,7 @@ def estimate_cost(widths=None, n_samples=1000, activation="leaky_relu", alpha=0.
     es = model.e_step(X)
 
     def e_step_and_sums():
-        RegionStats(model.e_step(X), X, R)
+        RegionStats.by_blocks(model, X)
 
     e_seconds = _median_seconds(e_step_and_sums, repeats)
     stats = RegionStats(es, X, R)
@@ -158,11 +159,13 @@ def estimate_cost(widths=None, n_samples=1000, activation="leaky_relu", alpha=0.
     m_seconds = _median_seconds(lambda: m_step(decoder, partition.patterns, noise, stats), repeats)
     pairs_per_point = es.m0.nnz / sample_size
     e_step_seconds = e_seconds * n_samples / sample_size
-    # Memory: the data; two E-steps' sparse statistics (m0 + index, m1, m2 per stored pair); the
+    # Memory: the data; two E-steps' (the current one and a proposal's) blocks of rows, their
+    # sparse statistics (m0 + index, m1, m2 per stored pair) and per-row log-likelihoods; the
     # per-region sums; the largest layer system (dense below CG_THRESHOLD unknowns, else the
     # operator's per-region factors).
-    entry = (1 + S + S * S) * _FLOAT + 4
-    e_step_bytes = n_samples * pairs_per_point * entry + n_samples * 2 * _FLOAT
+    entry = (1 + S + S * S) * _FLOAT + 8
+    block = min(n_samples, default_block_rows(D, R, S))
+    e_step_bytes = block * (pairs_per_point * entry + D * _FLOAT) + n_samples * _FLOAT
     sums_bytes = R * D * (S + 1) * _FLOAT
     layer_bytes = 0
     widths_all = decoder.widths

@@ -73,9 +73,8 @@ def shard_sums(spec, X, index=0, start=0):
     from .em import RegionStats
 
     X = _check_shard(X, index, start)
-    model = _model_of(spec)
-    es = model.e_step(X)
-    return RegionStats(es, X, len(model.regions), centre=spec["centre"]), float(np.sum(es.log_likelihood))
+    stats, log_likelihood = RegionStats.by_blocks(_model_of(spec), X, centre=spec["centre"])
+    return stats, float(np.sum(log_likelihood))
 
 
 class Shards:

@@ -88,6 +88,64 @@ class RegionStats:
     _SUMS = ("s0", "s1", "s2", "sx0", "sx1", "sum_x2")
 
     @classmethod
+    def by_blocks(cls, model, X, centre=None, block_rows=None):
+        """The exact E-step of ``model`` on the rows of X, reduced to these sums as it goes.
+
+        The engine takes ``block_rows`` rows at a time (a copy of those rows only), computes
+        their E-step, adds its statistics to per-region sums and drops it: memory is that of
+        one block and the sums, whatever N, and no per-(point, region) statistic reaches
+        Python. The sums are those of ``RegionStats(model.e_step(X), X, ...)`` up to the order
+        of the additions (each value a sum in one fixed order, whatever the thread count).
+
+        Parameters
+        ----------
+        model : DGN
+            The model whose E-step is taken.
+        X : array-like of shape (N, D)
+            The data.
+        centre : array-like of shape (D,), optional
+            The origin of the sums over the data (default: the data's mean), as in the class.
+        block_rows : int, optional
+            Rows per block (default: about 32 MB of rows and statistics, from the shapes only,
+            so the bits of the sums do not depend on the machine).
+
+        Returns
+        -------
+        stats : RegionStats
+            The per-region sums.
+        log_likelihood : ndarray of shape (N,)
+            Exact ``log p(x_n)`` of each row.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import exactem
+        >>> from exactem.em import RegionStats
+        >>> X = exactem.datasets.wave(100, seed=0)
+        >>> model = exactem.DGN(exactem.Decoder.random([1, 4, 2], seed=0), 0.1)
+        >>> stats, log_p = RegionStats.by_blocks(model, X, block_rows=16)
+        >>> bool(np.isclose(stats.s0.sum(), 100.0)), log_p.shape
+        (True, (100,))
+        """
+        from ._validation import as_count, as_points
+
+        X = as_points(X, model.output_dim, "X")
+        if block_rows is not None:
+            block_rows = as_count(block_rows, "block_rows")
+        if centre is None:
+            centre = X.mean(axis=0) if len(X) else np.zeros(X.shape[1])
+        centre = np.ascontiguousarray(centre, dtype=np.float64)
+        if centre.shape != (X.shape[1],):
+            raise ValueError(f"centre must have shape ({X.shape[1]},); got {centre.shape}")
+        log_likelihood, s0, s1, s2, sx0, sx1, sum_x2 = model._engine().e_step_sums(X, centre, block_rows)
+        R, S, D = len(model.regions), model.latent_dim, X.shape[1]
+        stats = cls.__new__(cls)
+        stats.n_points, stats.dim, stats.centre = len(X), D, centre
+        stats.s0, stats.s1, stats.s2 = s0, s1.reshape(R, S), s2.reshape(R, S, S)
+        stats.sx0, stats.sx1, stats.sum_x2 = sx0.reshape(R, D), sx1.reshape(R, D, S), sum_x2
+        return stats, log_likelihood
+
+    @classmethod
     def combine(cls, parts):
         """The sums of several row blocks' statistics (same regions), added in the order given:
         the same blocks in the same order give the same bits wherever they were computed."""

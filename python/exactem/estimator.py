@@ -381,8 +381,8 @@ class ExactEM(DensityMixin, BaseEstimator):
         (per-region sums, mean exact log-likelihood per row)."""
         if isinstance(data, Shards):
             return data.statistics(model.decoder, model.noise_var, self.max_regions)
-        es = model.e_step(data)
-        return RegionStats(es, data, len(model.regions)), float(np.mean(es.log_likelihood))
+        stats, log_likelihood = RegionStats.by_blocks(model, data)
+        return stats, float(np.mean(log_likelihood))
 
     def _check_finite(self, mean_ll, iteration):
         """Raises NumericalError if the exact log-likelihood at ``iteration`` is not finite: a NaN

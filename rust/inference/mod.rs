@@ -17,6 +17,7 @@ pub mod integrator;
 pub mod interval;
 pub mod posterior;
 mod pruned;
+pub mod region_sums;
 pub mod elbo;
 pub mod sampling;
 

@@ -10,6 +10,7 @@ use super::partition_py::PyPartition;
 use super::{run_released, run_released_here};
 use crate::inference::elbo::{self, GaussianQ, VariationalEngine};
 use crate::inference::posterior::PointPosterior;
+use crate::inference::region_sums::{default_block_rows, RegionSums};
 use crate::inference::{e_step, log_likelihood, GaussIntegrator, RegionAlgebra};
 use crate::partition::Partition;
 
@@ -90,6 +91,65 @@ impl PyDgn {
             PyArray1::from_vec(py, stats.m0),
             PyArray1::from_vec(py, stats.m1),
             PyArray1::from_vec(py, stats.m2),
+        ))
+    }
+
+    /// The E-step reduced to per-region sums as it goes, `block_rows` rows at a time (each
+    /// block copied, its statistics added to the sums and dropped):
+    /// `(log_likelihood, s0, s1, s2, sx0, sx1, sum_x2)`, the sums of the rows about `centre`.
+    #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (x, centre, block_rows=None))]
+    fn e_step_sums<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+        centre: PyReadonlyArray1<'py, f64>,
+        block_rows: Option<usize>,
+    ) -> PyResult<(
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<f64>>,
+    )> {
+        let decoder = self.partition.decoder();
+        let (d, s, r) = (decoder.output_dim(), decoder.latent_dim(), self.partition.len());
+        let n = points(&x, d, "X")?.ncols();
+        let centre = centre.as_array().to_vec();
+        if centre.len() != d || centre.iter().any(|c| !c.is_finite()) {
+            return Err(PyValueError::new_err(format!("centre must have {d} finite entries")));
+        }
+        if block_rows == Some(0) {
+            return Err(PyValueError::new_err("block_rows must be at least 1"));
+        }
+        let block = block_rows.unwrap_or_else(|| default_block_rows(d, r, s));
+        let data = x.as_slice()?;
+        let mut sums = RegionSums::new(r, s, d);
+        let mut log_p = Vec::with_capacity(n);
+        for first in (0..n).step_by(block) {
+            let rows = block.min(n - first);
+            // A copy of the block only: the array may change while the engine runs without the GIL.
+            let copy = data[first * d..(first + rows) * d].to_vec();
+            let (algebra, integrator, centre, sums) = (&*self.algebra, &*self.integrator, &centre, &mut sums);
+            let block_log_p = run_released_here(py, move |cancel| {
+                let view = DMatrixView::from_slice(&copy, d, rows);
+                let stats = e_step(algebra, integrator, view, cancel)?;
+                sums.add(&stats, view, centre);
+                Ok(stats.log_likelihood)
+            })?;
+            log_p.extend(block_log_p);
+        }
+        let sx1 = sums.sx1_by_output();
+        Ok((
+            PyArray1::from_vec(py, log_p),
+            PyArray1::from_vec(py, sums.s0),
+            PyArray1::from_vec(py, sums.s1),
+            PyArray1::from_vec(py, sums.s2),
+            PyArray1::from_vec(py, sums.sx0),
+            PyArray1::from_vec(py, sx1),
+            PyArray1::from_vec(py, sums.sum_x2),
         ))
     }
 
@@ -227,7 +287,15 @@ impl PyPosterior {
     }
 }
 
+/// Rows per block of `DgnCore.e_step_sums` when none is given, for `d` outputs, `regions` regions
+/// and latent dimension `s`.
+#[pyfunction(name = "default_block_rows")]
+fn default_block_rows_py(d: usize, regions: usize, s: usize) -> usize {
+    default_block_rows(d, regions, s)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(default_block_rows_py, m)?)?;
     m.add_class::<PyDgn>()?;
     m.add_class::<PyPosterior>()
 }
