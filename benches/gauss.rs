@@ -33,7 +33,9 @@ fn per_call(c: &mut Criterion) {
             let rtol = if s <= 2 { 1e-6 } else { 1e-3 };
             for (label, moments) in [("mass", false), ("moments", true)] {
                 let id = BenchmarkId::new(label, format!("S={s} m={m}"));
-                group.bench_function(id, |b| b.iter(|| shape.moments(&h, &mean, rtol, 0, moments, &Cancel::new()).unwrap()));
+                group.bench_function(id, |b| {
+                    b.iter(|| shape.moments(&h, &mean, rtol, 0, moments, &Cancel::new()).unwrap())
+                });
             }
         }
     }
@@ -48,13 +50,20 @@ fn rectangle(c: &mut Criterion) {
     let mut rng = Pcg64::seed_from_u64(1);
     for s in 4..=8 {
         let a: Vec<f64> = (0..s * s).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
-        let cov: Vec<f64> = (0..s * s).map(|k| (0..s).map(|j| a[(k / s) * s + j] * a[(k % s) * s + j]).sum::<f64>() / s as f64 + if k / s == k % s { 0.5 } else { 0.0 }).collect();
+        let cov: Vec<f64> = (0..s * s)
+            .map(|k| {
+                (0..s).map(|j| a[(k / s) * s + j] * a[(k % s) * s + j]).sum::<f64>() / s as f64
+                    + if k / s == k % s { 0.5 } else { 0.0 }
+            })
+            .collect();
         let mean: Vec<f64> = (0..s).map(|_| 0.3 * (rng.random::<f64>() - 0.5)).collect();
         let lower: Vec<f64> = (0..s).map(|_| -0.2 - 1.8 * rng.random::<f64>()).collect();
         let upper: Vec<f64> = (0..s).map(|_| 0.2 + 1.8 * rng.random::<f64>()).collect();
         for rtol in [1e-4, 1e-6] {
             let id = BenchmarkId::new(format!("rtol={rtol:e}"), format!("S={s}"));
-            group.bench_function(id, |b| b.iter(|| rectangles_batch(&lower, &upper, &mean, &cov, 1, rtol, 0, &Cancel::new()).unwrap()));
+            group.bench_function(id, |b| {
+                b.iter(|| rectangles_batch(&lower, &upper, &mean, &cov, 1, rtol, 0, &Cancel::new()).unwrap())
+            });
         }
     }
     group.finish();
@@ -78,7 +87,9 @@ fn normal_cdf(c: &mut Criterion) {
     let p: Vec<f64> = x.iter().map(|&v| normal::ndtr(v)).collect();
     group.bench_function("ndtri/as241", |b| b.iter(|| p.iter().map(|&v| normal::ndtri(black_box(v))).sum::<f64>()));
     group.bench_function("ndtri/batch", |b| b.iter(|| normal_batch::ndtri_many(black_box(&p), &mut out)));
-    group.bench_function("log_diff_ndtr", |b| b.iter(|| x.iter().zip(&width).map(|(&a, &w)| normal::log_diff_ndtr(black_box(a), a + w)).sum::<f64>()));
+    group.bench_function("log_diff_ndtr", |b| {
+        b.iter(|| x.iter().zip(&width).map(|(&a, &w)| normal::log_diff_ndtr(black_box(a), a + w)).sum::<f64>())
+    });
     group.finish();
 }
 

@@ -33,7 +33,13 @@ fn main() {
         let t_ll = start.elapsed();
         let start = Instant::now();
         let es = e_step(&algebra, &integrator, x.as_view(), &cancel).expect("e-step");
-        println!("R={} N={n}: log_likelihood {:.2} ms, e_step {:.2} ms ({} entries, mean ll {:.3})", partition.len(),
-                 t_ll.as_secs_f64() * 1e3, start.elapsed().as_secs_f64() * 1e3, es.m0.len(), ll.iter().sum::<f64>() / n as f64);
+        println!(
+            "R={} N={n}: log_likelihood {:.2} ms, e_step {:.2} ms ({} entries, mean ll {:.3})",
+            partition.len(),
+            t_ll.as_secs_f64() * 1e3,
+            start.elapsed().as_secs_f64() * 1e3,
+            es.m0.len(),
+            ll.iter().sum::<f64>() / n as f64
+        );
     }
 }

@@ -37,7 +37,10 @@ impl fmt::Display for Error {
                 if let Some(available) = crate::memory::available_bytes() {
                     write!(f, ", and about {} is available", human_bytes(available as u128))?;
                 }
-                write!(f, "; ask for less at a time (fewer points or samples per call, a smaller max_regions or network)")
+                write!(
+                    f,
+                    "; ask for less at a time (fewer points or samples per call, a smaller max_regions or network)"
+                )
             }
             Error::Internal(msg) => write!(f, "internal error in exactem's engine (please report it): {msg}"),
         }

@@ -7,10 +7,10 @@
 pub mod cancel;
 pub mod error;
 pub mod gauss;
-pub mod model;
 pub mod inference;
 pub mod learning;
 pub mod memory;
+pub mod model;
 pub mod parallel;
 pub mod partition;
 

@@ -60,7 +60,9 @@ fn cgroup_left() -> Option<u64> {
 
 /// The bytes of `count` items of `T`, or an [`Error::Memory`] if that overflows.
 pub fn bytes_of<T>(count: u128, what: &str) -> Result<u128> {
-    count.checked_mul(std::mem::size_of::<T>() as u128).ok_or_else(|| Error::Memory { bytes: u128::MAX, what: what.to_string() })
+    count
+        .checked_mul(std::mem::size_of::<T>() as u128)
+        .ok_or_else(|| Error::Memory { bytes: u128::MAX, what: what.to_string() })
 }
 
 /// `Err(Memory)` when `bytes` exceeds what the process can get (see [`available_bytes`]);

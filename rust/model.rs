@@ -55,7 +55,11 @@ impl Decoder {
         }
         for (l, (w, b)) in weights.iter().zip(&biases).enumerate() {
             if w.nrows() == 0 || w.ncols() == 0 {
-                return invalid(format!("layer {l}: weights[{l}] has shape ({}, {}); every layer needs at least one input and one output", w.nrows(), w.ncols()));
+                return invalid(format!(
+                    "layer {l}: weights[{l}] has shape ({}, {}); every layer needs at least one input and one output",
+                    w.nrows(),
+                    w.ncols()
+                ));
             }
             if l > 0 && w.ncols() != weights[l - 1].nrows() {
                 return invalid(format!(
@@ -186,7 +190,8 @@ impl Decoder {
     /// [`Self::patterns_batch`], allocated and run as [`Self::try_forward_batch`].
     pub fn try_patterns_batch(&self, z: DMatrixView<f64>) -> crate::Result<DMatrix<bool>> {
         let (h, n) = (self.n_hidden(), z.ncols());
-        let values = crate::memory::try_filled(h.saturating_mul(n), false, &format!("the activation patterns of {n} points"))?;
+        let values =
+            crate::memory::try_filled(h.saturating_mul(n), false, &format!("the activation patterns of {n} points"))?;
         let mut patterns = DMatrix::from_vec(h, n, values);
         for start in (0..n).step_by(FORWARD_CHUNK) {
             let len = FORWARD_CHUNK.min(n - start);

@@ -67,7 +67,8 @@ pub fn as_caller<R>(pool: &'static rayon::ThreadPool, poll: &(dyn Fn() + Sync), 
     }
     // SAFETY: only the lifetime is erased; the pointer is cleared (by `Restore`, even on a
     // panic) before `poll` goes out of scope, and only this thread reads it.
-    let poll: *const (dyn Fn() + Sync) = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(poll) };
+    let poll: *const (dyn Fn() + Sync) =
+        unsafe { std::mem::transmute::<&(dyn Fn() + Sync), &'static (dyn Fn() + Sync)>(poll) };
     let _restore = Restore(CALLER.with(|caller| caller.replace(Some(Caller { pool, poll }))));
     work()
 }
@@ -128,9 +129,17 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
     // SAFETY: only the lifetime is erased. A helper follows the pointer only after it has
     // counted itself in `active` and seen `closed` false, and this function returns only after
     // setting `closed` and seeing `active` at zero, so no helper follows it after `job` is gone.
-    let jobs = Jobs(unsafe { std::mem::transmute::<&(dyn Fn(usize) -> T + Sync), &'static (dyn Fn(usize) -> T + Sync)>(job) } as *const _);
+    let jobs =
+        Jobs(unsafe { std::mem::transmute::<&(dyn Fn(usize) -> T + Sync), &'static (dyn Fn(usize) -> T + Sync)>(job) }
+            as *const _);
     let places = AtomicUsize::new(caller.pool.current_num_threads() - 1);
-    let progress = Arc::new(Progress { next: AtomicUsize::new(0), closed: AtomicBool::new(false), active: AtomicUsize::new(0), places, stop: AtomicBool::new(false) });
+    let progress = Arc::new(Progress {
+        next: AtomicUsize::new(0),
+        closed: AtomicBool::new(false),
+        active: AtomicUsize::new(0),
+        places,
+        stop: AtomicBool::new(false),
+    });
     let (sender, receiver) = mpsc::channel::<(usize, std::thread::Result<T>)>();
     // Any worker but one on the caller's CPU, which could only take turns with the caller there
     // (with it, the log-likelihood of 4000 points took 10-23% longer), and no more of them than
@@ -142,7 +151,9 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
         let progress = progress.clone();
         caller.pool.spawn_broadcast(move |_| {
             let on_callers_cpu = caller_cpu.is_some() && current_cpu() == caller_cpu;
-            if on_callers_cpu || progress.places.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            if on_callers_cpu
+                || progress.places.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
+            {
                 return;
             }
             progress.active.fetch_add(1, Ordering::SeqCst);
@@ -208,7 +219,10 @@ fn shared_map<T: Send + 'static>(caller: Caller, count: usize, job: &(dyn Fn(usi
         let first_panic = results.into_iter().flatten().find_map(|result| result.err());
         resume_unwind(first_panic.expect("jobs stop being taken only after a panic"));
     }
-    results.into_iter().map(|result| result.expect("every job collected").unwrap_or_else(|panic| resume_unwind(panic))).collect()
+    results
+        .into_iter()
+        .map(|result| result.expect("every job collected").unwrap_or_else(|panic| resume_unwind(panic)))
+        .collect()
 }
 
 /// The CPU the calling thread runs on, where the system tells.
@@ -297,7 +311,8 @@ mod tests {
             })
         }));
         let panic = outcome.expect_err("the panic reaches the caller");
-        let message = panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
+        let message =
+            panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str));
         assert_eq!(message, Some("job five fails"));
         // No caller is left set up on this thread.
         assert!(CALLER.with(Cell::get).is_none());
@@ -330,10 +345,14 @@ mod tests {
         let pool = pool();
         let cancel = Cancel::new();
         cancel.cancel();
-        let seen = cancel.enter(|| as_caller(pool, &|| {}, || map(16, |_| {
-            std::thread::sleep(Duration::from_micros(300));
-            Cancel::current().is_cancelled()
-        })));
+        let seen = cancel.enter(|| {
+            as_caller(pool, &|| {}, || {
+                map(16, |_| {
+                    std::thread::sleep(Duration::from_micros(300));
+                    Cancel::current().is_cancelled()
+                })
+            })
+        });
         assert!(seen.iter().all(|&s| s));
         let seen = cancel.enter(|| map(16, |_| Cancel::current().is_cancelled()));
         assert!(seen.iter().all(|&s| s));

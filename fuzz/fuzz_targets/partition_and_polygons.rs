@@ -76,7 +76,8 @@ const STRICT_DEPTH: f64 = 1e4;
 static STRICT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn strict() -> bool {
-    STRICT.load(std::sync::atomic::Ordering::Relaxed) || std::env::var_os("EXACTEM_FUZZ_STRICT").is_some_and(|v| v == "1")
+    STRICT.load(std::sync::atomic::Ordering::Relaxed)
+        || std::env::var_os("EXACTEM_FUZZ_STRICT").is_some_and(|v| v == "1")
 }
 
 fn depth() -> f64 {
@@ -174,8 +175,14 @@ fn check_partition(bytes: &mut Bytes) {
         let z = part.interior_point(q).to_vec();
         assert!(z.iter().all(|v| v.is_finite()), "region {q}: interior point {z:?}");
         for facet in part.facets(q) {
-            assert!(dot(&facet.normal, &z) < facet.offset, "region {q}: interior point {z:?} outside a facet {facet:?} (decoder {dec:?})");
-            assert!(facet.normal.iter().all(|v| v.is_finite()) && !facet.offset.is_nan(), "region {q}: facet {facet:?}");
+            assert!(
+                dot(&facet.normal, &z) < facet.offset,
+                "region {q}: interior point {z:?} outside a facet {facet:?} (decoder {dec:?})"
+            );
+            assert!(
+                facet.normal.iter().all(|v| v.is_finite()) && !facet.offset.is_nan(),
+                "region {q}: facet {facet:?}"
+            );
         }
         let mut pattern = vec![false; h];
         let g = dec.forward_with_pattern(&z, &mut pattern);
@@ -211,7 +218,13 @@ fn check_partition(bytes: &mut Bytes) {
             Err(err) if refused(&err) => return,
             Err(err) => panic!("region {q}: {err}"),
         };
-        check_moments(&m, &g, &offsets, s, &format!("region {q} (G {g:?}, h {offsets:?}, mean {mean:?}, cov {cov:?}, log mass {})", m.log_mass));
+        check_moments(
+            &m,
+            &g,
+            &offsets,
+            s,
+            &format!("region {q} (G {g:?}, h {offsets:?}, mean {mean:?}, cov {cov:?}, log mass {})", m.log_mass),
+        );
         masses.push((m.log_mass, g.clone(), offsets.clone()));
         if m.log_mass > f64::NEG_INFINITY && m.log_mass.exp() > 0.0 {
             let p = m.log_mass.exp();
@@ -224,7 +237,12 @@ fn check_partition(bytes: &mut Bytes) {
     // Each mass exact to ~1e-13 relative at S <= 2 (the formulas' own accuracy); 1e-9 in all
     // leaves room for the regions' rounding at their shared facets.
     let r = part.len() as f64;
-    assert!((total - 1.0).abs() <= 1e-9 * r, "the masses of the {} regions sum to {total} (decoder {:?}, mean {mean:?}, cov {cov:?}, masses {masses:?})", part.len(), dec);
+    assert!(
+        (total - 1.0).abs() <= 1e-9 * r,
+        "the masses of the {} regions sum to {total} (decoder {:?}, mean {mean:?}, cov {cov:?}, masses {masses:?})",
+        part.len(),
+        dec
+    );
     for j in 0..s {
         let sd = cov[j * s + j].sqrt();
         let tol = 1e-8 * r * (sd + mean[j].abs());
@@ -247,7 +265,11 @@ fn check_moments(m: &exactem::gauss::GaussMoments, g: &[f64], h: &[f64], s: usiz
     for (row, &offset) in g.chunks(s).zip(h) {
         let reach: f64 = row.iter().zip(&m.mean).map(|(a, b)| (a * b).abs()).sum::<f64>() + offset.abs();
         let spread: f64 = row.iter().zip(&sd).map(|(a, b)| (a * b).abs()).sum();
-        assert!(dot(row, &m.mean) <= offset + 1e-9 * (reach + spread), "{what}: the conditional mean {:?} is outside row {row:?} <= {offset}", m.mean);
+        assert!(
+            dot(row, &m.mean) <= offset + 1e-9 * (reach + spread),
+            "{what}: the conditional mean {:?} is outside row {row:?} <= {offset}",
+            m.mean
+        );
     }
     for j in 0..s {
         assert!(m.cov[j * s + j] >= -1e-12 * (1.0 + m.mean[j] * m.mean[j]), "{what}: variance {}", m.cov[j * s + j]);
@@ -269,8 +291,11 @@ fn check_polygons(bytes: &mut Bytes) {
     let (mean, cov) = gaussian(bytes, s);
     // Each row's offset: at most `depth` standard deviations (along the row) from the mean.
     let max_depth = depth();
-    let sd_along = |row: &[f64]| (0..s).map(|i| (0..s).map(|j| row[i] * cov[i * s + j] * row[j]).sum::<f64>()).sum::<f64>().sqrt();
-    let offset = |bytes: &mut Bytes, row: &[f64]| dot(row, &mean) + bytes.unit() * bytes.scale(-1.0, max_depth.log10()) * sd_along(row);
+    let sd_along =
+        |row: &[f64]| (0..s).map(|i| (0..s).map(|j| row[i] * cov[i * s + j] * row[j]).sum::<f64>()).sum::<f64>().sqrt();
+    let offset = |bytes: &mut Bytes, row: &[f64]| {
+        dot(row, &mean) + bytes.unit() * bytes.scale(-1.0, max_depth.log10()) * sd_along(row)
+    };
     let mut g = Vec::new();
     let mut h = Vec::new();
     for _ in 0..rows {
@@ -308,7 +333,10 @@ fn check_polygons(bytes: &mut Bytes) {
     let (p, p_in, p_out) = (whole.log_mass.exp(), inside.log_mass.exp(), outside.log_mass.exp());
     // S <= 2: exact formulas, ~1e-13 relative each; far tails (mass below 1e-250) compared loosely.
     if p > 1e-250 {
-        assert!((p_in + p_out - p).abs() <= 1e-9 * p, "additivity: {p_in} + {p_out} != {p} for {inputs} cut by {cut:?}, {cut_offset}");
+        assert!(
+            (p_in + p_out - p).abs() <= 1e-9 * p,
+            "additivity: {p_in} + {p_out} != {p} for {inputs} cut by {cut:?}, {cut_offset}"
+        );
     }
     if rows == 0 {
         // One half-plane: the normal CDF of the standardised offset.
@@ -316,7 +344,10 @@ fn check_polygons(bytes: &mut Bytes) {
         let t = (cut_offset - dot(&cut, &mean)) / var.sqrt();
         let want = normal_cdf(t);
         if want > 1e-290 {
-            assert!((p_in - want).abs() <= 1e-10 * want + 4.0 * EPS * (t.abs() + 1.0) * (-t * t / 2.0).exp(), "half-plane: {p_in} vs Phi({t}) = {want}");
+            assert!(
+                (p_in - want).abs() <= 1e-10 * want + 4.0 * EPS * (t.abs() + 1.0) * (-t * t / 2.0).exp(),
+                "half-plane: {p_in} vs Phi({t}) = {want}"
+            );
         }
     }
 }
@@ -362,7 +393,11 @@ fn main() {
         runs += 1;
         if let Err(panic) = std::panic::catch_unwind(|| check(&data)) {
             findings += 1;
-            let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             let kind: String = msg.chars().filter(|c| c.is_alphabetic() || *c == ' ' || *c == ':').collect();
             let seen = kinds.entry(kind).or_insert(0);
             *seen += 1;

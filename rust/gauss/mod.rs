@@ -73,7 +73,11 @@ pub fn cholesky(cov: &[f64], s: usize) -> Result<Vec<f64>> {
     for i in 0..s {
         for j in 0..i {
             if (cov[i * s + j] - cov[j * s + i]).abs() > 1e-10 * scale {
-                return invalid(format!("cov is not symmetric: cov[{i}, {j}] = {} but cov[{j}, {i}] = {}", cov[i * s + j], cov[j * s + i]));
+                return invalid(format!(
+                    "cov is not symmetric: cov[{i}, {j}] = {} but cov[{j}, {i}] = {}",
+                    cov[i * s + j],
+                    cov[j * s + i]
+                ));
             }
         }
     }
@@ -166,7 +170,15 @@ impl PolytopeShape {
 
     /// The mass and moments for offsets `h` (one per row; `+inf` drops a row, `-inf` empties
     /// the polyhedron) and `mean`.
-    pub fn moments(&self, h: &[f64], mean: &[f64], rtol: f64, seed: u64, want_moments: bool, cancel: &Cancel) -> Result<GaussMoments> {
+    pub fn moments(
+        &self,
+        h: &[f64],
+        mean: &[f64],
+        rtol: f64,
+        seed: u64,
+        want_moments: bool,
+        cancel: &Cancel,
+    ) -> Result<GaussMoments> {
         let s = self.s;
         if h.len() != self.n_rows() {
             return invalid(format!("h must have one entry per row of G ({}); got {}", self.n_rows(), h.len()));
@@ -183,7 +195,12 @@ impl PolytopeShape {
             Some((_, e, _)) if e.is_empty() => WhitenedMoments::whole_space(s),
             Some((f, e, center)) => {
                 let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
-                checked(integrate_whitened(&f, &e, s, &center, rtol, seed, want, sov::MAX_POINTS, cancel)?, s, e.len(), want)?
+                checked(
+                    integrate_whitened(&f, &e, s, &center, rtol, seed, want, sov::MAX_POINTS, cancel)?,
+                    s,
+                    e.len(),
+                    want,
+                )?
             }
         };
         Ok(self.unwhiten(whitened, mean))
@@ -192,14 +209,38 @@ impl PolytopeShape {
     /// As [`Self::moments`] for rows known to be non-redundant (a region's facets: whitening
     /// and moving the mean keep them so) with `inside` an interior point: no LP reduction.
     #[allow(clippy::too_many_arguments)]
-    pub fn moments_of_facets(&self, h: &[f64], mean: &[f64], inside: &[f64], rtol: f64, seed: u64, want_moments: bool, cancel: &Cancel) -> Result<GaussMoments> {
+    pub fn moments_of_facets(
+        &self,
+        h: &[f64],
+        mean: &[f64],
+        inside: &[f64],
+        rtol: f64,
+        seed: u64,
+        want_moments: bool,
+        cancel: &Cancel,
+    ) -> Result<GaussMoments> {
         let s = self.s;
         let Some((f, e)) = self.whitened(h, mean) else { return Ok(GaussMoments::empty(s)) };
         let whitened = if e.is_empty() {
             WhitenedMoments::whole_space(s)
         } else {
             let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
-            checked(integrate_whitened(&f, &e, s, &self.whiten_point(inside, mean), rtol, seed, want, sov::MAX_POINTS, cancel)?, s, e.len(), want)?
+            checked(
+                integrate_whitened(
+                    &f,
+                    &e,
+                    s,
+                    &self.whiten_point(inside, mean),
+                    rtol,
+                    seed,
+                    want,
+                    sov::MAX_POINTS,
+                    cancel,
+                )?,
+                s,
+                e.len(),
+                want,
+            )?
         };
         Ok(self.unwhiten(whitened, mean))
     }
@@ -333,7 +374,15 @@ pub(crate) fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f6
                 lo = lo.max(-e[i]);
             }
         }
-        let centre = if lo.is_finite() && hi.is_finite() { 0.5 * (lo + hi) } else if lo.is_finite() { lo + 1.0 } else if hi.is_finite() { hi - 1.0 } else { 0.0 };
+        let centre = if lo.is_finite() && hi.is_finite() {
+            0.5 * (lo + hi)
+        } else if lo.is_finite() {
+            lo + 1.0
+        } else if hi.is_finite() {
+            hi - 1.0
+        } else {
+            0.0
+        };
         if hi - lo <= 2e-9 * (1.0 + centre.abs()) {
             return None;
         }
@@ -400,16 +449,23 @@ enum Want {
 /// passed on to sums that would hide where it came from.
 fn checked(w: WhitenedMoments, s: usize, m: usize, want: Want) -> Result<WhitenedMoments> {
     let bad_mass = w.log_mass.is_nan() || w.log_mass == f64::INFINITY;
-    let bad_moments = want > Want::Mass && w.log_mass > f64::NEG_INFINITY && w.mean.iter().chain(&w.cov).any(|v| !v.is_finite());
+    let bad_moments =
+        want > Want::Mass && w.log_mass > f64::NEG_INFINITY && w.mean.iter().chain(&w.cov).any(|v| !v.is_finite());
     if bad_mass || bad_moments {
-        let what = if bad_mass { format!("log mass {}", w.log_mass) } else { format!("log mass {} but mean {:?}, covariance {:?}", w.log_mass, w.mean, w.cov) };
+        let what = if bad_mass {
+            format!("log mass {}", w.log_mass)
+        } else {
+            format!("log mass {} but mean {:?}, covariance {:?}", w.log_mass, w.mean, w.cov)
+        };
         let method = match s {
             1 => "interval",
             2 => "polygon",
             3 => "slice quadrature",
             _ => "quasi-Monte Carlo",
         };
-        return Err(Error::Numerical(format!("the S = {s} Gaussian integral ({method}) over a polyhedron with {m} facets gave {what}")));
+        return Err(Error::Numerical(format!(
+            "the S = {s} Gaussian integral ({method}) over a polyhedron with {m} facets gave {what}"
+        )));
     }
     Ok(w)
 }
@@ -508,7 +564,17 @@ fn lineal_normal(f: &[f64], s: usize) -> Option<&[f64]> {
 /// `E[w_j (w_k - t_k) 1_P] = delta_jk P - sum_i f_ij phi(e_i) int_{F_i} (w_k - t_k)`.
 /// Facets are integrated by the same engine one dimension down, exactly once that is 2.
 #[allow(clippy::too_many_arguments)]
-fn facet_moments(f: &[f64], e: &[f64], s: usize, tilt: &[f64], rtol: f64, seed: u64, want: Want, out: &mut WhitenedMoments, cancel: &Cancel) -> Result<()> {
+fn facet_moments(
+    f: &[f64],
+    e: &[f64],
+    s: usize,
+    tilt: &[f64],
+    rtol: f64,
+    seed: u64,
+    want: Want,
+    out: &mut WhitenedMoments,
+    cancel: &Cancel,
+) -> Result<()> {
     let m = e.len();
     let mut mean = vec![0.0; s];
     // sum_i f_ij r_i (int_{F_i} (w_k - t_k)) / P_i, with r_i = phi(e_i) P_i / P.
@@ -642,7 +708,8 @@ pub fn rectangles_batch(
         .map(|k| {
             let (lo, hi) = (&lower[k * s..(k + 1) * s], &upper[k * s..(k + 1) * s]);
             if s >= 4 {
-                let (a, b): (Vec<f64>, Vec<f64>) = lo.iter().zip(hi).zip(mean).map(|((l, u), m)| (l - m, u - m)).unzip();
+                let (a, b): (Vec<f64>, Vec<f64>) =
+                    lo.iter().zip(hi).zip(mean).map(|((l, u), m)| (l - m, u - m)).unzip();
                 if let Some(found) = rectangle::probability(&a, &b, cov, rtol, seed, sov::MAX_POINTS, cancel)? {
                     return Ok((found.log_mass, found.error));
                 }

@@ -8,8 +8,50 @@ pub(crate) const LN_SQRT_2PI: f64 = 0.918_938_533_204_672_8;
 pub(crate) const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_677_939_946_059_934;
 
 /// 20-point Gauss-Legendre rule on [-1, 1].
-pub const GL_NODES: [f64; 20] = [-0.993128599185095, -0.9639719272779138, -0.912234428251326, -0.8391169718222188, -0.7463319064601508, -0.636053680726515, -0.5108670019508271, -0.37370608871541955, -0.22778585114164507, -0.07652652113349734, 0.07652652113349734, 0.22778585114164507, 0.37370608871541955, 0.5108670019508271, 0.636053680726515, 0.7463319064601508, 0.8391169718222188, 0.912234428251326, 0.9639719272779138, 0.993128599185095];
-pub const GL_WEIGHTS: [f64; 20] = [0.017614007139150893, 0.040601429800386446, 0.06267204833410879, 0.08327674157670471, 0.1019301198172407, 0.1181945319615186, 0.1316886384491769, 0.1420961093183824, 0.14917298647260424, 0.15275338713072628, 0.15275338713072628, 0.14917298647260424, 0.1420961093183824, 0.1316886384491769, 0.1181945319615186, 0.1019301198172407, 0.08327674157670471, 0.06267204833410879, 0.040601429800386446, 0.017614007139150893];
+pub const GL_NODES: [f64; 20] = [
+    -0.993128599185095,
+    -0.9639719272779138,
+    -0.912234428251326,
+    -0.8391169718222188,
+    -0.7463319064601508,
+    -0.636053680726515,
+    -0.5108670019508271,
+    -0.37370608871541955,
+    -0.22778585114164507,
+    -0.07652652113349734,
+    0.07652652113349734,
+    0.22778585114164507,
+    0.37370608871541955,
+    0.5108670019508271,
+    0.636053680726515,
+    0.7463319064601508,
+    0.8391169718222188,
+    0.912234428251326,
+    0.9639719272779138,
+    0.993128599185095,
+];
+pub const GL_WEIGHTS: [f64; 20] = [
+    0.017614007139150893,
+    0.040601429800386446,
+    0.06267204833410879,
+    0.08327674157670471,
+    0.1019301198172407,
+    0.1181945319615186,
+    0.1316886384491769,
+    0.1420961093183824,
+    0.14917298647260424,
+    0.15275338713072628,
+    0.15275338713072628,
+    0.14917298647260424,
+    0.1420961093183824,
+    0.1316886384491769,
+    0.1181945319615186,
+    0.1019301198172407,
+    0.08327674157670471,
+    0.06267204833410879,
+    0.040601429800386446,
+    0.017614007139150893,
+];
 
 /// Positive nodes and their weights of the 8- and 12-point Gauss-Legendre rules on [-1, 1]
 /// (the rules are symmetric), for integrands smooth enough that 20 points would be wasted.
@@ -41,7 +83,12 @@ pub const GL20_HALF: [(f64, f64); 10] = {
 /// `int_{centre - half}^{centre + half} f` for `N` integrands at once (they share the nodes),
 /// by a symmetric Gauss-Legendre rule given by its positive nodes.
 #[inline]
-pub fn gauss_legendre<const N: usize>(rule: &[(f64, f64)], centre: f64, half: f64, f: impl Fn(f64) -> [f64; N]) -> [f64; N] {
+pub fn gauss_legendre<const N: usize>(
+    rule: &[(f64, f64)],
+    centre: f64,
+    half: f64,
+    f: impl Fn(f64) -> [f64; N],
+) -> [f64; N] {
     let mut sum = [0.0; N];
     for &(x, w) in rule {
         let (left, right) = (f(centre - half * x), f(centre + half * x));
@@ -78,20 +125,50 @@ pub(crate) enum CodyForm {
 /// beyond (`P / Q`, in `1 / y^2`), as published, digit for digit, so that they can be checked
 /// against the source.
 #[allow(clippy::excessive_precision)]
-const CODY_A: [f64; 5] = [2.2352520354606839287, 161.02823106855587881, 1067.6894854603709582, 18154.981253343561249, 0.065682337918207449113];
+const CODY_A: [f64; 5] = [
+    2.2352520354606839287,
+    161.02823106855587881,
+    1067.6894854603709582,
+    18154.981253343561249,
+    0.065682337918207449113,
+];
 #[allow(clippy::excessive_precision)]
 const CODY_B: [f64; 4] = [47.20258190468824187, 976.09855173777669322, 10260.932208618978205, 45507.789335026729956];
 #[allow(clippy::excessive_precision)]
-const CODY_C: [f64; 9] = [0.39894151208813466764, 8.8831497943883759412, 93.506656132177855979, 597.27027639480026226,
-    2494.5375852903726711, 6848.1904505362823326, 11602.651437647350124, 9842.7148383839780218, 1.0765576773720192317e-8];
+const CODY_C: [f64; 9] = [
+    0.39894151208813466764,
+    8.8831497943883759412,
+    93.506656132177855979,
+    597.27027639480026226,
+    2494.5375852903726711,
+    6848.1904505362823326,
+    11602.651437647350124,
+    9842.7148383839780218,
+    1.0765576773720192317e-8,
+];
 #[allow(clippy::excessive_precision)]
-const CODY_P: [f64; 6] = [0.21589853405795699, 0.1274011611602473639, 0.022235277870649807, 0.001421619193227893466,
-    2.9112874951168792e-5, 0.02307344176494017303];
+const CODY_P: [f64; 6] = [
+    0.21589853405795699,
+    0.1274011611602473639,
+    0.022235277870649807,
+    0.001421619193227893466,
+    2.9112874951168792e-5,
+    0.02307344176494017303,
+];
 #[allow(clippy::excessive_precision)]
-const CODY_Q: [f64; 5] = [1.28426009614491121, 0.468238212480865118, 0.0659881378689285515, 0.00378239633202758244, 7.29751555083966205e-5];
+const CODY_Q: [f64; 5] =
+    [1.28426009614491121, 0.468238212480865118, 0.0659881378689285515, 0.00378239633202758244, 7.29751555083966205e-5];
 #[allow(clippy::excessive_precision)]
-const CODY_D: [f64; 8] = [22.266688044328115691, 235.38790178262499861, 1519.377599407554805, 6485.558298266760755,
-    18615.571640885098091, 34900.952721145977266, 38912.003286093271411, 19685.429676859990727];
+const CODY_D: [f64; 8] = [
+    22.266688044328115691,
+    235.38790178262499861,
+    1519.377599407554805,
+    6485.558298266760755,
+    18615.571640885098091,
+    34900.952721145977266,
+    38912.003286093271411,
+    19685.429676859990727,
+];
 
 /// Where Cody's central form of `Phi(-y)` ends and his middle one starts.
 pub(crate) const CODY_CENTRAL_END: f64 = 0.67448975;
@@ -260,7 +337,8 @@ fn linear_interval_mass<const DENSITIES: bool>(a: f64, b: f64) -> Option<(f64, f
     } else {
         // a <= 0 < b: (Phi(b) - 1/2) + (1/2 - Phi(a)), two non-negative terms, no cancellation
         // even for a tiny interval around zero.
-        let ((central_b, _, density_b), (central_a, _, density_a)) = (split_at::<DENSITIES>(b), split_at::<DENSITIES>(-a));
+        let ((central_b, _, density_b), (central_a, _, density_a)) =
+            (split_at::<DENSITIES>(b), split_at::<DENSITIES>(-a));
         (central_b + central_a, density_a, density_b)
     };
     Some(if mirrored { (mass, density_b, density_a) } else { (mass, density_a, density_b) })
@@ -293,7 +371,13 @@ fn log_diff_ndtr_by_logs(a: f64, b: f64) -> f64 {
         let (centre, half) = (0.5 * (a + b), 0.5 * (b - a));
         // log phi changes by at most 0.5 over the interval: the 8-point rule's error for such
         // an integrand is ~1e-25 relative.
-        let reference = log_pdf(if a > 0.0 { a } else if b < 0.0 { b } else { 0.0 });
+        let reference = log_pdf(if a > 0.0 {
+            a
+        } else if b < 0.0 {
+            b
+        } else {
+            0.0
+        });
         let [integral] = gauss_legendre(&GL8_HALF, centre, half, |x| [(log_pdf(x) - reference).exp()]);
         return reference + integral.ln();
     }
@@ -370,10 +454,15 @@ impl CentredSeries {
     /// [`SERIES_REACH`], where the series is not to be used.
     pub(crate) fn new(h: f64) -> Self {
         if h.is_nan() || h > SERIES_REACH {
-            return CentredSeries { mass: [f64::NAN; SERIES_TERMS], first: [f64::NAN; SERIES_TERMS], second: [f64::NAN; SERIES_TERMS] };
+            return CentredSeries {
+                mass: [f64::NAN; SERIES_TERMS],
+                first: [f64::NAN; SERIES_TERMS],
+                second: [f64::NAN; SERIES_TERMS],
+            };
         }
         let mu = even_gaussian_moments(h);
-        let mut series = CentredSeries { mass: [0.0; SERIES_TERMS], first: [0.0; SERIES_TERMS], second: [0.0; SERIES_TERMS] };
+        let mut series =
+            CentredSeries { mass: [0.0; SERIES_TERMS], first: [0.0; SERIES_TERMS], second: [0.0; SERIES_TERMS] };
         for k in 0..SERIES_TERMS {
             series.mass[k] = mu[k] * INV_FACTORIALS[2 * k];
             series.first[k] = mu[k + 1] * INV_FACTORIALS[2 * k + 1];
@@ -482,7 +571,12 @@ pub fn truncated_normal_central(mu: f64, sd: f64, lo: f64, hi: f64) -> (f64, f64
         if log_mass == f64::NEG_INFINITY {
             return (log_mass, f64::NAN, f64::NAN);
         }
-        let (mean_w, var_w) = if a >= FAR_TAIL { far_tail_moments(a, b) } else { let (m, v) = far_tail_moments(-b, -a); (-m, v) };
+        let (mean_w, var_w) = if a >= FAR_TAIL {
+            far_tail_moments(a, b)
+        } else {
+            let (m, v) = far_tail_moments(-b, -a);
+            (-m, v)
+        };
         return (log_mass, mu + sd * mean_w, sd * sd * var_w);
     }
     // phi(a) / Z and phi(b) / Z (zero at an infinite end): from the mass's own exponentials
@@ -529,23 +623,71 @@ pub(crate) fn polynomial<M: MulAdd>(coefficients: &[f64], x: f64) -> f64 {
 /// Wichura's AS 241 (PPND16) coefficients as published: the central range `|p - 1/2| <= 0.425`
 /// (`A / B`), then `r = sqrt(-log(min(p, 1 - p)))` up to 5 (`C / D`) and beyond (`E / F`).
 #[allow(clippy::excessive_precision)]
-pub(crate) const AS241_A: [f64; 8] = [3.387132872796366608, 133.14166789178437745, 1971.5909503065514427, 13731.693765509461125,
-    45921.953931549871457, 67265.770927008700853, 33430.575583588128105, 2509.0809287301226727];
+pub(crate) const AS241_A: [f64; 8] = [
+    3.387132872796366608,
+    133.14166789178437745,
+    1971.5909503065514427,
+    13731.693765509461125,
+    45921.953931549871457,
+    67265.770927008700853,
+    33430.575583588128105,
+    2509.0809287301226727,
+];
 #[allow(clippy::excessive_precision)]
-pub(crate) const AS241_B: [f64; 8] = [1.0, 42.313330701600911252, 687.1870074920579083, 5394.1960214247511077,
-    21213.794301586595867, 39307.89580009271061, 28729.085735721942674, 5226.495278852545925];
+pub(crate) const AS241_B: [f64; 8] = [
+    1.0,
+    42.313330701600911252,
+    687.1870074920579083,
+    5394.1960214247511077,
+    21213.794301586595867,
+    39307.89580009271061,
+    28729.085735721942674,
+    5226.495278852545925,
+];
 #[allow(clippy::excessive_precision)]
-pub(crate) const AS241_C: [f64; 8] = [1.42343711074968357734, 4.6303378461565452959, 5.7694972214606914055, 3.64784832476320460504,
-    1.27045825245236838258, 0.24178072517745061177, 0.0227238449892691845833, 7.7454501427834140764e-4];
+pub(crate) const AS241_C: [f64; 8] = [
+    1.42343711074968357734,
+    4.6303378461565452959,
+    5.7694972214606914055,
+    3.64784832476320460504,
+    1.27045825245236838258,
+    0.24178072517745061177,
+    0.0227238449892691845833,
+    7.7454501427834140764e-4,
+];
 #[allow(clippy::excessive_precision)]
-pub(crate) const AS241_D: [f64; 8] = [1.0, 2.05319162663775882187, 1.6763848301838038494, 0.68976733498510000455,
-    0.14810397642748007459, 0.0151986665636164571966, 5.475938084995344946e-4, 1.05075007164441684324e-9];
+pub(crate) const AS241_D: [f64; 8] = [
+    1.0,
+    2.05319162663775882187,
+    1.6763848301838038494,
+    0.68976733498510000455,
+    0.14810397642748007459,
+    0.0151986665636164571966,
+    5.475938084995344946e-4,
+    1.05075007164441684324e-9,
+];
 #[allow(clippy::excessive_precision)]
-pub(crate) const AS241_E: [f64; 8] = [6.6579046435011037772, 5.4637849111641143699, 1.7848265399172913358, 0.29656057182850489123,
-    0.026532189526576123093, 0.0012426609473880784386, 2.71155556874348757815e-5, 2.01033439929228813265e-7];
+pub(crate) const AS241_E: [f64; 8] = [
+    6.6579046435011037772,
+    5.4637849111641143699,
+    1.7848265399172913358,
+    0.29656057182850489123,
+    0.026532189526576123093,
+    0.0012426609473880784386,
+    2.71155556874348757815e-5,
+    2.01033439929228813265e-7,
+];
 #[allow(clippy::excessive_precision)]
-pub(crate) const AS241_F: [f64; 8] = [1.0, 0.59983220655588793769, 0.13692988092273580531, 0.0148753612908506148525,
-    7.868691311456132591e-4, 1.8463183175100546818e-5, 1.4215117583164458887e-7, 2.04426310338993978564e-15];
+pub(crate) const AS241_F: [f64; 8] = [
+    1.0,
+    0.59983220655588793769,
+    0.13692988092273580531,
+    0.0148753612908506148525,
+    7.868691311456132591e-4,
+    1.8463183175100546818e-5,
+    1.4215117583164458887e-7,
+    2.04426310338993978564e-15,
+];
 
 /// `Phi^{-1}(p)` for `0 < p < 1`: Wichura's algorithm AS 241 (PPND16), relative accuracy ~1e-16.
 pub fn ndtri(p: f64) -> f64 {
@@ -699,7 +841,13 @@ mod tests {
         let mut acc = 0.0;
         for i in 0..=n {
             let t = lo + i as f64 * h;
-            let w = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
+            let w = if i == 0 || i == n {
+                1.0
+            } else if i % 2 == 1 {
+                4.0
+            } else {
+                2.0
+            };
             acc += w * (log_pdf(t) - log_pdf(x)).exp();
         }
         (acc * h / 3.0).ln() + log_pdf(x)
@@ -816,7 +964,13 @@ mod tests {
         for (mu, sd, lo, hi) in cases {
             let (log_mass, mean, second) = truncated_normal(mu, sd, lo, hi);
             let (a, b) = (lo.max(mu - 40.0 * sd), hi.min(mu + 40.0 * sd));
-            let shift = if mu < a { a } else if mu > b { b } else { mu };
+            let shift = if mu < a {
+                a
+            } else if mu > b {
+                b
+            } else {
+                mu
+            };
             // Simpson's rule for int d(z) f(z) dz, with d the density relative to its value at `shift`.
             let simpson = |f: &dyn Fn(f64) -> f64| {
                 let n = 400_000;
@@ -824,7 +978,13 @@ mod tests {
                 let sum: f64 = (0..=n)
                     .map(|i| {
                         let z = a + i as f64 * h;
-                        let w = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
+                        let w = if i == 0 || i == n {
+                            1.0
+                        } else if i % 2 == 1 {
+                            4.0
+                        } else {
+                            2.0
+                        };
                         w * (log_pdf((z - mu) / sd) - log_pdf((shift - mu) / sd)).exp() * f(z)
                     })
                     .sum();
@@ -839,7 +999,10 @@ mod tests {
             assert!((second - (ref_variance + ref_mean * ref_mean)).abs() < 1e-9 * (1.0 + second.abs()));
             // The variance relative to itself, also where it is tiny against the mean squared.
             let variance = truncated_normal_central(mu, sd, lo, hi).2;
-            assert!((variance - ref_variance).abs() < 1e-9 * ref_variance, "[{lo}, {hi}]: {variance} vs {ref_variance}");
+            assert!(
+                (variance - ref_variance).abs() < 1e-9 * ref_variance,
+                "[{lo}, {hi}]: {variance} vs {ref_variance}"
+            );
         }
     }
 
@@ -858,7 +1021,9 @@ mod tests {
 
     #[test]
     fn truncated_draws_stay_inside_and_invert_the_cdf() {
-        for (a, b) in [(-1.0, 2.0), (40.0, 41.0), (-45.0, -44.0), (f64::NEG_INFINITY, -50.0), (3.0, f64::INFINITY), (-1e-9, 1e-9)] {
+        for (a, b) in
+            [(-1.0, 2.0), (40.0, 41.0), (-45.0, -44.0), (f64::NEG_INFINITY, -50.0), (3.0, f64::INFINITY), (-1e-9, 1e-9)]
+        {
             let lm = log_diff_ndtr(a, b);
             for u in [1e-12, 0.1, 0.5, 0.9, 1.0 - 1e-12] {
                 let x = truncated_standard_normal_at(a, b, u);
@@ -872,7 +1037,9 @@ mod tests {
 
     #[test]
     fn fast_truncated_draws_agree_with_the_log_space_path() {
-        for (a, b) in [(-1.0, 2.0), (-3.0, -2.9), (0.5, f64::INFINITY), (f64::NEG_INFINITY, 0.2), (-40.0, 30.0), (5.0, 5.5)] {
+        for (a, b) in
+            [(-1.0, 2.0), (-3.0, -2.9), (0.5, f64::INFINITY), (f64::NEG_INFINITY, 0.2), (-40.0, 30.0), (5.0, 5.5)]
+        {
             for u in [1e-9, 0.2, 0.5, 0.77, 1.0 - 1e-9] {
                 let (lm, x) = truncated_draw(a, b, u);
                 assert!((lm - log_diff_ndtr(a, b)).abs() < 1e-12 * (1.0 + lm.abs()), "[{a}, {b}]");
@@ -910,7 +1077,11 @@ mod tests {
                 let got = series.at::<true, Separate>(c);
                 let want = quadrature(c, h);
                 // I_1 may be near 0 (c ~ 0): measured against h I_0, its natural scale.
-                let errors = [(got[0] / want[0] - 1.0).abs(), (got[1] - want[1]).abs() / (h * want[0]), (got[2] / want[2] - 1.0).abs()];
+                let errors = [
+                    (got[0] / want[0] - 1.0).abs(),
+                    (got[1] - want[1]).abs() / (h * want[0]),
+                    (got[2] / want[2] - 1.0).abs(),
+                ];
                 assert!(errors.iter().all(|e| *e < 4e-15), "h {h} c {c}: {got:?} vs {want:?} ({errors:?})");
                 assert_eq!(series.at::<false, Separate>(c)[0], got[0]);
             }

@@ -19,8 +19,8 @@
 //! bits of a processor without fused multiply-add, whichever runs it.
 
 use super::normal::{
-    cody_central, cody_far, cody_middle, ndtr, ndtri, polynomial, square_with_error, toward_lower_tail, truncated_draw, AS241_A, AS241_B, AS241_C,
-    AS241_CENTRAL_END, AS241_D, CODY_CENTRAL_END, SQRT_32,
+    cody_central, cody_far, cody_middle, ndtr, ndtri, polynomial, square_with_error, toward_lower_tail, truncated_draw,
+    AS241_A, AS241_B, AS241_C, AS241_CENTRAL_END, AS241_D, CODY_CENTRAL_END, SQRT_32,
 };
 
 /// The smallest tail probability AS 241's middle range covers (`r <= 5`: `exp(-25)`).
@@ -124,8 +124,15 @@ pub(crate) fn exp_or_zero<M: MulAdd>(x: f64) -> f64 {
 #[inline(always)]
 pub(crate) fn ln(x: f64) -> f64 {
     #[allow(clippy::excessive_precision)]
-    const LG: [f64; 7] = [6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01, 2.222219843214978396e-01,
-        1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01];
+    const LG: [f64; 7] = [
+        6.666666666666735130e-01,
+        3.999999999940941908e-01,
+        2.857142874366239149e-01,
+        2.222219843214978396e-01,
+        1.818357216161805012e-01,
+        1.531383769920937332e-01,
+        1.479819860511658591e-01,
+    ];
     const MANTISSA: u64 = (1 << 52) - 1;
     let bits = x.to_bits();
     let m = f64::from_bits((bits & MANTISSA) | 1.0f64.to_bits()); // in [1, 2)
@@ -292,7 +299,8 @@ fn ndtri_near(p: f64) -> f64 {
     // One division for whichever form the argument takes.
     let is_central = q.abs() <= AS241_CENTRAL_END;
     let num = if is_central { q * polynomial::<Separate>(&AS241_A, r) } else { polynomial::<Separate>(&AS241_C, t) };
-    let ratio = num / if is_central { polynomial::<Separate>(&AS241_B, r) } else { polynomial::<Separate>(&AS241_D, t) };
+    let ratio =
+        num / if is_central { polynomial::<Separate>(&AS241_B, r) } else { polynomial::<Separate>(&AS241_D, t) };
     if is_central || q >= 0.0 {
         ratio
     } else {
@@ -334,7 +342,14 @@ pub(crate) type Lanes = [f64; LANES];
 /// linear-space difference keeps its digits (the common case) are done here; short intervals
 /// and far tails go to the scalar function, in log space.
 #[inline(always)]
-pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool; LANES], log_mass: &mut Lanes, x: &mut Lanes) {
+pub(crate) fn truncated_draws_into(
+    a: &Lanes,
+    b: &Lanes,
+    u: &Lanes,
+    live: &[bool; LANES],
+    log_mass: &mut Lanes,
+    x: &mut Lanes,
+) {
     // On the side of the smaller tail: lanes mostly above 0 are drawn as their mirror image.
     let (mut lo, mut hi, mut minus_abs_hi, mut flipped) = ([0.0; LANES], [0.0; LANES], [0.0; LANES], [false; LANES]);
     for l in 0..LANES {
@@ -372,7 +387,10 @@ pub(crate) fn truncated_draws_into(a: &Lanes, b: &Lanes, u: &Lanes, live: &[bool
     for l in 0..LANES {
         if !live[l] {
             (log_mass[l], x[l]) = (f64::NEG_INFINITY, 0.0);
-        } else if (p_hi[l].is_nan() || p_hi[l] <= MIN_LINEAR_MASS) && hi[l] < -FAR_TAIL_END && (hi[l] - lo[l]) * -hi[l] >= 1.0 {
+        } else if (p_hi[l].is_nan() || p_hi[l] <= MIN_LINEAR_MASS)
+            && hi[l] < -FAR_TAIL_END
+            && (hi[l] - lo[l]) * -hi[l] >= 1.0
+        {
             far[n_far] = l;
             n_far += 1;
         } else if !(p_hi[l] > MIN_LINEAR_MASS && mass[l] > 1e-3 * p_hi[l]) {
@@ -442,7 +460,13 @@ fn exp_m1(x: f64) -> f64 {
 /// `-1 / M(y)`, `M` the Mills ratio) from the exponential tail's solution. The scalar draw
 /// reaches the same by Newton's method on `log Phi` differences, at ten times the cost.
 #[inline(always)]
-fn far_tail_draws(w: &[f64; FAR_LANES], width: &[f64; FAR_LANES], v: &[f64; FAR_LANES], log_mass: &mut [f64; FAR_LANES], y: &mut [f64; FAR_LANES]) {
+fn far_tail_draws(
+    w: &[f64; FAR_LANES],
+    width: &[f64; FAR_LANES],
+    v: &[f64; FAR_LANES],
+    log_mass: &mut [f64; FAR_LANES],
+    y: &mut [f64; FAR_LANES],
+) {
     for l in 0..FAR_LANES {
         let (w, v) = (w[l], v[l]);
         let end = w + width[l];
@@ -576,13 +600,21 @@ impl Vectors {
             "avx2" => Vectors::Avx2,
             "avx512" => Vectors::Avx512,
             other => {
-                return (widest, Some(format!("EXACTEM_SIMD={other:?} is not one of baseline, avx2, avx512, auto; using {widest:?}")));
+                return (
+                    widest,
+                    Some(format!(
+                        "EXACTEM_SIMD={other:?} is not one of baseline, avx2, avx512, auto; using {widest:?}"
+                    )),
+                );
             }
         };
         if rank(asked) <= rank(widest) {
             (asked, None)
         } else {
-            (widest, Some(format!("EXACTEM_SIMD asks for {asked:?} kernels, which this processor lacks; using {widest:?}")))
+            (
+                widest,
+                Some(format!("EXACTEM_SIMD asks for {asked:?} kernels, which this processor lacks; using {widest:?}")),
+            )
         }
     }
 }
@@ -648,13 +680,23 @@ mod tests {
             let x: f64 = rng.random_range(-700.0..700.0);
             assert!(relative(exp(x), x.exp()) < 4e-16, "exp({x}) = {} against {}", exp(x), x.exp());
             let y = f64::from_bits(rng.random_range(f64::MIN_POSITIVE.to_bits()..f64::MAX.to_bits()));
-            assert!((ln(y) - y.ln()).abs() <= 2.3e-16 * y.ln().abs().max(1e-300), "ln({y}) = {} against {}", ln(y), y.ln());
+            assert!(
+                (ln(y) - y.ln()).abs() <= 2.3e-16 * y.ln().abs().max(1e-300),
+                "ln({y}) = {} against {}",
+                ln(y),
+                y.ln()
+            );
         }
         for x in [-700.0, -1e-300, 0.0, 1e-17, 0.5 * std::f64::consts::LN_2, 700.0] {
             assert!(relative(exp(x), x.exp()) < 4e-16);
         }
         for y in [1.0, std::f64::consts::SQRT_2, 1.0 + f64::EPSILON, 1.0 - f64::EPSILON / 2.0, 0.5, f64::MIN_POSITIVE] {
-            assert!((ln(y) - y.ln()).abs() <= 2.3e-16 * y.ln().abs().max(1e-300), "ln({y}) = {} against {}", ln(y), y.ln());
+            assert!(
+                (ln(y) - y.ln()).abs() <= 2.3e-16 * y.ln().abs().max(1e-300),
+                "ln({y}) = {} against {}",
+                ln(y),
+                y.ln()
+            );
         }
     }
 
@@ -662,8 +704,20 @@ mod tests {
     #[test]
     fn batches_match_the_scalar_functions_in_every_range() {
         let mut rng = Pcg64::seed_from_u64(2);
-        let mut x: Vec<f64> = (0..50_000).map(|_| rng.random_range(-40.0..40.0) * rng.random::<f64>().powi(3)).collect();
-        x.extend([0.0, -0.0, 0.67448975, -0.67448975, SQRT_32, -SQRT_32, 38.0, -38.0, f64::INFINITY, f64::NEG_INFINITY]);
+        let mut x: Vec<f64> =
+            (0..50_000).map(|_| rng.random_range(-40.0..40.0) * rng.random::<f64>().powi(3)).collect();
+        x.extend([
+            0.0,
+            -0.0,
+            0.67448975,
+            -0.67448975,
+            SQRT_32,
+            -SQRT_32,
+            38.0,
+            -38.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ]);
         let mut out = vec![0.0; x.len()];
         ndtr_into(&x, &mut out);
         for (&x, &o) in x.iter().zip(&out) {
@@ -678,7 +732,10 @@ mod tests {
         ndtri_into(&p, &mut out);
         for (&p, &o) in p.iter().zip(&out) {
             let exact = ndtri(p);
-            assert!(o == exact || (o - exact).abs() <= 4e-15 * exact.abs().max(1e-3), "Phi^-1({p}) = {o} against {exact}");
+            assert!(
+                o == exact || (o - exact).abs() <= 4e-15 * exact.abs().max(1e-3),
+                "Phi^-1({p}) = {o} against {exact}"
+            );
         }
     }
 
@@ -708,7 +765,11 @@ mod tests {
         let central = |rng: &mut Pcg64| rng.random_range(0.08..0.92);
         let tail = |rng: &mut Pcg64| {
             let small = (-rng.random_range(3.0..25.0f64)).exp();
-            if rng.random::<bool>() { small } else { 1.0 - small }
+            if rng.random::<bool>() {
+                small
+            } else {
+                1.0 - small
+            }
         };
         check((0..4096).map(|k| if k % 2 == 0 { central(&mut rng) } else { tail(&mut rng) }).collect(), ndtri_into);
     }
@@ -756,7 +817,10 @@ mod tests {
                 assert!(x[l] >= a[l] && x[l] <= b[l], "x = {} outside [{}, {}]", x[l], a[l], b[l]);
                 if !close {
                     mismatches += 1;
-                    eprintln!("[{}, {}] at u = {}: ({}, {}) against ({want_log_mass}, {want_x})", a[l], b[l], u[l], log_mass[l], x[l]);
+                    eprintln!(
+                        "[{}, {}] at u = {}: ({}, {}) against ({want_log_mass}, {want_x})",
+                        a[l], b[l], u[l], log_mass[l], x[l]
+                    );
                 }
             }
         }

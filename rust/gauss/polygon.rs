@@ -16,7 +16,6 @@ use super::normal_batch::{exp_or_zero, with_wide_vectors, MulAdd, VectorKernel};
 use super::polygon_series::PolygonSeries;
 use std::sync::OnceLock;
 
-
 #[inline]
 fn log_pdf(x: f64) -> f64 {
     -0.5 * x * x - LN_SQRT_2PI
@@ -84,7 +83,13 @@ fn scaled_edge_integrals(h: f64, a: f64, b: f64, d: f64, accuracy: &EdgeAccuracy
 /// moves them).
 #[inline]
 fn edge_reach(a: f64, b: f64) -> f64 {
-    let nearest = if a > 0.0 { a } else if b < 0.0 { -b } else { 0.0 };
+    let nearest = if a > 0.0 {
+        a
+    } else if b < 0.0 {
+        -b
+    } else {
+        0.0
+    };
     (nearest * nearest + 80.0).sqrt()
 }
 
@@ -113,7 +118,14 @@ fn edge_integrals_positive(h: f64, lo: f64, hi: f64, shift: f64, accuracy: &Edge
         let scale = (shift + 0.5 * h2).exp();
         // atan(end / h) - atan(lo / h), without cancellation when both are near pi / 2.
         let pole = ((end - lo) * h).atan2(h2 + lo * end) / h;
-        let [rest, gauss] = segment_integral(lo, end, 0.5 * (end * end - lo * lo), f64::INFINITY, EdgeIntegrand::PoleFree { h2 }, accuracy);
+        let [rest, gauss] = segment_integral(
+            lo,
+            end,
+            0.5 * (end * end - lo * lo),
+            f64::INFINITY,
+            EdgeIntegrand::PoleFree { h2 },
+            accuracy,
+        );
         total = [scale * (pole + rest), scale * gauss];
         lo = end;
         if lo >= hi {
@@ -173,9 +185,24 @@ pub(crate) struct EdgeAccuracy {
 /// From the tightest: the loosest level whose `rtol` is at most a tenth of what is asked is
 /// used, so that a fan whose terms cancel tenfold still meets the request.
 const EDGE_ACCURACY: [EdgeAccuracy; 3] = [
-    EdgeAccuracy { rtol: 1e-16, gl8: [1.8, 0.36, axis_of_ellipse(13.4)], gl12: [5.9, 1.05, axis_of_ellipse(5.7)], gl20: [17.0, 2.7] },
-    EdgeAccuracy { rtol: 1e-12, gl8: [3.0, 0.64, axis_of_ellipse(7.5)], gl12: [8.2, 1.55, axis_of_ellipse(3.9)], gl20: [21.0, 3.4] },
-    EdgeAccuracy { rtol: 1e-8, gl8: [5.1, 1.15, axis_of_ellipse(4.3)], gl12: [11.3, 2.27, axis_of_ellipse(2.7)], gl20: [25.0, 4.3] },
+    EdgeAccuracy {
+        rtol: 1e-16,
+        gl8: [1.8, 0.36, axis_of_ellipse(13.4)],
+        gl12: [5.9, 1.05, axis_of_ellipse(5.7)],
+        gl20: [17.0, 2.7],
+    },
+    EdgeAccuracy {
+        rtol: 1e-12,
+        gl8: [3.0, 0.64, axis_of_ellipse(7.5)],
+        gl12: [8.2, 1.55, axis_of_ellipse(3.9)],
+        gl20: [21.0, 3.4],
+    },
+    EdgeAccuracy {
+        rtol: 1e-8,
+        gl8: [5.1, 1.15, axis_of_ellipse(4.3)],
+        gl12: [11.3, 2.27, axis_of_ellipse(2.7)],
+        gl20: [25.0, 4.3],
+    },
 ];
 
 /// The integrands of an edge's two integrals (see [`edge_integrals_positive`]) at `y`.
@@ -224,7 +251,10 @@ impl<const K: usize> VectorKernel for PlainEdgeRule<'_, K> {
         for k in 0..K {
             let (x, w) = rule[k];
             let (left, right) = (M::mul_add(-half, x, centre), M::mul_add(half, x, centre));
-            let (g_left, g_right) = (exp_or_zero::<M>(M::mul_add(-0.5 * left, left, shift)), exp_or_zero::<M>(M::mul_add(-0.5 * right, right, shift)));
+            let (g_left, g_right) = (
+                exp_or_zero::<M>(M::mul_add(-0.5 * left, left, shift)),
+                exp_or_zero::<M>(M::mul_add(-0.5 * right, right, shift)),
+            );
             lorentz[k] = w * (g_left / M::mul_add(left, left, h2) + g_right / M::mul_add(right, right, h2));
             gauss[k] = w * (g_left + g_right);
         }
@@ -240,7 +270,14 @@ impl<const K: usize> VectorKernel for PlainEdgeRule<'_, K> {
 /// `change` and whose nearest singularity lies on the Bernstein ellipse of semi-major axis
 /// `axis`, with as few points as that allows at the accuracy asked (each costs an `exp`, and
 /// the E-step integrates millions of edges).
-fn segment_integral(lo: f64, hi: f64, change: f64, axis: f64, integrand: EdgeIntegrand, accuracy: &EdgeAccuracy) -> [f64; 2] {
+fn segment_integral(
+    lo: f64,
+    hi: f64,
+    change: f64,
+    axis: f64,
+    integrand: EdgeIntegrand,
+    accuracy: &EdgeAccuracy,
+) -> [f64; 2] {
     let (centre, half) = (0.5 * (lo + hi), 0.5 * (hi - lo));
     let fits = |[c, l, a]: [f64; 3]| change <= c && half <= l && axis >= a;
     if fits(accuracy.gl8) {
@@ -375,7 +412,8 @@ impl Polygon2 {
                 1.0 / (fa[0] * fb[1] - fa[1] * fb[0])
             })
             .collect();
-        let mut poly = Polygon2 { g_scaled, h_scaled, f, l, order, open, inverse_det, series: None, vertices_at_zero: Vec::new() };
+        let mut poly =
+            Polygon2 { g_scaled, h_scaled, f, l, order, open, inverse_det, series: None, vertices_at_zero: Vec::new() };
         poly.vertices_at_zero = (0..m).map(|k| poly.vertex(k, |i| poly.h_scaled[i])).collect();
         poly
     }
@@ -519,15 +557,15 @@ impl Polygon2 {
                 if let Some(moments) = placed.lineal_moments() {
                     moments
                 } else {
-                let mut fluxes = vec![f64::NAN; placed.m()];
-                let (log_mass, d, scaled) = placed.log_mass_and_fluxes(rtol, Some(&mut fluxes));
-                if log_mass == f64::NEG_INFINITY {
-                    cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
-                    cond_second.iter_mut().for_each(|v| *v = f64::NAN);
-                    return log_mass;
-                }
-                let (wm, ws) = placed.whitened_moments(log_mass, d, scaled, &fluxes);
-                (log_mass, wm, ws)
+                    let mut fluxes = vec![f64::NAN; placed.m()];
+                    let (log_mass, d, scaled) = placed.log_mass_and_fluxes(rtol, Some(&mut fluxes));
+                    if log_mass == f64::NEG_INFINITY {
+                        cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
+                        cond_second.iter_mut().for_each(|v| *v = f64::NAN);
+                        return log_mass;
+                    }
+                    let (wm, ws) = placed.whitened_moments(log_mass, d, scaled, &fluxes);
+                    (log_mass, wm, ws)
                 }
             }
         };
@@ -699,7 +737,8 @@ impl Placed<'_> {
                 // Ends beyond the edge's reach are not integrated to, so their rounding (eps
                 // times a far vertex's distance) moves nothing.
                 let reach = edge_reach(start, end);
-                let ends_rounding = f64::EPSILON * [start, end].iter().filter(|y| y.abs() <= reach).map(|y| y.abs() + h).sum::<f64>();
+                let ends_rounding =
+                    f64::EPSILON * [start, end].iter().filter(|y| y.abs() <= reach).map(|y| y.abs() + h).sum::<f64>();
                 error += term * (accuracy.rtol + ends_rounding / (end - start).min(1.0));
             }
             if origin_inside && self.vertex[k].is_none() {
@@ -817,7 +856,11 @@ impl Placed<'_> {
         // deviations (a mass 5% off). The integrand is the marginal of a Gaussian restricted to
         // a convex set, so log-concave (Prekopa-Leindler): a golden-section search finds its
         // maximum, which lies where phi(x) still exceeds the best probe.
-        let bound = if probed.is_finite() { (2.0 * (-probed - LN_SQRT_2PI).max(0.0)).sqrt() } else { 40.0 + first.abs().max(last.abs()) };
+        let bound = if probed.is_finite() {
+            (2.0 * (-probed - LN_SQRT_2PI).max(0.0)).sqrt()
+        } else {
+            40.0 + first.abs().max(last.abs())
+        };
         let reference = probed.max(log_concave_maximum(&log_integrand, x_lo.max(-bound), x_hi.min(bound)));
         let reach = if reference.is_finite() {
             (2.0 * (NEGLIGIBLE - reference - LN_SQRT_2PI).max(0.0)).sqrt()
@@ -847,10 +890,18 @@ impl Placed<'_> {
                     None => true,
                     Some(b) => {
                         let (v, w) = (edge.0 + edge.1 * x, b.0 + b.1 * x);
-                        if upper { v < w } else { v > w }
+                        if upper {
+                            v < w
+                        } else {
+                            v > w
+                        }
                     }
                 };
-                if better { Some(edge) } else { best }
+                if better {
+                    Some(edge)
+                } else {
+                    best
+                }
             })
         };
         // How fast log Phi(t) changes per unit of t: ~|t| in the lower tail, at most ~1 elsewhere.
@@ -903,7 +954,12 @@ impl Placed<'_> {
         // E[w w^T] = (v + m^2) n n^T + t t^T, t across n (not I + (v + m^2 - 1) n n^T, which
         // would cancel where v + m^2 is tiny).
         let (along, t) = (variance + mean * mean, rot90(n));
-        let second = [along * n[0] * n[0] + t[0] * t[0], along * n[0] * n[1] + t[0] * t[1], along * n[1] * n[0] + t[1] * t[0], along * n[1] * n[1] + t[1] * t[1]];
+        let second = [
+            along * n[0] * n[0] + t[0] * t[0],
+            along * n[0] * n[1] + t[0] * t[1],
+            along * n[1] * n[0] + t[1] * t[0],
+            along * n[1] * n[1] + t[1] * t[1],
+        ];
         Some((log_mass, [mean * n[0], mean * n[1]], second))
     }
 
@@ -945,7 +1001,8 @@ impl Placed<'_> {
         // phi(e) phi(y) = exp(-(e^2 + y^2) / 2) / 2 pi, at a vertex exp(-|v|^2 / 2) / 2 pi; the
         // fluxes and the vertex factors are scaled by e^{d^2/2}.
         let scale = (-std::f64::consts::TAU.ln() - scaled_log_mass).exp();
-        let at_vertex: Vec<f64> = self.vertex.iter().map(|v| v.map_or(0.0, |v| (-0.5 * (dot(v, v) - d * d)).exp() * scale)).collect();
+        let at_vertex: Vec<f64> =
+            self.vertex.iter().map(|v| v.map_or(0.0, |v| (-0.5 * (dot(v, v) - d * d)).exp() * scale)).collect();
         for k in 0..m {
             let i = self.poly.order[k];
             let (f, t, e) = (self.poly.f[i], rot90(self.poly.f[i]), self.e[i]);
@@ -1005,7 +1062,10 @@ mod tests {
         let log_mass = poly.integrate(&mu, 0.0, &mut mean, &mut second);
         let v: Vec<(f64, f64, f64)> = (0..2).map(|j| truncated_normal(0.0, 1.0, lo[j], hi[j])).collect();
         let expected = v[0].0 + v[1].0;
-        assert!((log_mass - expected).abs() <= tol * expected.abs().max(1.0), "log mass {log_mass} vs {expected}: angle {angle} box {lo:?} {hi:?} L {l:?} mu {mu:?}");
+        assert!(
+            (log_mass - expected).abs() <= tol * expected.abs().max(1.0),
+            "log mass {log_mass} vs {expected}: angle {angle} box {lo:?} {hi:?} L {l:?} mu {mu:?}"
+        );
         // E[w] = R^T E[v], E[w w^T] = R^T E[v v^T] R.
         let ev = [v[0].1, v[1].1];
         let evv = [[v[0].2, v[0].1 * v[1].1], [v[0].1 * v[1].1, v[1].2]];
@@ -1023,7 +1083,11 @@ mod tests {
         let lm = [l[0] * ew[0], l[2] * ew[0] + l[3] * ew[1]];
         let scale = 1.0 + mean[0].abs().max(mean[1].abs());
         for a in 0..2 {
-            assert!((mean[a] - (mu[a] + lm[a])).abs() <= 1e-9 * scale * scale, "mean {mean:?} vs {:?}", [mu[0] + lm[0], mu[1] + lm[1]]);
+            assert!(
+                (mean[a] - (mu[a] + lm[a])).abs() <= 1e-9 * scale * scale,
+                "mean {mean:?} vs {:?}",
+                [mu[0] + lm[0], mu[1] + lm[1]]
+            );
         }
         let lrow = [[l[0], 0.0], [l[2], l[3]]];
         for a in 0..2 {
@@ -1035,7 +1099,10 @@ mod tests {
                     }
                 }
                 let want = mu[a] * mu[b] + mu[a] * lm[b] + lm[a] * mu[b] + lwl;
-                assert!((second[2 * a + b] - want).abs() <= 1e-9 * scale * scale, "second {second:?}, entry {a}{b} want {want}");
+                assert!(
+                    (second[2 * a + b] - want).abs() <= 1e-9 * scale * scale,
+                    "second {second:?}, entry {a}{b} want {want}"
+                );
             }
         }
     }
@@ -1101,7 +1168,13 @@ mod tests {
             let h = 10f64.powf(rng.random_range(-6.0..1.5));
             let a = rng.random_range(-12.0..12.0) * 10f64.powf(rng.random_range(-3.0..0.0));
             let b = a + rng.random_range(0.0..6.0) * 10f64.powf(rng.random_range(-4.0..0.5));
-            let nearest = if a > 0.0 { a } else if b < 0.0 { -b } else { 0.0 };
+            let nearest = if a > 0.0 {
+                a
+            } else if b < 0.0 {
+                -b
+            } else {
+                0.0
+            };
             let d = (h * h + nearest * nearest).sqrt() * rng.random_range(0.5..1.0);
             let want = fine(h, a, b.min((nearest * nearest + 80.0).sqrt()), d);
             for (level, accuracy) in EDGE_ACCURACY.iter().enumerate() {
@@ -1111,7 +1184,10 @@ mod tests {
                 let far = a.abs().max(b.abs()).min((nearest * nearest + 80.0).sqrt());
                 let err = (got - want).abs() / want / (1.0 + 0.1 * (0.5 * (h * h - d * d) + far * far));
                 worst[level] = worst[level].max(err);
-                assert!(err < 50.0 * accuracy.rtol, "level {level}, h {h} [{a}, {b}] d {d}: {got:e} vs {want:e}, {err:e}");
+                assert!(
+                    err < 50.0 * accuracy.rtol,
+                    "level {level}, h {h} [{a}, {b}] d {d}: {got:e} vs {want:e}, {err:e}"
+                );
             }
         }
         eprintln!("worst relative error by level {worst:?}");
@@ -1127,7 +1203,8 @@ mod tests {
         let radius = rng.random_range(0.05..4.0) * [1.0, 0.01, 10.0][rng.random_range(0..3usize)];
         let mut angles: Vec<f64> = (0..k).map(|_| rng.random_range(0.0..std::f64::consts::TAU)).collect();
         angles.sort_by(f64::total_cmp);
-        let v: Vec<[f64; 2]> = angles.iter().map(|t| [centre[0] + radius * t.cos(), centre[1] + radius * t.sin()]).collect();
+        let v: Vec<[f64; 2]> =
+            angles.iter().map(|t| [centre[0] + radius * t.cos(), centre[1] + radius * t.sin()]).collect();
         let mut g = Vec::new();
         let mut h = Vec::new();
         let drop = rng.random_range(0..3usize);
@@ -1160,7 +1237,8 @@ mod tests {
             let radius = 10f64.powf(rng.random_range(-3.0..0.0));
             let mut angles: Vec<f64> = (0..k).map(|_| rng.random_range(0.0..std::f64::consts::TAU)).collect();
             angles.sort_by(f64::total_cmp);
-            let v: Vec<[f64; 2]> = angles.iter().map(|t| [centre[0] + radius * t.cos(), centre[1] + radius * t.sin()]).collect();
+            let v: Vec<[f64; 2]> =
+                angles.iter().map(|t| [centre[0] + radius * t.cos(), centre[1] + radius * t.sin()]).collect();
             let (mut g, mut h) = (Vec::new(), Vec::new());
             for j in 0..k {
                 let (a, b) = (v[j], v[(j + 1) % k]);
@@ -1201,10 +1279,16 @@ mod tests {
                 let size = 2.0 * radius;
                 let scale = 1.0 + want_mean[0].abs().max(want_mean[1].abs()).max(mu[0].abs()).max(mu[1].abs());
                 for a in 0..2 {
-                    assert!((mean[a] - want_mean[a]).abs() < 1e-12 * size + 1e-15 * scale, "mean {mean:?} vs {want_mean:?}; {context}");
+                    assert!(
+                        (mean[a] - want_mean[a]).abs() < 1e-12 * size + 1e-15 * scale,
+                        "mean {mean:?} vs {want_mean:?}; {context}"
+                    );
                 }
                 for a in 0..4 {
-                    assert!((second[a] - want_second[a]).abs() < (1e-12 * size + 1e-15 * scale) * scale, "second {second:?} vs {want_second:?}; {context}");
+                    assert!(
+                        (second[a] - want_second[a]).abs() < (1e-12 * size + 1e-15 * scale) * scale,
+                        "second {second:?} vs {want_second:?}; {context}"
+                    );
                 }
                 compared += 1;
             }
@@ -1232,8 +1316,12 @@ mod tests {
                 let s = 0.5 * (1.0 + s);
                 for (t, wt) in GL_NODES.iter().zip(GL_WEIGHTS) {
                     let t = 0.5 * (1.0 + t);
-                    let p = [c[0] + s * (a[0] - c[0]) + s * t * (b[0] - a[0]), c[1] + s * (a[1] - c[1]) + s * t * (b[1] - a[1])];
-                    let w = 0.25 * ws * wt * s * det * (base - 0.5 * ((p[0] - m[0]).powi(2) + (p[1] - m[1]).powi(2))).exp();
+                    let p = [
+                        c[0] + s * (a[0] - c[0]) + s * t * (b[0] - a[0]),
+                        c[1] + s * (a[1] - c[1]) + s * t * (b[1] - a[1]),
+                    ];
+                    let w =
+                        0.25 * ws * wt * s * det * (base - 0.5 * ((p[0] - m[0]).powi(2) + (p[1] - m[1]).powi(2))).exp();
                     let terms = [1.0, p[0], p[1], p[0] * p[0], p[0] * p[1], p[1] * p[1]];
                     for (sum, term) in sums.iter_mut().zip(terms) {
                         *sum += w * term;
@@ -1297,7 +1385,13 @@ mod tests {
             let reference = placed.log_mass_quadrature(p, d);
             if let Some((fan, _)) = placed.log_mass_fan(d, &EDGE_ACCURACY[0], None).filter(|f| f.1 <= FAN_MAX_ERROR) {
                 let fan = fan - 0.5 * d * d;
-                assert!((fan - reference).abs() < 1e-10 * (1.0 + reference.abs()), "fan {fan} vs quadrature {reference}: f {:?} e {:?} vertex {:?}", poly.f, placed.e, placed.vertex);
+                assert!(
+                    (fan - reference).abs() < 1e-10 * (1.0 + reference.abs()),
+                    "fan {fan} vs quadrature {reference}: f {:?} e {:?} vertex {:?}",
+                    poly.f,
+                    placed.e,
+                    placed.vertex
+                );
                 compared += 1;
             }
         }
@@ -1351,7 +1445,8 @@ mod tests {
                 continue;
             }
             let (mean, second) = placed.whitened_moments(log_mass, d, scaled, &fluxes);
-            let (mean_closed, second_closed) = placed.whitened_moments(log_mass, d, scaled, &vec![f64::NAN; placed.m()]);
+            let (mean_closed, second_closed) =
+                placed.whitened_moments(log_mass, d, scaled, &vec![f64::NAN; placed.m()]);
             let scale = 1.0 + mean_closed.iter().chain(&second_closed).fold(0.0f64, |a, v| a.max(v.abs()));
             for (a, b) in mean.iter().chain(&second).zip(mean_closed.iter().chain(&second_closed)) {
                 assert!((a - b).abs() < 1e-11 * scale, "moments {a} vs {b} (log mass {log_mass}, d {d})");
@@ -1394,7 +1489,11 @@ mod tests {
     /// polygon is empty, as `non_redundant` says, and its mass zero, where it panicked.
     #[test]
     fn crossed_edges_have_no_mass() {
-        let g = vec![[0.8622583483395293, 0.5064686966820229], [-0.853763492934684, -0.5206610203692684], [-0.8908935388612435, -0.45421217774878075]];
+        let g = vec![
+            [0.8622583483395293, 0.5064686966820229],
+            [-0.853763492934684, -0.5206610203692684],
+            [-0.8908935388612435, -0.45421217774878075],
+        ];
         let e = vec![-1.245115122117113e-13, 7.802092305553288e-13, -2.2388757514590907e-12];
         assert!(non_redundant(&g, &e).is_none());
         let poly = Polygon2::new(g, vec![0.0; 3], [1.0, 0.0, 0.0, 1.0]);
@@ -1445,7 +1544,11 @@ mod tests {
             }
             assert!(mean.iter().chain(&second).all(|v| v.is_finite()));
         };
-        let f = [[-0.9940704370156079, 0.10873806257055645], [0.9910827167237839, -0.13324807169863223], [0.9981309531222265, -0.06111137716755852]];
+        let f = [
+            [-0.9940704370156079, 0.10873806257055645],
+            [0.9910827167237839, -0.13324807169863223],
+            [0.9981309531222265, -0.06111137716755852],
+        ];
         let e = [-0.16503597328090333, 5551.952575638944, 0.09804854781489909];
         let own = open_wedge_log_mass(f[0], e[0], f[2], e[2]);
         assert!((own - -7.27712108481089849537).abs() < 1e-12, "{own}");

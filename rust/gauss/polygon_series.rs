@@ -153,7 +153,10 @@ impl PolygonSeries {
         if n < 3 {
             return None;
         }
-        let centre = [vertices.iter().map(|v| v[0]).sum::<f64>() / n as f64, vertices.iter().map(|v| v[1]).sum::<f64>() / n as f64];
+        let centre = [
+            vertices.iter().map(|v| v[0]).sum::<f64>() / n as f64,
+            vertices.iter().map(|v| v[1]).sum::<f64>() / n as f64,
+        ];
         let radius = vertices.iter().map(|v| (v[0] - centre[0]).hypot(v[1] - centre[1])).fold(0.0, f64::max);
         if radius.is_nan() || radius > MAX_RADIUS {
             return None;
@@ -192,7 +195,11 @@ impl PolygonSeries {
                 }
             }
         }
-        let k: Box<[f64]> = (0..K_SIZE).flat_map(|i| (0..K_SIZE - i).map(move |j| (i, j))).map(|(i, j)| transposed[j][i]).chain([0.0; PADDED]).collect();
+        let k: Box<[f64]> = (0..K_SIZE)
+            .flat_map(|i| (0..K_SIZE - i).map(move |j| (i, j)))
+            .map(|(i, j)| transposed[j][i])
+            .chain([0.0; PADDED])
+            .collect();
         (k[0] > 0.0 && magnitude <= MAX_CANCELLATION * k[0]).then_some(PolygonSeries { centre, radius, k })
     }
 
@@ -306,7 +313,11 @@ mod tests {
     #[test]
     fn slivers_and_large_polygons_get_no_series() {
         // Two edges of length 1.26 around an area of 6e-5: their terms cancel ~1e4-fold.
-        let sliver = [[-3.5483201631653882, -1.3894553337384317], [-2.3626777972856736, -1.8206607798113932], [-2.362651441836852, -1.8205615563658146]];
+        let sliver = [
+            [-3.5483201631653882, -1.3894553337384317],
+            [-2.3626777972856736, -1.8206607798113932],
+            [-2.362651441836852, -1.8205615563658146],
+        ];
         assert!(PolygonSeries::new(&sliver).is_none());
         let triangle = [[0.0, 0.0], [0.5, 0.0], [0.2, 0.4]];
         let series = PolygonSeries::new(&triangle).unwrap();

@@ -107,7 +107,8 @@ fn order(lower: &[f64], upper: &[f64], cov: &[f64], s: usize) -> Option<Ordered>
         }
         chol[k * s + k] = diagonal;
         for i in k + 1..s {
-            chol[i * s + k] = (cov[i * s + k] - (0..k).map(|j| chol[i * s + j] * chol[k * s + j]).sum::<f64>()) / diagonal;
+            chol[i * s + k] =
+                (cov[i * s + k] - (0..k).map(|j| chol[i * s + j] * chol[k * s + j]).sum::<f64>()) / diagonal;
         }
         centre[k] = truncated_normal(0.0, 1.0, (lower[k] - mean) / diagonal, (upper[k] - mean) / diagonal).1;
     }
@@ -222,7 +223,15 @@ impl VectorKernel for ShiftSum<'_> {
 /// with its estimated relative error, driven below `rtol` or until `max_points` (over all
 /// shifts) are spent. `None` when this path should not be used: a far-tail rectangle, more
 /// than [`MAX_DIM`] dimensions, or a covariance singular to working precision.
-pub fn probability(lower: &[f64], upper: &[f64], cov: &[f64], rtol: f64, seed: u64, max_points: usize, cancel: &Cancel) -> Result<Option<SovResult>> {
+pub fn probability(
+    lower: &[f64],
+    upper: &[f64],
+    cov: &[f64],
+    rtol: f64,
+    seed: u64,
+    max_points: usize,
+    cancel: &Cancel,
+) -> Result<Option<SovResult>> {
     let s = lower.len();
     if lower.iter().zip(upper).any(|(a, b)| !(a < b)) {
         return Ok(Some(SovResult { log_mass: f64::NEG_INFINITY, error: 0.0 }));
@@ -284,7 +293,12 @@ mod tests {
             let centre = -12.0 + (piece as f64 + 0.5) * h;
             total += crate::gauss::normal::gauss_legendre(&crate::gauss::normal::GL20_HALF, centre, 0.5 * h, |t| {
                 let density = (-0.5 * t * t).exp() / (2.0 * std::f64::consts::PI).sqrt();
-                [density * lower.iter().zip(upper).map(|(l, u)| ndtr((u - a * t) / b) - ndtr((l - a * t) / b)).product::<f64>()]
+                [density
+                    * lower
+                        .iter()
+                        .zip(upper)
+                        .map(|(l, u)| ndtr((u - a * t) / b) - ndtr((l - a * t) / b))
+                        .product::<f64>()]
             })[0];
         }
         total
@@ -298,16 +312,24 @@ mod tests {
             for _ in 0..12 {
                 let rho: f64 = rng.random_range(0.05..0.9);
                 let cov: Vec<f64> = (0..s * s).map(|k| if k / s == k % s { 1.0 } else { rho }).collect();
-                let lower: Vec<f64> = (0..s).map(|_| if rng.random::<f64>() < 0.2 { f64::NEG_INFINITY } else { -rng.random_range(0.2..2.0) }).collect();
+                let lower: Vec<f64> = (0..s)
+                    .map(|_| if rng.random::<f64>() < 0.2 { f64::NEG_INFINITY } else { -rng.random_range(0.2..2.0) })
+                    .collect();
                 let upper: Vec<f64> = (0..s).map(|_| rng.random_range(0.2..2.0)).collect();
                 let want = equicorrelated_reference(&lower, &upper, rho);
-                let got = probability(&lower, &upper, &cov, 1e-6, total as u64, 1 << 20, &Cancel::new()).unwrap().unwrap();
+                let got =
+                    probability(&lower, &upper, &cov, 1e-6, total as u64, 1 << 20, &Cancel::new()).unwrap().unwrap();
                 let relative = (got.log_mass.exp() / want - 1.0).abs();
                 // A half-infinite interval before the last variable gives the integrand an
                 // endpoint singularity (y -> -inf as u -> 0) that slows convergence, so the
                 // error may stay above rtol; it must still cover the true error (nearly
                 // always: at most two misses in 60).
-                assert!(relative < 1e-5 && got.error <= 1e-5, "S={s} rho={rho}: {} vs {want}, error {}", got.log_mass.exp(), got.error);
+                assert!(
+                    relative < 1e-5 && got.error <= 1e-5,
+                    "S={s} rho={rho}: {} vs {want}, error {}",
+                    got.log_mass.exp(),
+                    got.error
+                );
                 covered += usize::from(relative <= got.error);
                 total += 1;
             }
@@ -322,11 +344,20 @@ mod tests {
         let lower = [-1.0, f64::NEG_INFINITY, -0.5, 0.3, -2.0];
         let upper = [0.5, 1.0, f64::INFINITY, 2.0, 2.0];
         let got = probability(&lower, &upper, &cov, 1e-6, 0, 1 << 19, &Cancel::new()).unwrap().unwrap();
-        let want: f64 = (0..s).map(|k| log_diff_ndtr(lower[k] / cov[k * s + k].sqrt(), upper[k] / cov[k * s + k].sqrt())).sum();
-        assert!((got.log_mass - want).abs() < 1e-13 && got.error < 1e-13, "{} vs {want}, error {}", got.log_mass, got.error);
+        let want: f64 =
+            (0..s).map(|k| log_diff_ndtr(lower[k] / cov[k * s + k].sqrt(), upper[k] / cov[k * s + k].sqrt())).sum();
+        assert!(
+            (got.log_mass - want).abs() < 1e-13 && got.error < 1e-13,
+            "{} vs {want}, error {}",
+            got.log_mass,
+            got.error
+        );
         let far = probability(&[7.0; 5], &[f64::INFINITY; 5], &cov, 1e-6, 0, 1 << 19, &Cancel::new()).unwrap();
         assert!(far.is_none());
-        let empty = probability(&[0.0, 0.0, 0.0, 1.0, 0.0], &[1.0, 1.0, 1.0, 1.0, 1.0], &cov, 1e-6, 0, 1 << 19, &Cancel::new()).unwrap().unwrap();
+        let empty =
+            probability(&[0.0, 0.0, 0.0, 1.0, 0.0], &[1.0, 1.0, 1.0, 1.0, 1.0], &cov, 1e-6, 0, 1 << 19, &Cancel::new())
+                .unwrap()
+                .unwrap();
         assert_eq!(empty.log_mass, f64::NEG_INFINITY);
     }
 
@@ -338,13 +369,20 @@ mod tests {
         let s = 7;
         let mut rng = Pcg64::seed_from_u64(3);
         let factor: Vec<f64> = (0..s * s).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let cov: Vec<f64> = (0..s * s).map(|k| (0..s).map(|j| factor[k / s * s + j] * factor[k % s * s + j]).sum::<f64>() + if k / s == k % s { 0.5 } else { 0.0 }).collect();
+        let cov: Vec<f64> = (0..s * s)
+            .map(|k| {
+                (0..s).map(|j| factor[k / s * s + j] * factor[k % s * s + j]).sum::<f64>()
+                    + if k / s == k % s { 0.5 } else { 0.0 }
+            })
+            .collect();
         let lower: Vec<f64> = (0..s).map(|_| -rng.random_range(0.2..2.0)).collect();
         let upper: Vec<f64> = (0..s).map(|_| rng.random_range(0.2..2.0)).collect();
         let ordered = order(&lower, &upper, &cov, s).unwrap();
         let first = interval(ordered.lower[0] / ordered.chol[0], ordered.upper[0] / ordered.chol[0]);
         let shift: Vec<f64> = (0..s).map(|_| rng.random()).collect();
-        let sum = |vectors: Vectors| vectors.run(ShiftSum { ordered: &ordered, first, shift: &shift, n: 1 << 10, first_index: 1, step: 2 });
+        let sum = |vectors: Vectors| {
+            vectors.run(ShiftSum { ordered: &ordered, first, shift: &shift, n: 1 << 10, first_index: 1, step: 2 })
+        };
         let baseline = sum(Vectors::Baseline);
         assert!(baseline > 0.0);
         for vectors in [Vectors::Avx2, Vectors::Avx512] {

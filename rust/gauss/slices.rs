@@ -38,7 +38,8 @@ const KRONROD_WEIGHTS: [f64; 8] = [
     0.204_432_940_075_298_9,
     0.209_482_141_084_727_83,
 ];
-const GAUSS_WEIGHTS: [f64; 4] = [0.129_484_966_168_869_7, 0.279_705_391_489_276_7, 0.381_830_050_505_118_9, 0.417_959_183_673_469_4];
+const GAUSS_WEIGHTS: [f64; 4] =
+    [0.129_484_966_168_869_7, 0.279_705_391_489_276_7, 0.381_830_050_505_118_9, 0.417_959_183_673_469_4];
 
 /// Panels (each 15 polygon masses) before the integral reports what accuracy it reached.
 const MAX_PANELS: usize = 400;
@@ -66,7 +67,8 @@ pub fn log_mass(f: &[f64], e: &[f64], nearest: &[f64], rtol: f64, cancel: &Cance
     } else {
         [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     };
-    let rotated: Vec<[f64; 3]> = rows.iter().map(|r| [dot(r, &frame[0]), dot(r, &frame[1]), dot(r, &frame[2])]).collect();
+    let rotated: Vec<[f64; 3]> =
+        rows.iter().map(|r| [dot(r, &frame[0]), dot(r, &frame[1]), dot(r, &frame[2])]).collect();
     let rtol = rtol.max(FLOOR_RTOL);
     // The slices' own error is the same in the Gauss and Kronrod estimates, so it is not in
     // their difference: it is kept at a hundredth of the accuracy asked and reported on top.
@@ -252,7 +254,9 @@ impl Slicer {
         let (centre, half) = (0.5 * (a + b), 0.5 * (b - a));
         // The panel's slices are empty (no edges) or all have these edges.
         let edges = self.edges_at(centre);
-        let polygon = edges.as_ref().map(|edges| Polygon2::new(edges.iter().map(|&i| self.rows[i].g).collect(), vec![0.0; edges.len()], [1.0, 0.0, 0.0, 1.0]));
+        let polygon = edges.as_ref().map(|edges| {
+            Polygon2::new(edges.iter().map(|&i| self.rows[i].g).collect(), vec![0.0; edges.len()], [1.0, 0.0, 0.0, 1.0])
+        });
         let log_integrand = |t: f64| {
             let (Some(edges), Some(polygon)) = (&edges, &polygon) else { return f64::NEG_INFINITY };
             let offsets = edges.iter().map(|&i| self.rows[i].c - self.rows[i].s * t).collect();
@@ -379,8 +383,18 @@ mod tests {
     #[test]
     fn a_panel_at_a_vertex_with_empty_slices() {
         let f = [
-            0.6615627988720467, 0.40990047510527405, 0.6279460674747908, -0.6344768000900206, -0.45195105270193325, -0.6270402188928094,
-            -0.9572956163711301, -0.1726357144004794, -0.23190949310033507, -0.7535572746544926, -0.20275495432962581, -0.6253334009231275,
+            0.6615627988720467,
+            0.40990047510527405,
+            0.6279460674747908,
+            -0.6344768000900206,
+            -0.45195105270193325,
+            -0.6270402188928094,
+            -0.9572956163711301,
+            -0.1726357144004794,
+            -0.23190949310033507,
+            -0.7535572746544926,
+            -0.20275495432962581,
+            -0.6253334009231275,
         ];
         let e = [-0.12999666140686936, 0.45350098467954564, 0.04799261292761234, -1.3645911440046004];
         let tilt = [2.100658578687103, -6.303618552225146, 1.6946391805924463];
@@ -390,6 +404,11 @@ mod tests {
         let qmc = crate::gauss::sov::integrate(&f, &e, 3, &tilt, &inside, 1e-4, 7, 1 << 19, &Cancel::new()).unwrap();
         // Relative errors, each at most ~3 standard errors for the QMC estimate.
         let allowed = error + 3.0 * qmc.error + 1e-12;
-        assert!((log_mass - qmc.log_mass).abs() <= allowed, "slices {log_mass} +- {error}, QMC {} +- {}", qmc.log_mass, qmc.error);
+        assert!(
+            (log_mass - qmc.log_mass).abs() <= allowed,
+            "slices {log_mass} +- {error}, QMC {} +- {}",
+            qmc.log_mass,
+            qmc.error
+        );
     }
 }

@@ -174,7 +174,13 @@ mod tests {
         let sobol = ScrambledSobol::new(vec![11, 22, 33]);
         let m = 8;
         let n = 1u32 << m;
-        let pts: Vec<[f64; 3]> = (0..n).map(|i| { let mut u = [0.0; 3]; sobol.point(i, &mut u); u }).collect();
+        let pts: Vec<[f64; 3]> = (0..n)
+            .map(|i| {
+                let mut u = [0.0; 3];
+                sobol.point(i, &mut u);
+                u
+            })
+            .collect();
         for a in 0..=m {
             let (nx, ny) = (1u32 << a, 1u32 << (m - a));
             let mut seen = vec![false; n as usize];

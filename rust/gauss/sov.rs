@@ -28,9 +28,9 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
 use super::normal::{log_diff_ndtr, log_pdf};
-use crate::cancel::Cancel;
 use super::normal_batch::{truncated_draws_into, with_wide_vectors, Lanes, MulAdd, VectorKernel, LANES};
 use super::sobol::{self, ScrambledSobol};
+use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 
 /// Independent scramblings of the Sobol net; their spread estimates the error.
@@ -85,7 +85,6 @@ impl RoundErrors {
         (estimate, error)
     }
 }
-
 
 #[inline]
 fn dot(u: &[f64], v: &[f64]) -> f64 {
@@ -231,10 +230,12 @@ const MAX_PROJECTION_ROWS: usize = 512;
 fn project(rot: &mut Rotated) {
     let s = rot.s;
     // The rows of the polyhedron in the first k + 1 variables (its projection there).
-    let mut current: Vec<(Vec<f64>, f64)> = (0..rot.e.len()).map(|i| (rot.c[i * s..(i + 1) * s].to_vec(), rot.e[i])).collect();
+    let mut current: Vec<(Vec<f64>, f64)> =
+        (0..rot.e.len()).map(|i| (rot.c[i * s..(i + 1) * s].to_vec(), rot.e[i])).collect();
     let mut rows: Vec<(Vec<f64>, f64)> = Vec::new();
     for k in (0..s).rev() {
-        let (with_k, without_k): (Vec<_>, Vec<_>) = current.into_iter().partition(|(c, _)| c[k].abs() > ZERO_COEFFICIENT);
+        let (with_k, without_k): (Vec<_>, Vec<_>) =
+            current.into_iter().partition(|(c, _)| c[k].abs() > ZERO_COEFFICIENT);
         if k == 0 {
             rows.extend(with_k);
             rows.extend(without_k);
@@ -265,11 +266,15 @@ fn project(rot: &mut Rotated) {
             let flat: Vec<f64> = next.iter().flat_map(|(c, _)| c[..k].iter().copied()).collect();
             let offsets: Vec<f64> = next.iter().map(|(_, e)| *e).collect();
             match super::reduce(&flat, &offsets, k) {
-                Some((f, e, _)) => e.iter().enumerate().map(|(i, &ei)| {
-                    let mut row = f[i * k..(i + 1) * k].to_vec();
-                    row.resize(s, 0.0);
-                    (row, ei)
-                }).collect(),
+                Some((f, e, _)) => e
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &ei)| {
+                        let mut row = f[i * k..(i + 1) * k].to_vec();
+                        row.resize(s, 0.0);
+                        (row, ei)
+                    })
+                    .collect(),
                 // Too thin to reduce (the polyhedron itself was not): keep every row.
                 None => next,
             }
@@ -337,7 +342,8 @@ pub fn integrate(
     };
 
     let mut rng = Pcg64::seed_from_u64(seed);
-    let nets: Vec<ScrambledSobol> = (0..SHIFTS).map(|_| ScrambledSobol::new((0..s).map(|_| rng.random::<u32>()).collect())).collect();
+    let nets: Vec<ScrambledSobol> =
+        (0..SHIFTS).map(|_| ScrambledSobol::new((0..s).map(|_| rng.random::<u32>()).collect())).collect();
     let mut sums: Vec<Sums> = (0..SHIFTS).map(|_| Sums { weight: 0.0, hits: 0 }).collect();
     let mut done = 0usize;
     let mut target = FIRST_ROUND;
@@ -355,7 +361,14 @@ pub fn integrate(
                     cancel.check()?;
                 }
                 nets[shift].gray_points_into(batch as u32, &mut u);
-                with_wide_vectors(PathBatch { rot: &rot, rows_of: &rows_of, nu: &nu, u: &u, v: &mut drawn, log_weight: &mut log_weights });
+                with_wide_vectors(PathBatch {
+                    rot: &rot,
+                    rows_of: &rows_of,
+                    nu: &nu,
+                    u: &u,
+                    v: &mut drawn,
+                    log_weight: &mut log_weights,
+                });
                 for &lw in &log_weights {
                     if lw == f64::NEG_INFINITY {
                         continue;
@@ -491,7 +504,15 @@ fn path_log_weight(rot: &Rotated, rows_of: &[Vec<usize>], nu: &[f64], v: &mut [f
 /// one (`-t log sum exp(-bound / t)`), which has no kinks where rows tie; `curvature`, if given,
 /// receives the soft bounds' Hessians (`k x k` each, lower then upper; zero without smoothing,
 /// where the bounds are affine between kinks).
-fn bounds(rot: &Rotated, rows: &[usize], k: usize, x: &[f64], smoothing: f64, (d_lo, d_hi): (&mut [f64], &mut [f64]), curvature: Option<(&mut [f64], &mut [f64])>) -> (f64, f64) {
+fn bounds(
+    rot: &Rotated,
+    rows: &[usize],
+    k: usize,
+    x: &[f64],
+    smoothing: f64,
+    (d_lo, d_hi): (&mut [f64], &mut [f64]),
+    curvature: Option<(&mut [f64], &mut [f64])>,
+) -> (f64, f64) {
     let s = rot.s;
     let bound = |i: usize| (rot.e[i] - dot(&rot.c[i * s..i * s + k], &x[..k])) / rot.c[i * s + k];
     // sign +1: the smallest upper bound; -1: the largest lower bound. Two passes over the rows
@@ -561,7 +582,13 @@ fn bounds(rot: &Rotated, rows: &[usize], k: usize, x: &[f64], smoothing: f64, (d
 /// `(gradient, psi)` of [`minimax_tilt`]'s `psi` at `y = [x; mu]`, with the bounds' kinks
 /// smoothed by `smoothing` (see [`bounds`]), and its Hessian (row-major `2S x 2S`) into
 /// `hessian` if given. `None` where a variable's interval has no mass.
-fn psi_derivatives(rot: &Rotated, rows_of: &[Vec<usize>], y: &[f64], smoothing: f64, mut hessian: Option<&mut [f64]>) -> Option<(Vec<f64>, f64)> {
+fn psi_derivatives(
+    rot: &Rotated,
+    rows_of: &[Vec<usize>],
+    y: &[f64],
+    smoothing: f64,
+    mut hessian: Option<&mut [f64]>,
+) -> Option<(Vec<f64>, f64)> {
     let s = rot.s;
     let n = 2 * s;
     let phi_ratio = |t: f64, log_z: f64| if t.is_finite() { (log_pdf(t) - log_z).exp() } else { 0.0 };
@@ -575,7 +602,8 @@ fn psi_derivatives(rot: &Rotated, rows_of: &[Vec<usize>], y: &[f64], smoothing: 
     }
     for k in 0..s {
         let (d_lo, d_hi) = (&mut d_lo[..k], &mut d_hi[..k]);
-        let curvature = (hessian.is_some() && smoothing > 0.0).then(|| (&mut lo_curvature[..k * k], &mut hi_curvature[..k * k]));
+        let curvature =
+            (hessian.is_some() && smoothing > 0.0).then(|| (&mut lo_curvature[..k * k], &mut hi_curvature[..k * k]));
         let (lo, hi) = bounds(rot, &rows_of[k], k, x, smoothing, (d_lo, d_hi), curvature);
         let (a, b) = (lo - mu[k], hi - mu[k]);
         let log_z = log_diff_ndtr(a, b);
@@ -605,7 +633,9 @@ fn psi_derivatives(rot: &Rotated, rows_of: &[Vec<usize>], y: &[f64], smoothing: 
             h[m * n + i] += mixed;
             h[i * n + m] += mixed;
             for j in 0..k {
-                h[i * n + j] += l_aa * d_lo[i] * d_lo[j] + l_ab * (d_lo[i] * d_hi[j] + d_hi[i] * d_lo[j]) + l_bb * d_hi[i] * d_hi[j];
+                h[i * n + j] += l_aa * d_lo[i] * d_lo[j]
+                    + l_ab * (d_lo[i] * d_hi[j] + d_hi[i] * d_lo[j])
+                    + l_bb * d_hi[i] * d_hi[j];
                 if smoothing > 0.0 {
                     h[i * n + j] += rb * hi_curvature[i * k + j] - ra * lo_curvature[i * k + j];
                 }
@@ -628,7 +658,9 @@ fn minimax_tilt(rot: &Rotated, rows_of: &[Vec<usize>], mode: &[f64], interior: &
     let norm = |g: &[f64]| dot(g, g).sqrt();
     // Newton from the mode, else from points towards the interior: the gradient has kinks
     // where rows tie, and a start on one can send Newton astray.
-    let start = |t: f64| -> Vec<f64> { mode.iter().zip(interior).map(|(m, c)| m + t * (c - m)).chain(std::iter::repeat_n(0.0, s)).collect() };
+    let start = |t: f64| -> Vec<f64> {
+        mode.iter().zip(interior).map(|(m, c)| m + t * (c - m)).chain(std::iter::repeat_n(0.0, s)).collect()
+    };
     let newton = |mut y: Vec<f64>, smoothing: f64| -> Option<(Vec<f64>, f64)> {
         let mut hessian = vec![0.0; n * n];
         let (mut g, mut psi) = psi_derivatives(rot, rows_of, &y, smoothing, Some(&mut hessian))?;
@@ -657,7 +689,8 @@ fn minimax_tilt(rot: &Rotated, rows_of: &[Vec<usize>], mode: &[f64], interior: &
     };
     // Above MAX_PROJECTED_DIM the retries are not worth their cost (measured with the
     // projections: a smoothed saddle point did worse there than the shift to the mode).
-    let (smoothings, starts): (&[f64], &[f64]) = if s <= MAX_PROJECTED_DIM { (&[0.0, 0.1, 1.0], &[0.0, 1e-2, 0.1, 0.5, 1.0]) } else { (&[0.0], &[0.0]) };
+    let (smoothings, starts): (&[f64], &[f64]) =
+        if s <= MAX_PROJECTED_DIM { (&[0.0, 0.1, 1.0], &[0.0, 1e-2, 0.1, 0.5, 1.0]) } else { (&[0.0], &[0.0]) };
     smoothings.iter().find_map(|&smoothing| starts.iter().find_map(|&t| newton(start(t), smoothing)))
 }
 
@@ -742,12 +775,18 @@ mod tests {
                     for row in u.iter_mut() {
                         row.iter_mut().for_each(|x| *x = rng.random::<f64>());
                     }
-                    PathBatch { rot: &rot, rows_of: &rows_of, nu: &nu, u: &u, v: &mut v, log_weight: &mut log_weight }.run::<crate::gauss::normal_batch::Separate>();
+                    PathBatch { rot: &rot, rows_of: &rows_of, nu: &nu, u: &u, v: &mut v, log_weight: &mut log_weight }
+                        .run::<crate::gauss::normal_batch::Separate>();
                     for lane in 0..LANES {
-                        assert!(log_weight[lane].is_finite(), "S={s}: a path died ({original} rows, {m} with projections)");
+                        assert!(
+                            log_weight[lane].is_finite(),
+                            "S={s}: a path died ({original} rows, {m} with projections)"
+                        );
                         // ... and ends inside the polyhedron: the derived rows cut nothing off.
                         for i in 0..original {
-                            let w: f64 = (0..s).map(|j| f[i * s + j] * (0..s).map(|k| rot.q[j * s + k] * v[k][lane]).sum::<f64>()).sum();
+                            let w: f64 = (0..s)
+                                .map(|j| f[i * s + j] * (0..s).map(|k| rot.q[j * s + k] * v[k][lane]).sum::<f64>())
+                                .sum();
                             assert!(w <= e[i] + 1e-9, "S={s}: the path left row {i}");
                         }
                     }
@@ -767,7 +806,9 @@ mod tests {
                 let (f, e) = random_polyhedron(&mut rng, s, 2 * s);
                 let (rot, rows_of) = projected(&f, &e, s);
                 let n = 2 * s;
-                let y: Vec<f64> = (0..n).map(|j| if j < s { 0.002 * (rng.random::<f64>() - 0.5) } else { rng.random::<f64>() * 2.0 - 1.0 }).collect();
+                let y: Vec<f64> = (0..n)
+                    .map(|j| if j < s { 0.002 * (rng.random::<f64>() - 0.5) } else { rng.random::<f64>() * 2.0 - 1.0 })
+                    .collect();
                 for smoothing in [0.0, 0.3] {
                     let mut hessian = vec![0.0; n * n];
                     psi_derivatives(&rot, &rows_of, &y, smoothing, Some(&mut hessian)).unwrap();
@@ -781,8 +822,11 @@ mod tests {
                         let (gm, _) = psi_derivatives(&rot, &rows_of, &ym, smoothing, None).unwrap();
                         for r in 0..n {
                             let difference = (gp[r] - gm[r]) / (2.0 * h);
-                            assert!((hessian[r * n + c] - difference).abs() <= 1e-6 * scale,
-                                "S={s} smoothing {smoothing}: H[{r}][{c}] = {} against {difference}", hessian[r * n + c]);
+                            assert!(
+                                (hessian[r * n + c] - difference).abs() <= 1e-6 * scale,
+                                "S={s} smoothing {smoothing}: H[{r}][{c}] = {} against {difference}",
+                                hessian[r * n + c]
+                            );
                         }
                     }
                 }

@@ -34,10 +34,33 @@ fn a_degenerate_far_wedge_is_integrated_exactly() {
     // A region of a random decoder ~32 standard deviations out whose vertex is nearly
     // degenerate (separation of variables had almost no successful paths there): log mass
     // -545.3567 by the Python slicing reference.
-    let g = [-0.5971829576722052, -0.5242093612048158, 0.6071054774016754, -0.2631547984614597, -0.006864459381237838, 0.964729200990678, 0.27231472479274765, -0.0010246836382463264, -0.9622076910337454, 0.6479550130933063, 0.743772653086758, -0.1641844740757738];
+    let g = [
+        -0.5971829576722052,
+        -0.5242093612048158,
+        0.6071054774016754,
+        -0.2631547984614597,
+        -0.006864459381237838,
+        0.964729200990678,
+        0.27231472479274765,
+        -0.0010246836382463264,
+        -0.9622076910337454,
+        0.6479550130933063,
+        0.743772653086758,
+        -0.1641844740757738,
+    ];
     let h = [-0.4124194256261446, -1.0928668452090948, 2.0665351147103204, -0.9453409315056456];
     let mean = [-0.06249913, -0.00753739, 0.2144043];
-    let cov = [0.99207244, -9.28888386e-04, 2.72733204e-02, -9.28888386e-04, 0.999856675, 3.09707459e-03, 2.72733204e-02, 3.09707459e-03, 0.905889239];
+    let cov = [
+        0.99207244,
+        -9.28888386e-04,
+        2.72733204e-02,
+        -9.28888386e-04,
+        0.999856675,
+        3.09707459e-03,
+        2.72733204e-02,
+        3.09707459e-03,
+        0.905889239,
+    ];
     let shape = PolytopeShape::new(&g, 3, &cov).unwrap();
     let out = shape.moments(&h, &mean, 1e-4, 0, false, &Cancel::new()).unwrap();
     assert!(out.log_mass.is_finite());
@@ -56,7 +79,12 @@ fn invalid_covariances_are_rejected() {
 fn a_strip_open_at_one_end_has_mass_below_one() {
     // Two antiparallel rows (a strip) closed at one end: the end between the antiparallel
     // edges is open. Its mass by Monte Carlo (2e6 draws) is exp(-1.3428).
-    let rows = vec![[-0.40189482, 0.91568584], [-0.00415525, -0.99999137], [-0.99658542, -0.08256817], [0.40189482, -0.91568584]];
+    let rows = vec![
+        [-0.40189482, 0.91568584],
+        [-0.00415525, -0.99999137],
+        [-0.99658542, -0.08256817],
+        [0.40189482, -0.91568584],
+    ];
     let offsets = vec![0.54028856, 0.48540897, 0.04986396, 1.81140916];
     let poly = polygon::Polygon2::new(rows, offsets, [1.0, 0.0, 0.0, 1.0]);
     let log_mass = poly.log_mass(&[0.0, 0.0], 0.0);
@@ -68,9 +96,17 @@ fn a_strip_whose_normals_round_past_antiparallel_has_the_right_mass() {
     // A slice of a cone: rows 0 and 1 are antiparallel up to the last bit, row 2 closes the
     // strip at one end. The arc at infinity of the open end used to come out as 2 pi instead
     // of 0 (mass e^0.40). Reference: the mass along the strip, int phi(x) Phi(upper(x)) dx.
-    let rows = vec![[-0.9995873204078933, -0.02872610101923639], [0.9995873204078934, 0.02872610101923602], [0.09577166028888834, 0.9954033298545418]];
+    let rows = vec![
+        [-0.9995873204078933, -0.02872610101923639],
+        [0.9995873204078934, 0.02872610101923602],
+        [0.09577166028888834, 0.9954033298545418],
+    ];
     let t = 0.8;
-    let offsets = vec![-1.746389483118592 + 3.859844960713404 * t, -0.8248704355187916 + 1.8231167929923178 * t, -0.581641502079146 + 1.5834871530750179 * t];
+    let offsets = vec![
+        -1.746389483118592 + 3.859844960713404 * t,
+        -0.8248704355187916 + 1.8231167929923178 * t,
+        -0.581641502079146 + 1.5834871530750179 * t,
+    ];
     let poly = polygon::Polygon2::new(rows.clone(), vec![0.0; 3], [1.0, 0.0, 0.0, 1.0]);
     let log_mass = poly.log_mass_whitened(offsets.clone(), 0.0);
     let u = rows[1];
@@ -84,7 +120,8 @@ fn a_strip_whose_normals_round_past_antiparallel_has_the_right_mass() {
         let centre = lo + (p as f64 + 0.5) * width;
         for (x, w) in normal::GL_NODES.iter().zip(normal::GL_WEIGHTS) {
             let x = centre + 0.5 * width * x;
-            mass += 0.5 * width * w * normal::log_pdf(x).exp() * normal::log_ndtr((offsets[2] - along * x) / across).exp();
+            mass +=
+                0.5 * width * w * normal::log_pdf(x).exp() * normal::log_ndtr((offsets[2] - along * x) / across).exp();
         }
     }
     assert!((log_mass - mass.ln()).abs() < 1e-10, "{log_mass} vs {}", mass.ln());

@@ -191,7 +191,8 @@ fn residual_square_sum<const COMPENSATED: bool>(x: &[f64], b: &[f64], a: &[f64],
             add_squares(&mut partial, &r, &tail(inv_psi));
         }
     }
-    let (low, high) = ((partial[0] + partial[4]) + (partial[2] + partial[6]), (partial[1] + partial[5]) + (partial[3] + partial[7]));
+    let (low, high) =
+        ((partial[0] + partial[4]) + (partial[2] + partial[6]), (partial[1] + partial[5]) + (partial[3] + partial[7]));
     low + high
 }
 
@@ -223,7 +224,12 @@ fn add_squares(partial: &mut [f64; SUM_LANES], r: &[f64; SUM_LANES], w: &[f64; S
 
 /// `x_k - b_k - a_k m` for S = 1, plainly or in double-double arithmetic.
 #[inline(always)]
-fn residuals_s1<const COMPENSATED: bool>(x: &[f64; SUM_LANES], b: &[f64; SUM_LANES], a: &[f64; SUM_LANES], m: f64) -> [f64; SUM_LANES] {
+fn residuals_s1<const COMPENSATED: bool>(
+    x: &[f64; SUM_LANES],
+    b: &[f64; SUM_LANES],
+    a: &[f64; SUM_LANES],
+    m: f64,
+) -> [f64; SUM_LANES] {
     let mut r = [0.0f64; SUM_LANES];
     for k in 0..SUM_LANES {
         r[k] = if COMPENSATED {
@@ -240,7 +246,12 @@ fn residuals_s1<const COMPENSATED: bool>(x: &[f64; SUM_LANES], b: &[f64; SUM_LAN
 
 /// `x_k - b_k - a_k . m` (`a`: K rows of S), plainly or in double-double arithmetic.
 #[inline(always)]
-fn residuals<const COMPENSATED: bool>(x: &[f64; SUM_LANES], b: &[f64; SUM_LANES], a: &[f64], m: &[f64]) -> [f64; SUM_LANES] {
+fn residuals<const COMPENSATED: bool>(
+    x: &[f64; SUM_LANES],
+    b: &[f64; SUM_LANES],
+    a: &[f64],
+    m: &[f64],
+) -> [f64; SUM_LANES] {
     const K: usize = SUM_LANES;
     let s = m.len();
     let mut r = [0.0f64; K];
@@ -328,10 +339,12 @@ impl RegionAlgebra {
         let log_det_psi: f64 = noise_var.iter().map(|v| v.ln()).sum();
         let mut gain = DMatrix::zeros(r * s, d);
         let mut bt_psi = DMatrix::zeros(r, d);
-        let (mut sigma, mut chol, mut basis) = (Vec::with_capacity(r * s * s), Vec::with_capacity(r * s * s), Vec::with_capacity(r * s * s));
+        let (mut sigma, mut chol, mut basis) =
+            (Vec::with_capacity(r * s * s), Vec::with_capacity(r * s * s), Vec::with_capacity(r * s * s));
         let (mut shrink, mut offset) = (Vec::with_capacity(r * s), Vec::with_capacity(r * s));
         let (mut a_all, mut b_all) = (Vec::with_capacity(r * d * s), Vec::with_capacity(r * d));
-        let (mut log_det_sigma, mut b_psi_b, mut base, mut constant, mut precision) = (vec![0.0; r], vec![0.0; r], vec![0.0; r], vec![0.0; r], Vec::new());
+        let (mut log_det_sigma, mut b_psi_b, mut base, mut constant, mut precision) =
+            (vec![0.0; r], vec![0.0; r], vec![0.0; r], vec![0.0; r], Vec::new());
         for q in 0..r {
             let (a, b) = (partition.a(q), partition.b(q));
             let factor = factor_region(a, &inv_sd, s);
@@ -487,7 +500,8 @@ impl RegionAlgebra {
         let (s, d) = (self.s, self.d);
         let a = &self.a[q * d * s..(q + 1) * d * s];
         let b = &self.b[q * d..(q + 1) * d];
-        let residual = |i: usize, m: &[f64]| x[i] - b[i] - a[i * s..(i + 1) * s].iter().zip(m).map(|(a, m)| a * m).sum::<f64>();
+        let residual =
+            |i: usize, m: &[f64]| x[i] - b[i] - a[i * s..(i + 1) * s].iter().zip(m).map(|(a, m)| a * m).sum::<f64>();
         let rough = self.cheap_form_error(q, xpx);
         // An error delta ~ gamma |mu| in m moves the form by delta^T Sigma^-1 delta, of order
         // gamma^2 (xpx + bpb): refine where that is not negligible.
@@ -540,7 +554,14 @@ impl RegionAlgebra {
             // For every region of every point, so on the widest vectors.
             let products = (&self.gain * x, &self.bt_psi * x);
             let mut mu = vec![0.0; n * r];
-            with_wide_vectors(LocalGaussiansS1 { algebra: self, x, products: &products, log_kappa: &mut log_kappa, mu: &mut mu, intervals: None });
+            with_wide_vectors(LocalGaussiansS1 {
+                algebra: self,
+                x,
+                products: &products,
+                log_kappa: &mut log_kappa,
+                mu: &mut mu,
+                intervals: None,
+            });
             return LocalGaussians { s, r, log_kappa, mu };
         }
         // mu_q = gain_q x - offset_q, written in place of the products.
@@ -561,11 +582,22 @@ impl RegionAlgebra {
     /// At S = 1, [`Self::local_gaussians`] and each point's region of the largest bound, in one
     /// pass (for many outputs; with a few, the interval path's blocks form the local Gaussians
     /// from the points again, which costs less than gathering them).
-    pub(super) fn local_gaussians_and_best_regions_s1(&self, x: DMatrixView<f64>, intervals: &interval::Intervals) -> (LocalGaussians, Vec<usize>) {
+    pub(super) fn local_gaussians_and_best_regions_s1(
+        &self,
+        x: DMatrixView<f64>,
+        intervals: &interval::Intervals,
+    ) -> (LocalGaussians, Vec<usize>) {
         let (r, n) = (self.n_regions(), x.ncols());
         let products = (&self.gain * x, &self.bt_psi * x);
         let (mut log_kappa, mut mu) = (vec![0.0; n * r], vec![0.0; n * r]);
-        let kernel = LocalGaussiansS1 { algebra: self, x, products: &products, log_kappa: &mut log_kappa, mu: &mut mu, intervals: Some(intervals) };
+        let kernel = LocalGaussiansS1 {
+            algebra: self,
+            x,
+            products: &products,
+            log_kappa: &mut log_kappa,
+            mu: &mut mu,
+            intervals: Some(intervals),
+        };
         let best = with_wide_vectors(kernel);
         (LocalGaussians { s: 1, r, log_kappa, mu }, best)
     }
@@ -628,7 +660,15 @@ impl RegionAlgebra {
     /// then the residual form for the regions whose bound asks for it (points far in noise
     /// units: large weights, unscaled data, tiny noise).
     #[inline(always)]
-    fn local_gaussians_of_point_s1<M: MulAdd>(&self, x: &[f64], gx: &[f64], bx: &[f64], xpx: f64, log_kappa: &mut [f64], mu: &mut [f64]) {
+    fn local_gaussians_of_point_s1<M: MulAdd>(
+        &self,
+        x: &[f64],
+        gx: &[f64],
+        bx: &[f64],
+        xpx: f64,
+        log_kappa: &mut [f64],
+        mu: &mut [f64],
+    ) {
         for (q, ((lk, m), (g, b))) in log_kappa.iter_mut().zip(mu.iter_mut()).zip(gx.iter().zip(bx)).enumerate() {
             (*lk, *m, _) = self.s1_form::<M>(q, *g, *b, xpx);
         }
@@ -668,7 +708,14 @@ impl VectorKernel for LocalGaussiansS1<'_> {
         for (p, (lk, m)) in log_kappa.chunks_exact_mut(r).zip(mu.chunks_exact_mut(r)).enumerate() {
             column.iter_mut().zip(x.column(p).iter()).for_each(|(c, v)| *c = *v);
             let xpx: f64 = column.iter().zip(&algebra.inv_psi).map(|(v, w)| v * v * w).sum();
-            algebra.local_gaussians_of_point_s1::<M>(&column, &gx.as_slice()[p * r..(p + 1) * r], &btx.as_slice()[p * r..(p + 1) * r], xpx, lk, m);
+            algebra.local_gaussians_of_point_s1::<M>(
+                &column,
+                &gx.as_slice()[p * r..(p + 1) * r],
+                &btx.as_slice()[p * r..(p + 1) * r],
+                xpx,
+                lk,
+                m,
+            );
             if let Some(intervals) = intervals {
                 best.push(intervals.best_region::<M>(lk, m, &mut bounds));
             }
@@ -690,7 +737,6 @@ impl LocalGaussians {
         (&self.log_kappa[p * self.r..(p + 1) * self.r], &self.mu[p * self.r * self.s..(p + 1) * self.r * self.s])
     }
 }
-
 
 #[cfg(test)]
 mod residual_sum_tests {
@@ -716,7 +762,10 @@ mod residual_sum_tests {
                     })
                     .sum();
                 let sum = residual_square_sum::<true>(&x, &b, &a, &m, &w);
-                assert!((sum - reference).abs() <= 2.0 * d as f64 * f64::EPSILON * reference, "{s} {d} {sum} {reference}");
+                assert!(
+                    (sum - reference).abs() <= 2.0 * d as f64 * f64::EPSILON * reference,
+                    "{s} {d} {sum} {reference}"
+                );
                 // The plain form rounds x - b once (exact here: both within a factor 2 of each
                 // other) and the product a m once more per term.
                 let plain = residual_square_sum::<false>(&x, &b, &a, &m, &w);

@@ -23,7 +23,12 @@ fn batch_size(n: usize, r: usize, s: usize) -> usize {
 
 /// Runs `per_batch(points)` for the columns of `x` (`D x N`) in parallel batches, and returns
 /// the batches' results in point order.
-pub(super) fn over_batches<T: Send + 'static>(x: DMatrixView<f64>, algebra: &RegionAlgebra, cancel: &Cancel, per_batch: impl Fn(DMatrixView<f64>) -> T + Sync) -> Result<Vec<T>> {
+pub(super) fn over_batches<T: Send + 'static>(
+    x: DMatrixView<f64>,
+    algebra: &RegionAlgebra,
+    cancel: &Cancel,
+    per_batch: impl Fn(DMatrixView<f64>) -> T + Sync,
+) -> Result<Vec<T>> {
     let n = x.ncols();
     let batch = batch_size(n, algebra.n_regions(), algebra.s);
     let chunks: Vec<(usize, usize)> = (0..n).step_by(batch).map(|a| (a, (a + batch).min(n))).collect();
@@ -166,7 +171,11 @@ pub(super) fn map_interval_batches<T: Send + 'static, const MOMENTS: bool>(
                 if block.counted_fraction() >= UNORDERED_FRACTION {
                     rest.collect()
                 } else {
-                    by_region(&intervals.best_regions(&algebra.s1_forms(points.columns(rest.start, rest.len()))), rest.start, r)
+                    by_region(
+                        &intervals.best_regions(&algebra.s1_forms(points.columns(rest.start, rest.len()))),
+                        rest.start,
+                        r,
+                    )
                 }
             }
         };
@@ -177,4 +186,3 @@ pub(super) fn map_interval_batches<T: Send + 'static, const MOMENTS: bool>(
         state
     })
 }
-

@@ -144,8 +144,10 @@ impl Quadratic {
             }
         }
         let trace: f64 = (0..s).map(|i| mv[i * s + i]).sum();
-        let trace_sq: f64 = (0..s).flat_map(|i| (0..s).map(move |j| (i, j))).map(|(i, j)| mv[i * s + j] * mv[j * s + i]).sum();
-        let lvl: f64 = (0..s).flat_map(|i| (0..s).map(move |j| (i, j))).map(|(i, j)| self.l[i] * v[i * s + j] * self.l[j]).sum();
+        let trace_sq: f64 =
+            (0..s).flat_map(|i| (0..s).map(move |j| (i, j))).map(|(i, j)| mv[i * s + j] * mv[j * s + i]).sum();
+        let lvl: f64 =
+            (0..s).flat_map(|i| (0..s).map(move |j| (i, j))).map(|(i, j)| self.l[i] * v[i * s + j] * self.l[j]).sum();
         let mean = self.a + trace;
         mean * mean + lvl + 2.0 * trace_sq
     }
@@ -165,7 +167,8 @@ impl Quadratic {
         let density = (log_pdf(t)).exp();
         let l = &point.chol;
         // L^T l and L^T M L.
-        let lt_l: f64 = (0..s).map(|j| (j..s).map(|k| l[k * s + j] * self.l[k]).sum::<f64>().powi(2)).sum::<f64>().sqrt();
+        let lt_l: f64 =
+            (0..s).map(|j| (j..s).map(|k| l[k * s + j] * self.l[k]).sum::<f64>().powi(2)).sum::<f64>().sqrt();
         let ml = &mut self.work;
         for i in 0..s {
             for j in 0..s {
@@ -314,7 +317,8 @@ impl<'a> VariationalEngine<'a> {
             _ => {
                 let g: Vec<f64> = facets.iter().flat_map(|f| f.normal.iter().copied()).collect();
                 let shape = PolytopeShape::new(&g, s, &point.cov)?;
-                let inside: Vec<f64> = self.partition.interior_point(q).iter().zip(&point.mean).map(|(z, m)| z - m).collect();
+                let inside: Vec<f64> =
+                    self.partition.interior_point(q).iter().zip(&point.mean).map(|(z, m)| z - m).collect();
                 let out = shape.moments_of_facets(&shifted, &vec![0.0; s], &inside, rtol, self.seed, true, cancel)?;
                 Ok(Truncated { log_mass: out.log_mass, shift: out.mean, cov: out.cov, error: out.error })
             }
@@ -417,7 +421,14 @@ impl<'a> VariationalEngine<'a> {
     /// `KL(q || p(z | x))` of one point given `log p(x)` and the local Gaussians
     /// (`log kappa_q`, `mu_q` for every region), and its error estimate. A negative sum within
     /// the error estimate is rounding: it is returned as 0.
-    fn gap_point(&self, log_p: f64, log_kappa: &[f64], mu: &[f64], point: &PointQ, cancel: &Cancel) -> Result<(f64, f64, usize)> {
+    fn gap_point(
+        &self,
+        log_p: f64,
+        log_kappa: &[f64],
+        mu: &[f64],
+        point: &PointQ,
+        cancel: &Cancel,
+    ) -> Result<(f64, f64, usize)> {
         let (s, r) = (self.algebra.s, self.partition.len());
         let m = &point.mean;
         // Precision of the local posterior: I + B_q.
@@ -508,7 +519,9 @@ fn factorise(q: GaussianQ, n: usize, s: usize) -> Result<Vec<PointQ>> {
     (0..n)
         .map(|p| {
             PointQ::new(&q.mean[p * s..(p + 1) * s], &q.cov[p * s * s..(p + 1) * s * s], s).map_err(|err| match err {
-                crate::error::Error::InvalidInput(msg) => crate::error::Error::InvalidInput(format!("q_var[{p}]: {msg}")),
+                crate::error::Error::InvalidInput(msg) => {
+                    crate::error::Error::InvalidInput(format!("q_var[{p}]: {msg}"))
+                }
                 other => other,
             })
         })
@@ -545,7 +558,13 @@ pub fn elbo(engine: &VariationalEngine, x: DMatrixView<f64>, q: GaussianQ, cance
 
 /// `log p(x_n) - ELBO_n = KL(q(z | x_n) || p(z | x_n))` for each column of `x`, given
 /// `log p(x_n)`, summed region by region; and an estimate of each one's absolute error.
-pub fn posterior_gap(engine: &VariationalEngine, x: DMatrixView<f64>, log_likelihood: &[f64], q: GaussianQ, cancel: &Cancel) -> Result<Bounded> {
+pub fn posterior_gap(
+    engine: &VariationalEngine,
+    x: DMatrixView<f64>,
+    log_likelihood: &[f64],
+    q: GaussianQ,
+    cancel: &Cancel,
+) -> Result<Bounded> {
     let (s, d, n) = (engine.algebra.s, engine.algebra.d, x.ncols());
     if x.nrows() != d || log_likelihood.len() != n {
         return invalid(format!("X must have {d} columns and log_likelihood one entry per point"));

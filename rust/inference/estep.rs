@@ -83,7 +83,16 @@ impl EStep {
     /// As [`Self::push_point`] for the points of an S = 1 block (its first `points` lanes)
     /// that it did not decline.
     fn push_block(&mut self, block: &interval::Block, points: usize) {
-        block.append(points, MIN_WEIGHT, &mut self.log_likelihood, &mut self.indptr, &mut self.region, &mut self.m0, &mut self.m1, &mut self.m2);
+        block.append(
+            points,
+            MIN_WEIGHT,
+            &mut self.log_likelihood,
+            &mut self.indptr,
+            &mut self.region,
+            &mut self.m0,
+            &mut self.m1,
+            &mut self.m2,
+        );
     }
 
     /// The batches' points one after the other, in point order: each array allocated once and
@@ -97,7 +106,10 @@ impl EStep {
         let entries: usize = batches.iter().map(|(b, _)| b.region.len()).sum();
         // The batches' arrays are held while these are filled: both must fit.
         let per_entry = (std::mem::size_of::<usize>() + 8 * (1 + s + s * s)) as u128;
-        crate::memory::check(entries as u128 * per_entry + points as u128 * 24, &format!("the E-step's statistics of {points} points ({entries} region terms)"))?;
+        crate::memory::check(
+            entries as u128 * per_entry + points as u128 * 24,
+            &format!("the E-step's statistics of {points} points ({entries} region terms)"),
+        )?;
         let mut out = EStep::with_capacity(points, 0, s);
         crate::memory::try_reserve(&mut out.region, entries, "the E-step's regions")?;
         crate::memory::try_reserve(&mut out.m0, entries, "the E-step's weights")?;
@@ -226,7 +238,9 @@ pub fn e_step<I: RegionIntegrator>(
     cancel: &Cancel,
 ) -> Result<EStep> {
     let s = algebra.s;
-    let start = |points| (EStep::with_capacity(points, algebra.n_regions().min(MAX_RESERVED_REGIONS), s), PointTerms::default());
+    let start = |points| {
+        (EStep::with_capacity(points, algebra.n_regions().min(MAX_RESERVED_REGIONS), s), PointTerms::default())
+    };
     // Region by region, in log space, where the interval path declined or does not apply.
     let by_regions = |(out, terms): &mut (EStep, PointTerms), lk: &[f64], mu: &[f64]| {
         terms.compute_by_regions(integrator, lk, mu, s);
@@ -242,30 +256,41 @@ pub fn e_step<I: RegionIntegrator>(
             stats.reserve(interval::LANES * algebra.n_regions(), 1);
             ((stats, terms), Vec::with_capacity(points))
         };
-        let batches = map_interval_batches::<_, true>(algebra, intervals, x, cancel, start, |(state, computed), block, points, local| {
-            state.0.push_block(block, points.len());
-            computed.extend(points.iter().enumerate().filter(|&(l, _)| !block.declined(l)).map(|(_, &p)| p));
-            // The declined points after the others, in the log-space path.
-            for (_, &p) in points.iter().enumerate().filter(|&(l, _)| block.declined(l)) {
-                let (lk, mu) = local(p);
-                by_regions(state, &lk, &mu);
-                computed.push(p);
-            }
-        })?;
+        let batches = map_interval_batches::<_, true>(
+            algebra,
+            intervals,
+            x,
+            cancel,
+            start,
+            |(state, computed), block, points, local| {
+                state.0.push_block(block, points.len());
+                computed.extend(points.iter().enumerate().filter(|&(l, _)| !block.declined(l)).map(|(_, &p)| p));
+                // The declined points after the others, in the log-space path.
+                for (_, &p) in points.iter().enumerate().filter(|&(l, _)| block.declined(l)) {
+                    let (lk, mu) = local(p);
+                    by_regions(state, &lk, &mu);
+                    computed.push(p);
+                }
+            },
+        )?;
         batches.into_iter().map(|((stats, _), computed)| (stats, Some(computed))).collect()
     } else if s == 1 {
         map_batches(algebra, x, cancel, start, by_regions)?.into_iter().map(|(stats, _)| (stats, None)).collect()
     } else {
         let forms = pruned::UpperForms::new(algebra);
         let start = |points| (start(points), pruned::PointRegions::default());
-        let per_point = |((out, terms), regions): &mut ((EStep, PointTerms), pruned::PointRegions), batch: &mut pruned::PrunedBatch, p: usize| {
+        let per_point = |((out, terms), regions): &mut ((EStep, PointTerms), pruned::PointRegions),
+                         batch: &mut pruned::PrunedBatch,
+                         p: usize| {
             terms.compute_pruned(integrator, batch, p, regions);
             out.push_point(terms, s);
         };
-        map_pruned_batches(algebra, &forms, x, cancel, start, per_point)?.into_iter().map(|((stats, _), _)| (stats, None)).collect()
+        map_pruned_batches(algebra, &forms, x, cancel, start, per_point)?
+            .into_iter()
+            .map(|((stats, _), _)| (stats, None))
+            .collect()
     };
     let out = EStep::concat(batches, s)?;
     no_nan_log_likelihood(&out.log_likelihood)?;
     Ok(out)
 }
-

@@ -2,13 +2,13 @@
 //! intervals (S = 1) and polygons (S = 2) exactly, prepared once per region; polyhedra
 //! (S >= 3) through the engine's facet path, without its LP reduction.
 
-use crate::gauss::normal::{log_diff_ndtr, truncated_normal};
-use crate::gauss::polygon::Polygon2;
-use crate::gauss::{GaussMoments, PolytopeShape};
 use super::interval::Intervals;
 use super::{RegionAlgebra, RegionIntegrator};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
+use crate::gauss::normal::{log_diff_ndtr, truncated_normal};
+use crate::gauss::polygon::Polygon2;
+use crate::gauss::{GaussMoments, PolytopeShape};
 use crate::partition::Partition;
 
 /// The loosest relative accuracy asked of a minor region's QMC integral, as a multiple of
@@ -98,7 +98,15 @@ impl GaussIntegrator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn polyhedron(&self, shape: &PolytopeShape, h: &[f64], inside: &[f64], mean: &[f64], want_moments: bool, looseness: f64) -> GaussMoments {
+    fn polyhedron(
+        &self,
+        shape: &PolytopeShape,
+        h: &[f64],
+        inside: &[f64],
+        mean: &[f64],
+        want_moments: bool,
+        looseness: f64,
+    ) -> GaussMoments {
         // Never looser than 10% relative, nor than a thousand times `rtol`: the moments and
         // the weights still need some digits.
         let rtol = (self.rtol * looseness.min(MAX_LOOSENESS)).min(0.1).max(self.rtol);
@@ -112,7 +120,12 @@ impl GaussIntegrator {
                 if err != Error::Interrupted {
                     cancel.fail(err);
                 }
-                GaussMoments { log_mass: f64::NAN, mean: vec![f64::NAN; mean.len()], cov: vec![f64::NAN; mean.len() * mean.len()], error: f64::INFINITY }
+                GaussMoments {
+                    log_mass: f64::NAN,
+                    mean: vec![f64::NAN; mean.len()],
+                    cov: vec![f64::NAN; mean.len() * mean.len()],
+                    error: f64::INFINITY,
+                }
             }
         }
     }
@@ -158,11 +171,20 @@ impl RegionIntegrator for GaussIntegrator {
                 Self::check_polygon(region, log_mass, &[]);
                 log_mass
             }
-            PreparedRegion::Polyhedron { shape, h, inside } => self.polyhedron(shape, h, inside, mean, false, looseness).log_mass,
+            PreparedRegion::Polyhedron { shape, h, inside } => {
+                self.polyhedron(shape, h, inside, mean, false, looseness).log_mass
+            }
         }
     }
 
-    fn moments_into_loose(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64], looseness: f64) -> f64 {
+    fn moments_into_loose(
+        &self,
+        region: usize,
+        mean: &[f64],
+        cond_mean: &mut [f64],
+        cond_second: &mut [f64],
+        looseness: f64,
+    ) -> f64 {
         match &self.regions[region] {
             PreparedRegion::Interval => {
                 let (lo, hi, sd) = self.s1_intervals().interval(region);
@@ -201,4 +223,3 @@ impl RegionIntegrator for GaussIntegrator {
         }
     }
 }
-

@@ -22,7 +22,10 @@
 use nalgebra::DMatrixView;
 
 use super::{RegionAlgebra, PRUNE_GAP};
-use crate::gauss::normal::{cody_central, cody_far_one_division, cody_middle, log_diff_ndtr, truncated_normal, CentredSeries, CODY_CENTRAL_END, FRAC_1_SQRT_2PI, SQRT_32};
+use crate::gauss::normal::{
+    cody_central, cody_far_one_division, cody_middle, log_diff_ndtr, truncated_normal, CentredSeries, CODY_CENTRAL_END,
+    FRAC_1_SQRT_2PI, SQRT_32,
+};
 use crate::gauss::normal_batch::{exp_or_zero, ln, with_wide_vectors, MulAdd, Separate, VectorKernel};
 
 /// An infinite end.
@@ -122,7 +125,8 @@ impl Intervals {
         ends.sort_by(f64::total_cmp);
         ends.dedup();
         let half: Vec<f64> = intervals.iter().zip(&sd).map(|(e, sd)| 0.5 * (e.1 - e.0) / sd).collect();
-        let index = |t: f64| if t.is_finite() { ends.binary_search_by(|v| v.total_cmp(&t)).unwrap_or(NO_END) } else { NO_END };
+        let index =
+            |t: f64| if t.is_finite() { ends.binary_search_by(|v| v.total_cmp(&t)).unwrap_or(NO_END) } else { NO_END };
         let (lo_end, hi_end): (Vec<usize>, Vec<usize>) = intervals.iter().map(|e| (index(e.0), index(e.1))).unzip();
         let mut density_region = vec![NO_END; ends.len()];
         for (q, &end) in hi_end.iter().enumerate().chain(lo_end.iter().enumerate()) {
@@ -177,7 +181,15 @@ impl Intervals {
     /// Region q's constants, for a loop over lanes.
     #[inline(always)]
     fn region(&self, q: usize) -> Region {
-        Region { lo: self.lo[q], hi: self.hi[q], sd: self.sd[q], inv_sd: self.inv_sd[q], mid: self.mid[q], half: self.half[q], series: self.series[q] }
+        Region {
+            lo: self.lo[q],
+            hi: self.hi[q],
+            sd: self.sd[q],
+            inv_sd: self.inv_sd[q],
+            mid: self.mid[q],
+            half: self.half[q],
+            series: self.series[q],
+        }
     }
 
     /// Region q's scaled terms in log space, for a lane whose difference of tails cancels.
@@ -219,7 +231,11 @@ fn series_terms<const MOMENTS: bool, M: MulAdd>(e: f64, integrals: [f64; 3], mid
         return [mass, 0.0, 0.0];
     }
     let (first_c, second_c) = (density_c * integrals[1], density_c * integrals[2]);
-    [mass, M::mul_add(mid, mass, sd * first_c), M::mul_add(mid * mid, mass, sd * M::mul_add(2.0 * mid, first_c, sd * second_c))]
+    [
+        mass,
+        M::mul_add(mid, mass, sd * first_c),
+        M::mul_add(mid * mid, mass, sd * M::mul_add(2.0 * mid, first_c, sd * second_c)),
+    ]
 }
 
 /// `(kappa Phi(-y), kappa (Phi(y) - 1/2))` scaled by `e^{-M}` for each lane, `y >= 0`
@@ -259,9 +275,14 @@ fn end_tails<M: MulAdd>(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes)
             let (central_num, central_den) = cody_central::<M>(y[l]);
             let (middle_num, middle_den) = cody_middle::<M>(y[l]);
             let is_central = y[l] <= CODY_CENTRAL_END;
-            let ratio = if is_central { central_num } else { middle_num } / if is_central { central_den } else { middle_den };
+            let ratio =
+                if is_central { central_num } else { middle_num } / if is_central { central_den } else { middle_den };
             let tail_form = end[l] * ratio;
-            (tail[l], upper[l]) = if is_central { (kappa[l] * (0.5 - ratio), kappa[l] * ratio) } else { (tail_form, 0.5 * kappa[l] - tail_form) };
+            (tail[l], upper[l]) = if is_central {
+                (kappa[l] * (0.5 - ratio), kappa[l] * ratio)
+            } else {
+                (tail_form, 0.5 * kappa[l] - tail_form)
+            };
         }
     } else if !any_central {
         // Middle and far lanes, none central.
@@ -276,10 +297,15 @@ fn end_tails<M: MulAdd>(y: &Lanes, end: &Lanes, kappa: &Lanes) -> (Lanes, Lanes)
             let (central_num, central_den) = cody_central::<M>(y[l]);
             let (middle_num, middle_den) = cody_middle::<M>(y[l]);
             let is_central = y[l] <= CODY_CENTRAL_END;
-            let ratio = if is_central { central_num } else { middle_num } / if is_central { central_den } else { middle_den };
+            let ratio =
+                if is_central { central_num } else { middle_num } / if is_central { central_den } else { middle_den };
             let far = cody_far_one_division::<M>(y[l]);
             let tail_form = end[l] * if y[l] <= SQRT_32 { ratio } else { far };
-            (tail[l], upper[l]) = if is_central { (kappa[l] * (0.5 - ratio), kappa[l] * ratio) } else { (tail_form, 0.5 * kappa[l] - tail_form) };
+            (tail[l], upper[l]) = if is_central {
+                (kappa[l] * (0.5 - ratio), kappa[l] * ratio)
+            } else {
+                (tail_form, 0.5 * kappa[l] - tail_form)
+            };
         }
     }
     (tail, upper)
@@ -343,14 +369,18 @@ impl Block {
     /// `[kappa Phi, E[z 1_q], E[z^2 1_q]]` (`e^{-M}` times the true values).
     pub(crate) fn terms(&self, l: usize) -> impl Iterator<Item = (usize, [f64; 3])> + '_ {
         let threshold = self.threshold[l];
-        (0..self.bound.len()).filter(move |&q| self.bound[q][l] >= threshold).map(move |q| {
-            (q, [self.mass[q][l], self.first[q][l], self.second[q][l]])
-        })
+        (0..self.bound.len())
+            .filter(move |&q| self.bound[q][l] >= threshold)
+            .map(move |q| (q, [self.mass[q][l], self.first[q][l], self.second[q][l]]))
     }
 
     /// The fraction of the regions that a lane counted, on average over the lanes.
     pub(crate) fn counted_fraction(&self) -> f64 {
-        let counted: usize = self.bound.iter().map(|bound| bound.iter().zip(self.threshold.iter()).filter(|(b, t)| b >= t).count()).sum();
+        let counted: usize = self
+            .bound
+            .iter()
+            .map(|bound| bound.iter().zip(self.threshold.iter()).filter(|(b, t)| b >= t).count())
+            .sum();
         counted as f64 / (LANES * self.bound.len()) as f64
     }
 
@@ -366,7 +396,17 @@ impl Block {
     /// arrays grow once for the block; every region is written and the next one overwrites it
     /// unless it is kept, so that the loop has no branch.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn append(&self, points: usize, min_weight: f64, log_likelihood: &mut Vec<f64>, ends: &mut Vec<usize>, region: &mut Vec<usize>, m0: &mut Vec<f64>, m1: &mut Vec<f64>, m2: &mut Vec<f64>) {
+    pub(crate) fn append(
+        &self,
+        points: usize,
+        min_weight: f64,
+        log_likelihood: &mut Vec<f64>,
+        ends: &mut Vec<usize>,
+        region: &mut Vec<usize>,
+        m0: &mut Vec<f64>,
+        m1: &mut Vec<f64>,
+        m2: &mut Vec<f64>,
+    ) {
         // Only computed regions can be kept.
         let computed: Vec<usize> = (0..self.mass.len()).filter(|&q| self.computed[q]).collect();
         let start = region.len();
@@ -442,7 +482,8 @@ impl Block {
             // arrays and selects.
             let (mut mass, mut first, mut second) = (ZERO_LANES, ZERO_LANES, ZERO_LANES);
             for l in 0..LANES {
-                [mass[l], first[l], second[l]] = series_terms::<MOMENTS, M>(e[l], centred.at::<MOMENTS, M>(c[l]), mid, sd);
+                [mass[l], first[l], second[l]] =
+                    series_terms::<MOMENTS, M>(e[l], centred.at::<MOMENTS, M>(c[l]), mid, sd);
             }
             self.store::<MOMENTS>(q, mass, first, second);
             return;
@@ -473,7 +514,8 @@ impl Block {
             let one_sided = right | left;
             let by_tails = if one_sided { near - far } else { upper_a[l] + upper_b[l] };
             any_cancels |= one_sided & (far > 0.5 * near) & !series;
-            let [by_series, first_series, second_series] = series_terms::<MOMENTS, M>(e[l], [series_0[l], series_1[l], series_2[l]], mid, sd);
+            let [by_series, first_series, second_series] =
+                series_terms::<MOMENTS, M>(e[l], [series_0[l], series_1[l], series_2[l]], mid, sd);
             mass[l] = if series { by_series } else { by_tails };
             if MOMENTS {
                 // By parts, int z phi = mu Z + sd (phi(a) - phi(b)), and
@@ -515,7 +557,14 @@ impl Block {
     /// At a region's end (standardised `y` in each lane), `sd D = exp(log kappa - M - y^2 / 2)`
     /// and the two scaled tails of [`end_tails`] (zero, and `kappa / 2`, at an infinite end).
     #[inline(always)]
-    fn end_terms<M: MulAdd>(&mut self, intervals: &Intervals, end: usize, sd: f64, y: &Lanes, kappa: &Lanes) -> (Lanes, Lanes, Lanes) {
+    fn end_terms<M: MulAdd>(
+        &mut self,
+        intervals: &Intervals,
+        end: usize,
+        sd: f64,
+        y: &Lanes,
+        kappa: &Lanes,
+    ) -> (Lanes, Lanes, Lanes) {
         if end == NO_END {
             let mut upper = ZERO_LANES;
             for l in 0..LANES {
@@ -571,7 +620,12 @@ impl Forms<'_> {
     /// Region q's `(log kappa_q, mu_q)` for the loaded lanes; with `EXACT` false, the completed
     /// square however rough (for the ordering of points, where it only costs speed).
     #[inline(always)]
-    fn region<M: MulAdd, const EXACT: bool>(&self, q: usize, x_lanes: &[Lanes], (xpx, largest_xpx): (&Lanes, f64)) -> (Lanes, Lanes) {
+    fn region<M: MulAdd, const EXACT: bool>(
+        &self,
+        q: usize,
+        x_lanes: &[Lanes],
+        (xpx, largest_xpx): (&Lanes, f64),
+    ) -> (Lanes, Lanes) {
         let (mut a, mut bx) = (ZERO_LANES, ZERO_LANES);
         for (i, xi) in x_lanes.iter().enumerate() {
             let (ca, cb) = self.algebra.s1_coefficients(q, i);
@@ -585,7 +639,10 @@ impl Forms<'_> {
             (lk[l], m[l], _) = self.algebra.s1_form::<M>(q, a[l], bx[l], xpx[l]);
         }
         // Lane by lane only where some lane's completed square may be too rough.
-        if EXACT && self.algebra.completed_square_may_be_rough(q, largest_xpx) && (0..LANES).any(|l| self.algebra.completed_square_too_rough(q, lk[l], xpx[l])) {
+        if EXACT
+            && self.algebra.completed_square_may_be_rough(q, largest_xpx)
+            && (0..LANES).any(|l| self.algebra.completed_square_too_rough(q, lk[l], xpx[l]))
+        {
             self.stable_lanes(q, x_lanes, xpx, &mut lk, &mut m);
         }
         (lk, m)
@@ -601,7 +658,17 @@ impl Forms<'_> {
     /// every rough region is fixed.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn fix_rough_regions<M: MulAdd>(&self, intervals: &Intervals, x_lanes: &[Lanes], xpx: &Lanes, log_kappa: &mut [Lanes], mu: &mut [Lanes], rough: &mut Vec<bool>, upper: &mut Vec<Lanes>, fix: &mut Vec<bool>) {
+    fn fix_rough_regions<M: MulAdd>(
+        &self,
+        intervals: &Intervals,
+        x_lanes: &[Lanes],
+        xpx: &Lanes,
+        log_kappa: &mut [Lanes],
+        mu: &mut [Lanes],
+        rough: &mut Vec<bool>,
+        upper: &mut Vec<Lanes>,
+        fix: &mut Vec<bool>,
+    ) {
         let (algebra, r) = (self.algebra, intervals.len());
         rough.clear();
         rough.resize(r, false);
@@ -751,7 +818,16 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
                     (block.log_kappa[q], block.mu[q]) = forms.region::<M, false>(q, &block.x, (&xpx, largest_xpx));
                 }
                 if forms.algebra.completed_square_may_be_rough_anywhere(largest_xpx) {
-                    forms.fix_rough_regions::<M>(intervals, &block.x, &xpx, &mut block.log_kappa, &mut block.mu, &mut block.rough, &mut block.upper, &mut block.fix);
+                    forms.fix_rough_regions::<M>(
+                        intervals,
+                        &block.x,
+                        &xpx,
+                        &mut block.log_kappa,
+                        &mut block.mu,
+                        &mut block.rough,
+                        &mut block.upper,
+                        &mut block.fix,
+                    );
                 }
             }
         }
@@ -802,7 +878,9 @@ impl<const MOMENTS: bool> VectorKernel for Evaluation<'_, MOMENTS> {
             }
         }
         // Then those within PRUNE_GAP of that sum, where it is below the scale's.
-        for ((declined, threshold), &total) in block.declined.iter_mut().zip(block.threshold.iter_mut()).zip(total.iter()) {
+        for ((declined, threshold), &total) in
+            block.declined.iter_mut().zip(block.threshold.iter_mut()).zip(total.iter())
+        {
             let usable = total > MIN_SCALED_TOTAL && total < f64::INFINITY;
             *declined = !usable;
             let below_sum = ln(if usable { total } else { 1.0 }) - PRUNE_GAP;

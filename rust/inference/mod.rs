@@ -12,13 +12,13 @@
 
 pub mod algebra;
 mod batching;
+pub mod elbo;
 pub mod estep;
 pub mod integrator;
 pub mod interval;
 pub mod posterior;
 mod pruned;
 pub mod region_sums;
-pub mod elbo;
 pub mod sampling;
 
 pub use crate::gauss::normal::log_sum_exp;
@@ -30,10 +30,10 @@ use std::sync::Arc;
 
 use nalgebra::DMatrixView;
 
-use batching::{map_batches, map_interval_batches, map_pruned_batches};
 use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::partition::Partition;
+use batching::{map_batches, map_interval_batches, map_pruned_batches};
 
 /// Regions whose `log kappa` is this far below the best `log(kappa Phi)` are skipped.
 pub const PRUNE_GAP: f64 = 40.0;
@@ -78,7 +78,14 @@ pub trait RegionIntegrator: Send + Sync {
     }
 
     /// As [`Self::moments_into`], with `looseness` as in [`Self::log_mass_loose`].
-    fn moments_into_loose(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_second: &mut [f64], _looseness: f64) -> f64 {
+    fn moments_into_loose(
+        &self,
+        region: usize,
+        mean: &[f64],
+        cond_mean: &mut [f64],
+        cond_second: &mut [f64],
+        _looseness: f64,
+    ) -> f64 {
         self.moments_into(region, mean, cond_mean, cond_second)
     }
 
@@ -180,7 +187,13 @@ impl RunningLogSumExp {
 }
 
 /// `log p(x)` of one point through the integrator's per-region methods, in log space.
-fn log_likelihood_by_regions<I: RegionIntegrator>(integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize, bounds: &mut Vec<f64>) -> f64 {
+fn log_likelihood_by_regions<I: RegionIntegrator>(
+    integrator: &I,
+    log_kappa: &[f64],
+    mu: &[f64],
+    s: usize,
+    bounds: &mut Vec<f64>,
+) -> f64 {
     let mut total = RunningLogSumExp::new();
     visit_regions(integrator, log_kappa, mu, s, bounds, |q, m, looseness| {
         let t = log_kappa[q] + integrator.log_mass_loose(q, m, looseness);
@@ -200,31 +213,42 @@ pub fn log_likelihood<I: RegionIntegrator>(
     let batches = if let Some(intervals) = integrator.intervals() {
         // Results by position in the batch: the blocks take the points out of order.
         let start = |points| (vec![f64::NAN; points], Vec::new());
-        map_interval_batches::<_, false>(algebra, intervals, x, cancel, start, |(out, bounds), block, points, local| {
-            for (l, &p) in points.iter().enumerate() {
-                out[p] = block.log_likelihood(l).unwrap_or_else(|| {
-                    let (lk, mu) = local(p);
-                    log_likelihood_by_regions(integrator, &lk, &mu, 1, bounds)
-                });
-            }
-        })?
+        map_interval_batches::<_, false>(
+            algebra,
+            intervals,
+            x,
+            cancel,
+            start,
+            |(out, bounds), block, points, local| {
+                for (l, &p) in points.iter().enumerate() {
+                    out[p] = block.log_likelihood(l).unwrap_or_else(|| {
+                        let (lk, mu) = local(p);
+                        log_likelihood_by_regions(integrator, &lk, &mu, 1, bounds)
+                    });
+                }
+            },
+        )?
         .into_iter()
         .map(|(out, _)| out)
         .collect::<Vec<_>>()
     } else if algebra.s == 1 {
         // S = 1 without intervals (test integrators): the forms of `local_gaussians`.
         let start = |points| (Vec::with_capacity(points), Vec::new());
-        map_batches(algebra, x, cancel, start, |(out, bounds), lk, mu| out.push(log_likelihood_by_regions(integrator, lk, mu, 1, bounds)))?
-            .into_iter()
-            .map(|(out, _)| out)
-            .collect()
+        map_batches(algebra, x, cancel, start, |(out, bounds), lk, mu| {
+            out.push(log_likelihood_by_regions(integrator, lk, mu, 1, bounds))
+        })?
+        .into_iter()
+        .map(|(out, _)| out)
+        .collect()
     } else {
         let forms = pruned::UpperForms::new(algebra);
         let start = |points| (Vec::with_capacity(points), pruned::PointRegions::default());
-        map_pruned_batches(algebra, &forms, x, cancel, start, |(out, regions), batch, p| out.push(pruned::log_likelihood_pruned(integrator, batch, p, regions)))?
-            .into_iter()
-            .map(|(out, _)| out)
-            .collect()
+        map_pruned_batches(algebra, &forms, x, cancel, start, |(out, regions), batch, p| {
+            out.push(pruned::log_likelihood_pruned(integrator, batch, p, regions))
+        })?
+        .into_iter()
+        .map(|(out, _)| out)
+        .collect()
     };
     let out: Vec<f64> = batches.into_iter().flatten().collect();
     no_nan_log_likelihood(&out)?;
@@ -319,7 +343,6 @@ impl PointTerms {
         self.log_likelihood = max + total.ln();
         self.weight.iter_mut().for_each(|w| *w /= total);
     }
-
 }
 
 pub(crate) fn moment_terms<I: RegionIntegrator>(integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) -> PointTerms {

@@ -6,12 +6,12 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_pcg::Pcg64;
 
+use super::sampling::Exact;
+use super::{moment_terms, RegionAlgebra, RegionIntegrator, LOG_2PI};
+use crate::cancel::Cancel;
+use crate::error::{Error, Result};
 use crate::gauss::nearest::nearest_point;
 use crate::gauss::normal::truncated_normal_central;
-use super::sampling::Exact;
-use crate::cancel::Cancel;
-use super::{moment_terms, RegionAlgebra, RegionIntegrator, LOG_2PI};
-use crate::error::{Error, Result};
 use crate::partition::Partition;
 
 /// The posterior of one point; the partition and the algebra it was built from are passed
@@ -151,7 +151,14 @@ impl PointPosterior {
     /// `n` exact independent samples (`n x S` row-major): a region drawn by posterior weight,
     /// then the truncated Gaussian in it (`RegionSampler`). Deterministic given `seed`;
     /// `cancel` is checked between samples.
-    pub fn sample(&self, partition: &Partition, algebra: &RegionAlgebra, n: usize, seed: u64, cancel: &Cancel) -> Result<Vec<f64>> {
+    pub fn sample(
+        &self,
+        partition: &Partition,
+        algebra: &RegionAlgebra,
+        n: usize,
+        seed: u64,
+        cancel: &Cancel,
+    ) -> Result<Vec<f64>> {
         let s = algebra.latent_dim();
         let mut rng = Pcg64::seed_from_u64(seed);
         let mut cumulative = Vec::with_capacity(self.weights.len());
@@ -307,13 +314,18 @@ mod tests {
                 assert!(exact.acceptance_bound() >= crate::inference::sampling::TARGET_ACCEPTANCE);
                 let mut rng = Pcg64::seed_from_u64(q as u64);
                 let a: Vec<Vec<f64>> = (0..n).map(|_| exact.draw(&mut rng).unwrap()).collect();
-                let b: Vec<Vec<f64>> = (0..n).map(|_| sampler.draw_tilted(&mut rng, 1 << 30, &cancel).unwrap().unwrap()).collect();
+                let b: Vec<Vec<f64>> =
+                    (0..n).map(|_| sampler.draw_tilted(&mut rng, 1 << 30, &cancel).unwrap().unwrap()).collect();
                 for j in 0..s {
                     let mean = |v: &[Vec<f64>]| v.iter().map(|w| w[j]).sum::<f64>() / n as f64;
-                    let var = |v: &[Vec<f64>], m: f64| v.iter().map(|w| (w[j] - m).powi(2)).sum::<f64>() / (n - 1) as f64;
+                    let var =
+                        |v: &[Vec<f64>], m: f64| v.iter().map(|w| (w[j] - m).powi(2)).sum::<f64>() / (n - 1) as f64;
                     let (ma, mb) = (mean(&a), mean(&b));
                     let se = ((var(&a, ma) + var(&b, mb)) / n as f64).sqrt();
-                    assert!((ma - mb).abs() < 5.0 * se, "S = {s}, region {q}, coordinate {j}: exact {ma} vs tilted {mb} (se {se})");
+                    assert!(
+                        (ma - mb).abs() < 5.0 * se,
+                        "S = {s}, region {q}, coordinate {j}: exact {ma} vs tilted {mb} (se {se})"
+                    );
                 }
                 checked += 1;
             }

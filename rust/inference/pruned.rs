@@ -46,7 +46,11 @@ impl UpperForms {
     pub(crate) fn new(algebra: &RegionAlgebra) -> Self {
         let s = algebra.s;
         let inv_shrink = algebra.shrink.iter().map(|v| 1.0 / v).collect();
-        let growth = algebra.shrink.chunks_exact(s).map(|k| 1.0 + 1.0 / k.iter().fold(f64::INFINITY, |a, v| a.min(*v)).sqrt()).collect();
+        let growth = algebra
+            .shrink
+            .chunks_exact(s)
+            .map(|k| 1.0 + 1.0 / k.iter().fold(f64::INFINITY, |a, v| a.min(*v)).sqrt())
+            .collect();
         let root_b_psi_b = algebra.b_psi_b.iter().map(|v| v.sqrt()).collect();
         UpperForms { inv_shrink, growth, root_b_psi_b }
     }
@@ -109,7 +113,11 @@ impl PointRegions {
         self.upper.clear();
         self.upper.extend((0..r).map(|q| {
             // mu^T Sigma^-1 mu = sum_k (V_k . mu)^2 (1 + s_k^2).
-            let (m, basis, inv_shrink) = (&mu[q * s..(q + 1) * s], &algebra.basis[q * s * s..(q + 1) * s * s], &forms.inv_shrink[q * s..(q + 1) * s]);
+            let (m, basis, inv_shrink) = (
+                &mu[q * s..(q + 1) * s],
+                &algebra.basis[q * s * s..(q + 1) * s * s],
+                &forms.inv_shrink[q * s..(q + 1) * s],
+            );
             let mut quad = 0.0;
             for k in 0..s {
                 let along: f64 = (0..s).map(|j| basis[j * s + k] * m[j]).sum();
@@ -117,7 +125,8 @@ impl PointRegions {
             }
             let constant = algebra.constant[q];
             let value = constant - 0.5 * xpx + bx[q] + 0.5 * quad;
-            let margin = UPPER_MARGIN * (forms.growth[q] * (xpx + algebra.b_psi_b[q]) + constant.abs() + bx[q].abs() + quad + 1.0);
+            let margin = UPPER_MARGIN
+                * (forms.growth[q] * (xpx + algebra.b_psi_b[q]) + constant.abs() + bx[q].abs() + quad + 1.0);
             // The residual form is `base - (r^T Psi^-1 r + m^T m) / 2 <= base - m^T m / 2`: far
             // from the origin this bound is tight where the completed square's margin is not
             // (large `b`, nearly singular regions). `m` there is `mu_q`, perhaps refined by a
@@ -126,10 +135,16 @@ impl PointRegions {
             let mean_square: f64 = m.iter().map(|v| v * v).sum();
             let shift = MEAN_ERROR * s as f64 * (root_xpx + forms.root_b_psi_b[q]);
             let base = algebra.base[q];
-            let centre_bound = base - 0.5 * mean_square + 0.5 * shift * (mean_square + 1.0) + UPPER_MARGIN * (base.abs() + mean_square + 1.0);
+            let centre_bound = base - 0.5 * mean_square
+                + 0.5 * shift * (mean_square + 1.0)
+                + UPPER_MARGIN * (base.abs() + mean_square + 1.0);
             let upper = (value + margin).min(centre_bound);
             // NaN (an overflow somewhere) bounds nothing: the region is formed exactly.
-            if upper.is_nan() { f64::INFINITY } else { upper }
+            if upper.is_nan() {
+                f64::INFINITY
+            } else {
+                upper
+            }
         }));
         self.log_kappa.clear();
         self.log_kappa.resize(r, f64::NAN);
@@ -223,7 +238,12 @@ pub(crate) fn visit_regions_pruned<I: RegionIntegrator>(
 }
 
 /// `log p(x_p)` through the pruned visit (as `log_likelihood_by_regions`).
-pub(crate) fn log_likelihood_pruned<I: RegionIntegrator>(integrator: &I, batch: &mut PrunedBatch, p: usize, regions: &mut PointRegions) -> f64 {
+pub(crate) fn log_likelihood_pruned<I: RegionIntegrator>(
+    integrator: &I,
+    batch: &mut PrunedBatch,
+    p: usize,
+    regions: &mut PointRegions,
+) -> f64 {
     let mut total = RunningLogSumExp::new();
     visit_regions_pruned(integrator, batch, p, regions, |q, lk, m, looseness| {
         let t = lk + integrator.log_mass_loose(q, m, looseness);
@@ -235,7 +255,13 @@ pub(crate) fn log_likelihood_pruned<I: RegionIntegrator>(integrator: &I, batch: 
 
 impl PointTerms {
     /// [`PointTerms::compute_by_regions`] through the pruned visit.
-    pub(crate) fn compute_pruned<I: RegionIntegrator>(&mut self, integrator: &I, batch: &mut PrunedBatch, p: usize, regions: &mut PointRegions) {
+    pub(crate) fn compute_pruned<I: RegionIntegrator>(
+        &mut self,
+        integrator: &I,
+        batch: &mut PrunedBatch,
+        p: usize,
+        regions: &mut PointRegions,
+    ) {
         let s = batch.algebra.s;
         self.clear();
         let PointTerms { region, weight, mean, second, .. } = self;
@@ -260,7 +286,9 @@ mod tests {
     use nalgebra::{DMatrix, DVector};
 
     use super::super::batching::map_batches;
-    use super::super::{e_step, log_likelihood, log_likelihood_by_regions, EStep, GaussIntegrator, PointTerms, RegionAlgebra};
+    use super::super::{
+        e_step, log_likelihood, log_likelihood_by_regions, EStep, GaussIntegrator, PointTerms, RegionAlgebra,
+    };
     use super::*;
     use crate::cancel::Cancel;
     use crate::model::Decoder;
@@ -298,18 +326,32 @@ mod tests {
     }
 
     /// The per-point path: every region's residual form and tail bound, then `visit_regions`.
-    fn reference(algebra: &RegionAlgebra, gauss: &GaussIntegrator, x: &DMatrix<f64>) -> (crate::error::Result<Vec<f64>>, crate::error::Result<EStep>) {
+    fn reference(
+        algebra: &RegionAlgebra,
+        gauss: &GaussIntegrator,
+        x: &DMatrix<f64>,
+    ) -> (crate::error::Result<Vec<f64>>, crate::error::Result<EStep>) {
         let s = algebra.latent_dim();
         let cancel = Cancel::new();
-        let ll = map_batches(algebra, x.as_view(), &cancel, |n| (Vec::with_capacity(n), Vec::new()), |(out, bounds), lk, mu| {
-            out.push(log_likelihood_by_regions(gauss, lk, mu, s, bounds))
-        })
+        let ll = map_batches(
+            algebra,
+            x.as_view(),
+            &cancel,
+            |n| (Vec::with_capacity(n), Vec::new()),
+            |(out, bounds), lk, mu| out.push(log_likelihood_by_regions(gauss, lk, mu, s, bounds)),
+        )
         .map(|batches| batches.into_iter().flat_map(|(out, _)| out).collect());
         let cancel = Cancel::new();
-        let stats = map_batches(algebra, x.as_view(), &cancel, |n| (EStep::with_capacity(n, 4, s), PointTerms::default()), |(out, terms), lk, mu| {
-            terms.compute_by_regions(gauss, lk, mu, s);
-            out.push_point(terms, s);
-        })
+        let stats = map_batches(
+            algebra,
+            x.as_view(),
+            &cancel,
+            |n| (EStep::with_capacity(n, 4, s), PointTerms::default()),
+            |(out, terms), lk, mu| {
+                terms.compute_by_regions(gauss, lk, mu, s);
+                out.push_point(terms, s);
+            },
+        )
         .and_then(|batches| EStep::concat(batches.into_iter().map(|(e, _)| (e, None)).collect(), s));
         (ll, stats)
     }
@@ -346,7 +388,10 @@ mod tests {
                         let (lk, _) = local.point(p);
                         assert_eq!(lk.len(), r);
                         for (q, (upper, lk)) in regions.upper.iter().zip(lk).enumerate() {
-                            assert!(upper >= lk, "scale {scale} noise {noise} point {p} region {q}: upper {upper} below log kappa {lk}");
+                            assert!(
+                                upper >= lk,
+                                "scale {scale} noise {noise} point {p} region {q}: upper {upper} below log kappa {lk}"
+                            );
                         }
                         log_likelihood_pruned(&gauss, &mut batch, p, &mut regions);
                         formed += regions.formed_count();
@@ -361,7 +406,12 @@ mod tests {
                     let (got_ll, want_ll) = match (got_ll, want_ll) {
                         (Ok(got), Ok(want)) => (got, want),
                         (got, want) => {
-                            assert!(got.is_err() && want.is_err(), "{what}: log_likelihood: {:?} vs {:?}", got.err(), want.err());
+                            assert!(
+                                got.is_err() && want.is_err(),
+                                "{what}: log_likelihood: {:?} vs {:?}",
+                                got.err(),
+                                want.err()
+                            );
                             failures += 1;
                             continue;
                         }
@@ -370,7 +420,12 @@ mod tests {
                     let (got, want) = match (got, want) {
                         (Ok(got), Ok(want)) => (got, want),
                         (got, want) => {
-                            assert!(got.is_err() && want.is_err(), "{what}: e_step: {:?} vs {:?}", got.err(), want.err());
+                            assert!(
+                                got.is_err() && want.is_err(),
+                                "{what}: e_step: {:?} vs {:?}",
+                                got.err(),
+                                want.err()
+                            );
                             failures += 1;
                             continue;
                         }
@@ -391,7 +446,8 @@ mod tests {
 
     #[test]
     fn pruned_path_matches_the_per_point_path_in_two_dimensions() {
-        let (formed, pairs) = pruned_path_is_the_per_point_path(&[2, 10, 10, 6], &[1.0, 30.0, 1e3], &[1.0, 1e-2, 1e-6], 24);
+        let (formed, pairs) =
+            pruned_path_is_the_per_point_path(&[2, 10, 10, 6], &[1.0, 30.0, 1e3], &[1.0, 1e-2, 1e-6], 24);
         // The point of it: regions are left without their residual form (57% formed here, with
         // posteriors as wide as the regions at noise 1; on digits ~5%).
         assert!(formed * 10 < pairs * 8, "formed {formed} of {pairs}");

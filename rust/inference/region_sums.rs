@@ -146,7 +146,8 @@ impl RegionSums {
                 }
                 for j in 0..s {
                     let row = (q * s + j) * d + first;
-                    for (total, v) in self.sx1[row..row + width].iter_mut().zip(&region[(1 + j) * TILE..(2 + j) * TILE]) {
+                    for (total, v) in self.sx1[row..row + width].iter_mut().zip(&region[(1 + j) * TILE..(2 + j) * TILE])
+                    {
                         *total += v;
                     }
                 }
@@ -273,7 +274,8 @@ mod tests {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (state >> 11) as f64 / (1u64 << 53) as f64
         };
-        let mut es = EStep { log_likelihood: vec![], indptr: vec![0], region: vec![], m0: vec![], m1: vec![], m2: vec![] };
+        let mut es =
+            EStep { log_likelihood: vec![], indptr: vec![0], region: vec![], m0: vec![], m1: vec![], m2: vec![] };
         for _ in 0..n {
             for q in 0..r {
                 if next() < 0.4 {
@@ -302,7 +304,8 @@ mod tests {
             // Written out: every entry's terms added one at a time, with the scale of each sum
             // (the sum of absolute values) for the tolerance: a sum of n terms in another order
             // differs by at most ~n u times that scale.
-            let (mut sx0, mut sx1, mut scale0, mut scale1) = (vec![0.0; r * d], vec![0.0; r * d * s], vec![0.0; r * d], vec![0.0; r * d * s]);
+            let (mut sx0, mut sx1, mut scale0, mut scale1) =
+                (vec![0.0; r * d], vec![0.0; r * d * s], vec![0.0; r * d], vec![0.0; r * d * s]);
             let (mut s2, mut scale2) = (vec![0.0; r * s * s], vec![0.0; r * s * s]);
             for p in 0..n {
                 for k in es.indptr[p]..es.indptr[p + 1] {

@@ -93,7 +93,11 @@ impl Piece {
     /// The point at the uniform `u` by inversion of the piece's CDF.
     fn draw(&self, u: f64) -> f64 {
         let width = self.hi - self.lo;
-        let distance = if self.rate * width < 1e-12 { u * width } else { -(u * (-self.rate * width).exp_m1()).ln_1p() / self.rate };
+        let distance = if self.rate * width < 1e-12 {
+            u * width
+        } else {
+            -(u * (-self.rate * width).exp_m1()).ln_1p() / self.rate
+        };
         let t = if self.anchor_at_hi { self.hi - distance } else { self.lo + distance };
         t.clamp(self.lo, self.hi)
     }
@@ -364,7 +368,11 @@ impl LogConcave {
             let excess = envelope.excess(&points);
             let worst = (0..=k).max_by(|&i, &j| excess[i].total_cmp(&excess[j])).unwrap();
             let x = if worst == 0 || worst == k {
-                let (edge, end, piece) = if worst == k { (last, hi, envelope.pieces.last().unwrap()) } else { (first, lo, &envelope.pieces[0]) };
+                let (edge, end, piece) = if worst == k {
+                    (last, hi, envelope.pieces.last().unwrap())
+                } else {
+                    (first, lo, &envelope.pieces[0])
+                };
                 let step = if piece.rate > 0.0 { 1.0 / piece.rate } else { f64::INFINITY };
                 let half = 0.5 * (end - edge).abs();
                 edge + (end - edge).signum() * step.min(half)
@@ -709,7 +717,8 @@ impl HyperSlices {
         let nearest = crate::gauss::nearest::nearest_point(f, e, 3, &[0.0; 3], centre);
         // The draw loop checks for Ctrl-C; a failed slice integral is no point of the envelope
         // (non-finite values are left out of it).
-        crate::gauss::slices::log_mass(f, e, &nearest, SLICE_RTOL, &crate::cancel::Cancel::new()).map_or(f64::NAN, |r| r.0)
+        crate::gauss::slices::log_mass(f, e, &nearest, SLICE_RTOL, &crate::cancel::Cancel::new())
+            .map_or(f64::NAN, |r| r.0)
     }
 
     fn log_marginal(&self, t: f64) -> f64 {

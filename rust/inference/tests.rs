@@ -1,7 +1,7 @@
-use super::*;
-use nalgebra::{DMatrix, DVector};
 use super::algebra::{compensated_residual, factor_region};
+use super::*;
 use crate::model::Decoder;
+use nalgebra::{DMatrix, DVector};
 
 /// The mass and moments of N(mean, sigma^2) on an interval by composite Simpson quadrature: a
 /// slow, independent stand-in for the polytope engine in S = 1.
@@ -37,7 +37,13 @@ impl Quadrature<'_> {
         let mut acc = [0.0; 3];
         for i in 0..=n {
             let z = a + i as f64 * h;
-            let w = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
+            let w = if i == 0 || i == n {
+                1.0
+            } else if i % 2 == 1 {
+                4.0
+            } else {
+                2.0
+            };
             let pdf = (-0.5 * ((z - mean) / sd).powi(2)).exp() / (sd * (2.0 * std::f64::consts::PI).sqrt());
             acc[0] += w * pdf;
             acc[1] += w * pdf * z;
@@ -168,7 +174,10 @@ fn one_dimensional_posterior_density_map_and_samples() {
     let sd = post.cov[0].sqrt();
     let sample_mean = samples.iter().sum::<f64>() / samples.len() as f64;
     assert!((sample_mean - post.mean[0]).abs() < 4.0 * sd / (samples.len() as f64).sqrt());
-    assert_eq!(post.sample(&part, &algebra, 5, 7, &Cancel::new()).unwrap(), post.sample(&part, &algebra, 5, 7, &Cancel::new()).unwrap());
+    assert_eq!(
+        post.sample(&part, &algebra, 5, 7, &Cancel::new()).unwrap(),
+        post.sample(&part, &algebra, 5, 7, &Cancel::new()).unwrap()
+    );
 }
 
 #[test]
@@ -219,7 +228,10 @@ fn interval_path_against_quadrature<P: AsRef<[f64]>>(widths: &[usize], noises: &
             for (q, (g, w)) in got_rows.iter().zip(&want_rows).enumerate() {
                 assert!((g[0] - w[0]).abs() < 1e-9, "psi {psi:?} point {p} region {q}: m0 {g:?} vs {w:?}");
                 assert!((g[1] - w[1]).abs() < 1e-8 * scale, "psi {psi:?} point {p} region {q}: m1 {g:?} vs {w:?}");
-                assert!((g[2] - w[2]).abs() < 1e-8 * scale * scale, "psi {psi:?} point {p} region {q}: m2 {g:?} vs {w:?}");
+                assert!(
+                    (g[2] - w[2]).abs() < 1e-8 * scale * scale,
+                    "psi {psi:?} point {p} region {q}: m2 {g:?} vs {w:?}"
+                );
             }
         }
     }
@@ -295,14 +307,24 @@ fn interval_path_agrees_on_every_vector_width() {
                     let mut block = interval::Block::default();
                     block.evaluate::<true>(intervals, &interval::Local::Formed(algebra.s1_forms(x.as_view())), chunk);
                     let lanes = 0..chunk.len();
-                    lanes.map(|l| (block.log_likelihood(l).unwrap(), block.terms(l).map(|(q, t)| (q, t.map(|v| v / block.total(l)))).collect::<Vec<_>>())).collect::<Vec<_>>()
+                    lanes
+                        .map(|l| {
+                            (
+                                block.log_likelihood(l).unwrap(),
+                                block.terms(l).map(|(q, t)| (q, t.map(|v| v / block.total(l)))).collect::<Vec<_>>(),
+                            )
+                        })
+                        .collect::<Vec<_>>()
                 })
             };
             let baseline = run(Vectors::Baseline);
             for vectors in [Vectors::Avx2, Vectors::Avx512] {
                 for (((got_ll, got), (want_ll, want)), &p) in run(vectors).iter().zip(&baseline).zip(chunk) {
                     let tolerance = 32.0 * f64::EPSILON * (1.0 + x.column(p).norm_squared() / psi);
-                    assert!((got_ll - want_ll).abs() < tolerance * want_ll.abs().max(1.0), "psi {psi} {vectors:?}: {got_ll} vs {want_ll}");
+                    assert!(
+                        (got_ll - want_ll).abs() < tolerance * want_ll.abs().max(1.0),
+                        "psi {psi} {vectors:?}: {got_ll} vs {want_ll}"
+                    );
                     assert_eq!(got.len(), want.len());
                     for ((q, g), (r, w)) in got.iter().zip(want) {
                         assert_eq!(q, r);
@@ -427,14 +449,23 @@ fn region_factor_keeps_the_small_directions_of_rank_deficient_regions() {
         let factor = factor_region(&[1.0; 6], &[1.0 / f64::sqrt(psi); 3], 2);
         let small = psi / (psi + 6.0);
         let expected_log_det = psi.ln() - (psi + 6.0).ln();
-        assert!((factor.log_det_sigma - expected_log_det).abs() < 1e-13 * expected_log_det.abs().max(1.0), "psi {psi}: log det {}", factor.log_det_sigma);
+        assert!(
+            (factor.log_det_sigma - expected_log_det).abs() < 1e-13 * expected_log_det.abs().max(1.0),
+            "psi {psi}: log det {}",
+            factor.log_det_sigma
+        );
         let l = DMatrix::from_row_slice(2, 2, &factor.chol);
         let ll = &l * l.transpose();
-        let along = |v: [f64; 2], m: &DMatrix<f64>| (v[0] * (m[(0, 0)] * v[0] + m[(0, 1)] * v[1]) + v[1] * (m[(1, 0)] * v[0] + m[(1, 1)] * v[1])) * 0.5;
+        let along = |v: [f64; 2], m: &DMatrix<f64>| {
+            (v[0] * (m[(0, 0)] * v[0] + m[(0, 1)] * v[1]) + v[1] * (m[(1, 0)] * v[0] + m[(1, 1)] * v[1])) * 0.5
+        };
         // (v^T L)(L^T v) for v = (1, 1): the squared norm of L^T v, summed without cancellation.
         let lt_v = [l[(0, 0)] + l[(1, 0)], l[(1, 1)]];
         let small_from_l = 0.5 * (lt_v[0] * lt_v[0] + lt_v[1] * lt_v[1]);
-        assert!((small_from_l - small).abs() < 1e-9 * small + 1e-15, "psi {psi}: small variance {small_from_l} vs {small}");
+        assert!(
+            (small_from_l - small).abs() < 1e-9 * small + 1e-15,
+            "psi {psi}: small variance {small_from_l} vs {small}"
+        );
         assert!((along([1.0, -1.0], &ll) - 1.0).abs() < 1e-14, "psi {psi}: large variance");
         for g in &factor.gain {
             assert!((g - 1.0 / (psi + 6.0)).abs() < 1e-13 / (psi + 6.0), "psi {psi}: gain {g}");

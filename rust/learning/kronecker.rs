@@ -69,7 +69,15 @@ enum Stored {
 impl KroneckerOperator {
     /// The operator of `regions` regions of a layer of `units` units with `inputs` inputs (bias
     /// included) and latent dimension `latent1 - 1`. Sizes are checked against each other.
-    pub fn new(regions: usize, units: usize, inputs: usize, latent1: usize, maps: Vec<f64>, moments: Vec<f64>, curvature: Curvature) -> Result<Self> {
+    pub fn new(
+        regions: usize,
+        units: usize,
+        inputs: usize,
+        latent1: usize,
+        maps: Vec<f64>,
+        moments: Vec<f64>,
+        curvature: Curvature,
+    ) -> Result<Self> {
         let expect = |name: &str, got: usize, want: usize| -> Result<()> {
             if got == want {
                 Ok(())
@@ -78,10 +86,16 @@ impl KroneckerOperator {
             }
         };
         if !(2..=MAX_LATENT1).contains(&latent1) {
-            return Err(Error::InvalidInput(format!("the operator takes latent dimensions 1 to {}; got {}", MAX_LATENT1 - 1, latent1.saturating_sub(1))));
+            return Err(Error::InvalidInput(format!(
+                "the operator takes latent dimensions 1 to {}; got {}",
+                MAX_LATENT1 - 1,
+                latent1.saturating_sub(1)
+            )));
         }
         if units == 0 || inputs == 0 {
-            return Err(Error::InvalidInput(format!("the operator needs units, inputs and latent columns; got {units}, {inputs}, {latent1}")));
+            return Err(Error::InvalidInput(format!(
+                "the operator needs units, inputs and latent columns; got {units}, {inputs}, {latent1}"
+            )));
         }
         expect("M", maps.len(), regions * inputs * latent1)?;
         expect("K", moments.len(), regions * latent1 * latent1)?;
@@ -112,7 +126,10 @@ impl KroneckerOperator {
                 let padded = units.next_multiple_of(LANES);
                 let mut rows = vec![0.0; distinct.len() * outputs * padded];
                 for (g, &q) in distinct.iter().enumerate() {
-                    for (row, given) in rows[g * outputs * padded..(g + 1) * outputs * padded].chunks_exact_mut(padded).zip(f[q * block..(q + 1) * block].chunks_exact(units)) {
+                    for (row, given) in rows[g * outputs * padded..(g + 1) * outputs * padded]
+                        .chunks_exact_mut(padded)
+                        .zip(f[q * block..(q + 1) * block].chunks_exact(units))
+                    {
                         row[..units].copy_from_slice(given);
                     }
                 }
@@ -121,7 +138,18 @@ impl KroneckerOperator {
         };
         let mut order: Vec<usize> = (0..regions).collect();
         order.sort_by_key(|&q| curvature_of[q]); // stable: index order within a group
-        Ok(KroneckerOperator { regions, units, inputs, latent1, maps, moments, curvature, curvature_of, order, outputs })
+        Ok(KroneckerOperator {
+            regions,
+            units,
+            inputs,
+            latent1,
+            maps,
+            moments,
+            curvature,
+            curvature_of,
+            order,
+            outputs,
+        })
     }
 
     /// `sum_q C_q X M_q K_q M_q^T` for `x` `(D_l, A1)` row-major, in the same layout.
@@ -271,7 +299,9 @@ impl Chunk<'_> {
                     let f_q = &f[g * outputs * padded..(g + 1) * outputs * padded];
                     for d in 0..outputs {
                         for k in 0..S1 {
-                            weights[d * S1 + k] = dot::<M>(&f_q[d * padded..(d + 1) * padded], &p[k * padded..(k + 1) * padded]) * inverse_noise[d];
+                            weights[d * S1 + k] =
+                                dot::<M>(&f_q[d * padded..(d + 1) * padded], &p[k * padded..(k + 1) * padded])
+                                    * inverse_noise[d];
                         }
                     }
                     (f_q, outputs)
@@ -334,7 +364,16 @@ mod tests {
     /// `sum_q C_q X M_q K_q M_q^T` by the definition, entry by entry, and the same sum of
     /// absolute values (the scale of its rounding).
     #[allow(clippy::too_many_arguments)]
-    fn reference(r: usize, dl: usize, a1: usize, s1: usize, x: &[f64], m: &[f64], k: &[f64], c: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    fn reference(
+        r: usize,
+        dl: usize,
+        a1: usize,
+        s1: usize,
+        x: &[f64],
+        m: &[f64],
+        k: &[f64],
+        c: &[f64],
+    ) -> (Vec<f64>, Vec<f64>) {
         let mut y = vec![0.0; dl * a1];
         let mut scale = vec![0.0; dl * a1];
         for q in 0..r {
@@ -345,7 +384,11 @@ mod tests {
                         for a in 0..a1 {
                             for s in 0..s1 {
                                 for t in 0..s1 {
-                                    let term = c[q * dl * dl + i * dl + j] * x[j * a1 + a] * mq(a, s) * k[q * s1 * s1 + s * s1 + t] * mq(b, t);
+                                    let term = c[q * dl * dl + i * dl + j]
+                                        * x[j * a1 + a]
+                                        * mq(a, s)
+                                        * k[q * s1 * s1 + s * s1 + t]
+                                        * mq(b, t);
                                     y[i * a1 + b] += term;
                                     scale[i * a1 + b] += term.abs();
                                 }
@@ -360,14 +403,21 @@ mod tests {
 
     #[test]
     fn kronecker_operator_agrees_with_the_definition_dense_and_through_the_output() {
-        for &(r, dl, a1, s1, d) in &[(1, 3, 4, 2, 2), (5, 7, 3, 3, 9), (130, 4, 5, 2, 1), (0, 2, 2, 2, 1), (3, 9, 2, 4, 3), (2, 17, 3, 5, 20)] {
+        for &(r, dl, a1, s1, d) in
+            &[(1, 3, 4, 2, 2), (5, 7, 3, 3, 9), (130, 4, 5, 2, 1), (0, 2, 2, 2, 1), (3, 9, 2, 4, 3), (2, 17, 3, 5, 20)]
+        {
             let x = values(dl * a1, 1);
             let m = values(r * a1 * s1, 2);
             let k = values(r * s1 * s1, 3);
             // Regions share their F_q (as regions with one pattern above the layer do) in a
             // scattered order: every third region the first's, the others their own.
             let own = values(r * d * dl, 4);
-            let f: Vec<f64> = (0..r).flat_map(|q| { let from = if q % 3 == 2 { 0 } else { q }; own[from * d * dl..(from + 1) * d * dl].to_vec() }).collect();
+            let f: Vec<f64> = (0..r)
+                .flat_map(|q| {
+                    let from = if q % 3 == 2 { 0 } else { q };
+                    own[from * d * dl..(from + 1) * d * dl].to_vec()
+                })
+                .collect();
             let inverse_noise: Vec<f64> = values(d, 5).iter().map(|v| 1.5 + v).collect();
             // C_q = F_q^T diag(w) F_q, also given densely (not symmetrised: the operator must
             // use C_q's columns as they are).
@@ -375,12 +425,16 @@ mod tests {
             for q in 0..r {
                 for i in 0..dl {
                     for j in 0..dl {
-                        c[q * dl * dl + i * dl + j] = (0..d).map(|e| f[q * d * dl + e * dl + i] * inverse_noise[e] * f[q * d * dl + e * dl + j]).sum::<f64>() + if i < j { 0.25 } else { 0.0 };
+                        c[q * dl * dl + i * dl + j] = (0..d)
+                            .map(|e| f[q * d * dl + e * dl + i] * inverse_noise[e] * f[q * d * dl + e * dl + j])
+                            .sum::<f64>()
+                            + if i < j { 0.25 } else { 0.0 };
                     }
                 }
             }
             let (want_dense, scale) = reference(r, dl, a1, s1, &x, &m, &k, &c);
-            let dense = KroneckerOperator::new(r, dl, a1, s1, m.clone(), k.clone(), Curvature::Dense(c.clone())).unwrap();
+            let dense =
+                KroneckerOperator::new(r, dl, a1, s1, m.clone(), k.clone(), Curvature::Dense(c.clone())).unwrap();
             let got = dense.apply(&x).unwrap();
             let terms = (dl * a1 * s1 * s1 * r).max(1) as f64;
             for ((g, w), s) in got.iter().zip(&want_dense).zip(&scale) {
@@ -395,19 +449,26 @@ mod tests {
                 }
             }
             let (want, scale) = reference(r, dl, a1, s1, &x, &m, &k, &c);
-            let through = KroneckerOperator::new(r, dl, a1, s1, m, k, Curvature::ThroughOutput { f, inverse_noise }).unwrap();
+            let through =
+                KroneckerOperator::new(r, dl, a1, s1, m, k, Curvature::ThroughOutput { f, inverse_noise }).unwrap();
             let got = through.apply(&x).unwrap();
             let terms = terms * d as f64;
             for ((g, w), s) in got.iter().zip(&want).zip(&scale) {
-                assert!((g - w).abs() <= 4.0 * terms * f64::EPSILON * (s + 1e-300), "through F: {g} vs {w} (scale {s})");
+                assert!(
+                    (g - w).abs() <= 4.0 * terms * f64::EPSILON * (s + 1e-300),
+                    "through F: {g} vs {w} (scale {s})"
+                );
             }
         }
     }
 
     #[test]
     fn kronecker_operator_rejects_mismatched_sizes() {
-        assert!(KroneckerOperator::new(2, 3, 4, 2, vec![0.0; 15], vec![0.0; 8], Curvature::Dense(vec![0.0; 18])).is_err());
-        let op = KroneckerOperator::new(2, 3, 4, 2, vec![0.0; 16], vec![0.0; 8], Curvature::Dense(vec![0.0; 18])).unwrap();
+        assert!(
+            KroneckerOperator::new(2, 3, 4, 2, vec![0.0; 15], vec![0.0; 8], Curvature::Dense(vec![0.0; 18])).is_err()
+        );
+        let op =
+            KroneckerOperator::new(2, 3, 4, 2, vec![0.0; 16], vec![0.0; 8], Curvature::Dense(vec![0.0; 18])).unwrap();
         assert!(op.apply(&[0.0; 11]).is_err());
     }
 }

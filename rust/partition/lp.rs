@@ -20,7 +20,10 @@ pub struct Lp<'a> {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum LpOutcome {
-    Optimal { x: Vec<f64>, value: f64 },
+    Optimal {
+        x: Vec<f64>,
+        value: f64,
+    },
     Unbounded,
     /// The dense method did not converge cleanly (cycling, loss of precision).
     Failed,
@@ -181,16 +184,11 @@ impl<'a> Lp<'a> {
     /// The same LP through microlp (revised simplex with LU factorisation).
     pub fn solve_microlp(&self) -> LpOutcome {
         let mut problem = Problem::new(OptimizationDirection::Maximize);
-        let vars: Vec<_> = (0..self.n)
-            .map(|j| problem.add_var(self.c[j], (f64::NEG_INFINITY, f64::INFINITY)))
-            .collect();
+        let vars: Vec<_> =
+            (0..self.n).map(|j| problem.add_var(self.c[j], (f64::NEG_INFINITY, f64::INFINITY))).collect();
         for i in 0..self.m() {
-            let terms: Vec<_> = vars
-                .iter()
-                .zip(self.row(i))
-                .filter(|(_, &coef)| coef != 0.0)
-                .map(|(v, &coef)| (*v, coef))
-                .collect();
+            let terms: Vec<_> =
+                vars.iter().zip(self.row(i)).filter(|(_, &coef)| coef != 0.0).map(|(v, &coef)| (*v, coef)).collect();
             if terms.is_empty() {
                 continue;
             }

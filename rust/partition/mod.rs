@@ -28,8 +28,8 @@ use crate::model::Decoder;
 
 pub use interval::Interval;
 pub use polygon::Polygon;
-pub use polyhedron::Polyhedron;
 pub(crate) use polyhedron::complement_basis;
+pub use polyhedron::Polyhedron;
 
 /// Distances below `abs + rel * |z|` are treated as zero: a cell must contain a ball of at
 /// least that radius around its witness point to count as full-dimensional.
@@ -293,7 +293,10 @@ impl<'a> Enumeration<'a> {
         if found.is_multiple_of(MEMORY_CHECK_EVERY) {
             // What is held already is in use, so the rest must fit in what is left: about as
             // much again for the maps, facets and the copies made when the leaves are joined.
-            if let Err(err) = crate::memory::check(found as u128 * self.region_bytes as u128, &format!("the {found} regions enumerated so far (and counting)")) {
+            if let Err(err) = crate::memory::check(
+                found as u128 * self.region_bytes as u128,
+                &format!("the {found} regions enumerated so far (and counting)"),
+            ) {
                 // Every branch stops at its next check of the token, with this error.
                 self.cancel.fail(err.clone());
                 return Err(err);
@@ -328,7 +331,14 @@ impl Partition {
         if max_regions == 0 {
             return Err(Error::RegionLimit { limit: max_regions });
         }
-        let job = Enumeration { decoder: &decoder, tol, cancel, max_regions, found: AtomicUsize::new(1), region_bytes: region_bytes(&decoder) };
+        let job = Enumeration {
+            decoder: &decoder,
+            tol,
+            cancel,
+            max_regions,
+            found: AtomicUsize::new(1),
+            region_bytes: region_bytes(&decoder),
+        };
         let pattern = vec![0u64; words_for(h)].into_boxed_slice();
         let map = Arc::new(job.first_map());
         let leaves = match s {
@@ -441,11 +451,7 @@ impl Partition {
                 .map(|(g, h)| g.iter().zip(z).map(|(a, b)| a * b).sum::<f64>() - h)
                 .fold(f64::NEG_INFINITY, f64::max)
         };
-        (0..self.len())
-            .map(|q| (q, violation(q)))
-            .min_by(|x, y| x.1.total_cmp(&y.1))
-            .map(|(q, _)| q)
-            .unwrap_or(0)
+        (0..self.len()).map(|q| (q, violation(q))).min_by(|x, y| x.1.total_cmp(&y.1)).map(|(q, _)| q).unwrap_or(0)
     }
 
     /// The region across each facet of region `q`, in the order of [`Partition::facets`].

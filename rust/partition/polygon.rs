@@ -123,7 +123,11 @@ impl Polygon {
         let crossing = |i: usize, j: usize| {
             // |v_i| r_j + |v_j| r_i is on the line and a positive combination of both rays.
             let (vi, vj) = (values[i].abs(), values[j].abs());
-            let r = [vi * rays[j][0] + vj * rays[i][0], vi * rays[j][1] + vj * rays[i][1], vi * rays[j][2] + vj * rays[i][2]];
+            let r = [
+                vi * rays[j][0] + vj * rays[i][0],
+                vi * rays[j][1] + vj * rays[i][1],
+                vi * rays[j][2] + vj * rays[i][2],
+            ];
             normalise(r).expect("a positive combination of rays of a pointed cone is a valid point")
         };
         for i in 0..k {
@@ -169,9 +173,9 @@ impl Polygon {
                     let Some(r) = normalise(cross.map(|v| sign * v)) else { continue };
                     let t = ray_tolerance(&r, tol);
                     let feasible = planes.iter().all(|(p, _)| eval(p, &r) >= -t);
-                    let duplicate = rays.iter().any(|s| {
-                        s[2] == r[2] && length(s[0] - r[0], s[1] - r[1]) <= t.max(ray_tolerance(s, tol))
-                    });
+                    let duplicate = rays
+                        .iter()
+                        .any(|s| s[2] == r[2] && length(s[0] - r[0], s[1] - r[1]) <= t.max(ray_tolerance(s, tol)));
                     if feasible && !duplicate {
                         rays.push(r);
                     }
@@ -186,7 +190,11 @@ impl Polygon {
                 axis[t] += r[t] / norm;
             }
         }
-        let helper = if axis[0].abs() < 0.9 * (axis[0].hypot(axis[1]).hypot(axis[2])) { [1.0, 0.0, 0.0] } else { [0.0, 1.0, 0.0] };
+        let helper = if axis[0].abs() < 0.9 * (axis[0].hypot(axis[1]).hypot(axis[2])) {
+            [1.0, 0.0, 0.0]
+        } else {
+            [0.0, 1.0, 0.0]
+        };
         let e1 = cross3(axis, helper);
         let e2 = cross3(axis, e1);
         rays.sort_by(|r, s| {
@@ -199,7 +207,9 @@ impl Polygon {
                 let (r, s) = (&rays[i], &rays[(i + 1) % k]);
                 planes
                     .iter()
-                    .find(|(p, _)| eval(p, r).abs() <= ray_tolerance(r, tol) && eval(p, s).abs() <= ray_tolerance(s, tol))
+                    .find(|(p, _)| {
+                        eval(p, r).abs() <= ray_tolerance(r, tol) && eval(p, s).abs() <= ray_tolerance(s, tol)
+                    })
                     .and_then(|(_, line)| *line)
             })
             .collect();

@@ -42,11 +42,18 @@ fn check_against_sampling(dec: &Arc<Decoder>, samples: usize, seed: u64) {
         let z = part.interior_point(q);
         let mut bits = vec![false; h];
         let out = dec.forward_with_pattern(z, &mut bits);
-        assert_eq!(pack_pattern(bits, h), part.pattern_words(q).into(), "interior point of region {q} has another pattern");
+        assert_eq!(
+            pack_pattern(bits, h),
+            part.pattern_words(q).into(),
+            "interior point of region {q} has another pattern"
+        );
         let (a, b) = (part.a(q), part.b(q));
         for i in 0..d {
             let affine = dot(&a[i * s..(i + 1) * s], z) + b[i];
-            assert!((affine - out[i]).abs() <= 1e-9 * (1.0 + out[i].abs()), "A, b of region {q} disagree with the forward pass");
+            assert!(
+                (affine - out[i]).abs() <= 1e-9 * (1.0 + out[i].abs()),
+                "A, b of region {q} disagree with the forward pass"
+            );
         }
     }
     let mut rng = Pcg64::seed_from_u64(seed);
@@ -147,11 +154,17 @@ fn degenerate_arrangements_in_three_dimensions() {
         let t = i as f64 * std::f64::consts::PI / h as f64 + 0.2;
         [t.cos(), t.sin(), 0.0][j]
     });
-    let dec = Arc::new(Decoder::new(vec![w1, DMatrix::from_element(1, h, 1.0)], vec![DVector::zeros(h), DVector::zeros(1)], vec![0.0]).unwrap());
+    let dec = Arc::new(
+        Decoder::new(vec![w1, DMatrix::from_element(1, h, 1.0)], vec![DVector::zeros(h), DVector::zeros(1)], vec![0.0])
+            .unwrap(),
+    );
     assert_eq!(enumerate(&dec).len(), 12);
     // Duplicates and a dead unit beside the three coordinate planes: 8 octants.
     let w1 = DMatrix::from_row_slice(6, 3, &[1., 0., 0., 0., 1., 0., 0., 0., 1., 2., 0., 0., 0., 0., 0., 0., -1., 0.]);
-    let dec = Arc::new(Decoder::new(vec![w1, DMatrix::from_element(1, 6, 1.0)], vec![DVector::zeros(6), DVector::zeros(1)], vec![0.1]).unwrap());
+    let dec = Arc::new(
+        Decoder::new(vec![w1, DMatrix::from_element(1, 6, 1.0)], vec![DVector::zeros(6), DVector::zeros(1)], vec![0.1])
+            .unwrap(),
+    );
     assert_eq!(enumerate(&dec).len(), 8);
 }
 
@@ -162,7 +175,12 @@ fn layer_two_unit_whose_zero_set_misses_every_cell() {
     let w2 = DMatrix::from_row_slice(1, 2, &[1.0, 1.0]);
     let w3 = DMatrix::from_element(1, 1, 1.0);
     let dec = Arc::new(
-        Decoder::new(vec![w1, w2, w3], vec![DVector::zeros(2), DVector::from_element(1, 1.0), DVector::zeros(1)], vec![0.0, 0.0]).unwrap(),
+        Decoder::new(
+            vec![w1, w2, w3],
+            vec![DVector::zeros(2), DVector::from_element(1, 1.0), DVector::zeros(1)],
+            vec![0.0, 0.0],
+        )
+        .unwrap(),
     );
     let part = enumerate(&dec);
     assert_eq!(part.len(), 2);

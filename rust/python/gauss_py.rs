@@ -1,5 +1,5 @@
-use numpy::{PyArray1, PyArray2, PyArray3, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use numpy::ndarray::{Array1, Array2, Array3};
+use numpy::{PyArray1, PyArray2, PyArray3, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use super::run_released;
@@ -24,7 +24,12 @@ fn polytope_moments<'py>(
     rtol: f64,
     seed: u64,
     want_moments: bool,
-) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray2<f64>>, Bound<'py, PyArray3<f64>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<(
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray2<f64>>,
+    Bound<'py, PyArray3<f64>>,
+    Bound<'py, PyArray1<f64>>,
+)> {
     let s = cov.shape()[1];
     let n = means.shape()[0];
     let (g, h, means, cov) = (row_major(&g), row_major(&h), row_major(&means), row_major(&cov));
@@ -46,7 +51,12 @@ fn polytope_moments<'py>(
             }
         }
     }
-    Ok((PyArray1::from_owned_array(py, log_mass), PyArray2::from_owned_array(py, mean), PyArray3::from_owned_array(py, covs), PyArray1::from_owned_array(py, error)))
+    Ok((
+        PyArray1::from_owned_array(py, log_mass),
+        PyArray2::from_owned_array(py, mean),
+        PyArray3::from_owned_array(py, covs),
+        PyArray1::from_owned_array(py, error),
+    ))
 }
 
 /// `(log p (n,), relative error (n,))` of `P(lower[k] <= Z <= upper[k])`, `Z ~ N(mean, cov)`.

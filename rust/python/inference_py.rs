@@ -1,7 +1,9 @@
 use std::sync::Arc;
 
 use nalgebra::DMatrixView;
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -32,7 +34,13 @@ pub struct PyDgn {
 impl PyDgn {
     #[new]
     #[pyo3(signature = (partition, noise_var, rtol=1e-6, seed=0))]
-    fn new(py: Python<'_>, partition: &PyPartition, noise_var: PyReadonlyArray1<'_, f64>, rtol: f64, seed: u64) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        partition: &PyPartition,
+        noise_var: PyReadonlyArray1<'_, f64>,
+        rtol: f64,
+        seed: u64,
+    ) -> PyResult<Self> {
         let shared = partition.inner.clone();
         let noise: Vec<f64> = noise_var.as_array().to_vec();
         let (algebra, integrator) = run_released(py, move |cancel| {
@@ -40,10 +48,20 @@ impl PyDgn {
             let integrator = GaussIntegrator::new(&shared, &algebra, rtol, seed, cancel)?;
             Ok((algebra, integrator))
         })?;
-        Ok(PyDgn { partition: partition.inner.clone(), algebra: Arc::new(algebra), integrator: Arc::new(integrator), rtol, seed })
+        Ok(PyDgn {
+            partition: partition.inner.clone(),
+            algebra: Arc::new(algebra),
+            integrator: Arc::new(integrator),
+            rtol,
+            seed,
+        })
     }
 
-    fn log_likelihood<'py>(&self, py: Python<'py>, x: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    fn log_likelihood<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
         let d = self.partition.decoder().output_dim();
         points(&x, d, "X")?;
         let data = x.as_slice()?.to_vec();
@@ -181,7 +199,8 @@ impl PyDgn {
         q_cov: PyReadonlyArray3<'py, f64>,
     ) -> PyResult<ValuesAndErrors<'py>> {
         let (data, mean, cov) = self.variational_inputs(&x, &q_mean, &q_cov)?;
-        let (partition, algebra, integrator, rtol, seed) = (self.partition.clone(), self.algebra.clone(), self.integrator.clone(), self.rtol, self.seed);
+        let (partition, algebra, integrator, rtol, seed) =
+            (self.partition.clone(), self.algebra.clone(), self.integrator.clone(), self.rtol, self.seed);
         let d = partition.decoder().output_dim();
         let out = run_released_here(py, move |cancel| {
             let engine = VariationalEngine::new(&partition, &algebra, rtol, seed)?;
@@ -221,7 +240,10 @@ impl PyDgn {
             return Err(PyValueError::new_err(format!("q_mean must have one row per point of X ({n})")));
         }
         if q_cov.shape() != [n, s, s] {
-            return Err(PyValueError::new_err(format!("q_var must have shape ({n}, {s}, {s}); got {:?}", q_cov.shape())));
+            return Err(PyValueError::new_err(format!(
+                "q_var must have shape ({n}, {s}, {s}); got {:?}",
+                q_cov.shape()
+            )));
         }
         let contiguous = |what: &str| PyValueError::new_err(format!("{what} must be C-contiguous"));
         Ok((
@@ -267,8 +289,8 @@ impl PyPosterior {
         let s = self.posterior.mean.len();
         points(&z, s, "Z")?;
         let data = z.as_slice()?;
-        let out: Vec<f64> =
-            py.detach(|| data.chunks(s).map(|p| self.posterior.log_density(&self.partition, &self.algebra, p)).collect());
+        let out: Vec<f64> = py
+            .detach(|| data.chunks(s).map(|p| self.posterior.log_density(&self.partition, &self.algebra, p)).collect());
         Ok(PyArray1::from_vec(py, out))
     }
 

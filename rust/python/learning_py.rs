@@ -37,13 +37,19 @@ impl PyKronecker {
     ) -> PyResult<Self> {
         let [regions, inputs, latent1] = [maps.shape()[0], maps.shape()[1], maps.shape()[2]];
         if moments.shape() != [regions, latent1, latent1] {
-            return Err(PyValueError::new_err(format!("moments must have shape ({regions}, {latent1}, {latent1}); got {:?}", moments.shape())));
+            return Err(PyValueError::new_err(format!(
+                "moments must have shape ({regions}, {latent1}, {latent1}); got {:?}",
+                moments.shape()
+            )));
         }
         let (curvature, units) = match (curvature, output_map, inverse_noise) {
             (Some(c), None, None) => {
                 let units = c.shape()[1];
                 if c.shape() != [regions, units, units] {
-                    return Err(PyValueError::new_err(format!("curvature must have shape ({regions}, D_l, D_l); got {:?}", c.shape())));
+                    return Err(PyValueError::new_err(format!(
+                        "curvature must have shape ({regions}, D_l, D_l); got {:?}",
+                        c.shape()
+                    )));
                 }
                 (Curvature::Dense(row_major(&c)), units)
             }
@@ -60,19 +66,26 @@ impl PyKronecker {
             }
             _ => return Err(PyValueError::new_err("give either curvature, or output_map and inverse_noise")),
         };
-        let operator = KroneckerOperator::new(regions, units, inputs, latent1, row_major(&maps), row_major(&moments), curvature)?;
+        let operator =
+            KroneckerOperator::new(regions, units, inputs, latent1, row_major(&maps), row_major(&moments), curvature)?;
         Ok(PyKronecker { operator: Arc::new(operator), units, inputs })
     }
 
     /// `sum_q C_q X M_q K_q M_q^T` for `X` of shape (D_l, A1).
     fn __call__<'py>(&self, py: Python<'py>, x: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray2<f64>>> {
         if x.shape() != [self.units, self.inputs] {
-            return Err(PyValueError::new_err(format!("X must have shape ({}, {}); got {:?}", self.units, self.inputs, x.shape())));
+            return Err(PyValueError::new_err(format!(
+                "X must have shape ({}, {}); got {:?}",
+                self.units,
+                self.inputs,
+                x.shape()
+            )));
         }
         let data = row_major(&x);
         let operator = self.operator.clone();
         let y = run_released_here(py, move |_| operator.apply(&data))?;
-        let y = Array2::from_shape_vec((self.units, self.inputs), y).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let y =
+            Array2::from_shape_vec((self.units, self.inputs), y).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(PyArray2::from_owned_array(py, y))
     }
 }

@@ -33,12 +33,7 @@ create_exception!(
     ExactemError,
     "The decoder has more linear regions than the max_regions limit allows."
 );
-create_exception!(
-    _core,
-    NumericalError,
-    ExactemError,
-    "A numerical routine could not produce a trustworthy answer."
-);
+create_exception!(_core, NumericalError, ExactemError, "A numerical routine could not produce a trustworthy answer.");
 create_exception!(_core, InternalError, ExactemError, "A bug in exactem: please report it.");
 
 impl From<Error> for PyErr {

@@ -30,7 +30,10 @@ pub(crate) fn points<'a>(z: &'a PyReadonlyArray2<'_, f64>, dim: usize, what: &st
 }
 
 /// A column-major `D x n` matrix handed to numpy as a row-major `(n, D)` array.
-pub(crate) fn to_rows<'py, T: numpy::Element + nalgebra::Scalar>(py: Python<'py>, m: DMatrix<T>) -> PyResult<Bound<'py, PyArray2<T>>> {
+pub(crate) fn to_rows<'py, T: numpy::Element + nalgebra::Scalar>(
+    py: Python<'py>,
+    m: DMatrix<T>,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
     let (rows, cols) = m.shape();
     let data: Vec<T> = m.data.into();
     PyArray1::from_vec(py, data).reshape([cols, rows])
@@ -39,7 +42,11 @@ pub(crate) fn to_rows<'py, T: numpy::Element + nalgebra::Scalar>(py: Python<'py>
 #[pymethods]
 impl PyDecoder {
     #[new]
-    fn new(weights: Vec<PyReadonlyArray2<'_, f64>>, biases: Vec<PyReadonlyArray1<'_, f64>>, slopes: Vec<f64>) -> PyResult<Self> {
+    fn new(
+        weights: Vec<PyReadonlyArray2<'_, f64>>,
+        biases: Vec<PyReadonlyArray1<'_, f64>>,
+        slopes: Vec<f64>,
+    ) -> PyResult<Self> {
         let weights = weights
             .iter()
             .map(|w| {
@@ -47,7 +54,8 @@ impl PyDecoder {
                 DMatrix::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)])
             })
             .collect();
-        let biases = biases.iter().map(|b| DVector::from_iterator(b.as_array().len(), b.as_array().iter().copied())).collect();
+        let biases =
+            biases.iter().map(|b| DVector::from_iterator(b.as_array().len(), b.as_array().iter().copied())).collect();
         Ok(PyDecoder { inner: Arc::new(Decoder::new(weights, biases, slopes)?) })
     }
 

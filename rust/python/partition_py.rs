@@ -73,7 +73,12 @@ impl PyPartition {
         &self,
         py: Python<'py>,
         i: isize,
-    ) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray2<f64>>)> {
+    ) -> PyResult<(
+        Bound<'py, PyArray2<f64>>,
+        Bound<'py, PyArray1<f64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray2<f64>>,
+    )> {
         let q = self.check(i)?;
         let s = self.inner.decoder().latent_dim();
         let facets = py.detach(|| self.inner.facets(q).to_vec());
@@ -100,9 +105,7 @@ impl PyPartition {
         let s = self.inner.decoder().latent_dim();
         points(&z, s, "Z")?;
         let data = z.as_slice()?;
-        let out: Vec<i64> = py.detach(|| {
-            data.par_chunks(s).map(|point| self.inner.locate(point) as i64).collect()
-        });
+        let out: Vec<i64> = py.detach(|| data.par_chunks(s).map(|point| self.inner.locate(point) as i64).collect());
         Ok(PyArray1::from_vec(py, out))
     }
 }

@@ -79,7 +79,13 @@ fn simpson_expected_log_likelihood(dec: &Decoder, psi: &[f64], x: &[f64], m: f64
         for (j, (xj, pj)) in x.iter().zip(psi).enumerate() {
             log += -0.5 * (xj - g[(j, i)]).powi(2) / pj - 0.5 * (LOG_2PI + pj.ln());
         }
-        let w = if i == 0 || i == n { 1.0 } else if i % 2 == 1 { 4.0 } else { 2.0 };
+        let w = if i == 0 || i == n {
+            1.0
+        } else if i % 2 == 1 {
+            4.0
+        } else {
+            2.0
+        };
         total += w * density * log;
     }
     total * h / 3.0
@@ -118,7 +124,8 @@ fn linear_decoder_gives_closed_form_elbo_and_kl() {
     let precision = DMatrix::identity(2, 2) + w.transpose() * &inv_psi * &w;
     let sigma = precision.clone().try_inverse().unwrap();
     let mu = &sigma * w.transpose() * &inv_psi * (&x - &b);
-    let log_p = log_likelihood(&algebra, &integrator, DMatrixView::from_slice(x.as_slice(), 3, 1), &Cancel::new()).unwrap();
+    let log_p =
+        log_likelihood(&algebra, &integrator, DMatrixView::from_slice(x.as_slice(), 3, 1), &Cancel::new()).unwrap();
     let local = algebra.local_gaussians(DMatrixView::from_slice(x.as_slice(), 3, 1));
     let (log_kappa, local_mu) = local.point(0);
     // q = the exact posterior: gap 0 (to rounding), ELBO = log p(x).
@@ -133,10 +140,17 @@ fn linear_decoder_gives_closed_form_elbo_and_kl() {
     let other = PointQ::new(m.as_slice(), v.as_slice(), 2).unwrap();
     let (gap, ..) = engine.gap_point(log_p[0], log_kappa, local_mu, &other, &Cancel::new()).unwrap();
     let diff = &mu - &m;
-    let kl = 0.5 * ((&precision * &v).trace() + diff.dot(&(&precision * &diff)) - 2.0 - (v.determinant() * precision.determinant()).ln());
+    let kl = 0.5
+        * ((&precision * &v).trace() + diff.dot(&(&precision * &diff))
+            - 2.0
+            - (v.determinant() * precision.determinant()).ln());
     assert!((gap - kl).abs() < 1e-12 * (1.0 + kl), "{gap} vs {kl}");
     let (elbo_value, ..) = engine.elbo_point(x.as_slice(), &other, &Cancel::new()).unwrap();
-    assert!((log_p[0] - elbo_value - kl).abs() < 1e-11 * (1.0 + log_p[0].abs()), "ELBO {elbo_value}, log p {}, KL {kl}", log_p[0]);
+    assert!(
+        (log_p[0] - elbo_value - kl).abs() < 1e-11 * (1.0 + log_p[0].abs()),
+        "ELBO {elbo_value}, log p {}, KL {kl}",
+        log_p[0]
+    );
 }
 
 #[test]
@@ -156,7 +170,11 @@ fn gap_agrees_with_log_likelihood_minus_elbo_on_a_deep_net() {
     for p in 0..3 {
         let difference = log_p[p] - elbos.value[p];
         assert!(gaps.value[p] > 0.0);
-        assert!((gaps.value[p] - difference).abs() < 1e-10 * (1.0 + log_p[p].abs()), "{} vs {difference}", gaps.value[p]);
+        assert!(
+            (gaps.value[p] - difference).abs() < 1e-10 * (1.0 + log_p[p].abs()),
+            "{} vs {difference}",
+            gaps.value[p]
+        );
     }
 }
 
@@ -203,7 +221,8 @@ fn region_bounds_bound_the_region_terms() {
             }
             // E[f 1_omega] = P (a + l . c' + tr(M (C + c' c'^T))).
             let second: Vec<f64> = (0..s * s).map(|k| t.cov[k] + t.shift[k / s] * t.shift[k % s]).collect();
-            let exact = t.log_mass.exp() * (quadratic.a + dot(&quadratic.l, &t.shift) + trace_product(&quadratic.m, &second, s));
+            let exact = t.log_mass.exp()
+                * (quadratic.a + dot(&quadratic.l, &t.shift) + trace_product(&quadratic.m, &second, s));
             assert!(exact.abs() <= bound * (1.0 + 1e-12), "region {q}: |{exact}| > bound {bound}");
             if bound < 100.0 * exact.abs() {
                 tight += 1;
@@ -226,19 +245,27 @@ fn profile_phases() {
         let engine = VariationalEngine::new(&part, &algebra, 1e-6, 0).unwrap();
         let zs = DMatrix::from_fn(s, n, |i, j| ((i * 7 + j * 13) % 17) as f64 / 8.0 - 1.0);
         let x = dec.forward_batch(zs.as_view());
-        let cov: Vec<f64> = (0..n).flat_map(|_| { let mut c = vec![0.0; s * s]; (0..s).for_each(|i| c[i * s + i] = 0.05); c }).collect();
+        let cov: Vec<f64> = (0..n)
+            .flat_map(|_| {
+                let mut c = vec![0.0; s * s];
+                (0..s).for_each(|i| c[i * s + i] = 0.05);
+                c
+            })
+            .collect();
         let points = factorise(GaussianQ { mean: zs.as_slice(), cov: &cov }, n, s).unwrap();
         let t0 = std::time::Instant::now();
         for p in 0..n {
             let point = &points[p];
             let xp: Vec<f64> = x.column(p).iter().copied().collect();
-            let bounds: Vec<f64> = (0..part.len()).map(|q| {
-                let mut u = vec![0.0; d];
-                engine.residual(q, &xp, &point.mean, &mut u);
-                let mut quadratic = Quadratic::new(s);
-                engine.log_likelihood_quadratic(q, &u, &mut quadratic);
-                quadratic.region_bound(point, engine.facet_distance(q, point), s)
-            }).collect();
+            let bounds: Vec<f64> = (0..part.len())
+                .map(|q| {
+                    let mut u = vec![0.0; d];
+                    engine.residual(q, &xp, &point.mean, &mut u);
+                    let mut quadratic = Quadratic::new(s);
+                    engine.log_likelihood_quadratic(q, &u, &mut quadratic);
+                    quadratic.region_bound(point, engine.facet_distance(q, point), s)
+                })
+                .collect();
             std::hint::black_box(bounds);
         }
         let t_bounds = t0.elapsed().as_secs_f64();
@@ -249,7 +276,12 @@ fn profile_phases() {
             computed += engine.elbo_point(&xp, &points[p], &Cancel::new()).unwrap().2;
         }
         let t_all = t1.elapsed().as_secs_f64();
-        println!("S={s} R={} bounds {:.2} us/(pt,reg), total {:.2} us/(pt,reg), ~computed/pt {}", part.len(),
-            1e6 * t_bounds / (n * part.len()) as f64, 1e6 * t_all / (n * part.len()) as f64, computed / n);
+        println!(
+            "S={s} R={} bounds {:.2} us/(pt,reg), total {:.2} us/(pt,reg), ~computed/pt {}",
+            part.len(),
+            1e6 * t_bounds / (n * part.len()) as f64,
+            1e6 * t_all / (n * part.len()) as f64,
+            computed / n
+        );
     }
 }

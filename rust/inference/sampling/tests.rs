@@ -27,7 +27,10 @@ fn polygons() -> Vec<(&'static str, Vec<[f64; 2]>, Vec<f64>)> {
     // A sliver 1e-6 wide across the diagonal, 4 long.
     add("thin sliver", &[([c, s], 0.3 + 1e-6), ([-c, -s], -0.3), ([-s, c], 2.0), ([s, -c], 2.0)]);
     // The same nearly parallel to the second axis (sections long, the first coordinate's range tiny).
-    add("thin upright sliver", &[([1.0, 1e-9], 0.3 + 1e-7), ([-1.0, -1e-9], -0.3), ([0.0, 1.0], 2.0), ([0.0, -1.0], 2.0)]);
+    add(
+        "thin upright sliver",
+        &[([1.0, 1e-9], 0.3 + 1e-7), ([-1.0, -1e-9], -0.3), ([0.0, 1.0], 2.0), ([0.0, -1.0], 2.0)],
+    );
     // A triangle 25 standard deviations out.
     add("far triangle", &[([-1.0, 0.0], -25.0), ([0.0, 1.0], 5.0), ([1.0, -1.0], 30.0)]);
     // A thin unbounded wedge from (1, 0) (half-angle 1e-4) and a far half-plane.
@@ -62,7 +65,11 @@ fn assert_moments(name: &str, samples: &[Vec<f64>], exact: &crate::gauss::GaussM
         let reliable = var_exact > 1e-10 * (1.0 + exact.mean[j] * exact.mean[j]);
         let se = ((if reliable { var_exact } else { var }) / n).sqrt();
         let reference_error = 5e-8 * (1.0 + exact.mean[j].abs());
-        assert!((mean - exact.mean[j]).abs() <= 5.0 * se + reference_error, "{name}: mean[{j}] {mean} vs exact {} (se {se})", exact.mean[j]);
+        assert!(
+            (mean - exact.mean[j]).abs() <= 5.0 * se + reference_error,
+            "{name}: mean[{j}] {mean} vs exact {} (se {se})",
+            exact.mean[j]
+        );
         if !reliable {
             continue;
         }
@@ -92,7 +99,10 @@ fn polygon_log_mass(g: &[[f64; 2]], e: &[f64]) -> f64 {
     match non_redundant(g, e) {
         None => f64::NEG_INFINITY,
         Some(kept) if kept.is_empty() => 0.0,
-        Some(kept) => Slices::log_mass(&kept.iter().map(|&i| g[i]).collect::<Vec<_>>(), &kept.iter().map(|&i| e[i]).collect::<Vec<_>>()),
+        Some(kept) => Slices::log_mass(
+            &kept.iter().map(|&i| g[i]).collect::<Vec<_>>(),
+            &kept.iter().map(|&i| e[i]).collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -112,7 +122,10 @@ fn envelopes_bound_the_marginal_and_prove_their_acceptance() {
         // The bound is a bound: the true acceptance is the mass over the envelope's area.
         let exact = polygon_log_mass(&g, &e);
         let acceptance = (exact - plane.marginal.envelope.log_area).exp();
-        assert!(acceptance >= plane.acceptance_bound() * (1.0 - 1e-9) && acceptance <= 1.0 + 1e-9, "{name}: acceptance {acceptance}");
+        assert!(
+            acceptance >= plane.acceptance_bound() * (1.0 - 1e-9) && acceptance <= 1.0 + 1e-9,
+            "{name}: acceptance {acceptance}"
+        );
     }
 }
 
@@ -141,13 +154,19 @@ fn polygon_draws_match_exact_moments_and_directional_cdfs() {
         let exact = reference(&flat, &e, 2);
         assert_moments(name, &samples, &exact, 2);
         for (i, w) in samples.iter().enumerate().take(2000) {
-            assert!(g.iter().zip(&e).all(|(r, &c)| r[0] * w[0] + r[1] * w[1] <= c + 1e-9 * (1.0 + c.abs())), "{name}: sample {i} {w:?} outside");
+            assert!(
+                g.iter().zip(&e).all(|(r, &c)| r[0] * w[0] + r[1] * w[1] <= c + 1e-9 * (1.0 + c.abs())),
+                "{name}: sample {i} {w:?} outside"
+            );
         }
         if name == "thin upright sliver" {
             // The Gaussian varies by a factor 1 + 3e-8 across the 1e-7 width: the position
             // across is uniform, mean 1/2 and sd 1/sqrt(12) in units of the width.
             let position: f64 = samples.iter().map(|w| (w[0] - 0.3) / 1e-7).sum::<f64>() / samples.len() as f64;
-            assert!((position - 0.5).abs() < 5.0 * (1.0 / 12.0 / samples.len() as f64).sqrt() + 1e-6, "{name}: mean position across {position}");
+            assert!(
+                (position - 0.5).abs() < 5.0 * (1.0 / 12.0 / samples.len() as f64).sqrt() + 1e-6,
+                "{name}: mean position across {position}"
+            );
         }
         // Along a direction across the first axis, against the exact mass of the cut polygon.
         let v = [0.8f64, -0.6];
@@ -167,7 +186,17 @@ fn polygon_draws_match_exact_moments_and_directional_cdfs() {
 
 #[test]
 fn interval_draws_follow_the_truncated_normal() {
-    for (index, (lo, hi)) in [(-0.3, 0.2), (3.0, 3.0 + 1e-9), (25.0, f64::INFINITY), (f64::NEG_INFINITY, -40.0), (-1.0, 1e-12), (f64::NEG_INFINITY, f64::INFINITY)].into_iter().enumerate() {
+    for (index, (lo, hi)) in [
+        (-0.3, 0.2),
+        (3.0, 3.0 + 1e-9),
+        (25.0, f64::INFINITY),
+        (f64::NEG_INFINITY, -40.0),
+        (-1.0, 1e-12),
+        (f64::NEG_INFINITY, f64::INFINITY),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let mut rows = Vec::new();
         let mut offsets = Vec::new();
         if lo > f64::NEG_INFINITY {
@@ -208,12 +237,27 @@ fn polyhedra() -> Vec<(&'static str, Vec<f64>, Vec<f64>, [f64; 3])> {
         out.push((name, f, e, inside));
     };
     // A slab 1e-6 thick across a skew direction, in a cube.
-    cube("thin slab", vec![n[0], n[1], n[2], -n[0], -n[1], -n[2]], vec![0.5 + 1e-6, -0.5], [0.5 * n[0], 0.5 * n[1], 0.5 * n[2]]);
+    cube(
+        "thin slab",
+        vec![n[0], n[1], n[2], -n[0], -n[1], -n[2]],
+        vec![0.5 + 1e-6, -0.5],
+        [0.5 * n[0], 0.5 * n[1], 0.5 * n[2]],
+    );
     cube("cube", vec![], vec![], [0.0, 0.0, 0.0]);
     // A needle: thin in two directions.
-    cube("needle", vec![0.0, 1.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, -1.0], vec![1e-4, 0.0, 0.2 + 1e-4, -0.2], [0.0, 5e-5, 0.2 + 5e-5]);
+    cube(
+        "needle",
+        vec![0.0, 1.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, -1.0],
+        vec![1e-4, 0.0, 0.2 + 1e-4, -0.2],
+        [0.0, 5e-5, 0.2 + 5e-5],
+    );
     // A far unbounded corner: w_1 >= 8, w_2 >= 1, w_1 + w_3 <= 9 + 1e-3 ... and w_3 >= -1 closes nothing on w_2.
-    out.push(("far unbounded", vec![-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, -1.0], vec![-8.0, -1.0, 9.0 + 1e-3, 1.0], [8.0 + 1e-4, 1.5, 0.5]));
+    out.push((
+        "far unbounded",
+        vec![-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, -1.0],
+        vec![-8.0, -1.0, 9.0 + 1e-3, 1.0],
+        [8.0 + 1e-4, 1.5, 0.5],
+    ));
     out
 }
 
@@ -225,7 +269,12 @@ fn polyhedron_draws_match_slice_integrator_moments() {
         let mut rng = Pcg64::seed_from_u64(100 + index as u64);
         let samples: Vec<Vec<f64>> = (0..6000).map(|_| exact.draw(&mut rng).unwrap()).collect();
         for w in &samples {
-            assert!(f.chunks(3).zip(&e).all(|(r, &c)| r[0] * w[0] + r[1] * w[1] + r[2] * w[2] <= c + 1e-9 * (1.0 + c.abs())), "{name}: {w:?} outside");
+            assert!(
+                f.chunks(3)
+                    .zip(&e)
+                    .all(|(r, &c)| r[0] * w[0] + r[1] * w[1] + r[2] * w[2] <= c + 1e-9 * (1.0 + c.abs())),
+                "{name}: {w:?} outside"
+            );
         }
         assert_moments(name, &samples, &reference(&f, &e, 3), 3);
     }
@@ -242,7 +291,6 @@ fn draws_are_deterministic_given_the_seed() {
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
 }
-
 
 /// A region without constraints (a decoder without kinks in view) is the whole plane: the
 /// draws are standard normal.
@@ -280,13 +328,20 @@ fn four_dimensional_draws_match_moments() {
     let inside_slab: Vec<f64> = n.iter().map(|v| (0.4 + 5e-7) * v).collect();
     let corner = (vec![-1.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0], vec![-6.0, -1.0, 7.0 + 1e-3]);
     let inside_corner = vec![6.0 + 2e-4, 1.0 + 2e-4, 0.0, 0.0];
-    for (index, (name, (f, e), inside)) in [("thin slab", slab, inside_slab), ("far thin corner", corner, inside_corner)].into_iter().enumerate() {
+    for (index, (name, (f, e), inside)) in
+        [("thin slab", slab, inside_slab), ("far thin corner", corner, inside_corner)].into_iter().enumerate()
+    {
         let exact = Exact::new(&f, &e, 4, &inside).unwrap_or_else(|| panic!("{name}: no sampler"));
         assert!(exact.acceptance_bound() >= TARGET_ACCEPTANCE, "{name}: acceptance bound {}", exact.acceptance_bound());
         let mut rng = Pcg64::seed_from_u64(40 + index as u64);
         let samples: Vec<Vec<f64>> = (0..1500).map(|_| exact.draw(&mut rng).unwrap()).collect();
         for w in &samples {
-            assert!(f.chunks(4).zip(&e).all(|(r, &c)| (0..4).map(|j| r[j] * w[j]).sum::<f64>() <= c + 1e-9 * (1.0 + c.abs())), "{name}: {w:?} outside");
+            assert!(
+                f.chunks(4)
+                    .zip(&e)
+                    .all(|(r, &c)| (0..4).map(|j| r[j] * w[j]).sum::<f64>() <= c + 1e-9 * (1.0 + c.abs())),
+                "{name}: {w:?} outside"
+            );
         }
         if name == "far thin corner" {
             // (w_1, w_2) on a triangle with legs 1e-3 at (6, 1), where the Gaussian varies by
@@ -295,16 +350,23 @@ fn four_dimensional_draws_match_moments() {
             let m = samples.len() as f64;
             for (j, at) in [(0, 6.0), (1, 1.0)] {
                 let position = samples.iter().map(|w| (w[j] - at) / 1e-3).sum::<f64>() / m;
-                assert!((position - 1.0 / 3.0).abs() < 5.0 * (1.0 / 18.0 / m).sqrt() + 0.01, "{name}: position {position}");
+                assert!(
+                    (position - 1.0 / 3.0).abs() < 5.0 * (1.0 / 18.0 / m).sqrt() + 0.01,
+                    "{name}: position {position}"
+                );
             }
             for j in [2, 3] {
-                let ks = ks_statistic(samples.iter().map(|w| w[j]).collect(), |x| log_diff_ndtr(f64::NEG_INFINITY, x).exp());
+                let ks =
+                    ks_statistic(samples.iter().map(|w| w[j]).collect(), |x| log_diff_ndtr(f64::NEG_INFINITY, x).exp());
                 assert!(ks < KS_CRITICAL, "{name}: coordinate {j} KS {ks}");
             }
             continue;
         }
         let identity: Vec<f64> = (0..16).map(|k| if k % 5 == 0 { 1.0 } else { 0.0 }).collect();
-        let reference = PolytopeShape::new(&f, 4, &identity).unwrap().moments(&e, &[0.0; 4], 1e-6, 0, true, &Cancel::new()).unwrap();
+        let reference = PolytopeShape::new(&f, 4, &identity)
+            .unwrap()
+            .moments(&e, &[0.0; 4], 1e-6, 0, true, &Cancel::new())
+            .unwrap();
         assert_moments(name, &samples, &reference, 4);
     }
 }
