@@ -612,18 +612,21 @@ def test_a_nan_likelihood_stops_the_fit_with_numerical_error(solver, monkeypatch
     # Whatever produces it, a NaN must not enter history_ nor end the fit as converged; the
     # estimator keeps the last model it accepted.
     X = exactem.datasets.wave(60, 0.1, seed=0)
+    # The estimator's E-step is the engine's per-region sums (RegionStats.by_blocks): the NaN is
+    # put into the log-likelihoods it returns from the third call on.
     calls = {"n": 0}
-    original = exactem.DGN.e_step
+    region_stats = exactem.em.RegionStats
+    original = region_stats.by_blocks
 
-    def e_step(self, X):
+    def by_blocks(cls, model, X, *args, **kwargs):
         calls["n"] += 1
-        out = original(self, X)
+        stats, log_likelihood = original(model, X, *args, **kwargs)
         if calls["n"] >= 3:
-            out.log_likelihood = out.log_likelihood.copy()
-            out.log_likelihood[0] = np.nan
-        return out
+            log_likelihood = log_likelihood.copy()
+            log_likelihood[0] = np.nan
+        return stats, log_likelihood
 
-    monkeypatch.setattr(exactem.DGN, "e_step", e_step)
+    monkeypatch.setattr(region_stats, "by_blocks", classmethod(by_blocks))
     est = exactem.ExactEM(latent_dim=1, hidden=(4,), max_iter=20, random_state=0, solver=solver)
     with pytest.raises(exactem.NumericalError, match="Centre and scale"):
         est.fit(X)
