@@ -186,6 +186,7 @@ def test_conjugate_gradient_layer_solve_agrees_with_the_dense_one(monkeypatch):
     dec, stats, factors, psi = frozen_problem(X, (12, 12), max_iter=2)
     # Run to convergence: the solve itself is what is compared (EM truncates it, see below).
     monkeypatch.setattr(em, "CG_MAX_ITER", 5000)
+    monkeypatch.setattr(em, "CG_GAIN_RTOL", 0.0)
     for layer in range(3):
         monkeypatch.setattr(em, "CG_THRESHOLD", 10**9)
         dense = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, 0.1, 0.01)
@@ -270,8 +271,9 @@ def test_truncated_conjugate_gradients_still_increase_the_frozen_objective(monke
     dec, stats, factors, psi = frozen_problem(X, (12, 12), max_iter=2)
     monkeypatch.setattr(em, "CG_THRESHOLD", 0)
     start = frozen_objective(dec.weights, dec.biases, factors, psi, stats)
-    for iterations in [1, 3, 10]:
+    for iterations, gain_rtol in [(1, 0.0), (3, 0.0), (10, 0.0), (100, 1e-1), (100, 1e-3)]:
         monkeypatch.setattr(em, "CG_MAX_ITER", iterations)
+        monkeypatch.setattr(em, "CG_GAIN_RTOL", gain_rtol)
         for layer in range(2):
             for damping in [0.0, 0.1]:
                 W, b = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, 0.0, damping)

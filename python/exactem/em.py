@@ -460,6 +460,13 @@ def noise_gradient(weights, biases, factors, psi, stats):
 CG_THRESHOLD = 600
 CG_MAX_ITER = 100
 CG_RTOL = 1e-10
+# CG also stops once a step raises the frozen objective by less than this fraction of what the
+# solve has gained so far: on digits the layer's operator is ill-conditioned enough that CG never
+# reaches CG_RTOL within CG_MAX_ITER, while the likelihood EM reaches after a few iterations is
+# the same with half the steps (S = 2: 26.607 against 26.608 nats per point after 8 iterations,
+# 27-64 steps against 100; S = 1: 24.20 against 24.04 after 30). The exact likelihood check
+# keeps EM monotone whatever the solve's accuracy.
+CG_GAIN_RTOL = 1e-3
 
 
 class _KroneckerOperator:
@@ -535,8 +542,9 @@ class _RowBlocks:
 
 def _conjugate_gradients(apply, precondition, b, max_iter, rtol=None):
     """Preconditioned conjugate gradients for ``apply(X) = b`` from zero, on matrices; stops at a
-    relative residual of ``rtol`` (``CG_RTOL``), after ``max_iter`` steps, or where a direction has no
-    curvature left (semi-definite operator)."""
+    relative residual of ``rtol`` (``CG_RTOL``), after ``max_iter`` steps, where a step gains less
+    than ``CG_GAIN_RTOL`` of the objective gained so far, or where a direction has no curvature
+    left (semi-definite operator)."""
     rtol = CG_RTOL if rtol is None else rtol
     x = np.zeros_like(b)
     r = b.copy()
@@ -544,6 +552,7 @@ def _conjugate_gradients(apply, precondition, b, max_iter, rtol=None):
     p = z.copy()
     rz = float(np.vdot(r, z))
     stop = rtol * float(np.linalg.norm(b))
+    gained = 0.0
     for _ in range(max_iter):
         if float(np.linalg.norm(r)) <= stop or rz <= 0:
             break
@@ -552,7 +561,13 @@ def _conjugate_gradients(apply, precondition, b, max_iter, rtol=None):
         if not curvature > 0:
             break
         step = rz / curvature
+        # The quadratic objective rises by step * rz / 2 at this step: stop where the steps left
+        # add little to what has been gained.
+        gain = 0.5 * step * rz
+        gained += gain
         x += step * p
+        if gain < CG_GAIN_RTOL * gained:
+            break
         r -= step * Ap
         z = precondition(r)
         rz_next = float(np.vdot(r, z))
