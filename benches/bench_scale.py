@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -89,7 +90,9 @@ def trained_regions(widths, seeds=3, iterations=30):
     counts = []
     for s in range(seeds):
         est = exactem.ExactEM(latent_dim=widths[0], hidden=tuple(widths[1:-1]), max_iter=iterations, random_state=s)
-        counts.append(est.fit(X).n_regions_[-1])
+        with warnings.catch_warnings():  # a fixed budget of 30 iterations: not converging is expected
+            warnings.simplefilter("ignore")
+            counts.append(est.fit(X).n_regions_[-1])
     return counts
 
 
@@ -98,36 +101,59 @@ def iteration_time(spec):
     return r.get("per_iter", float("nan")), r.get("regions", 0)
 
 
+def _region_counts(path):
+    """Region counts against width (random and EM-trained) and depth; read from ``path`` if it
+    exists (they take minutes and do not depend on the machine's speed), else counted and
+    written there."""
+    import os
+
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    counts = {"width": {}, "depth": {}}
+    for S in (1, 2, 3):
+        ws = [8, 16, 32, 64, 128] if S < 3 else [8, 16, 32]
+        counts["width"][str(S)] = [
+            (w, regions_of([S, w, w, 2]), trained_regions([S, w, w, 2]) if w <= {1: 64, 2: 32, 3: 0}[S] else None)
+            for w in ws]
+    for S in (1, 2):
+        counts["depth"][str(S)] = [(d, float(np.mean(regions_of([S] + [16] * d + [2])))) for d in (1, 2, 3, 4)]
+    if path:
+        with open(path, "w") as f:
+            json.dump(counts, f)
+    return counts
+
+
 def scaling(args):
     from exactem.plots import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
     (ax_width, ax_depth, ax_s), (ax_n, ax_d, ax_w) = axes
-    widths = [8, 16, 32, 64, 128]
+    regions = _region_counts(args.regions)
     print("| S | width | regions, random (3 seeds) | regions, EM-trained on wave (3 seeds, 30 iterations) |")
     print("|---|---|---|---|")
     for S, marker in [(1, "o"), (2, "s"), (3, "^")]:
-        ws = widths if S < 3 else widths[:3]
-        random_counts = [regions_of([S, w, w, 2]) for w in ws]
-        trained = [trained_regions([S, w, w, 2]) if w <= {1: 64, 2: 32, 3: 0}[S] else None for w in ws]
-        for w, rc, tc in zip(ws, random_counts, trained):
+        rows = regions["width"][str(S)]
+        ws = [w for w, _, _ in rows]
+        for w, rc, tc in rows:
             print(f"| {S} | {w} | {rc} | {tc if tc else 'not trained'} |", flush=True)
-        ax_width.plot(ws, [np.mean(c) for c in random_counts], marker + "-", label=f"S = {S}, random init")
-        tw = [w for w, t in zip(ws, trained) if t]
-        if tw:
-            ax_width.plot(tw, [np.mean(t) for t in trained if t], marker + "--", label=f"S = {S}, EM-trained on wave")
+        ax_width.plot(ws, [np.mean(rc) for _, rc, _ in rows], marker + "-", label=f"S = {S}, random init")
+        trained = [(w, np.mean(tc)) for w, _, tc in rows if tc]
+        if trained:
+            ax_width.plot(*zip(*trained), marker + "--", label=f"S = {S}, EM-trained on wave")
     ax_width.set(xscale="log", yscale="log", xlabel="hidden width w (two hidden layers)", ylabel="number of regions",
                  title="Regions of [S, w, w, 2] decoders (mean of 3 seeds)")
     ax_width.legend(fontsize=8)
-    depths = [1, 2, 3, 4]
     for S, marker in [(1, "o"), (2, "s")]:
-        counts = [np.mean(regions_of([S] + [16] * d + [2])) for d in depths]
+        depths, counts = zip(*regions["depth"][str(S)])
         ax_depth.plot(depths, counts, marker + "-", label=f"S = {S}, width 16")
-        print(f"| S = {S}, width 16, depth {depths} | regions {counts} |")
+        print(f"| S = {S}, width 16, depth {list(depths)} | regions {list(counts)} |")
     ax_depth.set(yscale="log", xlabel="number of hidden layers (width 16)", ylabel="number of regions",
                  title="Regions against depth (random init, mean of 3 seeds)")
     ax_depth.legend(fontsize=8)
+    if args.regions_only:
+        return
 
     print("\n| varied | decoder | rows x dim | regions | time per iteration |")
     print("|---|---|---|---|---|")
@@ -190,6 +216,9 @@ def main():
     p.set_defaults(run=targets)
     p = sub.add_parser("scaling")
     p.add_argument("--out", default="scaling.png")
+    p.add_argument("--regions", default="scaling_regions.json",
+                   help="region counts cached here (counted and written if the file does not exist)")
+    p.add_argument("--regions-only", action="store_true", help="count the regions, skip the timings")
     p.set_defaults(run=scaling)
     sub.add_parser("cost").set_defaults(run=cost)
     args = parser.parse_args()

@@ -330,3 +330,17 @@ def test_m_step_memory_does_not_grow_with_the_output_dimension_squared():
     tracemalloc.stop()
     assert R >= 5
     assert peak < 0.5 * R * 400 * 400 * 8, (peak, R)
+
+
+def test_s3_em_never_decreases_and_never_panics():
+    # S = 3 integrals are adaptive quadrature to rtol, deterministic: the history is the exact
+    # log-likelihood (to rtol) of each accepted model, the score of the returned one reproduces
+    # its last entry, and the fit ends by its own rule, not by an engine failure.
+    X = exactem.datasets.wave(40, 0.1, seed=5)
+    est = exactem.ExactEM(latent_dim=3, hidden=(4,), max_iter=4, random_state=5).fit(X)
+    history = np.array(est.history_)
+    assert len(history) >= 2 and np.all(np.isfinite(history))
+    assert np.all(np.diff(history) >= -1e-9 * (1 + np.abs(history[:-1])))
+    assert history[-1] > history[0]
+    assert abs(est.score(X) - history[-1]) <= 1e-6 * (1 + abs(history[-1]))
+    assert est.n_regions_[-1] == len(est.model_.regions)
