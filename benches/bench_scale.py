@@ -180,10 +180,10 @@ def scaling(args):
     ax_w.set(xscale="log", yscale="log", xlabel="hidden width w (two hidden layers)",
              ylabel="seconds per EM iteration", title="Time per EM iteration against width")
     # S = 3 costs ~1 s per row per iteration: fewer rows, the time shown per row.
-    s_rows = {1: 1000, 2: 1000, 3: 50}
+    s_rows = {1: 1000, 2: 1000, 3: 20}
     per_row = [timed("S", dict(data="wave", n=s_rows[S], widths=[S, 16, 16, 2], iterations=3)) / s_rows[S]
                for S in (1, 2, 3)]
-    ax_s.plot([1, 2, 3], np.array(per_row) * 1e3, "md-", label="[S, 16, 16, 2], wave (N = 1000; 50 for S = 3)")
+    ax_s.plot([1, 2, 3], np.array(per_row) * 1e3, "md-", label="[S, 16, 16, 2], wave (N = 1000; 20 for S = 3)")
     ax_s.set(yscale="log", xticks=[1, 2, 3], xlabel="latent dimension S", ylabel="ms per EM iteration per row",
              title="Time per EM iteration against S")
     for ax in (ax_n, ax_d, ax_w, ax_s):
