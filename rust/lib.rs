@@ -9,6 +9,7 @@ pub mod error;
 pub mod gauss;
 pub mod inference;
 pub mod learning;
+pub mod linalg;
 pub mod memory;
 pub mod model;
 pub mod parallel;

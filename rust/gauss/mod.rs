@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::cancel::Cancel;
 use crate::error::{invalid, Error, Result};
+use crate::linalg::{dot, Tolerance};
 use crate::partition::complement_basis;
 use crate::partition::lp::{chebyshev_ball, Lp, LpOutcome};
 
@@ -31,11 +32,6 @@ const FACET_BUDGET: usize = 1 << 15;
 
 /// Radius cap of the emptiness test's Chebyshev LP (whitened units).
 const BALL_CAP: f64 = 1.0;
-
-#[inline]
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
-}
 
 /// `log_mass`, conditional mean and covariance (row-major), and the estimated relative error of
 /// the mass (zero where the method is exact).
@@ -264,12 +260,7 @@ impl PolytopeShape {
         let Some((f, e)) = self.whitened(h, mean) else { return f64::NEG_INFINITY };
         let start = self.whiten_point(inside, mean);
         let nearest = nearest::nearest_point(&f, &e, s, &vec![0.0; s], &start);
-        let d = dot(&nearest, &nearest).sqrt();
-        if d == 0.0 {
-            0.0
-        } else {
-            -0.5 * d * d - std::f64::consts::LN_2
-        }
+        crate::linalg::log_tail_bound(dot(&nearest, &nearest).sqrt())
     }
 
     /// The rows and offsets in whitened coordinates `w = L^{-1}(z - mean)`, without the rows
@@ -356,7 +347,7 @@ impl WhitenedMoments {
 
 /// The minimal H-representation of `{w : F w <= e}` (unit rows) with a point well inside (for
 /// S >= 3, where it starts the nearest-point search), or `None` when the polyhedron is empty or
-/// lower-dimensional (for S >= 3: it has no ball of radius above `1e-9 (1 + |centre|)`, so its
+/// lower-dimensional (for S >= 3: it has no ball of radius above `Tolerance::DEFAULT` at its centre, so its
 /// Gaussian mass is zero to that precision). Polygons are reduced exactly by their edges, S >= 3
 /// by one LP per row.
 pub(crate) fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f64>, Vec<f64>)> {
@@ -406,7 +397,7 @@ pub(crate) fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f6
         return Some((rf, re, vec![0.0; 2]));
     }
     let ball = chebyshev_ball(s, f, e, &vec![0.0; s], BALL_CAP);
-    if ball.radius <= 1e-9 * (1.0 + dot(&ball.center, &ball.center).sqrt()) {
+    if ball.radius <= Tolerance::DEFAULT.at(dot(&ball.center, &ball.center).sqrt()) {
         return None;
     }
     // Row i is redundant if the other remaining rows already keep f_i . w below e_i. Rows are
@@ -423,7 +414,7 @@ pub(crate) fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f6
         b.push(e[i] + 1.0);
         let lp = Lp { n: s, a: &a, b: &b, c: &f[i * s..(i + 1) * s] };
         if let LpOutcome::Optimal { value, .. } = lp.solve(&ball.center) {
-            if value <= e[i] + 1e-9 * (1.0 + e[i].abs()) {
+            if value <= e[i] + Tolerance::DEFAULT.at(e[i].abs()) {
                 keep[i] = false;
             }
         }

@@ -9,11 +9,11 @@
 //! direction of the polyhedron's point nearest the mean, at distance `d`: the polyhedron lies
 //! in `t >= d`, and far in a tail the integrand decays from there at a rate of about `d`.
 
-use super::dot;
 use super::normal::{log_pdf, log_sum_exp};
 use super::polygon::{non_redundant, Polygon2};
 use crate::cancel::Cancel;
 use crate::error::Result;
+use crate::linalg::dot;
 use crate::partition::complement_basis;
 
 /// Gauss-Kronrod 7-15 on [-1, 1] (QUADPACK's qk15): the non-negative Kronrod nodes, largest
@@ -196,7 +196,11 @@ impl Slicer {
             for j in i + 1..m {
                 for k in j + 1..m {
                     if let Some(v) = solve3(&rows[i], &rows[j], &rows[k], [e[i], e[j], e[k]]) {
-                        if rows.iter().zip(e).all(|(r, &el)| dot(r, &v) <= el + 1e-9 * (1.0 + el.abs())) {
+                        if rows
+                            .iter()
+                            .zip(e)
+                            .all(|(r, &el)| dot(r, &v) <= el + crate::linalg::Tolerance::DEFAULT.at(el.abs()))
+                        {
                             breakpoints.push(v[0]);
                         }
                     }

@@ -37,6 +37,7 @@ use crate::error::{invalid, Result};
 use crate::gauss::normal::{log_pdf, ndtr, truncated_normal_central};
 use crate::gauss::polygon::Polygon2;
 use crate::gauss::{cholesky, PolytopeShape};
+use crate::linalg::dot;
 use crate::partition::Partition;
 
 /// The regions left out of a point's sum are bounded, together, by this fraction of the
@@ -187,10 +188,6 @@ impl Quadratic {
             + frobenius.sqrt() * (t * density + s as f64 * tail);
         direct.min(tail.sqrt() * whole)
     }
-}
-
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
 }
 
 /// `u^T M u` and `tr(M C)` for S x S row-major `M`, `C`.

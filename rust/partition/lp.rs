@@ -10,6 +10,8 @@
 
 use microlp::{ComparisonOp, OptimizationDirection, Problem};
 
+use crate::linalg::dot;
+
 /// `maximize c.x  subject to  A x <= b`, `A` row-major `m x n`, `x` free.
 pub struct Lp<'a> {
     pub n: usize,
@@ -27,11 +29,6 @@ pub enum LpOutcome {
     Unbounded,
     /// The dense method did not converge cleanly (cycling, loss of precision).
     Failed,
-}
-
-#[inline]
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
 }
 
 impl<'a> Lp<'a> {
