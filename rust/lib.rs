@@ -20,4 +20,5 @@ mod python;
 
 pub use cancel::Cancel;
 pub use error::{Error, Result};
+pub use gauss::IntegrationSettings;
 pub use model::Decoder;

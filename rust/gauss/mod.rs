@@ -33,6 +33,27 @@ const FACET_BUDGET: usize = 1 << 15;
 /// Radius cap of the emptiness test's Chebyshev LP (whitened units).
 const BALL_CAP: f64 = 1.0;
 
+/// How an integral is computed: the relative accuracy asked of its mass (`rtol`, positive), the
+/// seed of its quasi-Monte Carlo scramblings (for reproducible results), and the token that
+/// interrupts it. The exact paths (S <= 2, intervals, slabs) use only the token.
+#[derive(Clone, Copy, Debug)]
+pub struct IntegrationSettings<'a> {
+    pub rtol: f64,
+    pub seed: u64,
+    pub cancel: &'a Cancel,
+}
+
+impl<'a> IntegrationSettings<'a> {
+    pub fn new(rtol: f64, seed: u64, cancel: &'a Cancel) -> Self {
+        IntegrationSettings { rtol, seed, cancel }
+    }
+
+    /// The same settings asking relative accuracy `rtol`.
+    pub fn with_rtol(self, rtol: f64) -> Self {
+        IntegrationSettings { rtol, ..self }
+    }
+}
+
 /// `log_mass`, conditional mean and covariance (row-major), and the estimated relative error of
 /// the mass (zero where the method is exact).
 #[derive(Clone, Debug)]
@@ -170,10 +191,8 @@ impl PolytopeShape {
         &self,
         h: &[f64],
         mean: &[f64],
-        rtol: f64,
-        seed: u64,
         want_moments: bool,
-        cancel: &Cancel,
+        settings: &IntegrationSettings,
     ) -> Result<GaussMoments> {
         let s = self.s;
         if h.len() != self.n_rows() {
@@ -191,12 +210,7 @@ impl PolytopeShape {
             Some((_, e, _)) if e.is_empty() => WhitenedMoments::whole_space(s),
             Some((f, e, center)) => {
                 let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
-                checked(
-                    integrate_whitened(&f, &e, s, &center, rtol, seed, want, sov::MAX_POINTS, cancel)?,
-                    s,
-                    e.len(),
-                    want,
-                )?
+                checked(integrate_whitened(&f, &e, s, &center, want, sov::MAX_POINTS, settings)?, s, e.len(), want)?
             }
         };
         Ok(self.unwhiten(whitened, mean))
@@ -204,16 +218,13 @@ impl PolytopeShape {
 
     /// As [`Self::moments`] for rows known to be non-redundant (a region's facets: whitening
     /// and moving the mean keep them so) with `inside` an interior point: no LP reduction.
-    #[allow(clippy::too_many_arguments)]
     pub fn moments_of_facets(
         &self,
         h: &[f64],
         mean: &[f64],
         inside: &[f64],
-        rtol: f64,
-        seed: u64,
         want_moments: bool,
-        cancel: &Cancel,
+        settings: &IntegrationSettings,
     ) -> Result<GaussMoments> {
         let s = self.s;
         let Some((f, e)) = self.whitened(h, mean) else { return Ok(GaussMoments::empty(s)) };
@@ -222,17 +233,7 @@ impl PolytopeShape {
         } else {
             let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
             checked(
-                integrate_whitened(
-                    &f,
-                    &e,
-                    s,
-                    &self.whiten_point(inside, mean),
-                    rtol,
-                    seed,
-                    want,
-                    sov::MAX_POINTS,
-                    cancel,
-                )?,
+                integrate_whitened(&f, &e, s, &self.whiten_point(inside, mean), want, sov::MAX_POINTS, settings)?,
                 s,
                 e.len(),
                 want,
@@ -462,17 +463,14 @@ fn checked(w: WhitenedMoments, s: usize, m: usize, want: Want) -> Result<Whitene
 }
 
 /// Mass (and moments) of `N(0, I)` on the reduced polyhedron `{w : F w <= e}`.
-#[allow(clippy::too_many_arguments)]
 fn integrate_whitened(
     f: &[f64],
     e: &[f64],
     s: usize,
     centre: &[f64],
-    rtol: f64,
-    seed: u64,
     want: Want,
     budget: usize,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<WhitenedMoments> {
     match s {
         1 => {
@@ -527,14 +525,14 @@ fn integrate_whitened(
         _ => {
             let tilt = nearest::nearest_point(f, e, s, &vec![0.0; s], centre);
             let (log_mass, error) = if s == 3 {
-                slices::log_mass(f, e, &tilt, rtol, cancel)?
+                slices::log_mass(f, e, &tilt, settings.rtol, settings.cancel)?
             } else {
-                let mass = sov::integrate(f, e, s, &tilt, centre, rtol, seed, budget, cancel)?;
+                let mass = sov::integrate(f, e, s, &tilt, centre, budget, settings)?;
                 (mass.log_mass, mass.error)
             };
             let mut out = WhitenedMoments { log_mass, mean: vec![f64::NAN; s], cov: vec![f64::NAN; s * s], error };
             if want > Want::Mass && log_mass > f64::NEG_INFINITY {
-                facet_moments(f, e, s, &tilt, rtol, seed, want, &mut out, cancel)?;
+                facet_moments(f, e, s, &tilt, want, &mut out, settings)?;
             }
             Ok(out)
         }
@@ -554,17 +552,14 @@ fn lineal_normal(f: &[f64], s: usize) -> Option<&[f64]> {
 /// the covariance small far out in a tail),
 /// `E[w_j (w_k - t_k) 1_P] = delta_jk P - sum_i f_ij phi(e_i) int_{F_i} (w_k - t_k)`.
 /// Facets are integrated by the same engine one dimension down, exactly once that is 2.
-#[allow(clippy::too_many_arguments)]
 fn facet_moments(
     f: &[f64],
     e: &[f64],
     s: usize,
     tilt: &[f64],
-    rtol: f64,
-    seed: u64,
     want: Want,
     out: &mut WhitenedMoments,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<()> {
     let m = e.len();
     let mut mean = vec![0.0; s];
@@ -596,7 +591,7 @@ fn facet_moments(
         let facet = if re.is_empty() {
             WhitenedMoments::whole_space(s - 1)
         } else {
-            integrate_whitened(&rf, &re, s - 1, &centre, rtol, seed, inner, FACET_BUDGET, cancel)?
+            integrate_whitened(&rf, &re, s - 1, &centre, inner, FACET_BUDGET, settings)?
         };
         let r = (normal::log_pdf(e[i]) + facet.log_mass - out.log_mass).exp();
         if r == 0.0 {
@@ -646,25 +641,22 @@ pub(crate) fn check_rtol(rtol: f64) -> Result<()> {
 
 /// Many integrals over one shape: row `k` uses offsets `h[k]` (`n x m`) and mean `means[k]`
 /// (`n x s`). Parallel over rows; results in row order, each with the same seed.
-#[allow(clippy::too_many_arguments)]
 pub fn moments_batch(
     shape: &PolytopeShape,
     h: &[f64],
     means: &[f64],
     n: usize,
-    rtol: f64,
-    seed: u64,
     want_moments: bool,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<Vec<GaussMoments>> {
     let (m, s) = (shape.n_rows(), shape.dim());
     if h.len() != n * m || means.len() != n * s {
         return invalid(format!("expected {n} rows of {m} offsets and {n} means of dimension {s}"));
     }
-    check_rtol(rtol)?;
+    check_rtol(settings.rtol)?;
     (0..n)
         .into_par_iter()
-        .map(|k| shape.moments(&h[k * m..(k + 1) * m], &means[k * s..(k + 1) * s], rtol, seed, want_moments, cancel))
+        .map(|k| shape.moments(&h[k * m..(k + 1) * m], &means[k * s..(k + 1) * s], want_moments, settings))
         .collect()
 }
 
@@ -672,22 +664,19 @@ pub fn moments_batch(
 /// rows of `lower` and `upper` (`n x s`): `(log p, relative error)` per row. S = 4 to
 /// `rectangle::MAX_DIM` by the lattice path of `rectangle.rs`; S <= 3 (exact or nearly), far
 /// tails and more dimensions as the polyhedron `[I; -I] z <= [upper; -lower]`.
-#[allow(clippy::too_many_arguments)]
 pub fn rectangles_batch(
     lower: &[f64],
     upper: &[f64],
     mean: &[f64],
     cov: &[f64],
     n: usize,
-    rtol: f64,
-    seed: u64,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<Vec<(f64, f64)>> {
     let s = mean.len();
     if lower.len() != n * s || upper.len() != n * s {
         return invalid(format!("expected {n} rows of {s} lower and upper limits"));
     }
-    check_rtol(rtol)?;
+    check_rtol(settings.rtol)?;
     let mut g = vec![0.0; 2 * s * s];
     for k in 0..s {
         g[k * s + k] = 1.0;
@@ -701,12 +690,12 @@ pub fn rectangles_batch(
             if s >= 4 {
                 let (a, b): (Vec<f64>, Vec<f64>) =
                     lo.iter().zip(hi).zip(mean).map(|((l, u), m)| (l - m, u - m)).unzip();
-                if let Some(found) = rectangle::probability(&a, &b, cov, rtol, seed, sov::MAX_POINTS, cancel)? {
+                if let Some(found) = rectangle::probability(&a, &b, cov, sov::MAX_POINTS, settings)? {
                     return Ok((found.log_mass, found.error));
                 }
             }
             let h: Vec<f64> = hi.iter().copied().chain(lo.iter().map(|l| -l)).collect();
-            let found = shape.moments(&h, mean, rtol, seed, false, cancel)?;
+            let found = shape.moments(&h, mean, false, settings)?;
             Ok((found.log_mass, found.error))
         })
         .collect()

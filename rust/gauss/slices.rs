@@ -358,6 +358,7 @@ fn solve3(a: &[f64; 3], b: &[f64; 3], c: &[f64; 3], e: [f64; 3]) -> Option<[f64;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gauss::IntegrationSettings;
 
     /// Kronrod's 15 nodes integrate polynomials of degree 22 exactly, Gauss's 7 degree 13.
     #[test]
@@ -405,7 +406,16 @@ mod tests {
         let (log_mass, error) = log_mass(&f, &e, &tilt, 1e-3, &Cancel::new()).unwrap();
         assert!(log_mass.is_finite() && error.is_finite() && error <= 1e-3, "{log_mass} +- {error}");
         let (_, _, inside) = crate::gauss::reduce(&f, &e, 3).expect("the polyhedron has an interior");
-        let qmc = crate::gauss::sov::integrate(&f, &e, 3, &tilt, &inside, 1e-4, 7, 1 << 19, &Cancel::new()).unwrap();
+        let qmc = crate::gauss::sov::integrate(
+            &f,
+            &e,
+            3,
+            &tilt,
+            &inside,
+            1 << 19,
+            &IntegrationSettings::new(1e-4, 7, &Cancel::new()),
+        )
+        .unwrap();
         // Relative errors, each at most ~3 standard errors for the QMC estimate.
         let allowed = error + 3.0 * qmc.error + 1e-12;
         assert!(

@@ -30,7 +30,7 @@ use rand_pcg::Pcg64;
 use super::normal::{log_diff_ndtr, log_pdf};
 use super::normal_batch::{truncated_draws_into, with_wide_vectors, Lanes, MulAdd, VectorKernel, LANES};
 use super::sobol::{self, ScrambledSobol};
-use crate::cancel::Cancel;
+use super::IntegrationSettings;
 use crate::error::{Error, Result};
 use crate::linalg::{dot, Tolerance};
 
@@ -297,18 +297,16 @@ struct Sums {
 /// `tilt` is its point nearest the origin (it orders the variables and starts the saddle
 /// search), `inside` a point of its interior. The mass's relative error is driven below
 /// `rtol` or `max_points` (over all scramblings) are spent.
-#[allow(clippy::too_many_arguments)]
 pub fn integrate(
     f: &[f64],
     e: &[f64],
     s: usize,
     tilt: &[f64],
     inside: &[f64],
-    rtol: f64,
-    seed: u64,
     max_points: usize,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<SovResult> {
+    let IntegrationSettings { rtol, seed, cancel } = *settings;
     if s > sobol::MAX_DIM {
         return Err(Error::InvalidInput(format!(
             "quasi-Monte Carlo integration supports up to {} dimensions; got {s}",

@@ -36,6 +36,7 @@ use crate::cancel::Cancel;
 use crate::error::{invalid, Result};
 use crate::gauss::normal::{log_pdf, ndtr, truncated_normal_central};
 use crate::gauss::polygon::Polygon2;
+use crate::gauss::IntegrationSettings;
 use crate::gauss::{cholesky, PolytopeShape};
 use crate::linalg::dot;
 use crate::partition::Partition;
@@ -316,7 +317,13 @@ impl<'a> VariationalEngine<'a> {
                 let shape = PolytopeShape::new(&g, s, &point.cov)?;
                 let inside: Vec<f64> =
                     self.partition.interior_point(q).iter().zip(&point.mean).map(|(z, m)| z - m).collect();
-                let out = shape.moments_of_facets(&shifted, &vec![0.0; s], &inside, rtol, self.seed, true, cancel)?;
+                let out = shape.moments_of_facets(
+                    &shifted,
+                    &vec![0.0; s],
+                    &inside,
+                    true,
+                    &IntegrationSettings::new(rtol, self.seed, cancel),
+                )?;
                 Ok(Truncated { log_mass: out.log_mass, shift: out.mean, cov: out.cov, error: out.error })
             }
         }

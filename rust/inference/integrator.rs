@@ -14,7 +14,7 @@ use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::gauss::normal::{log_diff_ndtr, truncated_normal, truncated_normal_central};
 use crate::gauss::polygon::Polygon2;
-use crate::gauss::{GaussMoments, PolytopeShape};
+use crate::gauss::{GaussMoments, IntegrationSettings, PolytopeShape};
 use crate::partition::Partition;
 
 /// The loosest relative accuracy asked of a minor region's QMC integral, as a multiple of
@@ -191,8 +191,11 @@ pub struct PolyhedronIntegrator {
 }
 
 impl PolyhedronIntegrator {
-    pub fn new(partition: &Partition, algebra: &RegionAlgebra, rtol: f64, seed: u64, cancel: &Cancel) -> Result<Self> {
+    /// `settings`' accuracy and seed are kept for the integrals; its token interrupts this
+    /// preparation (the integrals check the token current at their call).
+    pub fn new(partition: &Partition, algebra: &RegionAlgebra, settings: &IntegrationSettings) -> Result<Self> {
         let s = algebra.latent_dim();
+        let IntegrationSettings { rtol, seed, cancel } = *settings;
         crate::gauss::check_rtol(rtol)?;
         let mut regions = Vec::with_capacity(partition.len());
         for q in 0..partition.len() {
@@ -217,7 +220,13 @@ impl PolyhedronIntegrator {
         // inference's batches) interrupts the integral and carries its failure, which stops
         // the call and becomes its error; the value returned meanwhile is never used.
         let cancel = Cancel::current();
-        match shape.moments_of_facets(h, mean, inside, rtol, self.seed, want_moments, &cancel) {
+        match shape.moments_of_facets(
+            h,
+            mean,
+            inside,
+            want_moments,
+            &IntegrationSettings::new(rtol, self.seed, &cancel),
+        ) {
             Ok(moments) => moments,
             Err(err) => {
                 if err != Error::Interrupted {
@@ -298,10 +307,11 @@ macro_rules! dispatch {
 
 impl GaussIntegrator {
     /// Region integrals: exact for latent dimensions 1 and 2, adaptive quadrature over exact
-    /// slices to relative error `rtol` for 3, quasi-Monte Carlo with relative error `rtol` above.
-    pub fn new(partition: &Partition, algebra: &RegionAlgebra, rtol: f64, seed: u64, cancel: &Cancel) -> Result<Self> {
-        let s = algebra.latent_dim();
-        crate::gauss::check_rtol(rtol)?;
+    /// slices to relative error `settings.rtol` for 3, quasi-Monte Carlo with relative error
+    /// `settings.rtol` above.
+    pub fn new(partition: &Partition, algebra: &RegionAlgebra, settings: &IntegrationSettings) -> Result<Self> {
+        let (s, cancel) = (algebra.latent_dim(), settings.cancel);
+        crate::gauss::check_rtol(settings.rtol)?;
         if s > crate::gauss::sobol::MAX_DIM {
             return Err(Error::InvalidInput(format!(
                 "inference supports latent dimensions up to {}; this decoder has {s}",
@@ -311,7 +321,7 @@ impl GaussIntegrator {
         Ok(match s {
             1 => GaussIntegrator::Interval(IntervalIntegrator::new(partition, algebra, cancel)?),
             2 => GaussIntegrator::Polygon(PolygonIntegrator::new(partition, algebra, cancel)?),
-            _ => GaussIntegrator::Polyhedron(PolyhedronIntegrator::new(partition, algebra, rtol, seed, cancel)?),
+            _ => GaussIntegrator::Polyhedron(PolyhedronIntegrator::new(partition, algebra, settings)?),
         })
     }
 }

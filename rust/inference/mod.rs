@@ -22,6 +22,7 @@ pub mod region_sums;
 pub mod sampling;
 
 pub use crate::gauss::normal::log_sum_exp;
+pub use crate::gauss::IntegrationSettings;
 pub use algebra::{LocalGaussians, RegionAlgebra};
 pub use estep::{e_step, EStep};
 pub use integrator::{GaussIntegrator, IntervalIntegrator, PolygonIntegrator, PolyhedronIntegrator};

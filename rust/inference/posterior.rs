@@ -282,7 +282,7 @@ impl RegionSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inference::GaussIntegrator;
+    use crate::inference::{GaussIntegrator, IntegrationSettings};
     use crate::model::Decoder;
     use nalgebra::DMatrix;
     use std::sync::Arc;
@@ -298,7 +298,8 @@ mod tests {
             let cancel = Cancel::new();
             let part = Partition::enumerate(dec.clone(), 100_000, &cancel).unwrap();
             let algebra = RegionAlgebra::new(&part, &vec![0.05; widths[widths.len() - 1]]).unwrap();
-            let integrator = GaussIntegrator::new(&part, &algebra, 1e-8, 0, &cancel).unwrap();
+            let integrator =
+                GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-8, 0, &cancel)).unwrap();
             let z = DMatrix::from_element(s, 1, 0.3);
             let x = dec.forward_batch(z.as_view()).column(0).into_owned();
             let post = PointPosterior::new(&algebra, &integrator, x.as_slice());
@@ -333,7 +334,8 @@ mod tests {
         let dec = Arc::new(Decoder::random_uniform(&[2, 6, 2], -1.0, 1).unwrap());
         let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
         let algebra = RegionAlgebra::new(&part, &[0.1, 0.1]).unwrap();
-        let integrator = GaussIntegrator::new(&part, &algebra, 1e-8, 0, &Cancel::new()).unwrap();
+        let integrator =
+            GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-8, 0, &Cancel::new())).unwrap();
         let post = PointPosterior::new(&algebra, &integrator, &[0.2, -0.1]);
         let cancel = Cancel::new();
         cancel.cancel();

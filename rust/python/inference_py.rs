@@ -13,7 +13,7 @@ use super::{run_released, run_released_here};
 use crate::inference::elbo::{self, GaussianQ, VariationalEngine};
 use crate::inference::posterior::PointPosterior;
 use crate::inference::region_sums::{default_block_rows, RegionSums};
-use crate::inference::{e_step, log_likelihood, GaussIntegrator, RegionAlgebra};
+use crate::inference::{e_step, log_likelihood, GaussIntegrator, IntegrationSettings, RegionAlgebra};
 use crate::partition::Partition;
 
 /// Per-point values and their estimated absolute errors.
@@ -45,7 +45,7 @@ impl PyDgn {
         let noise: Vec<f64> = noise_var.as_array().to_vec();
         let (algebra, integrator) = run_released(py, move |cancel| {
             let algebra = RegionAlgebra::new(&shared, &noise)?;
-            let integrator = GaussIntegrator::new(&shared, &algebra, rtol, seed, cancel)?;
+            let integrator = GaussIntegrator::new(&shared, &algebra, &IntegrationSettings::new(rtol, seed, cancel))?;
             Ok((algebra, integrator))
         })?;
         Ok(PyDgn {
