@@ -128,7 +128,7 @@ impl PolytopeShape {
         if s == 0 {
             return invalid("the dimension must be at least 1");
         }
-        if g.len() % s != 0 {
+        if !g.len().is_multiple_of(s) {
             return invalid(format!("G must have {s} columns"));
         }
         if g.iter().any(|v| !v.is_finite()) {

@@ -289,7 +289,8 @@ impl RegionIntegrator for PolyhedronIntegrator {
 /// The region integrator for a model's latent dimension, chosen once when built: inference
 /// dispatches on it once per call, and then runs on the chosen integrator alone.
 pub enum GaussIntegrator {
-    Interval(IntervalIntegrator),
+    /// Boxed: the intervals' tables are larger than the other variants.
+    Interval(Box<IntervalIntegrator>),
     Polygon(PolygonIntegrator),
     Polyhedron(PolyhedronIntegrator),
 }
@@ -319,7 +320,7 @@ impl GaussIntegrator {
             )));
         }
         Ok(match s {
-            1 => GaussIntegrator::Interval(IntervalIntegrator::new(partition, algebra, cancel)?),
+            1 => GaussIntegrator::Interval(Box::new(IntervalIntegrator::new(partition, algebra, cancel)?)),
             2 => GaussIntegrator::Polygon(PolygonIntegrator::new(partition, algebra, cancel)?),
             _ => GaussIntegrator::Polyhedron(PolyhedronIntegrator::new(partition, algebra, settings)?),
         })

@@ -685,7 +685,10 @@ impl Forms<'_> {
                 let bound = lk[l] + tail_bound::<M>(lo, hi, inv_sd, m[l]);
                 let too_rough = algebra.completed_square_too_rough(q, lk[l], xpx[l]);
                 any |= too_rough;
-                finite &= !too_rough | (bound - bound == 0.0);
+                // Finite, as one subtraction in the lanes.
+                #[allow(clippy::eq_op)]
+                let bound_finite = bound - bound == 0.0;
+                finite &= !too_rough | bound_finite;
                 up[l] = bound + error;
                 let low = bound - error;
                 scale[l] = if low > scale[l] { low } else { scale[l] };

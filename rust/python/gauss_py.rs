@@ -14,7 +14,8 @@ fn row_major(a: &PyReadonlyArray2<'_, f64>) -> Vec<f64> {
 /// `{z : G z <= h[k]}`. Shapes are checked by the Python wrapper; the engine re-checks sizes.
 #[pyfunction]
 #[pyo3(signature = (g, h, means, cov, rtol, seed, want_moments))]
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+// The arguments are the Python signature.
+#[allow(clippy::too_many_arguments)]
 fn polytope_moments<'py>(
     py: Python<'py>,
     g: PyReadonlyArray2<'py, f64>,
