@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use exactem::gauss::{normal, normal_batch, rectangles_batch, PolytopeShape};
-use exactem::Cancel;
+use exactem::{Cancel, IntegrationSettings};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
@@ -34,7 +34,9 @@ fn per_call(c: &mut Criterion) {
             for (label, moments) in [("mass", false), ("moments", true)] {
                 let id = BenchmarkId::new(label, format!("S={s} m={m}"));
                 group.bench_function(id, |b| {
-                    b.iter(|| shape.moments(&h, &mean, rtol, 0, moments, &Cancel::new()).unwrap())
+                    b.iter(|| {
+                        shape.moments(&h, &mean, moments, &IntegrationSettings::new(rtol, 0, &Cancel::new())).unwrap()
+                    })
                 });
             }
         }
@@ -62,7 +64,10 @@ fn rectangle(c: &mut Criterion) {
         for rtol in [1e-4, 1e-6] {
             let id = BenchmarkId::new(format!("rtol={rtol:e}"), format!("S={s}"));
             group.bench_function(id, |b| {
-                b.iter(|| rectangles_batch(&lower, &upper, &mean, &cov, 1, rtol, 0, &Cancel::new()).unwrap())
+                b.iter(|| {
+                    rectangles_batch(&lower, &upper, &mean, &cov, 1, &IntegrationSettings::new(rtol, 0, &Cancel::new()))
+                        .unwrap()
+                })
             });
         }
     }

@@ -52,11 +52,11 @@ fn depth(c: &mut Criterion) {
     let mut nets = Vec::new();
     for depth in 1..=4 {
         let mut w = vec![2];
-        w.extend(std::iter::repeat(32).take(depth));
+        w.extend(std::iter::repeat_n(32, depth));
         w.push(2);
         nets.push((format!("S=2 depth={depth}"), w));
         let mut w = vec![3];
-        w.extend(std::iter::repeat(12).take(depth));
+        w.extend(std::iter::repeat_n(12, depth));
         w.push(2);
         nets.push((format!("S=3 depth={depth}"), w));
     }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use exactem::inference::{e_step, log_likelihood, GaussIntegrator, RegionAlgebra};
 use exactem::partition::Partition;
-use exactem::{Cancel, Decoder};
+use exactem::{Cancel, Decoder, IntegrationSettings};
 use nalgebra::DMatrix;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -20,7 +20,8 @@ fn main() {
     let partition = Partition::enumerate(decoder.clone(), 1_000_000, &cancel).expect("partition");
     let noise = vec![0.05; decoder.output_dim()];
     let algebra = RegionAlgebra::new(&partition, &noise).expect("algebra");
-    let integrator = GaussIntegrator::new(&partition, &algebra, 1e-6, 0, &cancel).expect("integrator");
+    let integrator =
+        GaussIntegrator::new(&partition, &algebra, &IntegrationSettings::new(1e-6, 0, &cancel)).expect("integrator");
     let mut rng = rand_pcg::Pcg64::seed_from_u64(0);
     let z = DMatrix::from_fn(decoder.latent_dim(), n, |_, _| StandardNormal.sample(&mut rng));
     let x = decoder.forward_batch(z.as_view()).map(|v: f64| {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod gauss;
 pub mod inference;
 pub mod learning;
+pub mod linalg;
 pub mod memory;
 pub mod model;
 pub mod parallel;
@@ -19,4 +20,5 @@ mod python;
 
 pub use cancel::Cancel;
 pub use error::{Error, Result};
+pub use gauss::IntegrationSettings;
 pub use model::Decoder;

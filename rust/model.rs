@@ -100,10 +100,18 @@ impl Decoder {
         Ok(Decoder { weights, biases, slopes, unit_offsets })
     }
 
-    /// A decoder with `torch.nn.Linear`'s default initialisation (weights and biases uniform on
-    /// `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`), the same negative slope in every hidden layer.
-    /// `widths` is `[S, D_1, ..., D]`. For tests, examples and benchmarks.
+    /// A decoder with [`Self::random_parameters`] and the same negative slope in every hidden
+    /// layer. For tests, examples and benchmarks.
     pub fn random_uniform(widths: &[usize], slope: f64, seed: u64) -> Result<Self> {
+        let (weights, biases) = Self::random_parameters(widths, seed)?;
+        Decoder::new(weights, biases, vec![slope; widths.len() - 2])
+    }
+
+    /// The weights and biases of `torch.nn.Linear`'s default initialisation: uniform on
+    /// `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`, layer by layer (each layer's weights in column-major
+    /// order, then its biases) from PCG64 seeded with `seed`. `widths` is `[S, D_1, ..., D]`.
+    /// The one random initialisation of the package: `exactem.Decoder.random` takes its arrays.
+    pub fn random_parameters(widths: &[usize], seed: u64) -> Result<(Vec<DMatrix<f64>>, Vec<DVector<f64>>)> {
         use rand::{Rng, SeedableRng};
         if widths.len() < 2 || widths.contains(&0) {
             return invalid(format!("widths must list at least two positive dimensions; got {widths:?}"));
@@ -116,7 +124,7 @@ impl Decoder {
             weights.push(DMatrix::from_fn(pair[1], pair[0], |_, _| rng.random_range(-bound..bound)));
             biases.push(DVector::from_fn(pair[1], |_, _| rng.random_range(-bound..bound)));
         }
-        Decoder::new(weights, biases, vec![slope; widths.len() - 2])
+        Ok((weights, biases))
     }
 
     pub fn latent_dim(&self) -> usize {

@@ -36,6 +36,17 @@ def test_random_uses_torch_default_bounds_and_is_seeded():
     assert not np.array_equal(other.weights[0], w0)
 
 
+def test_random_takes_a_generator_and_rejects_bad_seeds():
+    # The draws come from the engine (PCG64); a numpy Generator gives it a seed.
+    first = exactem.Decoder.random([2, 5, 3], seed=np.random.default_rng(7))
+    second = exactem.Decoder.random([2, 5, 3], seed=np.random.default_rng(7))
+    np.testing.assert_array_equal(first.weights[0], second.weights[0])
+    np.testing.assert_array_equal(first.biases[1], second.biases[1])
+    for bad in (-1, 2**64, 1.5, True):
+        with pytest.raises(ValueError):
+            exactem.Decoder.random([2, 5, 3], seed=bad)
+
+
 def test_save_load_roundtrip(tmp_path):
     dec = exactem.Decoder.random([2, 6, 6, 3], activation=["abs", "leaky_relu"], alpha=0.3, seed=2)
     path = tmp_path / "dec.npz"

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use exactem::gauss::PolytopeShape;
 use exactem::partition::Partition;
-use exactem::{Cancel, Decoder, Error};
+use exactem::{Cancel, Decoder, Error, IntegrationSettings};
 use nalgebra::{DMatrix, DVector};
 
 /// Reads numbers from the fuzzer's bytes; past their end, zeros (so every input is valid).
@@ -213,7 +213,7 @@ fn check_partition(bytes: &mut Bytes) {
             Ok(shape) => shape,
             Err(err) => panic!("region {q}: {err}"),
         };
-        let m = match shape.moments(&offsets, &mean, 1e-10, 0, true, &cancel) {
+        let m = match shape.moments(&offsets, &mean, true, &IntegrationSettings::new(1e-10, 0, &cancel)) {
             Ok(m) => m,
             Err(err) if refused(&err) => return,
             Err(err) => panic!("region {q}: {err}"),
@@ -307,7 +307,7 @@ fn check_polygons(bytes: &mut Bytes) {
     let cancel = Cancel::new();
     let integrate = |g: &[f64], h: &[f64]| -> Option<exactem::gauss::GaussMoments> {
         let shape = PolytopeShape::new(g, s, &cov).unwrap_or_else(|err| panic!("{err}"));
-        match shape.moments(h, &mean, 1e-10, 0, true, &cancel) {
+        match shape.moments(h, &mean, true, &IntegrationSettings::new(1e-10, 0, &cancel)) {
             Ok(m) => Some(m),
             Err(err) if refused(&err) => None,
             Err(err) => panic!("integral failed: {err}"),

@@ -63,6 +63,7 @@ from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from . import _core
 from ._validation import as_count
 from .decoder import ACTIVATIONS, Decoder, _slope
 from .model import DGN
@@ -198,9 +199,10 @@ class GaussianEncoder:
 
 
 def _torch_linear(rng, fan_in, fan_out):
-    """torch.nn.Linear's default initialisation: uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)]."""
-    bound = 1.0 / np.sqrt(fan_in)
-    return rng.uniform(-bound, bound, size=(fan_out, fan_in)), rng.uniform(-bound, bound, size=fan_out)
+    """torch.nn.Linear's default initialisation (uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)]),
+    drawn by the engine as for ``Decoder.random``, seeded from ``rng``."""
+    (weight,), (bias,) = _core.random_parameters([fan_in, fan_out], int(rng.integers(2**64, dtype=np.uint64)))
+    return weight, bias
 
 
 def _progress(name, epoch, max_epochs, bound, validation, elapsed):

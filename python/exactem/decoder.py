@@ -3,7 +3,7 @@
 import numpy as np
 
 from . import _core
-from ._validation import as_count, as_points, as_real, as_real_array
+from ._validation import as_count, as_points, as_real, as_real_array, as_seed
 from .partition import Partition
 
 #: Negative-side slope of each activation; leaky_relu takes its slope from ``alpha``.
@@ -120,7 +120,8 @@ class Decoder:
         alpha : float, default=0.1
             Negative-side slope of ``"leaky_relu"``.
         seed : int or numpy Generator, default=0
-            Seed of the draws.
+            Seed of the draws (an integer in ``[0, 2**64)``; a Generator gives one): PCG64 in
+            the Rust engine, the same initialisation as the engine's own tests and benchmarks.
 
         Returns
         -------
@@ -135,12 +136,9 @@ class Decoder:
         widths = [as_count(w, "every width") for w in widths]
         if len(widths) < 2:
             raise ValueError(f"widths must list at least the latent and output dimensions; got {widths}")
-        rng = np.random.default_rng(seed)
-        weights, biases = [], []
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
-            bound = 1.0 / np.sqrt(fan_in)
-            weights.append(rng.uniform(-bound, bound, size=(fan_out, fan_in)))
-            biases.append(rng.uniform(-bound, bound, size=fan_out))
+        if isinstance(seed, np.random.Generator):
+            seed = int(seed.integers(2**64, dtype=np.uint64))
+        weights, biases = _core.random_parameters(widths, as_seed(seed))
         return cls(weights, biases, activation=activation, alpha=alpha)
 
     @property

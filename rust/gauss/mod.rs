@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::cancel::Cancel;
 use crate::error::{invalid, Error, Result};
+use crate::linalg::{dot, Tolerance};
 use crate::partition::complement_basis;
 use crate::partition::lp::{chebyshev_ball, Lp, LpOutcome};
 
@@ -32,9 +33,25 @@ const FACET_BUDGET: usize = 1 << 15;
 /// Radius cap of the emptiness test's Chebyshev LP (whitened units).
 const BALL_CAP: f64 = 1.0;
 
-#[inline]
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
+/// How an integral is computed: the relative accuracy asked of its mass (`rtol`, positive), the
+/// seed of its quasi-Monte Carlo scramblings (for reproducible results), and the token that
+/// interrupts it. The exact paths (S <= 2, intervals, slabs) use only the token.
+#[derive(Clone, Copy, Debug)]
+pub struct IntegrationSettings<'a> {
+    pub rtol: f64,
+    pub seed: u64,
+    pub cancel: &'a Cancel,
+}
+
+impl<'a> IntegrationSettings<'a> {
+    pub fn new(rtol: f64, seed: u64, cancel: &'a Cancel) -> Self {
+        IntegrationSettings { rtol, seed, cancel }
+    }
+
+    /// The same settings asking relative accuracy `rtol`.
+    pub fn with_rtol(self, rtol: f64) -> Self {
+        IntegrationSettings { rtol, ..self }
+    }
 }
 
 /// `log_mass`, conditional mean and covariance (row-major), and the estimated relative error of
@@ -111,7 +128,7 @@ impl PolytopeShape {
         if s == 0 {
             return invalid("the dimension must be at least 1");
         }
-        if g.len() % s != 0 {
+        if !g.len().is_multiple_of(s) {
             return invalid(format!("G must have {s} columns"));
         }
         if g.iter().any(|v| !v.is_finite()) {
@@ -174,10 +191,8 @@ impl PolytopeShape {
         &self,
         h: &[f64],
         mean: &[f64],
-        rtol: f64,
-        seed: u64,
         want_moments: bool,
-        cancel: &Cancel,
+        settings: &IntegrationSettings,
     ) -> Result<GaussMoments> {
         let s = self.s;
         if h.len() != self.n_rows() {
@@ -195,12 +210,7 @@ impl PolytopeShape {
             Some((_, e, _)) if e.is_empty() => WhitenedMoments::whole_space(s),
             Some((f, e, center)) => {
                 let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
-                checked(
-                    integrate_whitened(&f, &e, s, &center, rtol, seed, want, sov::MAX_POINTS, cancel)?,
-                    s,
-                    e.len(),
-                    want,
-                )?
+                checked(integrate_whitened(&f, &e, s, &center, want, sov::MAX_POINTS, settings)?, s, e.len(), want)?
             }
         };
         Ok(self.unwhiten(whitened, mean))
@@ -208,16 +218,13 @@ impl PolytopeShape {
 
     /// As [`Self::moments`] for rows known to be non-redundant (a region's facets: whitening
     /// and moving the mean keep them so) with `inside` an interior point: no LP reduction.
-    #[allow(clippy::too_many_arguments)]
     pub fn moments_of_facets(
         &self,
         h: &[f64],
         mean: &[f64],
         inside: &[f64],
-        rtol: f64,
-        seed: u64,
         want_moments: bool,
-        cancel: &Cancel,
+        settings: &IntegrationSettings,
     ) -> Result<GaussMoments> {
         let s = self.s;
         let Some((f, e)) = self.whitened(h, mean) else { return Ok(GaussMoments::empty(s)) };
@@ -226,17 +233,7 @@ impl PolytopeShape {
         } else {
             let want = if want_moments { Want::MeanAndSecond } else { Want::Mass };
             checked(
-                integrate_whitened(
-                    &f,
-                    &e,
-                    s,
-                    &self.whiten_point(inside, mean),
-                    rtol,
-                    seed,
-                    want,
-                    sov::MAX_POINTS,
-                    cancel,
-                )?,
+                integrate_whitened(&f, &e, s, &self.whiten_point(inside, mean), want, sov::MAX_POINTS, settings)?,
                 s,
                 e.len(),
                 want,
@@ -264,12 +261,7 @@ impl PolytopeShape {
         let Some((f, e)) = self.whitened(h, mean) else { return f64::NEG_INFINITY };
         let start = self.whiten_point(inside, mean);
         let nearest = nearest::nearest_point(&f, &e, s, &vec![0.0; s], &start);
-        let d = dot(&nearest, &nearest).sqrt();
-        if d == 0.0 {
-            0.0
-        } else {
-            -0.5 * d * d - std::f64::consts::LN_2
-        }
+        crate::linalg::log_tail_bound(dot(&nearest, &nearest).sqrt())
     }
 
     /// The rows and offsets in whitened coordinates `w = L^{-1}(z - mean)`, without the rows
@@ -356,7 +348,7 @@ impl WhitenedMoments {
 
 /// The minimal H-representation of `{w : F w <= e}` (unit rows) with a point well inside (for
 /// S >= 3, where it starts the nearest-point search), or `None` when the polyhedron is empty or
-/// lower-dimensional (for S >= 3: it has no ball of radius above `1e-9 (1 + |centre|)`, so its
+/// lower-dimensional (for S >= 3: it has no ball of radius above `Tolerance::DEFAULT` at its centre, so its
 /// Gaussian mass is zero to that precision). Polygons are reduced exactly by their edges, S >= 3
 /// by one LP per row.
 pub(crate) fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f64>, Vec<f64>)> {
@@ -406,7 +398,7 @@ pub(crate) fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f6
         return Some((rf, re, vec![0.0; 2]));
     }
     let ball = chebyshev_ball(s, f, e, &vec![0.0; s], BALL_CAP);
-    if ball.radius <= 1e-9 * (1.0 + dot(&ball.center, &ball.center).sqrt()) {
+    if ball.radius <= Tolerance::DEFAULT.at(dot(&ball.center, &ball.center).sqrt()) {
         return None;
     }
     // Row i is redundant if the other remaining rows already keep f_i . w below e_i. Rows are
@@ -423,7 +415,7 @@ pub(crate) fn reduce(f: &[f64], e: &[f64], s: usize) -> Option<(Vec<f64>, Vec<f6
         b.push(e[i] + 1.0);
         let lp = Lp { n: s, a: &a, b: &b, c: &f[i * s..(i + 1) * s] };
         if let LpOutcome::Optimal { value, .. } = lp.solve(&ball.center) {
-            if value <= e[i] + 1e-9 * (1.0 + e[i].abs()) {
+            if value <= e[i] + Tolerance::DEFAULT.at(e[i].abs()) {
                 keep[i] = false;
             }
         }
@@ -471,17 +463,14 @@ fn checked(w: WhitenedMoments, s: usize, m: usize, want: Want) -> Result<Whitene
 }
 
 /// Mass (and moments) of `N(0, I)` on the reduced polyhedron `{w : F w <= e}`.
-#[allow(clippy::too_many_arguments)]
 fn integrate_whitened(
     f: &[f64],
     e: &[f64],
     s: usize,
     centre: &[f64],
-    rtol: f64,
-    seed: u64,
     want: Want,
     budget: usize,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<WhitenedMoments> {
     match s {
         1 => {
@@ -536,14 +525,14 @@ fn integrate_whitened(
         _ => {
             let tilt = nearest::nearest_point(f, e, s, &vec![0.0; s], centre);
             let (log_mass, error) = if s == 3 {
-                slices::log_mass(f, e, &tilt, rtol, cancel)?
+                slices::log_mass(f, e, &tilt, settings.rtol, settings.cancel)?
             } else {
-                let mass = sov::integrate(f, e, s, &tilt, centre, rtol, seed, budget, cancel)?;
+                let mass = sov::integrate(f, e, s, &tilt, centre, budget, settings)?;
                 (mass.log_mass, mass.error)
             };
             let mut out = WhitenedMoments { log_mass, mean: vec![f64::NAN; s], cov: vec![f64::NAN; s * s], error };
             if want > Want::Mass && log_mass > f64::NEG_INFINITY {
-                facet_moments(f, e, s, &tilt, rtol, seed, want, &mut out, cancel)?;
+                facet_moments(f, e, s, &tilt, want, &mut out, settings)?;
             }
             Ok(out)
         }
@@ -563,17 +552,14 @@ fn lineal_normal(f: &[f64], s: usize) -> Option<&[f64]> {
 /// the covariance small far out in a tail),
 /// `E[w_j (w_k - t_k) 1_P] = delta_jk P - sum_i f_ij phi(e_i) int_{F_i} (w_k - t_k)`.
 /// Facets are integrated by the same engine one dimension down, exactly once that is 2.
-#[allow(clippy::too_many_arguments)]
 fn facet_moments(
     f: &[f64],
     e: &[f64],
     s: usize,
     tilt: &[f64],
-    rtol: f64,
-    seed: u64,
     want: Want,
     out: &mut WhitenedMoments,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<()> {
     let m = e.len();
     let mut mean = vec![0.0; s];
@@ -605,7 +591,7 @@ fn facet_moments(
         let facet = if re.is_empty() {
             WhitenedMoments::whole_space(s - 1)
         } else {
-            integrate_whitened(&rf, &re, s - 1, &centre, rtol, seed, inner, FACET_BUDGET, cancel)?
+            integrate_whitened(&rf, &re, s - 1, &centre, inner, FACET_BUDGET, settings)?
         };
         let r = (normal::log_pdf(e[i]) + facet.log_mass - out.log_mass).exp();
         if r == 0.0 {
@@ -655,25 +641,22 @@ pub(crate) fn check_rtol(rtol: f64) -> Result<()> {
 
 /// Many integrals over one shape: row `k` uses offsets `h[k]` (`n x m`) and mean `means[k]`
 /// (`n x s`). Parallel over rows; results in row order, each with the same seed.
-#[allow(clippy::too_many_arguments)]
 pub fn moments_batch(
     shape: &PolytopeShape,
     h: &[f64],
     means: &[f64],
     n: usize,
-    rtol: f64,
-    seed: u64,
     want_moments: bool,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<Vec<GaussMoments>> {
     let (m, s) = (shape.n_rows(), shape.dim());
     if h.len() != n * m || means.len() != n * s {
         return invalid(format!("expected {n} rows of {m} offsets and {n} means of dimension {s}"));
     }
-    check_rtol(rtol)?;
+    check_rtol(settings.rtol)?;
     (0..n)
         .into_par_iter()
-        .map(|k| shape.moments(&h[k * m..(k + 1) * m], &means[k * s..(k + 1) * s], rtol, seed, want_moments, cancel))
+        .map(|k| shape.moments(&h[k * m..(k + 1) * m], &means[k * s..(k + 1) * s], want_moments, settings))
         .collect()
 }
 
@@ -681,22 +664,19 @@ pub fn moments_batch(
 /// rows of `lower` and `upper` (`n x s`): `(log p, relative error)` per row. S = 4 to
 /// `rectangle::MAX_DIM` by the lattice path of `rectangle.rs`; S <= 3 (exact or nearly), far
 /// tails and more dimensions as the polyhedron `[I; -I] z <= [upper; -lower]`.
-#[allow(clippy::too_many_arguments)]
 pub fn rectangles_batch(
     lower: &[f64],
     upper: &[f64],
     mean: &[f64],
     cov: &[f64],
     n: usize,
-    rtol: f64,
-    seed: u64,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<Vec<(f64, f64)>> {
     let s = mean.len();
     if lower.len() != n * s || upper.len() != n * s {
         return invalid(format!("expected {n} rows of {s} lower and upper limits"));
     }
-    check_rtol(rtol)?;
+    check_rtol(settings.rtol)?;
     let mut g = vec![0.0; 2 * s * s];
     for k in 0..s {
         g[k * s + k] = 1.0;
@@ -710,12 +690,12 @@ pub fn rectangles_batch(
             if s >= 4 {
                 let (a, b): (Vec<f64>, Vec<f64>) =
                     lo.iter().zip(hi).zip(mean).map(|((l, u), m)| (l - m, u - m)).unzip();
-                if let Some(found) = rectangle::probability(&a, &b, cov, rtol, seed, sov::MAX_POINTS, cancel)? {
+                if let Some(found) = rectangle::probability(&a, &b, cov, sov::MAX_POINTS, settings)? {
                     return Ok((found.log_mass, found.error));
                 }
             }
             let h: Vec<f64> = hi.iter().copied().chain(lo.iter().map(|l| -l)).collect();
-            let found = shape.moments(&h, mean, rtol, seed, false, cancel)?;
+            let found = shape.moments(&h, mean, false, settings)?;
             Ok((found.log_mass, found.error))
         })
         .collect()

@@ -3,10 +3,7 @@
 //! In whitened coordinates it gives the most probable point of a Gaussian restricted to a
 //! region (the MAP of the posterior) and the centre of the tilted proposal that samples it.
 
-#[inline]
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
-}
+use crate::linalg::dot;
 
 /// Solves `G y = r` for symmetric positive definite `G` (k x k row-major) by Cholesky; `None`
 /// when `G` is numerically singular (linearly dependent active rows).

@@ -14,6 +14,7 @@
 use super::normal::{gauss_legendre, log_diff_ndtr, GL12_HALF, GL20_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};
 use super::normal_batch::{exp_or_zero, with_wide_vectors, MulAdd, VectorKernel};
 use super::polygon_series::PolygonSeries;
+use crate::linalg::dot2 as dot;
 use std::sync::OnceLock;
 
 #[inline]
@@ -24,11 +25,6 @@ fn log_pdf(x: f64) -> f64 {
 #[inline]
 fn rot90(v: [f64; 2]) -> [f64; 2] {
     [-v[1], v[0]]
-}
-
-#[inline]
-fn dot(a: [f64; 2], b: [f64; 2]) -> f64 {
-    a[0] * b[0] + a[1] * b[1]
 }
 
 /// Length of a point in whitened units (far from overflow, so without `hypot`'s slow care).
@@ -523,12 +519,7 @@ impl Polygon2 {
         // of the order of the mean's distance does not matter to it).
         let m = self.whitened_mean(mu);
         let p = self.nearest_point_with(e, |k| self.vertices_at_zero[k].map(|v| [v[0] - m[0], v[1] - m[1]]));
-        let d = norm2(p);
-        if d == 0.0 {
-            0.0
-        } else {
-            -0.5 * d * d - std::f64::consts::LN_2
-        }
+        crate::linalg::log_tail_bound(norm2(p))
     }
 
     /// The log mass for `z ~ N(mu, Sigma)`, to relative error `rtol` (0 asks for all the
@@ -603,7 +594,7 @@ fn log_concave_maximum(f: &impl Fn(f64) -> f64, lo: f64, hi: f64) -> f64 {
     let (mut fc, mut fe) = (f(c), f(e));
     let mut best = f(lo).max(f(hi)).max(fc).max(fe);
     for _ in 0..100 {
-        if b - a <= 1e-6 * (hi - lo) + 1e-9 * (1.0 + a.abs()) {
+        if b - a <= 1e-6 * (hi - lo) + crate::linalg::Tolerance::DEFAULT.at(a.abs()) {
             break;
         }
         if fc >= fe {

@@ -133,10 +133,11 @@ fn shifted(v: &[f64; PADDED], by: usize) -> [f64; PADDED] {
     out
 }
 
-/// `sum_j v_j w_j` in eight running sums (as one vector of them), added pairwise at the end: one
-/// chain of 22 dependent additions would cost their latency.
+/// `sum_j v_j w_j` (the vector kernel of `crate::linalg::dot` for the series) in eight running
+/// sums (as one vector of them), added pairwise at the end: one chain of 22 dependent additions
+/// would cost their latency.
 #[inline(always)]
-fn dot(v: &[f64; PADDED], w: &[f64; PADDED]) -> f64 {
+fn dot_padded(v: &[f64; PADDED], w: &[f64; PADDED]) -> f64 {
     let mut sums = [0.0; 8];
     for j in 0..PADDED {
         sums[j % 8] += v[j] * w[j];
@@ -280,9 +281,16 @@ impl PolygonSeries {
         }
         let sums = if MOMENTS {
             let (q1, q2) = (shifted(&p2, 1), shifted(&p2, 2));
-            [dot(&a, &p2), dot(&b, &p2), dot(&a, &q1), dot(&c, &p2), dot(&b, &q1), dot(&a, &q2)]
+            [
+                dot_padded(&a, &p2),
+                dot_padded(&b, &p2),
+                dot_padded(&a, &q1),
+                dot_padded(&c, &p2),
+                dot_padded(&b, &q1),
+                dot_padded(&a, &q2),
+            ]
         } else {
-            [dot(&a, &p2), 0.0, 0.0, 0.0, 0.0, 0.0]
+            [dot_padded(&a, &p2), 0.0, 0.0, 0.0, 0.0, 0.0]
         };
         let [f, f1, f2, f11, f12, f22] = sums;
         if f.is_nan() || f <= 0.0 {

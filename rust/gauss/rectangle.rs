@@ -18,7 +18,7 @@ use rand_pcg::Pcg64;
 use super::normal::{log_diff_ndtr, ndtr, toward_lower_tail, truncated_normal};
 use super::normal_batch::{ndtr_into, ndtri_into, with_wide_vectors, MulAdd, VectorKernel, LANES};
 use super::sov::{RoundErrors, SovResult};
-use crate::cancel::Cancel;
+use super::IntegrationSettings;
 use crate::error::Result;
 
 /// Generating vector of the embedded lattice: every prefix of `2^m` points (m = 6..18) is a
@@ -227,11 +227,10 @@ pub fn probability(
     lower: &[f64],
     upper: &[f64],
     cov: &[f64],
-    rtol: f64,
-    seed: u64,
     max_points: usize,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<Option<SovResult>> {
+    let IntegrationSettings { rtol, seed, cancel } = *settings;
     let s = lower.len();
     if lower.iter().zip(upper).any(|(a, b)| !(a < b)) {
         return Ok(Some(SovResult { log_mass: f64::NEG_INFINITY, error: 0.0 }));
@@ -280,6 +279,7 @@ pub fn probability(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cancel::Cancel;
 
     /// Equicorrelated normals (`X_i = sqrt(rho) T + sqrt(1 - rho) E_i`) are independent given
     /// `T`: their rectangle probability is a one-dimensional integral, here by a fine
@@ -317,8 +317,15 @@ mod tests {
                     .collect();
                 let upper: Vec<f64> = (0..s).map(|_| rng.random_range(0.2..2.0)).collect();
                 let want = equicorrelated_reference(&lower, &upper, rho);
-                let got =
-                    probability(&lower, &upper, &cov, 1e-6, total as u64, 1 << 20, &Cancel::new()).unwrap().unwrap();
+                let got = probability(
+                    &lower,
+                    &upper,
+                    &cov,
+                    1 << 20,
+                    &IntegrationSettings::new(1e-6, total as u64, &Cancel::new()),
+                )
+                .unwrap()
+                .unwrap();
                 let relative = (got.log_mass.exp() / want - 1.0).abs();
                 // A half-infinite interval before the last variable gives the integrand an
                 // endpoint singularity (y -> -inf as u -> 0) that slows convergence, so the
@@ -343,7 +350,9 @@ mod tests {
         let cov: Vec<f64> = (0..s * s).map(|k| f64::from(u8::from(k / s == k % s)) * (1.0 + (k / s) as f64)).collect();
         let lower = [-1.0, f64::NEG_INFINITY, -0.5, 0.3, -2.0];
         let upper = [0.5, 1.0, f64::INFINITY, 2.0, 2.0];
-        let got = probability(&lower, &upper, &cov, 1e-6, 0, 1 << 19, &Cancel::new()).unwrap().unwrap();
+        let got = probability(&lower, &upper, &cov, 1 << 19, &IntegrationSettings::new(1e-6, 0, &Cancel::new()))
+            .unwrap()
+            .unwrap();
         let want: f64 =
             (0..s).map(|k| log_diff_ndtr(lower[k] / cov[k * s + k].sqrt(), upper[k] / cov[k * s + k].sqrt())).sum();
         assert!(
@@ -352,12 +361,24 @@ mod tests {
             got.log_mass,
             got.error
         );
-        let far = probability(&[7.0; 5], &[f64::INFINITY; 5], &cov, 1e-6, 0, 1 << 19, &Cancel::new()).unwrap();
+        let far = probability(
+            &[7.0; 5],
+            &[f64::INFINITY; 5],
+            &cov,
+            1 << 19,
+            &IntegrationSettings::new(1e-6, 0, &Cancel::new()),
+        )
+        .unwrap();
         assert!(far.is_none());
-        let empty =
-            probability(&[0.0, 0.0, 0.0, 1.0, 0.0], &[1.0, 1.0, 1.0, 1.0, 1.0], &cov, 1e-6, 0, 1 << 19, &Cancel::new())
-                .unwrap()
-                .unwrap();
+        let empty = probability(
+            &[0.0, 0.0, 0.0, 1.0, 0.0],
+            &[1.0, 1.0, 1.0, 1.0, 1.0],
+            &cov,
+            1 << 19,
+            &IntegrationSettings::new(1e-6, 0, &Cancel::new()),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(empty.log_mass, f64::NEG_INFINITY);
     }
 

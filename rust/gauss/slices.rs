@@ -9,11 +9,11 @@
 //! direction of the polyhedron's point nearest the mean, at distance `d`: the polyhedron lies
 //! in `t >= d`, and far in a tail the integrand decays from there at a rate of about `d`.
 
-use super::dot;
 use super::normal::{log_pdf, log_sum_exp};
 use super::polygon::{non_redundant, Polygon2};
 use crate::cancel::Cancel;
 use crate::error::Result;
+use crate::linalg::dot;
 use crate::partition::complement_basis;
 
 /// Gauss-Kronrod 7-15 on [-1, 1] (QUADPACK's qk15): the non-negative Kronrod nodes, largest
@@ -196,7 +196,11 @@ impl Slicer {
             for j in i + 1..m {
                 for k in j + 1..m {
                     if let Some(v) = solve3(&rows[i], &rows[j], &rows[k], [e[i], e[j], e[k]]) {
-                        if rows.iter().zip(e).all(|(r, &el)| dot(r, &v) <= el + 1e-9 * (1.0 + el.abs())) {
+                        if rows
+                            .iter()
+                            .zip(e)
+                            .all(|(r, &el)| dot(r, &v) <= el + crate::linalg::Tolerance::DEFAULT.at(el.abs()))
+                        {
                             breakpoints.push(v[0]);
                         }
                     }
@@ -354,6 +358,7 @@ fn solve3(a: &[f64; 3], b: &[f64; 3], c: &[f64; 3], e: [f64; 3]) -> Option<[f64;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gauss::IntegrationSettings;
 
     /// Kronrod's 15 nodes integrate polynomials of degree 22 exactly, Gauss's 7 degree 13.
     #[test]
@@ -401,7 +406,16 @@ mod tests {
         let (log_mass, error) = log_mass(&f, &e, &tilt, 1e-3, &Cancel::new()).unwrap();
         assert!(log_mass.is_finite() && error.is_finite() && error <= 1e-3, "{log_mass} +- {error}");
         let (_, _, inside) = crate::gauss::reduce(&f, &e, 3).expect("the polyhedron has an interior");
-        let qmc = crate::gauss::sov::integrate(&f, &e, 3, &tilt, &inside, 1e-4, 7, 1 << 19, &Cancel::new()).unwrap();
+        let qmc = crate::gauss::sov::integrate(
+            &f,
+            &e,
+            3,
+            &tilt,
+            &inside,
+            1 << 19,
+            &IntegrationSettings::new(1e-4, 7, &Cancel::new()),
+        )
+        .unwrap();
         // Relative errors, each at most ~3 standard errors for the QMC estimate.
         let allowed = error + 3.0 * qmc.error + 1e-12;
         assert!(

@@ -30,8 +30,9 @@ use rand_pcg::Pcg64;
 use super::normal::{log_diff_ndtr, log_pdf};
 use super::normal_batch::{truncated_draws_into, with_wide_vectors, Lanes, MulAdd, VectorKernel, LANES};
 use super::sobol::{self, ScrambledSobol};
-use crate::cancel::Cancel;
+use super::IntegrationSettings;
 use crate::error::{Error, Result};
+use crate::linalg::{dot, Tolerance};
 
 /// Independent scramblings of the Sobol net; their spread estimates the error.
 const SHIFTS: usize = 8;
@@ -84,11 +85,6 @@ impl RoundErrors {
         self.previous_spread = spread;
         (estimate, error)
     }
-}
-
-#[inline]
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
 }
 
 /// The log mass and its estimated relative error. (The moments come from facet masses, in
@@ -146,7 +142,7 @@ fn rotate(f: &[f64], e: &[f64], s: usize, tilt: &[f64]) -> Rotated {
             }
             // Rows active at the tilting point come first: they meet at the mode, and as
             // pivots each bounds its own variable there (a far box is then exact).
-            let active = slack[i] <= 1e-9 * (1.0 + e[i].abs());
+            let active = slack[i] <= Tolerance::DEFAULT.at(e[i].abs());
             let score = if active { f64::NEG_INFINITY } else { log_diff_ndtr(lo, hi) };
             if best.is_none_or(|(b, _)| score < b) {
                 best = Some((score, i));
@@ -250,7 +246,7 @@ fn project(rot: &mut Rotated) {
                 let offset = a * ei + b * ej;
                 let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
                 // A pair of opposite faces (a slab in v_k) implies nothing about the others.
-                if norm <= 1e-9 * (1.0 + offset.abs()) {
+                if norm <= Tolerance::DEFAULT.at(offset.abs()) {
                     continue;
                 }
                 row.iter_mut().for_each(|x| *x = if x.abs() > ZERO_COEFFICIENT * norm { *x / norm } else { 0.0 });
@@ -301,18 +297,16 @@ struct Sums {
 /// `tilt` is its point nearest the origin (it orders the variables and starts the saddle
 /// search), `inside` a point of its interior. The mass's relative error is driven below
 /// `rtol` or `max_points` (over all scramblings) are spent.
-#[allow(clippy::too_many_arguments)]
 pub fn integrate(
     f: &[f64],
     e: &[f64],
     s: usize,
     tilt: &[f64],
     inside: &[f64],
-    rtol: f64,
-    seed: u64,
     max_points: usize,
-    cancel: &Cancel,
+    settings: &IntegrationSettings,
 ) -> Result<SovResult> {
+    let IntegrationSettings { rtol, seed, cancel } = *settings;
     if s > sobol::MAX_DIM {
         return Err(Error::InvalidInput(format!(
             "quasi-Monte Carlo integration supports up to {} dimensions; got {s}",

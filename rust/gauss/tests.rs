@@ -18,7 +18,7 @@ fn far_boxes_are_exact_in_every_dimension() {
         }
         let cov: Vec<f64> = (0..s * s).map(|k| f64::from(u8::from(k / s == k % s))).collect();
         let shape = PolytopeShape::new(&g, s, &cov).unwrap();
-        let out = shape.moments(&h, &vec![0.0; s], 1e-6, 0, true, &Cancel::new()).unwrap();
+        let out = shape.moments(&h, &vec![0.0; s], true, &IntegrationSettings::new(1e-6, 0, &Cancel::new())).unwrap();
         let want = log_box_mass(&vec![7.0; s], &vec![f64::INFINITY; s]);
         assert!((out.log_mass - want).abs() < 1e-9 * want.abs(), "S={s}: {} vs {want}", out.log_mass);
         let (_, mean, second) = normal::truncated_normal(0.0, 1.0, 7.0, f64::INFINITY);
@@ -62,7 +62,7 @@ fn a_degenerate_far_wedge_is_integrated_exactly() {
         0.905889239,
     ];
     let shape = PolytopeShape::new(&g, 3, &cov).unwrap();
-    let out = shape.moments(&h, &mean, 1e-4, 0, false, &Cancel::new()).unwrap();
+    let out = shape.moments(&h, &mean, false, &IntegrationSettings::new(1e-4, 0, &Cancel::new())).unwrap();
     assert!(out.log_mass.is_finite());
     assert!((out.log_mass + 545.3567).abs() < 1e-4, "{}", out.log_mass);
     assert!(out.error < 1e-4, "{}", out.error);

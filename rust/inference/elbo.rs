@@ -36,7 +36,9 @@ use crate::cancel::Cancel;
 use crate::error::{invalid, Result};
 use crate::gauss::normal::{log_pdf, ndtr, truncated_normal_central};
 use crate::gauss::polygon::Polygon2;
+use crate::gauss::IntegrationSettings;
 use crate::gauss::{cholesky, PolytopeShape};
+use crate::linalg::dot;
 use crate::partition::Partition;
 
 /// The regions left out of a point's sum are bounded, together, by this fraction of the
@@ -189,10 +191,6 @@ impl Quadratic {
     }
 }
 
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
-}
-
 /// `u^T M u` and `tr(M C)` for S x S row-major `M`, `C`.
 fn quad_form(m: &[f64], u: &[f64], s: usize) -> f64 {
     (0..s).map(|i| u[i] * (0..s).map(|j| m[i * s + j] * u[j]).sum::<f64>()).sum()
@@ -319,7 +317,13 @@ impl<'a> VariationalEngine<'a> {
                 let shape = PolytopeShape::new(&g, s, &point.cov)?;
                 let inside: Vec<f64> =
                     self.partition.interior_point(q).iter().zip(&point.mean).map(|(z, m)| z - m).collect();
-                let out = shape.moments_of_facets(&shifted, &vec![0.0; s], &inside, rtol, self.seed, true, cancel)?;
+                let out = shape.moments_of_facets(
+                    &shifted,
+                    &vec![0.0; s],
+                    &inside,
+                    true,
+                    &IntegrationSettings::new(rtol, self.seed, cancel),
+                )?;
                 Ok(Truncated { log_mass: out.log_mass, shift: out.mean, cov: out.cov, error: out.error })
             }
         }

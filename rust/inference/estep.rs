@@ -8,7 +8,7 @@ use nalgebra::DMatrixView;
 
 use super::batching::{map_batches, map_interval_batches, map_pruned_batches};
 use super::pruned;
-use super::{interval, no_nan_log_likelihood, PointTerms, RegionAlgebra, RegionIntegrator};
+use super::{interval, no_nan_log_likelihood, IntervalIntegrator, PointTerms, RegionAlgebra, RegionIntegrator};
 use crate::cancel::Cancel;
 use crate::error::Result;
 
@@ -237,45 +237,81 @@ pub fn e_step<I: RegionIntegrator>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
 ) -> Result<EStep> {
+    let out = integrator.e_step_batch(algebra, x, cancel)?;
+    no_nan_log_likelihood(&out.log_likelihood)?;
+    Ok(out)
+}
+
+/// Each batch's statistics and scratch for one point's terms.
+fn start_batch(algebra: &RegionAlgebra, points: usize) -> (EStep, PointTerms) {
+    (EStep::with_capacity(points, algebra.n_regions().min(MAX_RESERVED_REGIONS), algebra.s), PointTerms::default())
+}
+
+/// One point region by region, in log space (where the interval path declined or does not
+/// apply).
+fn push_by_regions<I: RegionIntegrator>(
+    integrator: &I,
+    s: usize,
+    (out, terms): &mut (EStep, PointTerms),
+    lk: &[f64],
+    mu: &[f64],
+) {
+    terms.compute_by_regions(integrator, lk, mu, s);
+    out.push_point(terms, s);
+}
+
+/// [`e_step`] on the S = 1 interval path: blocks of points in linear space, and the points a
+/// block declines through the per-region methods.
+pub(super) fn e_step_on_intervals(
+    algebra: &RegionAlgebra,
+    integrator: &IntervalIntegrator,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+) -> Result<EStep> {
     let s = algebra.s;
+    // The blocks take the points out of order: each batch's statistics are stored in the
+    // order computed, with the point of each, and put in point order at the end.
+    // Room for one more block: a block grows the arrays by all its computed regions before
+    // it keeps some, and growing them at the last block of a batch would copy the batch.
     let start = |points| {
-        (EStep::with_capacity(points, algebra.n_regions().min(MAX_RESERVED_REGIONS), s), PointTerms::default())
+        let (mut stats, terms) = start_batch(algebra, points);
+        stats.reserve(interval::LANES * algebra.n_regions(), 1);
+        ((stats, terms), Vec::with_capacity(points))
     };
-    // Region by region, in log space, where the interval path declined or does not apply.
-    let by_regions = |(out, terms): &mut (EStep, PointTerms), lk: &[f64], mu: &[f64]| {
-        terms.compute_by_regions(integrator, lk, mu, s);
-        out.push_point(terms, s);
-    };
-    let batches = if let Some(intervals) = integrator.intervals() {
-        // The blocks take the points out of order: each batch's statistics are stored in the
-        // order computed, with the point of each, and put in point order at the end.
-        // Room for one more block: a block grows the arrays by all its computed regions before
-        // it keeps some, and growing them at the last block of a batch would copy the batch.
-        let start = |points| {
-            let (mut stats, terms) = start(points);
-            stats.reserve(interval::LANES * algebra.n_regions(), 1);
-            ((stats, terms), Vec::with_capacity(points))
-        };
-        let batches = map_interval_batches::<_, true>(
-            algebra,
-            intervals,
-            x,
-            cancel,
-            start,
-            |(state, computed), block, points, local| {
-                state.0.push_block(block, points.len());
-                computed.extend(points.iter().enumerate().filter(|&(l, _)| !block.declined(l)).map(|(_, &p)| p));
-                // The declined points after the others, in the log-space path.
-                for (_, &p) in points.iter().enumerate().filter(|&(l, _)| block.declined(l)) {
-                    let (lk, mu) = local(p);
-                    by_regions(state, &lk, &mu);
-                    computed.push(p);
-                }
-            },
-        )?;
-        batches.into_iter().map(|((stats, _), computed)| (stats, Some(computed))).collect()
-    } else if s == 1 {
-        map_batches(algebra, x, cancel, start, by_regions)?.into_iter().map(|(stats, _)| (stats, None)).collect()
+    let batches = map_interval_batches::<_, true>(
+        algebra,
+        integrator.intervals(),
+        x,
+        cancel,
+        start,
+        |(state, computed), block, points, local| {
+            state.0.push_block(block, points.len());
+            computed.extend(points.iter().enumerate().filter(|&(l, _)| !block.declined(l)).map(|(_, &p)| p));
+            // The declined points after the others, in the log-space path.
+            for (_, &p) in points.iter().enumerate().filter(|&(l, _)| block.declined(l)) {
+                let (lk, mu) = local(p);
+                push_by_regions(integrator, s, state, &lk, &mu);
+                computed.push(p);
+            }
+        },
+    )?;
+    EStep::concat(batches.into_iter().map(|((stats, _), computed)| (stats, Some(computed))).collect(), s)
+}
+
+/// [`e_step`] through the per-region methods: for S >= 2 by the pruned visit, for S = 1 (test
+/// integrators) from the forms of `local_gaussians`.
+pub(super) fn e_step_through_regions<I: RegionIntegrator>(
+    algebra: &RegionAlgebra,
+    integrator: &I,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+) -> Result<EStep> {
+    let s = algebra.s;
+    let start = |points| start_batch(algebra, points);
+    let batches = if s == 1 {
+        let per_point =
+            |state: &mut (EStep, PointTerms), lk: &[f64], mu: &[f64]| push_by_regions(integrator, s, state, lk, mu);
+        map_batches(algebra, x, cancel, start, per_point)?.into_iter().map(|(stats, _)| (stats, None)).collect()
     } else {
         let forms = pruned::UpperForms::new(algebra);
         let start = |points| (start(points), pruned::PointRegions::default());
@@ -290,7 +326,5 @@ pub fn e_step<I: RegionIntegrator>(
             .map(|((stats, _), _)| (stats, None))
             .collect()
     };
-    let out = EStep::concat(batches, s)?;
-    no_nan_log_likelihood(&out.log_likelihood)?;
-    Ok(out)
+    EStep::concat(batches, s)
 }

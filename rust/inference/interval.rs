@@ -68,7 +68,8 @@ impl std::ops::DerefMut for Lanes {
 const MIN_SCALED_TOTAL: f64 = 1e-250;
 
 /// `log` of the Gaussian tail bound `Phi(-t) <= exp(-t^2 / 2) / 2`, `t` the distance in standard
-/// deviations from the mean `mu` to `[lo, hi]`; 0 for a mean inside.
+/// deviations from the mean `mu` to `[lo, hi]`; 0 for a mean inside: [`crate::linalg::log_tail_bound`]
+/// in the branch-free form of the blocks' vector lanes (with the kernel's multiply-add).
 #[inline(always)]
 fn tail_bound<M: MulAdd>(lo: f64, hi: f64, inv_sd: f64, mu: f64) -> f64 {
     // Plain comparisons rather than `f64::max` (no NaN here) and a select of constants, so
@@ -684,7 +685,10 @@ impl Forms<'_> {
                 let bound = lk[l] + tail_bound::<M>(lo, hi, inv_sd, m[l]);
                 let too_rough = algebra.completed_square_too_rough(q, lk[l], xpx[l]);
                 any |= too_rough;
-                finite &= !too_rough | (bound - bound == 0.0);
+                // Finite, as one subtraction in the lanes.
+                #[allow(clippy::eq_op)]
+                let bound_finite = bound - bound == 0.0;
+                finite &= !too_rough | bound_finite;
                 up[l] = bound + error;
                 let low = bound - error;
                 scale[l] = if low > scale[l] { low } else { scale[l] };

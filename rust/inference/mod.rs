@@ -22,9 +22,10 @@ pub mod region_sums;
 pub mod sampling;
 
 pub use crate::gauss::normal::log_sum_exp;
+pub use crate::gauss::IntegrationSettings;
 pub use algebra::{LocalGaussians, RegionAlgebra};
 pub use estep::{e_step, EStep};
-pub use integrator::GaussIntegrator;
+pub use integrator::{GaussIntegrator, IntervalIntegrator, PolygonIntegrator, PolyhedronIntegrator};
 
 use std::sync::Arc;
 
@@ -89,17 +90,50 @@ pub trait RegionIntegrator: Send + Sync {
         self.moments_into(region, mean, cond_mean, cond_second)
     }
 
-    /// For S = 1, the regions as intervals, for inference's linear-space path (see
-    /// `interval.rs`); `None` sends every point through the per-region methods above.
-    fn intervals(&self) -> Option<&interval::Intervals> {
-        None
-    }
-
     fn moments(&self, region: usize, mean: &[f64]) -> RegionMoments {
         let s = mean.len();
         let mut out = RegionMoments { log_mass: 0.0, mean: vec![0.0; s], second: vec![0.0; s * s] };
         out.log_mass = self.moments_into(region, mean, &mut out.mean, &mut out.second);
         out
+    }
+
+    /// Writes `Cov[z | region]` (S x S row-major), given the moments `moments_into` wrote for
+    /// `mean`: `E[z z^T] - E[z] E[z]^T` unless the integrator has a more accurate form.
+    fn covariance_into(&self, _region: usize, _mean: &[f64], cond_mean: &[f64], cond_second: &[f64], cov: &mut [f64]) {
+        let s = cond_mean.len();
+        for a in 0..s {
+            for b in 0..s {
+                cov[a * s + b] = cond_second[a * s + b] - cond_mean[a] * cond_mean[b];
+            }
+        }
+    }
+
+    /// `log p(x_n)` for every column of `x` (`D x N`), as [`log_likelihood`] returns it: by
+    /// default each point visits its regions through the per-region methods above; an
+    /// integrator with a faster way over many points (intervals) overrides it.
+    fn log_likelihood_batch(&self, algebra: &RegionAlgebra, x: DMatrixView<f64>, cancel: &Cancel) -> Result<Vec<f64>>
+    where
+        Self: Sized,
+    {
+        log_likelihood_through_regions(algebra, self, x, cancel)
+    }
+
+    /// The E-step statistics of the columns of `x`, as [`e_step`] returns them; the default and
+    /// overrides as for [`Self::log_likelihood_batch`].
+    fn e_step_batch(&self, algebra: &RegionAlgebra, x: DMatrixView<f64>, cancel: &Cancel) -> Result<EStep>
+    where
+        Self: Sized,
+    {
+        estep::e_step_through_regions(algebra, self, x, cancel)
+    }
+
+    /// The posterior terms of one point into `terms`; the default and overrides as for
+    /// [`Self::log_likelihood_batch`].
+    fn point_terms(&self, terms: &mut PointTerms, log_kappa: &[f64], mu: &[f64], s: usize)
+    where
+        Self: Sized,
+    {
+        terms.compute_by_regions(self, log_kappa, mu, s);
     }
 }
 
@@ -210,29 +244,48 @@ pub fn log_likelihood<I: RegionIntegrator>(
     x: DMatrixView<f64>,
     cancel: &Cancel,
 ) -> Result<Vec<f64>> {
-    let batches = if let Some(intervals) = integrator.intervals() {
-        // Results by position in the batch: the blocks take the points out of order.
-        let start = |points| (vec![f64::NAN; points], Vec::new());
-        map_interval_batches::<_, false>(
-            algebra,
-            intervals,
-            x,
-            cancel,
-            start,
-            |(out, bounds), block, points, local| {
-                for (l, &p) in points.iter().enumerate() {
-                    out[p] = block.log_likelihood(l).unwrap_or_else(|| {
-                        let (lk, mu) = local(p);
-                        log_likelihood_by_regions(integrator, &lk, &mu, 1, bounds)
-                    });
-                }
-            },
-        )?
-        .into_iter()
-        .map(|(out, _)| out)
-        .collect::<Vec<_>>()
-    } else if algebra.s == 1 {
-        // S = 1 without intervals (test integrators): the forms of `local_gaussians`.
+    let out = integrator.log_likelihood_batch(algebra, x, cancel)?;
+    no_nan_log_likelihood(&out)?;
+    Ok(out)
+}
+
+/// [`log_likelihood`] on the S = 1 interval path: blocks of points in linear space, and the
+/// points a block declines through the per-region methods.
+fn log_likelihood_on_intervals(
+    algebra: &RegionAlgebra,
+    integrator: &IntervalIntegrator,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+) -> Result<Vec<f64>> {
+    // Results by position in the batch: the blocks take the points out of order.
+    let start = |points| (vec![f64::NAN; points], Vec::new());
+    let batches = map_interval_batches::<_, false>(
+        algebra,
+        integrator.intervals(),
+        x,
+        cancel,
+        start,
+        |(out, bounds), block, points, local| {
+            for (l, &p) in points.iter().enumerate() {
+                out[p] = block.log_likelihood(l).unwrap_or_else(|| {
+                    let (lk, mu) = local(p);
+                    log_likelihood_by_regions(integrator, &lk, &mu, 1, bounds)
+                });
+            }
+        },
+    )?;
+    Ok(batches.into_iter().flat_map(|(out, _)| out).collect())
+}
+
+/// [`log_likelihood`] through the per-region methods: for S >= 2 by the pruned visit, for S = 1
+/// (test integrators) from the forms of `local_gaussians`.
+fn log_likelihood_through_regions<I: RegionIntegrator>(
+    algebra: &RegionAlgebra,
+    integrator: &I,
+    x: DMatrixView<f64>,
+    cancel: &Cancel,
+) -> Result<Vec<f64>> {
+    let batches: Vec<Vec<f64>> = if algebra.s == 1 {
         let start = |points| (Vec::with_capacity(points), Vec::new());
         map_batches(algebra, x, cancel, start, |(out, bounds), lk, mu| {
             out.push(log_likelihood_by_regions(integrator, lk, mu, 1, bounds))
@@ -250,9 +303,7 @@ pub fn log_likelihood<I: RegionIntegrator>(
         .map(|(out, _)| out)
         .collect()
     };
-    let out: Vec<f64> = batches.into_iter().flatten().collect();
-    no_nan_log_likelihood(&out)?;
-    Ok(out)
+    Ok(batches.into_iter().flatten().collect())
 }
 
 /// `Err(Numerical)` naming the first point whose log-likelihood is NaN: the region integrals
@@ -268,7 +319,7 @@ fn no_nan_log_likelihood(values: &[f64]) -> Result<()> {
 /// others by index): for each visited region, its index, its posterior probability,
 /// `E[z | q]` (S) and `E[z z^T | q]` (S x S). The buffers are reused from point to point.
 #[derive(Default)]
-pub(crate) struct PointTerms {
+pub struct PointTerms {
     pub log_likelihood: f64,
     pub region: Vec<usize>,
     pub weight: Vec<f64>,
@@ -282,23 +333,26 @@ impl PointTerms {
     /// by their sum rather than by `exp(log p)`, so they sum to one to rounding even where
     /// `log p(x)` is so large in magnitude that its own rounding is not small.
     pub(crate) fn compute<I: RegionIntegrator>(&mut self, integrator: &I, log_kappa: &[f64], mu: &[f64], s: usize) {
-        if let Some(intervals) = integrator.intervals() {
-            // One point is a block of one.
-            let mut block = interval::Block::default();
-            block.evaluate::<true>(intervals, &interval::Local::Stored { log_kappa, mu }, &[0]);
-            if let Some(log_likelihood) = block.log_likelihood(0) {
-                self.clear();
-                self.log_likelihood = log_likelihood;
-                for (q, [mass, first, second]) in block.terms(0) {
-                    self.region.push(q);
-                    self.weight.push(mass / block.total(0));
-                    // E[z | q] and E[z^2 | q]; a region whose term underflowed has none.
-                    let (m, m2) = if mass > 0.0 { (first / mass, second / mass) } else { (f64::NAN, f64::NAN) };
-                    self.mean.push(m);
-                    self.second.push(m2);
-                }
-                return;
+        integrator.point_terms(self, log_kappa, mu, s);
+    }
+
+    /// [`Self::compute`] on the S = 1 interval path: one point is a block of one, and a point
+    /// the block declines goes through the per-region methods.
+    fn compute_on_intervals(&mut self, integrator: &IntervalIntegrator, log_kappa: &[f64], mu: &[f64], s: usize) {
+        let mut block = interval::Block::default();
+        block.evaluate::<true>(integrator.intervals(), &interval::Local::Stored { log_kappa, mu }, &[0]);
+        if let Some(log_likelihood) = block.log_likelihood(0) {
+            self.clear();
+            self.log_likelihood = log_likelihood;
+            for (q, [mass, first, second]) in block.terms(0) {
+                self.region.push(q);
+                self.weight.push(mass / block.total(0));
+                // E[z | q] and E[z^2 | q]; a region whose term underflowed has none.
+                let (m, m2) = if mass > 0.0 { (first / mass, second / mass) } else { (f64::NAN, f64::NAN) };
+                self.mean.push(m);
+                self.second.push(m2);
             }
+            return;
         }
         self.compute_by_regions(integrator, log_kappa, mu, s);
     }

@@ -11,7 +11,6 @@ use super::{moment_terms, RegionAlgebra, RegionIntegrator, LOG_2PI};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::gauss::nearest::nearest_point;
-use crate::gauss::normal::truncated_normal_central;
 use crate::partition::Partition;
 
 /// The posterior of one point; the partition and the algebra it was built from are passed
@@ -84,24 +83,20 @@ impl PointPosterior {
         // The law of total variance, sum_q w_q (Cov[z | q] + (m_q - m)(m_q - m)^T), rather than
         // E[z z^T] - m m^T: a posterior narrow against its distance from 0 would lose its digits
         // to that difference. At S = 1 each region's variance comes from the truncated normal's
-        // own (accurate also for short and far intervals); elsewhere from the region's moments.
+        // own (accurate also for short and far intervals); elsewhere from the region's moments
+        // (`RegionIntegrator::covariance_into`).
         let mut cov = vec![0.0; s * s];
+        let mut within = vec![0.0; s * s];
         for (k, (&q, &w)) in terms.region.iter().zip(&terms.weight).enumerate() {
             if w <= 0.0 {
                 continue;
             }
             let m_q = &terms.mean[k * s..(k + 1) * s];
-            let region_variance = integrator.intervals().map(|intervals| {
-                let (lo, hi, sd) = intervals.interval(q);
-                truncated_normal_central(mu[q], sd, lo, hi).2
-            });
+            let second_q = &terms.second[k * s * s..(k + 1) * s * s];
+            integrator.covariance_into(q, &mu[q * s..(q + 1) * s], m_q, second_q, &mut within);
             for a in 0..s {
                 for b in 0..s {
-                    let within = match region_variance {
-                        Some(variance) => variance,
-                        None => terms.second[k * s * s + a * s + b] - m_q[a] * m_q[b],
-                    };
-                    cov[a * s + b] += w * (within + (m_q[a] - mean[a]) * (m_q[b] - mean[b]));
+                    cov[a * s + b] += w * (within[a * s + b] + (m_q[a] - mean[a]) * (m_q[b] - mean[b]));
                 }
             }
         }
@@ -287,7 +282,7 @@ impl RegionSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inference::GaussIntegrator;
+    use crate::inference::{GaussIntegrator, IntegrationSettings};
     use crate::model::Decoder;
     use nalgebra::DMatrix;
     use std::sync::Arc;
@@ -303,7 +298,8 @@ mod tests {
             let cancel = Cancel::new();
             let part = Partition::enumerate(dec.clone(), 100_000, &cancel).unwrap();
             let algebra = RegionAlgebra::new(&part, &vec![0.05; widths[widths.len() - 1]]).unwrap();
-            let integrator = GaussIntegrator::new(&part, &algebra, 1e-8, 0, &cancel).unwrap();
+            let integrator =
+                GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-8, 0, &cancel)).unwrap();
             let z = DMatrix::from_element(s, 1, 0.3);
             let x = dec.forward_batch(z.as_view()).column(0).into_owned();
             let post = PointPosterior::new(&algebra, &integrator, x.as_slice());
@@ -338,7 +334,8 @@ mod tests {
         let dec = Arc::new(Decoder::random_uniform(&[2, 6, 2], -1.0, 1).unwrap());
         let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
         let algebra = RegionAlgebra::new(&part, &[0.1, 0.1]).unwrap();
-        let integrator = GaussIntegrator::new(&part, &algebra, 1e-8, 0, &Cancel::new()).unwrap();
+        let integrator =
+            GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-8, 0, &Cancel::new())).unwrap();
         let post = PointPosterior::new(&algebra, &integrator, &[0.2, -0.1]);
         let cancel = Cancel::new();
         cancel.cancel();

@@ -287,7 +287,8 @@ mod tests {
 
     use super::super::batching::map_batches;
     use super::super::{
-        e_step, log_likelihood, log_likelihood_by_regions, EStep, GaussIntegrator, PointTerms, RegionAlgebra,
+        e_step, log_likelihood, log_likelihood_by_regions, EStep, GaussIntegrator, IntegrationSettings, PointTerms,
+        RegionAlgebra,
     };
     use super::*;
     use crate::cancel::Cancel;
@@ -376,7 +377,8 @@ mod tests {
             for &noise in noises {
                 let psi = vec![noise * scale * scale; dec.output_dim()];
                 let algebra = RegionAlgebra::new(&part, &psi).unwrap();
-                let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
+                let gauss =
+                    GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-6, 0, &Cancel::new())).unwrap();
                 let forms = UpperForms::new(&algebra);
                 for offset in [0.0, 0.3, 30.0] {
                     let x = points(&dec, n, offset, 3 + case as u64);

@@ -203,8 +203,8 @@ fn interval_path_against_quadrature<P: AsRef<[f64]>>(widths: &[usize], noises: &
     for psi in noises {
         let psi = psi.as_ref();
         let algebra = RegionAlgebra::new(&part, psi).unwrap();
-        let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
-        assert!(gauss.intervals().is_some());
+        let gauss = GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-6, 0, &Cancel::new())).unwrap();
+        assert!(matches!(gauss, GaussIntegrator::Interval(_)));
         let quad = Quadrature { partition: &part, algebra: &algebra };
         let zs = DMatrix::from_row_slice(1, 4, &[-2.5, -0.2, 0.9, 1.6]);
         let mut x = dec.forward_batch(zs.as_view());
@@ -261,7 +261,7 @@ fn narrow_posteriors_far_from_zero_keep_their_variance() {
     let dec = Arc::new(Decoder::random_uniform(&[1, 8, 8, 2], -1.0, 5).unwrap());
     let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
     let algebra = RegionAlgebra::new(&part, &[1e-14, 1e-14]).unwrap();
-    let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
+    let gauss = GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-6, 0, &Cancel::new())).unwrap();
     let x = dec.forward_batch(DMatrix::from_element(1, 1, 2.7).as_view()).column(0).into_owned();
     let post = posterior::PointPosterior::new(&algebra, &gauss, x.as_slice());
     let (mean, variance) = (post.mean[0], post.cov[0]);
@@ -298,8 +298,9 @@ fn interval_path_agrees_on_every_vector_width() {
     }
     for psi in [0.5, 1e-3, 1e-6] {
         let algebra = RegionAlgebra::new(&part, &[psi, psi]).unwrap();
-        let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
-        let intervals = gauss.intervals().unwrap();
+        let gauss = GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-6, 0, &Cancel::new())).unwrap();
+        let GaussIntegrator::Interval(gauss) = gauss else { panic!("S = 1 integrates over intervals") };
+        let intervals = gauss.intervals();
         let points: Vec<usize> = (0..40).collect();
         for chunk in points.chunks(interval::LANES) {
             let run = |vectors| {
@@ -348,7 +349,7 @@ fn interval_path_gives_each_point_the_same_bits_in_any_batch() {
     let part = Partition::enumerate(dec.clone(), 1000, &Cancel::new()).unwrap();
     for psi in [0.5, 1e-3, 1e-6] {
         let algebra = RegionAlgebra::new(&part, &[psi, psi]).unwrap();
-        let gauss = GaussIntegrator::new(&part, &algebra, 1e-6, 0, &Cancel::new()).unwrap();
+        let gauss = GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-6, 0, &Cancel::new())).unwrap();
         let zs = DMatrix::from_fn(1, 53, |_, j| -3.0 + 0.113 * j as f64);
         let mut x = dec.forward_batch(zs.as_view());
         for j in 0..53 {

@@ -218,9 +218,10 @@ fn distinct_blocks(data: &[f64], block: usize, regions: usize) -> (Vec<usize>, V
     (index, distinct)
 }
 
-/// `sum_j x_j y_j` in eight interleaved partial sums (so that it vectorises), added in a fixed order.
+/// `sum_j x_j y_j` (the vector kernel of `crate::linalg::dot` for these products) in eight
+/// interleaved partial sums (so that it vectorises), added in a fixed order.
 #[inline(always)]
-fn dot<M: MulAdd>(x: &[f64], y: &[f64]) -> f64 {
+fn dot_lanes<M: MulAdd>(x: &[f64], y: &[f64]) -> f64 {
     let mut lanes = [0.0; 8];
     let (xs, ys) = (x.chunks_exact(8), y.chunks_exact(8));
     let (x_rest, y_rest) = (xs.remainder(), ys.remainder());
@@ -300,7 +301,7 @@ impl Chunk<'_> {
                     for d in 0..outputs {
                         for k in 0..S1 {
                             weights[d * S1 + k] =
-                                dot::<M>(&f_q[d * padded..(d + 1) * padded], &p[k * padded..(k + 1) * padded])
+                                dot_lanes::<M>(&f_q[d * padded..(d + 1) * padded], &p[k * padded..(k + 1) * padded])
                                     * inverse_noise[d];
                         }
                     }

@@ -10,6 +10,8 @@
 
 use microlp::{ComparisonOp, OptimizationDirection, Problem};
 
+use crate::linalg::dot;
+
 /// `maximize c.x  subject to  A x <= b`, `A` row-major `m x n`, `x` free.
 pub struct Lp<'a> {
     pub n: usize,
@@ -27,11 +29,6 @@ pub enum LpOutcome {
     Unbounded,
     /// The dense method did not converge cleanly (cycling, loss of precision).
     Failed,
-}
-
-#[inline]
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
 }
 
 impl<'a> Lp<'a> {
@@ -230,7 +227,7 @@ pub fn chebyshev_ball(s: usize, g: &[f64], h: &[f64], start: &[f64], cap: f64) -
         b.push(h[i]);
         r0 = r0.min(h[i] - dot(row, start));
     }
-    a.extend(std::iter::repeat(0.0).take(s));
+    a.extend(std::iter::repeat_n(0.0, s));
     a.push(1.0);
     b.push(cap);
     let mut c = vec![0.0; n];
@@ -282,7 +279,7 @@ mod tests {
                 a.extend_from_slice(&g[i * s..(i + 1) * s]);
                 a.push(1.0);
             }
-            a.extend(std::iter::repeat(0.0).take(s));
+            a.extend(std::iter::repeat_n(0.0, s));
             a.push(1.0);
             b.push(1.0);
             let mut c = vec![0.0; n];

@@ -33,24 +33,7 @@ pub use polyhedron::Polyhedron;
 
 /// Distances below `abs + rel * |z|` are treated as zero: a cell must contain a ball of at
 /// least that radius around its witness point to count as full-dimensional.
-#[derive(Clone, Copy, Debug)]
-pub struct Tolerance {
-    pub abs: f64,
-    pub rel: f64,
-}
-
-impl Default for Tolerance {
-    fn default() -> Self {
-        Tolerance { abs: 1e-9, rel: 1e-9 }
-    }
-}
-
-impl Tolerance {
-    #[inline]
-    pub fn at(&self, z_norm: f64) -> f64 {
-        self.abs + self.rel * z_norm
-    }
-}
+pub use crate::linalg::Tolerance;
 
 /// A unit-normal hyperplane constraint `normal . z <= offset` contributed by hidden unit `unit`.
 #[derive(Clone, Debug, PartialEq)]

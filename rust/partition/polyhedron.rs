@@ -5,6 +5,7 @@
 
 use super::lp::{chebyshev_ball, Ball, Lp, LpOutcome};
 use super::{Cell, Cut, Facet, Shape, Tolerance};
+use crate::linalg::dot;
 
 /// Radius cap of the Chebyshev LPs: unbounded cells would otherwise have no optimum. Any
 /// ball of this radius is a witness far above the tolerance.
@@ -25,11 +26,6 @@ pub struct Polyhedron {
     /// that misses it cannot cut the cell, which saves an LP.
     lo: Vec<f64>,
     hi: Vec<f64>,
-}
-
-#[inline]
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
 }
 
 fn norm(v: &[f64]) -> f64 {
@@ -98,7 +94,7 @@ impl Polyhedron {
                     _ => sign * f64::INFINITY,
                 };
                 // Pad by the tolerance of the LP's feasibility so the box stays a superset.
-                let pad = 1e-9 * (1.0 + extent.abs());
+                let pad = Tolerance::DEFAULT.at(extent.abs());
                 if sign > 0.0 {
                     self.hi[j] = self.hi[j].min(extent + pad);
                 } else {
@@ -117,7 +113,7 @@ impl Polyhedron {
         for i in 0..self.h.len() {
             let row = &self.g[i * s..(i + 1) * s];
             let (_, high) = self.box_range(row, -self.h[i]);
-            if high < -1e-9 * (1.0 + self.h[i].abs()) {
+            if high < -Tolerance::DEFAULT.at(self.h[i].abs()) {
                 continue;
             }
             self.g.copy_within(i * s..(i + 1) * s, kept * s);

@@ -1,4 +1,5 @@
 use super::*;
+use crate::linalg::dot;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
@@ -12,10 +13,6 @@ fn enumerate(decoder: &Arc<Decoder>) -> Partition {
 
 fn binomial(n: usize, k: usize) -> usize {
     (0..k).fold(1usize, |acc, i| acc * (n - i) / (i + 1))
-}
-
-fn dot(u: &[f64], v: &[f64]) -> f64 {
-    u.iter().zip(v).map(|(a, b)| a * b).sum()
 }
 
 #[test]

@@ -3,7 +3,7 @@ use numpy::{PyArray1, PyArray2, PyArray3, PyReadonlyArray1, PyReadonlyArray2, Py
 use pyo3::prelude::*;
 
 use super::run_released;
-use crate::gauss::{moments_batch, rectangles_batch, PolytopeShape};
+use crate::gauss::{moments_batch, rectangles_batch, IntegrationSettings, PolytopeShape};
 
 /// The array's entries in row-major order, whatever its memory layout.
 fn row_major(a: &PyReadonlyArray2<'_, f64>) -> Vec<f64> {
@@ -14,7 +14,8 @@ fn row_major(a: &PyReadonlyArray2<'_, f64>) -> Vec<f64> {
 /// `{z : G z <= h[k]}`. Shapes are checked by the Python wrapper; the engine re-checks sizes.
 #[pyfunction]
 #[pyo3(signature = (g, h, means, cov, rtol, seed, want_moments))]
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+// The arguments are the Python signature.
+#[allow(clippy::too_many_arguments)]
 fn polytope_moments<'py>(
     py: Python<'py>,
     g: PyReadonlyArray2<'py, f64>,
@@ -35,7 +36,7 @@ fn polytope_moments<'py>(
     let (g, h, means, cov) = (row_major(&g), row_major(&h), row_major(&means), row_major(&cov));
     let results = run_released(py, move |cancel| {
         let shape = PolytopeShape::new(&g, s, &cov)?;
-        moments_batch(&shape, &h, &means, n, rtol, seed, want_moments, cancel)
+        moments_batch(&shape, &h, &means, n, want_moments, &IntegrationSettings::new(rtol, seed, cancel))
     })?;
     let mut log_mass = Array1::zeros(n);
     let mut mean = Array2::zeros((n, s));
@@ -73,7 +74,9 @@ fn mvn_cdf<'py>(
 ) -> PyResult<(Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<f64>>)> {
     let n = lower.shape()[0];
     let (lower, upper, mean, cov) = (row_major(&lower), row_major(&upper), mean.as_array().to_vec(), row_major(&cov));
-    let results = run_released(py, move |cancel| rectangles_batch(&lower, &upper, &mean, &cov, n, rtol, seed, cancel))?;
+    let results = run_released(py, move |cancel| {
+        rectangles_batch(&lower, &upper, &mean, &cov, n, &IntegrationSettings::new(rtol, seed, cancel))
+    })?;
     let (log_p, error): (Vec<f64>, Vec<f64>) = results.into_iter().unzip();
     Ok((PyArray1::from_vec(py, log_p), PyArray1::from_vec(py, error)))
 }

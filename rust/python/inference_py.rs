@@ -13,7 +13,7 @@ use super::{run_released, run_released_here};
 use crate::inference::elbo::{self, GaussianQ, VariationalEngine};
 use crate::inference::posterior::PointPosterior;
 use crate::inference::region_sums::{default_block_rows, RegionSums};
-use crate::inference::{e_step, log_likelihood, GaussIntegrator, RegionAlgebra};
+use crate::inference::{e_step, log_likelihood, GaussIntegrator, IntegrationSettings, RegionAlgebra};
 use crate::partition::Partition;
 
 /// Per-point values and their estimated absolute errors.
@@ -45,7 +45,7 @@ impl PyDgn {
         let noise: Vec<f64> = noise_var.as_array().to_vec();
         let (algebra, integrator) = run_released(py, move |cancel| {
             let algebra = RegionAlgebra::new(&shared, &noise)?;
-            let integrator = GaussIntegrator::new(&shared, &algebra, rtol, seed, cancel)?;
+            let integrator = GaussIntegrator::new(&shared, &algebra, &IntegrationSettings::new(rtol, seed, cancel))?;
             Ok((algebra, integrator))
         })?;
         Ok(PyDgn {
@@ -67,13 +67,12 @@ impl PyDgn {
         let data = x.as_slice()?.to_vec();
         let (algebra, integrator) = (self.algebra.clone(), self.integrator.clone());
         let out = run_released_here(py, move |cancel| {
-            log_likelihood(&*algebra, &*integrator, DMatrixView::from_slice(&data, d, data.len() / d), cancel)
+            log_likelihood(&algebra, &*integrator, DMatrixView::from_slice(&data, d, data.len() / d), cancel)
         })?;
         Ok(PyArray1::from_vec(py, out))
     }
 
     /// `(log_likelihood, indptr, regions, m0, m1, m2)`: CSR by point.
-    #[allow(clippy::type_complexity)]
     fn e_step<'py>(
         &self,
         py: Python<'py>,
@@ -91,7 +90,7 @@ impl PyDgn {
         let data = x.as_slice()?.to_vec();
         let (algebra, integrator) = (self.algebra.clone(), self.integrator.clone());
         let stats = run_released_here(py, move |cancel| {
-            e_step(&*algebra, &*integrator, DMatrixView::from_slice(&data, d, data.len() / d), cancel)
+            e_step(&algebra, &*integrator, DMatrixView::from_slice(&data, d, data.len() / d), cancel)
         })?;
         // scipy's sparse matrices take int32 indices where they fit, and convert others to it.
         let small = stats.indptr.last().copied().unwrap_or(0).max(self.partition.len()) <= i32::MAX as usize;
@@ -115,7 +114,6 @@ impl PyDgn {
     /// The E-step reduced to per-region sums as it goes, `block_rows` rows at a time (each
     /// block copied, its statistics added to the sums and dropped):
     /// `(log_likelihood, s0, s1, s2, sx0, sx1, sum_x2)`, the sums of the rows about `centre`.
-    #[allow(clippy::type_complexity)]
     #[pyo3(signature = (x, centre, block_rows=None))]
     fn e_step_sums<'py>(
         &self,
@@ -206,7 +204,7 @@ impl PyDgn {
             let engine = VariationalEngine::new(&partition, &algebra, rtol, seed)?;
             let q = GaussianQ { mean: &mean, cov: &cov };
             let points = DMatrixView::from_slice(&data, d, data.len() / d);
-            let log_p = log_likelihood(&*algebra, &*integrator, points, cancel)?;
+            let log_p = log_likelihood(&algebra, &*integrator, points, cancel)?;
             elbo::posterior_gap(&engine, points, &log_p, q, cancel)
         })?;
         Ok((PyArray1::from_vec(py, out.value), PyArray1::from_vec(py, out.error)))
@@ -227,7 +225,6 @@ impl PyDgn {
 impl PyDgn {
     /// The points, q's means and covariances as flat copies, their shapes checked against
     /// each other (the values are checked by the engine).
-    #[allow(clippy::type_complexity)]
     fn variational_inputs(
         &self,
         x: &PyReadonlyArray2<'_, f64>,

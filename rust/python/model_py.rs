@@ -78,6 +78,20 @@ impl PyDecoder {
     }
 }
 
+/// `exactem.Decoder.random`'s weights (`(out, in)` arrays) and biases: `Decoder::random_parameters`.
+#[pyfunction]
+fn random_parameters<'py>(
+    py: Python<'py>,
+    widths: Vec<usize>,
+    seed: u64,
+) -> PyResult<(Vec<Bound<'py, PyArray2<f64>>>, Vec<Bound<'py, PyArray1<f64>>>)> {
+    let (weights, biases) = Decoder::random_parameters(&widths, seed)?;
+    let weights = weights.into_iter().map(|w| to_rows(py, w.transpose())).collect::<PyResult<Vec<_>>>()?;
+    let biases = biases.into_iter().map(|b| PyArray1::from_vec(py, b.data.into())).collect();
+    Ok((weights, biases))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<PyDecoder>()
+    m.add_class::<PyDecoder>()?;
+    m.add_function(wrap_pyfunction!(random_parameters, m)?)
 }

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use nalgebra::{DMatrix, DVector};
 
 use super::*;
-use crate::inference::{log_likelihood, GaussIntegrator};
+use crate::inference::{log_likelihood, GaussIntegrator, IntegrationSettings};
 use crate::model::Decoder;
 
 fn engine_parts(widths: &[usize], slope: f64, seed: u64, psi: &[f64]) -> (Arc<Decoder>, Partition, Vec<f64>) {
@@ -117,7 +117,7 @@ fn linear_decoder_gives_closed_form_elbo_and_kl() {
     let part = Partition::enumerate(dec, 10, &Cancel::new()).unwrap();
     let psi = [0.3, 0.5, 0.2];
     let algebra = RegionAlgebra::new(&part, &psi).unwrap();
-    let integrator = GaussIntegrator::new(&part, &algebra, 1e-8, 0, &Cancel::new()).unwrap();
+    let integrator = GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-8, 0, &Cancel::new())).unwrap();
     let engine = VariationalEngine::new(&part, &algebra, 1e-8, 0).unwrap();
     let x = DVector::from_vec(vec![0.1, 3.0, -0.4]);
     let inv_psi = DMatrix::from_diagonal(&DVector::from_iterator(3, psi.iter().map(|p| 1.0 / p)));
@@ -157,7 +157,7 @@ fn linear_decoder_gives_closed_form_elbo_and_kl() {
 fn gap_agrees_with_log_likelihood_minus_elbo_on_a_deep_net() {
     let (dec, part, psi) = engine_parts(&[2, 8, 8, 3], 0.1, 5, &[0.1, 0.2, 0.3]);
     let algebra = RegionAlgebra::new(&part, &psi).unwrap();
-    let integrator = GaussIntegrator::new(&part, &algebra, 1e-8, 0, &Cancel::new()).unwrap();
+    let integrator = GaussIntegrator::new(&part, &algebra, &IntegrationSettings::new(1e-8, 0, &Cancel::new())).unwrap();
     let engine = VariationalEngine::new(&part, &algebra, 1e-8, 0).unwrap();
     let zs = DMatrix::from_row_slice(2, 3, &[0.3, -1.0, 2.0, 0.5, 0.2, -0.7]);
     let x = dec.forward_batch(zs.as_view());

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::cancel::Cancel;
-use crate::gauss::PolytopeShape;
+use crate::gauss::{IntegrationSettings, PolytopeShape};
 use rand::SeedableRng;
 
 /// Unit rows from unnormalised ones.
@@ -48,7 +48,10 @@ fn polygons() -> Vec<(&'static str, Vec<[f64; 2]>, Vec<f64>)> {
 /// slices for S = 3).
 fn reference(g: &[f64], e: &[f64], s: usize) -> crate::gauss::GaussMoments {
     let identity: Vec<f64> = (0..s * s).map(|k| if k % (s + 1) == 0 { 1.0 } else { 0.0 }).collect();
-    PolytopeShape::new(g, s, &identity).unwrap().moments(e, &vec![0.0; s], 1e-10, 0, true, &Cancel::new()).unwrap()
+    PolytopeShape::new(g, s, &identity)
+        .unwrap()
+        .moments(e, &vec![0.0; s], true, &IntegrationSettings::new(1e-10, 0, &Cancel::new()))
+        .unwrap()
 }
 
 /// Sample means within 5 standard errors (from the exact covariance) of the exact mean, and the
@@ -365,7 +368,7 @@ fn four_dimensional_draws_match_moments() {
         let identity: Vec<f64> = (0..16).map(|k| if k % 5 == 0 { 1.0 } else { 0.0 }).collect();
         let reference = PolytopeShape::new(&f, 4, &identity)
             .unwrap()
-            .moments(&e, &[0.0; 4], 1e-6, 0, true, &Cancel::new())
+            .moments(&e, &[0.0; 4], true, &IntegrationSettings::new(1e-6, 0, &Cancel::new()))
             .unwrap();
         assert_moments(name, &samples, &reference, 4);
     }
