@@ -704,3 +704,67 @@ def test_wedge_closed_far_away_has_the_open_wedge_mass():
     with_far_row = gauss.polytope_moments(G, h, mean, cov).log_mass
     without = gauss.polytope_moments(G[[0, 2]], h[[0, 2]], mean, cov).log_mass
     assert abs(with_far_row - without) <= 1e-12 * abs(without)
+
+
+def _mp_truncated_normal(a, b):
+    """(log mass, mean, variance) of N(0, 1) on [a, b] with mpmath at 80 digits."""
+    import mpmath as mp
+
+    with mp.workdps(80):
+        a, b = mp.mpf(a), mp.mpf(b)
+        mass = mp.ncdf(b) - mp.ncdf(a) if a < 0 else mp.ncdf(-a) - mp.ncdf(-b)
+        pa, pb = mp.npdf(a), mp.npdf(b)
+        mean = (pa - pb) / mass
+        second = 1 + (a * pa - b * pb) / mass
+        return float(mp.log(mass)), float(mean), float(second - mean**2)
+
+
+@pytest.mark.parametrize("box", [
+    # Far from the mean: the variance along the near edge's normal ~ 1 / d^2, the second
+    # moment ~ d^2 (the subtraction E[w w^T] - E[w] E[w]^T gave negative variances).
+    ((10.0, 11.0), (-1.0, 2.0)), ((100.0, 101.0), (-1.0, 2.0)), ((1e3, 1e3 + 1), (-1.0, 2.0)),
+    ((1e4, 1e4 + 1), (-3.0, 0.5)), ((-2e3, -1e3), (40.0, 45.0)),
+    # Tiny boxes and slivers near the mean: the divergence theorem's terms ~ 1 / size cancel
+    # to a covariance ~ size^2.
+    ((0.5, 0.5 + 1e-4), (-0.2, -0.2 + 1e-4)), ((0.5, 0.5 + 1e-7), (0.1, 0.1 + 1e-7)),
+    ((0.3, 0.3 + 1e-7), (-2.0, 1.0)), ((5.0, 5.0 + 1e-6), (-1.0, 1.0)),
+])
+@pytest.mark.parametrize("angle", [0.0, 0.3, 2.0])
+@pytest.mark.parametrize("cov_scale", [1.0, 1e-6, 1e6])
+def test_polygon_covariances_far_out_and_tiny_are_positive_and_exact(box, angle, cov_scale):
+    # A box in whitened coordinates y, rotated: z = B y with B = sqrt(cov_scale) R, so the
+    # moments are products of one-dimensional truncated normals (mpmath).
+    (lo0, hi0), (lo1, hi1) = box
+    R = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    B = np.sqrt(cov_scale) * R
+    Binv = R.T / np.sqrt(cov_scale)
+    G = np.vstack([Binv[0], -Binv[0], Binv[1], -Binv[1]])
+    h = np.array([hi0, -lo0, hi1, -lo1])
+    res = gauss.polytope_moments(G, h, np.zeros(2), cov_scale * np.eye(2))
+    refs = [_mp_truncated_normal(lo0, hi0), _mp_truncated_normal(lo1, hi1)]
+    log_mass = refs[0][0] + refs[1][0]
+    y_mean = np.array([refs[0][1], refs[1][1]])
+    y_var = np.array([refs[0][2], refs[1][2]])
+    # Error analysis: G and h are the exact box's rounded (the rotation, the scaling), so the
+    # box's ends move by eta ~ 8 eps (|lo| + |hi| + 1) in whitened units. That moves the mean by
+    # up to eta, and each variance by a relative 4 eta over the shorter of the interval's
+    # width and its Gaussian scale 1 / max(1, |lo|, |hi|) (far out, the variance ~ 1 / d^2 is
+    # set by the tail's slope, not by where the edge is); the quadrature adds ~1e-12.
+    eta = np.array([8 * EPS * (abs(lo0) + abs(hi0) + 1), 8 * EPS * (abs(lo1) + abs(hi1) + 1)])
+    scale = np.minimum(np.array([hi0 - lo0, hi1 - lo1]), 1 / np.maximum(1, np.abs(np.array(box)).max(axis=1)))
+    var_rtol = 4 * eta / scale + 1e-11
+    # The covariance is returned as a matrix in rotated coordinates: each entry is rounded
+    # relative to the largest variance, so the rotation back sees an absolute error of a few
+    # eps times it (a sliver's 1e-14 variance beside 0.3 across keeps ~4 digits that way).
+    representation = 4 * EPS * y_var.max()
+    # Back in whitened, unrotated coordinates, the engine's moments are compared axis by axis.
+    mean_y = Binv @ res.mean
+    cov_y = Binv @ res.cov @ Binv.T
+    assert np.all(np.linalg.eigvalsh(cov_y) >= -representation), res.cov
+    # The log mass moves by phi(end) / mass ~ max(1 / width, |end|) per unit of an end.
+    assert abs(res.log_mass - log_mass) <= 2 * np.sum(eta / scale) + 1e-12 * (1 + abs(log_mass)), (res.log_mass, log_mass)
+    # The mean, likewise rotated, carries eps times its largest coordinate into each.
+    assert np.all(np.abs(mean_y - y_mean) <= 2 * eta + 4 * EPS * np.abs(y_mean).max() + 1e-12 * np.sqrt(y_var)), (mean_y, y_mean)
+    assert np.all(np.abs(np.diag(cov_y) - y_var) <= var_rtol * y_var + representation), (np.diag(cov_y), y_var)
+    # Across the axes: uncorrelated, up to the same accuracy.
+    assert abs(cov_y[0, 1]) <= 4 * np.sqrt(var_rtol[0] * var_rtol[1] * y_var[0] * y_var[1]) + representation

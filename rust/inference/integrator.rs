@@ -6,7 +6,7 @@ use super::interval::Intervals;
 use super::{RegionAlgebra, RegionIntegrator};
 use crate::cancel::Cancel;
 use crate::error::{Error, Result};
-use crate::gauss::normal::{log_diff_ndtr, truncated_normal};
+use crate::gauss::normal::{log_diff_ndtr, truncated_normal, truncated_normal_central};
 use crate::gauss::polygon::Polygon2;
 use crate::gauss::{GaussMoments, PolytopeShape};
 use crate::partition::Partition;
@@ -208,6 +208,30 @@ impl RegionIntegrator for GaussIntegrator {
                         cond_second[i * s + j] = out.cov[i * s + j] + out.mean[i] * out.mean[j];
                     }
                 }
+                out.log_mass
+            }
+        }
+    }
+
+    fn central_moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_cov: &mut [f64]) -> f64 {
+        match &self.regions[region] {
+            PreparedRegion::Interval => {
+                let (lo, hi, sd) = self.s1_intervals().interval(region);
+                let (log_mass, m, variance) = truncated_normal_central(mean[0], sd, lo, hi);
+                cond_mean[0] = m;
+                cond_cov[0] = variance;
+                log_mass
+            }
+            PreparedRegion::Polygon(poly) => {
+                let log_mass = poly.central_moments(mean, cond_mean, cond_cov);
+                Self::check_polygon(region, log_mass, cond_mean);
+                Self::check_polygon(region, log_mass, cond_cov);
+                log_mass
+            }
+            PreparedRegion::Polyhedron { shape, h, inside } => {
+                let out = self.polyhedron(shape, h, inside, mean, true, 1.0);
+                cond_mean.copy_from_slice(&out.mean);
+                cond_cov.copy_from_slice(&out.cov);
                 out.log_mass
             }
         }

@@ -71,37 +71,51 @@ impl PointPosterior {
         let local = algebra.local_gaussians(DMatrixView::from_slice(x, x.len(), 1));
         let (lk, mu) = local.point(0);
         let terms = moment_terms(integrator, lk, mu, s);
+        // At S >= 2 each region's mean and central covariance come from the integrator's
+        // central moments: `E[z z^T | q] - m_q m_q^T` loses the covariance where the region's
+        // mean is far from 0 against its spread (a far outlier's posterior) or the region is
+        // tiny against Sigma_q. At S = 1 the truncated normal's own variance (accurate also for
+        // short and far intervals).
+        let central: Vec<(Vec<f64>, Vec<f64>)> = terms
+            .region
+            .iter()
+            .zip(&terms.weight)
+            .enumerate()
+            .map(|(k, (&q, &w))| {
+                let (mut m_q, mut c_q) = (terms.mean[k * s..(k + 1) * s].to_vec(), vec![0.0; s * s]);
+                if w <= 0.0 {
+                    return (m_q, c_q);
+                }
+                if let Some(intervals) = integrator.intervals() {
+                    let (lo, hi, sd) = intervals.interval(q);
+                    c_q[0] = truncated_normal_central(mu[q], sd, lo, hi).2;
+                } else {
+                    integrator.central_moments_into(q, &mu[q * s..(q + 1) * s], &mut m_q, &mut c_q);
+                }
+                (m_q, c_q)
+            })
+            .collect();
         let mut weights = vec![0.0; r];
         let mut mean = vec![0.0; s];
-        for (k, (&q, &w)) in terms.region.iter().zip(&terms.weight).enumerate() {
+        for ((&q, &w), (m_q, _)) in terms.region.iter().zip(&terms.weight).zip(&central) {
             weights[q] = w;
             if w > 0.0 {
                 for j in 0..s {
-                    mean[j] += w * terms.mean[k * s + j];
+                    mean[j] += w * m_q[j];
                 }
             }
         }
         // The law of total variance, sum_q w_q (Cov[z | q] + (m_q - m)(m_q - m)^T), rather than
         // E[z z^T] - m m^T: a posterior narrow against its distance from 0 would lose its digits
-        // to that difference. At S = 1 each region's variance comes from the truncated normal's
-        // own (accurate also for short and far intervals); elsewhere from the region's moments.
+        // to that difference.
         let mut cov = vec![0.0; s * s];
-        for (k, (&q, &w)) in terms.region.iter().zip(&terms.weight).enumerate() {
+        for (&w, (m_q, c_q)) in terms.weight.iter().zip(&central) {
             if w <= 0.0 {
                 continue;
             }
-            let m_q = &terms.mean[k * s..(k + 1) * s];
-            let region_variance = integrator.intervals().map(|intervals| {
-                let (lo, hi, sd) = intervals.interval(q);
-                truncated_normal_central(mu[q], sd, lo, hi).2
-            });
             for a in 0..s {
                 for b in 0..s {
-                    let within = match region_variance {
-                        Some(variance) => variance,
-                        None => terms.second[k * s * s + a * s + b] - m_q[a] * m_q[b],
-                    };
-                    cov[a * s + b] += w * (within + (m_q[a] - mean[a]) * (m_q[b] - mean[b]));
+                    cov[a * s + b] += w * (c_q[a * s + b] + (m_q[a] - mean[a]) * (m_q[b] - mean[b]));
                 }
             }
         }
