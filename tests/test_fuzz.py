@@ -33,6 +33,8 @@ Ranges that the engine does not yet handle are restricted below, each with a com
 ``# restricted:``; the failures found there are kept as strict expected failures at the end.
 """
 
+import time
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, note, settings
@@ -768,3 +770,44 @@ def test_polygon_covariances_far_out_and_tiny_are_positive_and_exact(box, angle,
     assert np.all(np.abs(np.diag(cov_y) - y_var) <= var_rtol * y_var + representation), (np.diag(cov_y), y_var)
     # Across the axes: uncorrelated, up to the same accuracy.
     assert abs(cov_y[0, 1]) <= 4 * np.sqrt(var_rtol[0] * var_rtol[1] * y_var[0] * y_var[1]) + representation
+
+
+@pytest.mark.parametrize("noise", [1e-2, 1e-8, 1e-12])
+@pytest.mark.parametrize("x", [3.0, -1e3, 1e6])
+def test_sampling_strips_far_out_is_exact_and_quick(noise, x):
+    # Parallel hidden units: every region a strip, and at small noise or far x the posterior's
+    # mass lies far from each region's Gaussian mean in whitened units (the sequential sampler's
+    # marginal there is -d^2 / 2 in size and its envelope's rounding margin grew with it).
+    # Strips are sampled along their normal (truncated normal) and across it (standard normal):
+    # the draws' mean is the posterior mean within 5 standard errors, their variance the
+    # posterior's within 5 of its standard errors (var sqrt(2 / n), widened 3x for the
+    # non-Gaussian truncated coordinate).
+    dec = exactem.Decoder([np.array([[1.0, 2.0], [2.0, 4.0], [-1.0, -2.0]]), np.array([[1.0, -0.5, 0.7]])],
+                          [np.array([0.0, -1.0, -2.0]), np.array([0.1])], activation="relu")
+    post = exactem.DGN(dec, noise).posterior(np.array([x]))
+    n = 4000
+    Z = post.sample(n, seed=3)
+    sd = np.sqrt(np.diag(post.cov))
+    assert np.all(np.abs(Z.mean(axis=0) - post.mean) <= 5 * sd / np.sqrt(n) + 4 * EPS * np.abs(post.mean))
+    np.testing.assert_allclose(Z.var(axis=0), sd**2, rtol=15 * np.sqrt(2 / n))
+
+
+def test_sampling_a_far_thin_wedge_ends_quickly():
+    # Parallel units at noise 3e-9: in whitened units a region is a wedge whose edges are ~1e-8
+    # from parallel and whose tip, where its mass is, lies ~4e8 out; its sections there are
+    # ~1e-17 wide, below the rounding of its own edges, so no exact sampler can be built, and
+    # the tilted fallback ran a billion proposals per draw (~30 s). The call ends within
+    # seconds: finite draws or NumericalError.
+    W = [[[-24.49505830711439, 193.42742821761058], [-12.247529153557196, 96.71371410880529], [631.2428448309151, -359.2161162497786]],
+         [[-1.6837285100142272, 0.8810437327506208, -0.5741053520671022], [-1.6837285100142272, 0.8810437327506208, -0.5741053520671022], [0.0, 0.0, 0.0], [1.0656420933740898, -0.30089014735709174, -0.7271904516642783]],
+         [[0.0, 0.0, 0.0, 0.0], [21.609895873322657, 21.450753760743744, -45.70701315855889, -11.755953223525314]]]
+    b = [[188.5906215534814, 94.2953107767407, 450.15331235621125], [-2.1292726198183662, -2.1292726198183662, -1.5026331343319588, 1.5122735290650782], [2.3002961812592204, 6.705958913329674]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation="linear")
+    post = exactem.DGN(dec, 2.7942392248395652e-09).posterior(np.array([2084.1349460501856, -20967.672308249268]))
+    start = time.perf_counter()
+    try:
+        samples = post.sample(50, seed=1)
+        assert np.all(np.isfinite(samples)) and np.all(np.isfinite(post.logpdf(samples)))
+    except exactem.NumericalError:
+        pass
+    assert time.perf_counter() - start < 10.0
