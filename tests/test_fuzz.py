@@ -811,3 +811,23 @@ def test_sampling_a_far_thin_wedge_ends_quickly():
     except exactem.NumericalError:
         pass
     assert time.perf_counter() - start < 10.0
+
+
+def test_sampling_envelope_refinement_ends():
+    # Noise 5e5: the posterior is near the prior, but one region's marginal envelope was refined
+    # at a domain end where h is -inf, by ever smaller steps, without end (a hang found by the
+    # fuzzing). The refinement's steps are bounded; the draws stay exact (any envelope above h
+    # is), and the call ends at once.
+    W = [[[0.3624356840823134, -0.4538465998990406], [0.0, 0.0], [-0.08038351648353341, -0.038286723110130545]],
+         [[3.3229995166448827, 0.22578661322792176, -0.3526307943415954], [3.3229995166448827, 0.22578661322792176, -0.3526307943415954]],
+         [[0.0, 0.0], [-0.19980212906658, 0.024259565076664623], [1.545820851212812, 0.5451055226876446]]]
+    b = [[-0.35871830827738915, -0.21877214503805684, -0.15364846646340405], [-0.39080097723465473, -0.39080097723465473], [-0.505228735614018, -0.1828389745977349, 0.5405251317548021]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation="relu")
+    post = exactem.DGN(dec, 509416.8256592512).posterior(np.array([456.58646174374496, 74.68798554695351, -381.78514549646655]))
+    start = time.perf_counter()
+    samples = post.sample(2000, seed=1)
+    assert time.perf_counter() - start < 10.0
+    assert np.all(np.isfinite(samples)) and np.all(np.isfinite(post.logpdf(samples)))
+    # Near the prior: the draws' mean is the posterior mean within 5 standard errors.
+    sd = np.sqrt(np.diag(post.cov))
+    assert np.all(np.abs(samples.mean(axis=0) - post.mean) <= 5 * sd / np.sqrt(len(samples)))

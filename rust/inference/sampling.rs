@@ -369,7 +369,15 @@ impl LogConcave {
         let margin = ENVELOPE_MARGIN * (1.0 + top.abs());
         let mut envelope = Envelope::new(&points, lo, hi, margin)?;
         // Refine where the envelope exceeds the chords most, until the acceptance is proven.
-        while envelope.log_lower - envelope.log_area < TARGET_ACCEPTANCE.ln() && points.len() < MAX_ABSCISSAE {
+        // Steps that only move an end of the domain (where `h` is -inf) add no point: the
+        // count of steps is bounded too, so that a domain end the steps approach by ever
+        // smaller amounts ends the refinement (a hang seen at S = 2) rather than the search.
+        let mut steps = 0;
+        while envelope.log_lower - envelope.log_area < TARGET_ACCEPTANCE.ln()
+            && points.len() < MAX_ABSCISSAE
+            && steps < 4 * MAX_ABSCISSAE
+        {
+            steps += 1;
             let k = points.len();
             let (first, last) = (points[0].0, points[k - 1].0);
             let excess = envelope.excess(&points);
