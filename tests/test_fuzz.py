@@ -339,11 +339,12 @@ def check_model_on(model, X):
 
 
 # (noise exponents, weight-scale exponents, outlier exponents) per latent dimension. S = 1 takes
-# the full ranges. restricted: S = 2 with noise below 1e-4, weights above 1e2 or outliers beyond
-# 10^2.5 gave NaN or absurd log-likelihoods, negative posterior variances and a panic when the
-# maps are rank-deficient (the cases found are regression tests below; the ranges are not yet
-# widened again).
-RANGES = {1: ((-12.0, 12.0), (-3.0, 3.0), (3.0, 6.0)), 2: ((-4.0, 8.0), (-2.0, 2.0), (1.0, 2.5))}
+# the full ranges; so does S = 2 for weights (x1e-6..1e6) and outliers (to 1e6). restricted: S = 2
+# noise below 1e-8 gave -inf log-likelihoods for rank-deficient maps (whitening stretches the
+# regions into wedges ~1e-8 from antiparallel, the mass at a tip 1e7..1e10 out; see the strict
+# xfail test_rank_one_map_at_tiny_noise_gives_finite_log_p below). The failures found and fixed
+# on the way are regression tests below.
+RANGES = {1: ((-12.0, 12.0), (-3.0, 3.0), (3.0, 6.0)), 2: ((-8.0, 12.0), (-3.0, 3.0), (3.0, 6.0))}
 
 
 @FUZZ
@@ -849,3 +850,26 @@ def test_sampling_envelope_refinement_ends():
     # Near the prior: the draws' mean is the posterior mean within 5 standard errors.
     sd = np.sqrt(np.diag(post.cov))
     assert np.all(np.abs(samples.mean(axis=0) - post.mean) <= 5 * sd / np.sqrt(len(samples)))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not fixed: a rank-one map (duplicated units) at noise 3e-10 makes Sigma_q's whitening stretch "
+    "one direction by ~1e8, so the regions' edges become ~1e-8 from antiparallel in whitened units "
+    "and the mass sits at a wedge's tip 1e7 to 1e10 out. Polygon2 treats gaps within 1e-7 of pi as "
+    "open (the tip dropped, the strip left crossed and empty), and even kept, the tip's sections "
+    "(~1e-15 wide) are below the rounding of the whitened offsets (eps d). log p(x) comes out -inf "
+    "silently; the fix needs the wedge's tip integrated in the latent frame. S = 2 noise stays >= 1e-8 in RANGES "
+    "until then."))
+def test_rank_one_map_at_tiny_noise_gives_finite_log_p():
+    W = [[[-162.82409634585102, 525.8148471367377], [-162.82409634585102, 525.8148471367377], [335.4278228983105, -84.7823777370688]],
+         [[1.613186897679083, -2.1467836862481193, -3.5437397299157487]]]
+    b = [[158.3578264200502, 158.3578264200502, 168.9216889968541], [0.6364264375950994]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation="abs")
+    model = exactem.DGN(dec, 2.699269881986867e-10)
+    # g(z) <= 0.64 everywhere, so log p(x) <= -(x - 0.64)^2 / (2 psi) - log(2 pi psi) / 2: finite.
+    x = np.array([[100.0], [447344.38258239]])
+    try:
+        ll = model.log_likelihood(x)
+    except DOCUMENTED:
+        return
+    assert np.all(np.isfinite(ll))
