@@ -873,3 +873,19 @@ def test_rank_one_map_at_tiny_noise_gives_finite_log_p():
     except DOCUMENTED:
         return
     assert np.all(np.isfinite(ll))
+
+
+@pytest.mark.parametrize("tilt", [1e-6, 1e-9, 1e-11, 1e-13])
+def test_interior_points_of_thin_wedges_far_out_are_inside(tilt):
+    # Two units 'tilt' from parallel meet ~1/tilt away: the thin triangle between them has its
+    # far vertex known only to ~eps / tilt relative, and clipping kept an ideal ray beside it; at
+    # tilt 1e-13 its interior point (the centroid stepped along that ray) came out 0.33 outside.
+    W1 = np.array([[1.0, 0.0], [1.0, tilt], [0.3, 1.0]])
+    dec = exactem.Decoder([W1, np.ones((1, 3))], [np.array([0.0, -1.0, 0.2]), np.zeros(1)], activation="relu")
+    part = dec.regions()
+    inner = part.interior_points
+    for i in range(len(part)):
+        G, h = part.facets(i)
+        assert np.all(G @ inner[i] < h), (i, inner[i], h - G @ inner[i])
+    _, P = forward(dec.weights, dec.biases, dec.slopes, inner)
+    np.testing.assert_array_equal(P, part.patterns)
