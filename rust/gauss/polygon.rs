@@ -516,13 +516,6 @@ impl Polygon2 {
         best
     }
 
-    /// The polygon's point nearest the mean `mu`, in whitened coordinates `L^{-1}(z - mu)`: in
-    /// closed form, from its edges and vertices (the mode of `N(mu, Sigma)` on it is
-    /// `mu + L` times this). `[0, 0]` when `mu` is inside; infinite when the polygon is empty.
-    pub fn nearest_point_whitened(&self, mu: &[f64]) -> [f64; 2] {
-        self.place(mu).nearest_point()
-    }
-
     /// An upper bound on the log mass: `Phi(-d) <= exp(-d^2 / 2) / 2` at the distance `d` from
     /// the mean to the region, in whitened coordinates. Inference bounds every region for every
     /// point, so only the offsets and the vertices next to violated edges are computed.

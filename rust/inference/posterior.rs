@@ -12,7 +12,6 @@ use crate::cancel::Cancel;
 use crate::error::{Error, Result};
 use crate::gauss::nearest::nearest_point;
 use crate::gauss::normal::truncated_normal_central;
-use crate::gauss::polygon::Polygon2;
 use crate::partition::Partition;
 
 /// The posterior of one point; the partition and the algebra it was built from are passed
@@ -63,21 +62,6 @@ fn whiten(l: &[f64], s: usize, z: &[f64], mu: &[f64]) -> Vec<f64> {
 
 fn unwhiten(l: &[f64], s: usize, w: &[f64], mu: &[f64]) -> Vec<f64> {
     (0..s).map(|i| mu[i] + (0..=i).map(|k| l[i * s + k] * w[k]).sum::<f64>()).collect()
-}
-
-/// S = 2: the point of region `q` nearest `mu` in whitened coordinates, from the region's
-/// polygon ([`Polygon2::nearest_point_whitened`]); `None` if rounding left it empty.
-fn polygon_nearest_point(partition: &Partition, l: &[f64], q: usize, mu: &[f64]) -> Option<Vec<f64>> {
-    let (g, h): (Vec<[f64; 2]>, Vec<f64>) = partition
-        .facets(q)
-        .iter()
-        .filter_map(|facet| {
-            let norm = facet.normal[0].hypot(facet.normal[1]);
-            (norm > 0.0).then(|| ([facet.normal[0] / norm, facet.normal[1] / norm], facet.offset / norm))
-        })
-        .unzip();
-    let w = Polygon2::new(g, h, [l[0], l[1], l[2], l[3]]).nearest_point_whitened(mu);
-    w.iter().all(|v| v.is_finite()).then(|| w.to_vec())
 }
 
 impl PointPosterior {
@@ -169,14 +153,7 @@ impl PointPosterior {
             let (f, e) = whitened_constraints(partition, algebra, q, self.mu(algebra, q));
             let l = algebra.chol(q);
             let start = whiten(l, s, partition.interior_point(q), self.mu(algebra, q));
-            // S = 2: the polygon's nearest point in closed form (edges and vertices); the
-            // active-set iteration, far out in whitened units (|w| ~ 1e8 at tiny noise), could
-            // stop short of it by more than the rounding of the values compared.
-            let exact = (s == 2).then(|| polygon_nearest_point(partition, l, q, self.mu(algebra, q)));
-            let w = match exact {
-                Some(Some(w)) => w,
-                _ => nearest_point(&f, &e, s, &vec![0.0; s], &start),
-            };
+            let w = nearest_point(&f, &e, s, &vec![0.0; s], &start);
             let value = peak(q) - 0.5 * w.iter().map(|v| v * v).sum::<f64>();
             if value > best.0 {
                 best = (value, unwhiten(l, s, &w, self.mu(algebra, q)));
