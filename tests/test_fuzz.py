@@ -33,6 +33,8 @@ Ranges that the engine does not yet handle are restricted below, each with a com
 ``# restricted:``; the failures found there are kept as strict expected failures at the end.
 """
 
+import time
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, note, settings
@@ -337,11 +339,14 @@ def check_model_on(model, X):
 
 
 # (noise exponents, weight-scale exponents, outlier exponents) per latent dimension. S = 1 takes
-# the full ranges. restricted: S = 2 with noise below 1e-4, weights above 1e2 or outliers beyond
-# 10^2.5 gave NaN or absurd log-likelihoods, negative posterior variances and a panic when the
-# maps are rank-deficient (the cases found are regression tests below; the ranges are not yet
-# widened again).
-RANGES = {1: ((-12.0, 12.0), (-3.0, 3.0), (3.0, 6.0)), 2: ((-4.0, 8.0), (-2.0, 2.0), (1.0, 2.5))}
+# the full ranges; so does S = 2 for weights (x1e-6..1e6) and outliers (to 1e6). restricted: S = 2
+# noise stays >= 1e-4. Below, the MAP's active-set search can stop short of its region's nearest
+# point (seen once in 2500 examples at noise >= 1e-8: test_map_at_small_noise_is_at_least_the_means_density),
+# and below 1e-8 rank-deficient maps give -inf log-likelihoods (whitening stretches the regions
+# into wedges ~1e-8 from antiparallel, the mass at a tip 1e7..1e10 out:
+# test_rank_one_map_at_tiny_noise_gives_finite_log_p); both strict xfails below. The failures
+# found and fixed on the way are regression tests below.
+RANGES = {1: ((-12.0, 12.0), (-3.0, 3.0), (3.0, 6.0)), 2: ((-4.0, 12.0), (-3.0, 3.0), (3.0, 6.0))}
 
 
 @FUZZ
@@ -704,3 +709,202 @@ def test_wedge_closed_far_away_has_the_open_wedge_mass():
     with_far_row = gauss.polytope_moments(G, h, mean, cov).log_mass
     without = gauss.polytope_moments(G[[0, 2]], h[[0, 2]], mean, cov).log_mass
     assert abs(with_far_row - without) <= 1e-12 * abs(without)
+
+
+def _mp_truncated_normal(a, b):
+    """(log mass, mean, variance) of N(0, 1) on [a, b] with mpmath at 80 digits."""
+    import mpmath as mp
+
+    with mp.workdps(80):
+        a, b = mp.mpf(a), mp.mpf(b)
+        mass = mp.ncdf(b) - mp.ncdf(a) if a < 0 else mp.ncdf(-a) - mp.ncdf(-b)
+        pa, pb = mp.npdf(a), mp.npdf(b)
+        mean = (pa - pb) / mass
+        second = 1 + (a * pa - b * pb) / mass
+        return float(mp.log(mass)), float(mean), float(second - mean**2)
+
+
+@pytest.mark.parametrize("box", [
+    # Far from the mean: the variance along the near edge's normal ~ 1 / d^2, the second
+    # moment ~ d^2 (the subtraction E[w w^T] - E[w] E[w]^T gave negative variances).
+    ((10.0, 11.0), (-1.0, 2.0)), ((100.0, 101.0), (-1.0, 2.0)), ((1e3, 1e3 + 1), (-1.0, 2.0)),
+    ((1e4, 1e4 + 1), (-3.0, 0.5)), ((-2e3, -1e3), (40.0, 45.0)),
+    # Tiny boxes and slivers near the mean: the divergence theorem's terms ~ 1 / size cancel
+    # to a covariance ~ size^2.
+    ((0.5, 0.5 + 1e-4), (-0.2, -0.2 + 1e-4)), ((0.5, 0.5 + 1e-7), (0.1, 0.1 + 1e-7)),
+    ((0.3, 0.3 + 1e-7), (-2.0, 1.0)), ((5.0, 5.0 + 1e-6), (-1.0, 1.0)),
+])
+@pytest.mark.parametrize("angle", [0.0, 0.3, 2.0])
+@pytest.mark.parametrize("cov_scale", [1.0, 1e-6, 1e6])
+def test_polygon_covariances_far_out_and_tiny_are_positive_and_exact(box, angle, cov_scale):
+    # A box in whitened coordinates y, rotated: z = B y with B = sqrt(cov_scale) R, so the
+    # moments are products of one-dimensional truncated normals (mpmath).
+    (lo0, hi0), (lo1, hi1) = box
+    R = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    B = np.sqrt(cov_scale) * R
+    Binv = R.T / np.sqrt(cov_scale)
+    G = np.vstack([Binv[0], -Binv[0], Binv[1], -Binv[1]])
+    h = np.array([hi0, -lo0, hi1, -lo1])
+    res = gauss.polytope_moments(G, h, np.zeros(2), cov_scale * np.eye(2))
+    refs = [_mp_truncated_normal(lo0, hi0), _mp_truncated_normal(lo1, hi1)]
+    log_mass = refs[0][0] + refs[1][0]
+    y_mean = np.array([refs[0][1], refs[1][1]])
+    y_var = np.array([refs[0][2], refs[1][2]])
+    # Error analysis: G and h are the exact box's rounded (the rotation, the scaling), so the
+    # box's ends move by eta ~ 8 eps (|lo| + |hi| + 1) in whitened units. That moves the mean by
+    # up to eta, and each variance by a relative 4 eta over the shorter of the interval's
+    # width and its Gaussian scale 1 / max(1, |lo|, |hi|) (far out, the variance ~ 1 / d^2 is
+    # set by the tail's slope, not by where the edge is); the quadrature adds ~1e-12.
+    eta = np.array([8 * EPS * (abs(lo0) + abs(hi0) + 1), 8 * EPS * (abs(lo1) + abs(hi1) + 1)])
+    scale = np.minimum(np.array([hi0 - lo0, hi1 - lo1]), 1 / np.maximum(1, np.abs(np.array(box)).max(axis=1)))
+    var_rtol = 4 * eta / scale + 1e-11
+    # The covariance is returned as a matrix in rotated coordinates: each entry is rounded
+    # relative to the largest variance, so the rotation back sees an absolute error of a few
+    # eps times it (a sliver's 1e-14 variance beside 0.3 across keeps ~4 digits that way).
+    representation = 4 * EPS * y_var.max()
+    # Back in whitened, unrotated coordinates, the engine's moments are compared axis by axis.
+    mean_y = Binv @ res.mean
+    cov_y = Binv @ res.cov @ Binv.T
+    assert np.all(np.linalg.eigvalsh(cov_y) >= -representation), res.cov
+    # The log mass moves by phi(end) / mass ~ max(1 / width, |end|) per unit of an end.
+    assert abs(res.log_mass - log_mass) <= 2 * np.sum(eta / scale) + 1e-12 * (1 + abs(log_mass)), (res.log_mass, log_mass)
+    # The mean, likewise rotated, carries eps times its largest coordinate into each.
+    assert np.all(np.abs(mean_y - y_mean) <= 2 * eta + 4 * EPS * np.abs(y_mean).max() + 1e-12 * np.sqrt(y_var)), (mean_y, y_mean)
+    assert np.all(np.abs(np.diag(cov_y) - y_var) <= var_rtol * y_var + representation), (np.diag(cov_y), y_var)
+    # Across the axes: uncorrelated, up to the same accuracy.
+    assert abs(cov_y[0, 1]) <= 4 * np.sqrt(var_rtol[0] * var_rtol[1] * y_var[0] * y_var[1]) + representation
+
+
+@pytest.mark.parametrize("noise", [1e-2, 1e-8, 1e-12])
+@pytest.mark.parametrize("x", [3.0, -1e3, 1e6])
+def test_sampling_strips_far_out_is_exact_and_quick(noise, x):
+    # Parallel hidden units: every region a strip, and at small noise or far x the posterior's
+    # mass lies far from each region's Gaussian mean in whitened units (the sequential sampler's
+    # marginal there is -d^2 / 2 in size and its envelope's rounding margin grew with it).
+    # Strips are sampled along their normal (truncated normal) and across it (standard normal):
+    # the draws' mean is the posterior mean within 5 standard errors, their variance the
+    # posterior's within 5 of its standard errors (var sqrt(2 / n), widened 3x for the
+    # non-Gaussian truncated coordinate).
+    dec = exactem.Decoder([np.array([[1.0, 2.0], [2.0, 4.0], [-1.0, -2.0]]), np.array([[1.0, -0.5, 0.7]])],
+                          [np.array([0.0, -1.0, -2.0]), np.array([0.1])], activation="relu")
+    post = exactem.DGN(dec, noise).posterior(np.array([x]))
+    n = 4000
+    Z = post.sample(n, seed=3)
+    sd = np.sqrt(np.diag(post.cov))
+    assert np.all(np.abs(Z.mean(axis=0) - post.mean) <= 5 * sd / np.sqrt(n) + 4 * EPS * np.abs(post.mean))
+    np.testing.assert_allclose(Z.var(axis=0), sd**2, rtol=15 * np.sqrt(2 / n))
+
+
+def test_sampling_a_far_thin_wedge_ends_quickly():
+    # Parallel units at noise 3e-9: in whitened units a region is a wedge whose edges are ~1e-8
+    # from parallel and whose tip, where its mass is, lies ~4e8 out; its sections there are
+    # ~1e-17 wide, below the rounding of its own edges, so no exact sampler can be built, and
+    # the tilted fallback ran a billion proposals per draw (~30 s). The call ends within
+    # seconds: finite draws or NumericalError.
+    W = [[[-24.49505830711439, 193.42742821761058], [-12.247529153557196, 96.71371410880529], [631.2428448309151, -359.2161162497786]],
+         [[-1.6837285100142272, 0.8810437327506208, -0.5741053520671022], [-1.6837285100142272, 0.8810437327506208, -0.5741053520671022], [0.0, 0.0, 0.0], [1.0656420933740898, -0.30089014735709174, -0.7271904516642783]],
+         [[0.0, 0.0, 0.0, 0.0], [21.609895873322657, 21.450753760743744, -45.70701315855889, -11.755953223525314]]]
+    b = [[188.5906215534814, 94.2953107767407, 450.15331235621125], [-2.1292726198183662, -2.1292726198183662, -1.5026331343319588, 1.5122735290650782], [2.3002961812592204, 6.705958913329674]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation="linear")
+    post = exactem.DGN(dec, 2.7942392248395652e-09).posterior(np.array([2084.1349460501856, -20967.672308249268]))
+    start = time.perf_counter()
+    try:
+        samples = post.sample(50, seed=1)
+        assert np.all(np.isfinite(samples)) and np.all(np.isfinite(post.logpdf(samples)))
+    except exactem.NumericalError:
+        pass
+    assert time.perf_counter() - start < 10.0
+
+
+def test_sampling_envelope_refinement_ends():
+    # Noise 5e5: the posterior is near the prior, but one region's marginal envelope was refined
+    # at a domain end where h is -inf, by ever smaller steps, without end (a hang found by the
+    # fuzzing). The refinement's steps are bounded; the draws stay exact (any envelope above h
+    # is), and the call ends at once.
+    W = [[[0.3624356840823134, -0.4538465998990406], [0.0, 0.0], [-0.08038351648353341, -0.038286723110130545]],
+         [[3.3229995166448827, 0.22578661322792176, -0.3526307943415954], [3.3229995166448827, 0.22578661322792176, -0.3526307943415954]],
+         [[0.0, 0.0], [-0.19980212906658, 0.024259565076664623], [1.545820851212812, 0.5451055226876446]]]
+    b = [[-0.35871830827738915, -0.21877214503805684, -0.15364846646340405], [-0.39080097723465473, -0.39080097723465473], [-0.505228735614018, -0.1828389745977349, 0.5405251317548021]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation="relu")
+    post = exactem.DGN(dec, 509416.8256592512).posterior(np.array([456.58646174374496, 74.68798554695351, -381.78514549646655]))
+    start = time.perf_counter()
+    samples = post.sample(2000, seed=1)
+    assert time.perf_counter() - start < 10.0
+    assert np.all(np.isfinite(samples)) and np.all(np.isfinite(post.logpdf(samples)))
+    # Near the prior: the draws' mean is the posterior mean within 5 standard errors.
+    sd = np.sqrt(np.diag(post.cov))
+    assert np.all(np.abs(samples.mean(axis=0) - post.mean) <= 5 * sd / np.sqrt(len(samples)))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not fixed: a rank-one map (duplicated units) at noise 3e-10 makes Sigma_q's whitening stretch "
+    "one direction by ~1e8, so the regions' edges become ~1e-8 from antiparallel in whitened units "
+    "and the mass sits at a wedge's tip 1e7 to 1e10 out. Polygon2 treats gaps within 1e-7 of pi as "
+    "open (the tip dropped, the strip left crossed and empty), and even kept, the tip's sections "
+    "(~1e-15 wide) are below the rounding of the whitened offsets (eps d). log p(x) comes out -inf "
+    "silently; the fix needs the wedge's tip integrated in the latent frame. S = 2 noise stays >= 1e-4 in RANGES "
+    "until then."))
+def test_rank_one_map_at_tiny_noise_gives_finite_log_p():
+    W = [[[-162.82409634585102, 525.8148471367377], [-162.82409634585102, 525.8148471367377], [335.4278228983105, -84.7823777370688]],
+         [[1.613186897679083, -2.1467836862481193, -3.5437397299157487]]]
+    b = [[158.3578264200502, 158.3578264200502, 168.9216889968541], [0.6364264375950994]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation="abs")
+    model = exactem.DGN(dec, 2.699269881986867e-10)
+    # g(z) <= 0.64 everywhere, so log p(x) <= -(x - 0.64)^2 / (2 psi) - log(2 pi psi) / 2: finite.
+    x = np.array([[100.0], [447344.38258239]])
+    try:
+        ll = model.log_likelihood(x)
+    except DOCUMENTED:
+        return
+    assert np.all(np.isfinite(ll))
+
+
+@pytest.mark.parametrize("tilt", [1e-6, 1e-9, 1e-11, 1e-13])
+def test_interior_points_of_thin_wedges_far_out_are_inside(tilt):
+    # Two units 'tilt' from parallel meet ~1/tilt away: the thin triangle between them has its
+    # far vertex known only to ~eps / tilt relative, and clipping kept an ideal ray beside it; at
+    # tilt 1e-13 its interior point (the centroid stepped along that ray) came out 0.33 outside.
+    W1 = np.array([[1.0, 0.0], [1.0, tilt], [0.3, 1.0]])
+    dec = exactem.Decoder([W1, np.ones((1, 3))], [np.array([0.0, -1.0, 0.2]), np.zeros(1)], activation="relu")
+    part = dec.regions()
+    inner = part.interior_points
+    for i in range(len(part)):
+        G, h = part.facets(i)
+        assert np.all(G @ inner[i] < h), (i, inner[i], h - G @ inner[i])
+    _, P = forward(dec.weights, dec.biases, dec.slopes, inner)
+    np.testing.assert_array_equal(P, part.patterns)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not fixed: at noise 1e-12 and a point 1e4 away (log p ~ -1.2e19) the regions lie ~1e9 out in "
+    "whitened units, and the MAP's active-set search stops short of the region's nearest point: its "
+    "log density is 5.2e7 below the posterior mean's, 7x the rounding budget. Polygon2's closed-form "
+    "nearest point fixed this case but missed on another region of a fuzzed model (log density "
+    "-7e15 against +18), so it was reverted; S = 2 noise stays >= 1e-4 in RANGES."))
+def test_map_far_out_in_whitened_units_is_at_least_the_means_density():
+    W = [[[-0.05114085172437813, 1.6588665197296346], [1.3449808452632994, -0.6264221585955491], [1.3449808452632994, -0.6264221585955491]],
+         [[-0.0012539304903757306, -0.00396011579625176, -0.009764787968276898], [0.0035742441230217892, 0.00991835953530835, -0.010347379209480107], [0.0037985832062359037, 0.00925999726972056, 0.002536158988931715]]]
+    b = [[-1.4035682855224776, -0.10569563726389164, -0.10569563726389164], [0.00961320502429551, -0.020028120010718235, 0.001728803591036522]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation="relu")
+    model = exactem.DGN(dec, np.array([1.0116404418567518e-12, 1383056512.2360103, 2.9480662098053926e-07]))
+    x = np.array([4845.989931618965, -8546.462998507004, -10588.016383387077])
+    post = model.posterior(x)
+    lp = post.logpdf(np.vstack([post.map(), post.mean]))
+    assert np.all(np.isfinite(lp))
+    assert lp[0] >= lp[1] - 2 * _budget(model, x, post.mean) - 1e-9 * (1 + abs(lp[1])), lp
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not fixed: noise 4.6e-8 on one output, a point 1e4 away: the MAP's active-set search returns a "
+    "point whose log density is 1.2e5 below the posterior mean's (budget 77). Found once in 2500 "
+    "examples at S = 2 noise >= 1e-8, so RANGES keeps S = 2 noise >= 1e-4 (3000 examples clean)."))
+def test_map_at_small_noise_is_at_least_the_means_density():
+    W = [[[0.7910029281237038, 1.4540419195710428], [0.3143149620967835, 0.4244976538051061], [0.0, 0.0], [-1.5808736262461398, -0.4462165438548027]], [[0.0, 0.0, 0.0, 0.0], [-1.3066690346816987, -1.8621962840371309, -0.46911777268912974, -1.152986144991816]], [[0.10395485858782032, 0.18869928549909684], [0.0, 0.0], [0.21672718163756238, -0.06339068848457974]]]
+    b = [[-0.2576397996633381, -1.9292001144111215, -1.2478008021250044, 1.9725245244286507], [1.3276240581487624, -2.281584929432455], [0.004510093934108993, 0.10418287989026696, 0.3219723931822837]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation='abs')
+    model = exactem.DGN(dec, np.array([4.6243842534651904e-08, 0.1627506004746168, 1.0]))
+    x = np.array([-3628.5831474285837, -972.9138846092469, 9266.600409384871])
+    post = model.posterior(x)
+    lp = post.logpdf(np.vstack([post.map(), post.mean]))
+    assert np.all(np.isfinite(lp))
+    assert lp[0] >= lp[1] - 2 * _budget(model, x, post.mean) - 1e-9 * (1 + abs(lp[1])), lp

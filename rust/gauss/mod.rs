@@ -517,9 +517,10 @@ fn integrate_whitened(
                 let log_mass = poly.log_mass(&[0.0, 0.0], 0.0);
                 return Ok(WhitenedMoments { log_mass, mean: vec![f64::NAN; 2], cov: vec![f64::NAN; 4], error: 0.0 });
             }
-            let (mut mean, mut second) = (vec![0.0; 2], vec![0.0; 4]);
-            let log_mass = poly.integrate(&[0.0, 0.0], 0.0, &mut mean, &mut second);
-            let cov = (0..4).map(|k| second[k] - mean[k / 2] * mean[k % 2]).collect();
+            // Central moments: `E[w w^T] - E[w] E[w]^T` would lose the covariance of a polygon
+            // far out or tiny against the Gaussian.
+            let (mut mean, mut cov) = (vec![0.0; 2], vec![0.0; 4]);
+            let log_mass = poly.central_moments(&[0.0, 0.0], &mut mean, &mut cov);
             Ok(WhitenedMoments { log_mass, mean, cov, error: 0.0 })
         }
         _ => {

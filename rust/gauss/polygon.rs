@@ -11,7 +11,10 @@
 //! come from the divergence theorem (docs/design.md §4): each edge contributes one-dimensional
 //! normal masses in closed form.
 
-use super::normal::{gauss_legendre, log_diff_ndtr, GL12_HALF, GL20_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS, LN_SQRT_2PI};
+use super::normal::{
+    gauss_legendre, log_diff_ndtr, truncated_normal_central, GL12_HALF, GL20_HALF, GL8_HALF, GL_NODES, GL_WEIGHTS,
+    LN_SQRT_2PI,
+};
 use super::normal_batch::{exp_or_zero, with_wide_vectors, MulAdd, VectorKernel};
 use super::polygon_series::PolygonSeries;
 use crate::linalg::dot2 as dot;
@@ -579,6 +582,60 @@ impl Polygon2 {
         cond_second[2] = sym;
         log_mass
     }
+
+    /// `(log mass, E[z | region], Cov[z | region])` for `z ~ N(mu, Sigma)`, the covariance
+    /// central (row-major) and accurate relative to itself: for the posterior's covariance,
+    /// which the second moments of [`Self::integrate`] lose to cancellation far from the mean
+    /// and on tiny polygons. Those moments are kept where the subtraction loses at most three
+    /// digits; otherwise a quadrature in a frame centred on the polygon decides (see
+    /// [`Placed::central_moments_quadrature`]).
+    pub fn central_moments(&self, mu: &[f64], cond_mean: &mut [f64], cond_cov: &mut [f64]) -> f64 {
+        let placed = self.place(mu);
+        let moments = if placed.m() > 0 && placed.vertex.iter().all(Option::is_none) {
+            // Half-planes and strips: the truncated normal along the normal n, standard across.
+            let n = self.f[0];
+            let (lo, hi) = placed.lineal_interval();
+            let (log_mass, along, variance) = truncated_normal_central(0.0, 1.0, lo, hi);
+            let t = rot90(n);
+            let entry = |i: usize, j: usize| variance * n[i] * n[j] + t[i] * t[j];
+            let cov = [entry(0, 0), entry(0, 1), entry(1, 0), entry(1, 1)];
+            (log_mass > f64::NEG_INFINITY).then_some((log_mass, [along * n[0], along * n[1]], cov))
+        } else {
+            placed.central_moments_by_divergence().or_else(|| placed.central_moments_quadrature())
+        };
+        let Some((log_mass, wm, wc)) = moments else {
+            cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
+            cond_cov.iter_mut().for_each(|v| *v = f64::NAN);
+            return f64::NEG_INFINITY;
+        };
+        let l = self.l;
+        cond_mean[0] = mu[0] + l[0] * wm[0];
+        cond_mean[1] = mu[1] + l[2] * wm[0] + l[3] * wm[1];
+        // L C L^T
+        let lc = [l[0] * wc[0], l[0] * wc[1], l[2] * wc[0] + l[3] * wc[2], l[2] * wc[1] + l[3] * wc[3]];
+        cond_cov[0] = lc[0] * l[0];
+        cond_cov[3] = lc[2] * l[2] + lc[3] * l[3];
+        let off = 0.5 * (lc[0] * l[2] + lc[1] * l[3] + lc[2] * l[0]);
+        cond_cov[1] = off;
+        cond_cov[2] = off;
+        log_mass
+    }
+}
+
+/// The interval of `s` where `-s (c + s / 2) >= level` (`level <= c^2 / 2`), its roots
+/// `-c -+ sqrt(c^2 - 2 level)` taken without cancellation (their product is `2 level`).
+pub(crate) fn level_interval(c: f64, level: f64) -> (f64, f64) {
+    let root = (c * c - 2.0 * level).max(0.0).sqrt();
+    if c == 0.0 || root == 0.0 {
+        return (-c - root, -c + root);
+    }
+    let far = -c - c.signum() * root;
+    let near = if far != 0.0 { 2.0 * level / far } else { -c };
+    if far < near {
+        (far, near)
+    } else {
+        (near, far)
+    }
 }
 
 /// The largest value of a log-concave `f` on `[lo, hi]` (to within its change over a
@@ -926,6 +983,198 @@ impl Placed<'_> {
             }
         }
         super::normal::log_sum_exp(terms.iter().copied())
+    }
+
+    /// `(log mass, E[w | P], Cov[w | P])` from the divergence theorem's moments (as
+    /// [`Polygon2::integrate`]), where `Cov = E[w w^T] - E[w] E[w]^T` is well conditioned: its
+    /// smallest eigenvalue (bounded below by `det / trace`) at least 1e-3 of the largest
+    /// second moment, so that the subtraction, and the divergence theorem's own terms (whose
+    /// size the second moments share), lose at most three digits. `None` otherwise.
+    fn central_moments_by_divergence(&self) -> Option<(f64, [f64; 2], [f64; 4])> {
+        let mut fluxes = vec![f64::NAN; self.m()];
+        let (log_mass, d, scaled) = self.log_mass_and_fluxes(0.0, Some(&mut fluxes));
+        if !(log_mass > f64::NEG_INFINITY && log_mass.is_finite()) {
+            return None;
+        }
+        let (wm, ws) = self.whitened_moments(log_mass, d, scaled, &fluxes);
+        let off = 0.5 * (ws[1] + ws[2]) - wm[0] * wm[1];
+        let wc = [ws[0] - wm[0] * wm[0], off, off, ws[3] - wm[1] * wm[1]];
+        let (det, trace) = (wc[0] * wc[3] - off * off, wc[0] + wc[3]);
+        let largest = ws.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        (trace > 0.0 && det > 0.0 && det / trace >= 1e-3 * largest && wm.iter().all(|v| v.is_finite()))
+            .then_some((log_mass, wm, wc))
+    }
+
+    /// `(log mass, E[w | P], Cov[w | P])` (row-major) by the slicing quadrature of
+    /// [`Self::log_mass_quadrature`], carried out in a frame centred on the polygon: at `c`, the
+    /// point nearest the mean (the mean itself when inside). Along the slicing direction `u`
+    /// the density is `phi(c_u) exp(-s (c_u + s / 2))` in `s = x - c_u`, exact in `s` however
+    /// far out `c` is; across `u` each slice is a truncated normal, whose mean and variance
+    /// come centred in closed form. The covariance is summed from deviations about the mean
+    /// (the law of total variance over the slices), so it keeps its relative accuracy where
+    /// the divergence theorem's `E[w w^T] - E[w] E[w]^T` cannot: far from the mean (`d^2`
+    /// against a variance `~1 / d^2` along `u`) and on tiny polygons and slivers (terms of
+    /// order `1 / size` that cancel down to `size^2`). `None` when the polygon is empty.
+    fn central_moments_quadrature(&self) -> Option<(f64, [f64; 2], [f64; 4])> {
+        let m = self.m();
+        let p = self.nearest_point();
+        let d = norm2(p);
+        if !d.is_finite() || m == 0 {
+            return None;
+        }
+        // The slicing direction as for the mass (a thin wedge is sliced along an edge).
+        let mut u = if d > 0.0 { [p[0] / d, p[1] / d] } else { [1.0, 0.0] };
+        let conditioning = self.slicing_conditioning(u);
+        if conditioning < 0.01 {
+            let best = (0..m)
+                .map(|k| rot90(self.poly.f[self.poly.order[k]]))
+                .map(|along| (self.slicing_conditioning(along), along))
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((better, along)) = best {
+                if better >= 10.0 * conditioning {
+                    u = along;
+                }
+            }
+        }
+        let v = rot90(u);
+        let c = dot(p, u);
+        // Edges bounding y from above and below, y = (e - f.u (c + s)) / f.v.
+        let mut upper = Vec::new();
+        let mut lower = Vec::new();
+        for i in 0..m {
+            let (fx, fy) = (dot(self.poly.f[i], u), dot(self.poly.f[i], v));
+            let e = self.e[i] - fx * c;
+            if fy > 1e-14 {
+                upper.push((e / fy, -fx / fy));
+            } else if fy < -1e-14 {
+                lower.push((e / fy, -fx / fy));
+            }
+        }
+        let bounds = |s: f64| {
+            let hi = upper.iter().map(|(a, b)| a + b * s).fold(f64::INFINITY, f64::min);
+            let lo = lower.iter().map(|(a, b)| a + b * s).fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        };
+        // log of the slice's mass over phi(c_u), and the slice's mean and variance across.
+        let slice = |s: f64| {
+            let (lo, hi) = bounds(s);
+            let (log_mass, mean, variance) = truncated_normal_central(0.0, 1.0, lo, hi);
+            (log_mass - s * (c + 0.5 * s), mean, variance)
+        };
+        let log_integrand = |s: f64| slice(s).0;
+        // The breakpoints (vertices) and the range, infinite along recession directions.
+        let mut xs: Vec<f64> = self.vertex.iter().flatten().map(|w| dot(*w, u) - c).collect();
+        if xs.is_empty() {
+            return None;
+        }
+        xs.sort_by(f64::total_cmp);
+        xs.dedup();
+        let (mut s_lo, mut s_hi) = (xs[0], xs[xs.len() - 1]);
+        for k in 0..m {
+            if self.vertex[k].is_none() {
+                let (a, b) = (self.poly.order[k], self.poly.order[(k + 1) % m]);
+                for dir in [rot90(self.poly.f[a]), [-rot90(self.poly.f[b])[0], -rot90(self.poly.f[b])[1]]] {
+                    let along = dot(dir, u);
+                    if along > 1e-12 {
+                        s_hi = f64::INFINITY;
+                    } else if along < -1e-12 {
+                        s_lo = f64::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let (first, last) = (xs[0], xs[xs.len() - 1]);
+        let mut probes: Vec<f64> = xs.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+        probes.extend([0.0f64.clamp(s_lo, s_hi), first, last]);
+        if s_hi == f64::INFINITY {
+            probes.extend([last + 0.1, last + 1.0]);
+        }
+        if s_lo == f64::NEG_INFINITY {
+            probes.extend([first - 0.1, first - 1.0]);
+        }
+        let probed = probes.iter().map(|&s| log_integrand(s)).fold(f64::NEG_INFINITY, f64::max);
+        // The log integrand is at most -s (c + s / 2): where that is below a level, so is it.
+        let clamp = |(a, b): (f64, f64)| (a.max(s_lo), b.min(s_hi));
+        let search = if probed.is_finite() {
+            clamp(level_interval(c, probed))
+        } else {
+            clamp((first.min(-c) - 40.0, last.max(-c) + 40.0))
+        };
+        let reference = probed.max(log_concave_maximum(&log_integrand, search.0, search.1));
+        if !reference.is_finite() {
+            return None;
+        }
+        let (reach_lo, reach_hi) = level_interval(c, reference - NEGLIGIBLE);
+        let mut breaks = Vec::with_capacity(xs.len() + 2);
+        if s_lo == f64::NEG_INFINITY {
+            breaks.push(reach_lo.min(first - 1.0));
+        }
+        breaks.extend(&xs);
+        if s_hi == f64::INFINITY {
+            breaks.push(reach_hi.max(last + 1.0));
+        }
+        for s in &mut breaks {
+            *s = s.clamp(reach_lo, reach_hi);
+        }
+        let active = |edges: &[(f64, f64)], s: f64, upper: bool| {
+            edges.iter().copied().fold(None, |best: Option<(f64, f64)>, edge| match best {
+                Some(b) if (edge.0 + edge.1 * s < b.0 + b.1 * s) != upper => Some(b),
+                _ => Some(edge),
+            })
+        };
+        let tail_rate = |t: f64| if t < 0.0 { 1.0 - t } else { 1.0 };
+        // (log weight, s, mean across, variance across) per node.
+        let mut nodes: Vec<(f64, f64, f64, f64)> = Vec::new();
+        for pair in breaks.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if b <= a {
+                continue;
+            }
+            let mid = 0.5 * (a + b);
+            let mut rate = 1.0 + (c + a).abs().max((c + b).abs());
+            if let Some((y0, slope)) = active(&upper, mid, true) {
+                rate += slope.abs() * tail_rate((y0 + slope * a).min(y0 + slope * b));
+            }
+            if let Some((y0, slope)) = active(&lower, mid, false) {
+                rate += slope.abs() * tail_rate(-(y0 + slope * a).max(y0 + slope * b));
+            }
+            let pieces = ((b - a) * rate / 6.0).ceil().clamp(1.0, 400.0) as usize;
+            let width = (b - a) / pieces as f64;
+            for piece in 0..pieces {
+                let centre = a + (piece as f64 + 0.5) * width;
+                for (node, weight) in GL_NODES.iter().zip(GL_WEIGHTS) {
+                    let s = centre + 0.5 * width * node;
+                    let (value, mean, variance) = slice(s);
+                    if value > f64::NEG_INFINITY {
+                        nodes.push((value + (0.5 * width * weight).ln(), s, mean, variance));
+                    }
+                }
+            }
+        }
+        let (top, s_ref, y_ref, _) =
+            nodes.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0)).filter(|node| node.0.is_finite())?;
+        let (mut total, mut ds, mut dy) = (0.0, 0.0, 0.0);
+        for &(value, s, y, _) in &nodes {
+            let w = (value - top).exp();
+            total += w;
+            ds += w * (s - s_ref);
+            dy += w * (y - y_ref);
+        }
+        let (s_mean, y_mean) = (s_ref + ds / total, y_ref + dy / total);
+        let (mut css, mut csy, mut cyy) = (0.0, 0.0, 0.0);
+        for &(value, s, y, variance) in &nodes {
+            let w = (value - top).exp() / total;
+            let (a, b) = (s - s_mean, y - y_mean);
+            css += w * a * a;
+            csy += w * a * b;
+            cyy += w * (variance + b * b);
+        }
+        let log_mass = top + total.ln() - 0.5 * c * c - LN_SQRT_2PI;
+        let x_mean = c + s_mean;
+        let mean = [x_mean * u[0] + y_mean * v[0], x_mean * u[1] + y_mean * v[1]];
+        let entry = |i: usize, j: usize| css * u[i] * u[j] + csy * (u[i] * v[j] + v[i] * u[j]) + cyy * v[i] * v[j];
+        let off = entry(0, 1);
+        Some((log_mass, mean, [entry(0, 0), off, off, entry(1, 1)]))
     }
 
     /// Half-planes and strips: `(log mass, E[w], E[w w^T])` from the truncated normal along

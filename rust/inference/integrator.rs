@@ -83,9 +83,12 @@ impl RegionIntegrator for IntervalIntegrator {
 
     /// The truncated normal's own variance, accurate also for short and far intervals (where
     /// `E[z^2] - E[z]^2` would keep no digit of it).
-    fn covariance_into(&self, region: usize, mean: &[f64], _cond_mean: &[f64], _cond_second: &[f64], cov: &mut [f64]) {
+    fn central_moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_cov: &mut [f64]) -> f64 {
         let (lo, hi, sd) = self.intervals.interval(region);
-        cov[0] = truncated_normal_central(mean[0], sd, lo, hi).2;
+        let (log_mass, m, variance) = truncated_normal_central(mean[0], sd, lo, hi);
+        cond_mean[0] = m;
+        cond_cov[0] = variance;
+        log_mass
     }
 
     fn log_likelihood_batch(&self, algebra: &RegionAlgebra, x: DMatrixView<f64>, cancel: &Cancel) -> Result<Vec<f64>> {
@@ -171,6 +174,13 @@ impl RegionIntegrator for PolygonIntegrator {
         let log_mass = self.polygons[region].integrate(mean, polygon_rtol(looseness), cond_mean, cond_second);
         check_polygon(region, log_mass, cond_mean);
         check_polygon(region, log_mass, cond_second);
+        log_mass
+    }
+
+    fn central_moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_cov: &mut [f64]) -> f64 {
+        let log_mass = self.polygons[region].central_moments(mean, cond_mean, cond_cov);
+        check_polygon(region, log_mass, cond_mean);
+        check_polygon(region, log_mass, cond_cov);
         log_mass
     }
 }
@@ -284,6 +294,13 @@ impl RegionIntegrator for PolyhedronIntegrator {
         }
         out.log_mass
     }
+
+    fn central_moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_cov: &mut [f64]) -> f64 {
+        let out = self.integrate(region, mean, true, 1.0);
+        cond_mean.copy_from_slice(&out.mean);
+        cond_cov.copy_from_slice(&out.cov);
+        out.log_mass
+    }
 }
 
 /// The region integrator for a model's latent dimension, chosen once when built: inference
@@ -359,8 +376,8 @@ impl RegionIntegrator for GaussIntegrator {
         dispatch!(self, i => i.moments_into_loose(region, mean, cond_mean, cond_second, looseness))
     }
 
-    fn covariance_into(&self, region: usize, mean: &[f64], cond_mean: &[f64], cond_second: &[f64], cov: &mut [f64]) {
-        dispatch!(self, i => i.covariance_into(region, mean, cond_mean, cond_second, cov))
+    fn central_moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_cov: &mut [f64]) -> f64 {
+        dispatch!(self, i => i.central_moments_into(region, mean, cond_mean, cond_cov))
     }
 
     fn log_likelihood_batch(&self, algebra: &RegionAlgebra, x: DMatrixView<f64>, cancel: &Cancel) -> Result<Vec<f64>> {

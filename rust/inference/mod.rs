@@ -90,22 +90,26 @@ pub trait RegionIntegrator: Send + Sync {
         self.moments_into(region, mean, cond_mean, cond_second)
     }
 
+    /// Writes `E[z | region]` (S) and the central `Cov[z | region]` (S x S row-major) and
+    /// returns the log mass. The posterior's covariance sums these: from `E[z z^T | region]` by
+    /// subtraction (this default), a region whose mean is far from 0 against its spread would
+    /// lose the covariance's digits, so integrators that can form it directly do.
+    fn central_moments_into(&self, region: usize, mean: &[f64], cond_mean: &mut [f64], cond_cov: &mut [f64]) -> f64 {
+        let log_mass = self.moments_into(region, mean, cond_mean, cond_cov);
+        let s = mean.len();
+        for a in 0..s {
+            for b in 0..s {
+                cond_cov[a * s + b] -= cond_mean[a] * cond_mean[b];
+            }
+        }
+        log_mass
+    }
+
     fn moments(&self, region: usize, mean: &[f64]) -> RegionMoments {
         let s = mean.len();
         let mut out = RegionMoments { log_mass: 0.0, mean: vec![0.0; s], second: vec![0.0; s * s] };
         out.log_mass = self.moments_into(region, mean, &mut out.mean, &mut out.second);
         out
-    }
-
-    /// Writes `Cov[z | region]` (S x S row-major), given the moments `moments_into` wrote for
-    /// `mean`: `E[z z^T] - E[z] E[z]^T` unless the integrator has a more accurate form.
-    fn covariance_into(&self, _region: usize, _mean: &[f64], cond_mean: &[f64], cond_second: &[f64], cov: &mut [f64]) {
-        let s = cond_mean.len();
-        for a in 0..s {
-            for b in 0..s {
-                cov[a * s + b] = cond_second[a * s + b] - cond_mean[a] * cond_mean[b];
-            }
-        }
     }
 
     /// `log p(x_n)` for every column of `x` (`D x N`), as [`log_likelihood`] returns it: by

@@ -70,33 +70,46 @@ impl PointPosterior {
         let local = algebra.local_gaussians(DMatrixView::from_slice(x, x.len(), 1));
         let (lk, mu) = local.point(0);
         let terms = moment_terms(integrator, lk, mu, s);
+        // At S >= 2 each region's mean and central covariance come from the integrator's
+        // central moments: `E[z z^T | q] - m_q m_q^T` loses the covariance where the region's
+        // mean is far from 0 against its spread (a far outlier's posterior) or the region is
+        // tiny against Sigma_q. At S = 1 the truncated normal's own variance (accurate also for
+        // short and far intervals).
+        let central: Vec<(Vec<f64>, Vec<f64>)> = terms
+            .region
+            .iter()
+            .zip(&terms.weight)
+            .enumerate()
+            .map(|(k, (&q, &w))| {
+                let (mut m_q, mut c_q) = (terms.mean[k * s..(k + 1) * s].to_vec(), vec![0.0; s * s]);
+                if w <= 0.0 {
+                    return (m_q, c_q);
+                }
+                integrator.central_moments_into(q, &mu[q * s..(q + 1) * s], &mut m_q, &mut c_q);
+                (m_q, c_q)
+            })
+            .collect();
         let mut weights = vec![0.0; r];
         let mut mean = vec![0.0; s];
-        for (k, (&q, &w)) in terms.region.iter().zip(&terms.weight).enumerate() {
+        for ((&q, &w), (m_q, _)) in terms.region.iter().zip(&terms.weight).zip(&central) {
             weights[q] = w;
             if w > 0.0 {
                 for j in 0..s {
-                    mean[j] += w * terms.mean[k * s + j];
+                    mean[j] += w * m_q[j];
                 }
             }
         }
         // The law of total variance, sum_q w_q (Cov[z | q] + (m_q - m)(m_q - m)^T), rather than
         // E[z z^T] - m m^T: a posterior narrow against its distance from 0 would lose its digits
-        // to that difference. At S = 1 each region's variance comes from the truncated normal's
-        // own (accurate also for short and far intervals); elsewhere from the region's moments
-        // (`RegionIntegrator::covariance_into`).
+        // to that difference.
         let mut cov = vec![0.0; s * s];
-        let mut within = vec![0.0; s * s];
-        for (k, (&q, &w)) in terms.region.iter().zip(&terms.weight).enumerate() {
+        for (&w, (m_q, c_q)) in terms.weight.iter().zip(&central) {
             if w <= 0.0 {
                 continue;
             }
-            let m_q = &terms.mean[k * s..(k + 1) * s];
-            let second_q = &terms.second[k * s * s..(k + 1) * s * s];
-            integrator.covariance_into(q, &mu[q * s..(q + 1) * s], m_q, second_q, &mut within);
             for a in 0..s {
                 for b in 0..s {
-                    cov[a * s + b] += w * (within[a * s + b] + (m_q[a] - mean[a]) * (m_q[b] - mean[b]));
+                    cov[a * s + b] += w * (c_q[a * s + b] + (m_q[a] - mean[a]) * (m_q[b] - mean[b]));
                 }
             }
         }
@@ -235,14 +248,18 @@ impl RegionSampler {
         }
         // Only a wrong estimate of the acceptance gets here: the exact sampler if there is one
         // (S <= 4), else the tilted proposal for as long as it takes, up to a billion proposals.
+        // Where an exact sampler exists and failed (a region whose mass lies within rounding of
+        // a far vertex, thinner than its own geometry's rounding), ten million tilted proposals
+        // (~0.3 s) before the error, not a billion (~30 s per draw, a hang to the caller).
         if let Some(w) = self.draw_exact(rng) {
             return Ok(w);
         }
-        if let Some(w) = self.draw_tilted(rng, 1_000_000_000, cancel)? {
+        let last_resort = if s <= 4 { 10_000_000 } else { 1_000_000_000 };
+        if let Some(w) = self.draw_tilted(rng, last_resort, cancel)? {
             return Ok(w);
         }
         Err(Error::Numerical(format!(
-            "could not sample region {q}: a billion proposals were rejected (its estimated acceptance is {:.3e}); \
+            "could not sample region {q}: {last_resort} proposals were rejected (its estimated acceptance is {:.3e}); \
              the exact sampler for thin regions covers S <= 4 only",
             self.tilted_acceptance
         )))

@@ -21,7 +21,7 @@ use rand::Rng;
 use rand_pcg::Pcg64;
 
 use crate::gauss::normal::{log_diff_ndtr, log_pdf, log_sum_exp, truncated_draw, LN_SQRT_2PI};
-use crate::gauss::polygon::{non_redundant, Polygon2};
+use crate::gauss::polygon::{level_interval, non_redundant, Polygon2};
 use crate::partition::lp::{Lp, LpOutcome};
 
 /// The refinement of an envelope stops once the acceptance probability is proven at least this.
@@ -244,15 +244,22 @@ pub(crate) struct LogConcave {
 
 impl LogConcave {
     /// `start` is a point where `h` is finite. `None` if `h` has no three distinct finite points
-    /// (a domain of zero width).
-    pub(crate) fn new(h: &impl Fn(f64) -> f64, lo: f64, hi: f64, start: f64) -> Option<LogConcave> {
+    /// (a domain of zero width). With `centre` nonzero, `h(t) <= -t (centre + t / 2)` takes the
+    /// place of `log phi(t)` (a density counted from `centre`, see [`Sections::centre`]).
+    pub(crate) fn new(h: &impl Fn(f64) -> f64, lo: f64, hi: f64, start: f64, centre: f64) -> Option<LogConcave> {
         let h0 = h(start);
         if !h0.is_finite() {
             return None;
         }
         // The mode m has h(m) >= h0 and h(m) <= log phi(m), so |m| <= radius.
-        let radius = (-2.0 * (h0 + LN_SQRT_2PI)).max(0.0).sqrt() * (1.0 + 1e-12) + 1e-12;
-        let (mut a, mut b) = (lo.max(-radius).min(start), hi.min(radius).max(start));
+        let (below, above) = if centre == 0.0 {
+            let radius = (-2.0 * (h0 + LN_SQRT_2PI)).max(0.0).sqrt() * (1.0 + 1e-12) + 1e-12;
+            (-radius, radius)
+        } else {
+            let (a, b) = level_interval(centre, h0 - 1e-12 * (1.0 + h0.abs()));
+            (a - 1e-12 * (1.0 + a.abs()), b + 1e-12 * (1.0 + b.abs()))
+        };
+        let (mut a, mut b) = (lo.max(below).min(start), hi.min(above).max(start));
         let mut best = (start, h0);
         let eval = |t: f64, best: &mut (f64, f64)| {
             let v = h(t);
@@ -362,7 +369,15 @@ impl LogConcave {
         let margin = ENVELOPE_MARGIN * (1.0 + top.abs());
         let mut envelope = Envelope::new(&points, lo, hi, margin)?;
         // Refine where the envelope exceeds the chords most, until the acceptance is proven.
-        while envelope.log_lower - envelope.log_area < TARGET_ACCEPTANCE.ln() && points.len() < MAX_ABSCISSAE {
+        // Steps that only move an end of the domain (where `h` is -inf) add no point: the
+        // count of steps is bounded too, so that a domain end the steps approach by ever
+        // smaller amounts ends the refinement (a hang seen at S = 2) rather than the search.
+        let mut steps = 0;
+        while envelope.log_lower - envelope.log_area < TARGET_ACCEPTANCE.ln()
+            && points.len() < MAX_ABSCISSAE
+            && steps < 4 * MAX_ABSCISSAE
+        {
+            steps += 1;
             let k = points.len();
             let (first, last) = (points[0].0, points[k - 1].0);
             let excess = envelope.excess(&points);
@@ -446,6 +461,48 @@ fn unit_rows(f: &[f64], e: &[f64], s: usize) -> (Vec<f64>, Vec<f64>) {
     (fu, eu)
 }
 
+/// `N(0, I_S)` on a half-space or a slab (every row parallel or antiparallel to the first,
+/// `n`): the coordinate along `n` is a truncated normal, the rest standard normal across `n`.
+/// O(S) per draw, exact however far out the slab is (the sequential sampler's marginal there
+/// is `-d^2 / 2` in size, and its envelope's rounding margin grows with it).
+#[derive(Clone, Debug)]
+pub(crate) struct Lineal {
+    n: Vec<f64>,
+    lo: f64,
+    hi: f64,
+}
+
+impl Lineal {
+    /// Unit rows `f` (`m x s`) and offsets `e`; `None` unless all rows are parallel (to
+    /// 1e-14, as `gauss::polytope_moments` decides) or the interval is empty.
+    pub(crate) fn new(f: &[f64], e: &[f64], s: usize) -> Option<Lineal> {
+        let n = f.get(..s)?.to_vec();
+        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+        for (row, &ei) in f.chunks_exact(s).zip(e) {
+            let along: f64 = row.iter().zip(&n).map(|(a, b)| a * b).sum();
+            if along >= 1.0 - 1e-14 {
+                hi = hi.min(ei);
+            } else if along <= -(1.0 - 1e-14) {
+                lo = lo.max(-ei);
+            } else {
+                return None;
+            }
+        }
+        (lo < hi).then_some(Lineal { n, lo, hi })
+    }
+
+    pub(crate) fn draw(&self, rng: &mut Pcg64) -> Vec<f64> {
+        let t = truncated_draw(self.lo, self.hi, rng.random()).1;
+        // A standard normal with its component along n replaced by t.
+        let mut w: Vec<f64> = (0..self.n.len()).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
+        let along: f64 = w.iter().zip(&self.n).map(|(a, b)| a * b).sum();
+        for (wi, ni) in w.iter_mut().zip(&self.n) {
+            *wi += (t - along) * ni;
+        }
+        w
+    }
+}
+
 /// `N(0, 1)` on `[lo, hi]`.
 #[derive(Clone, Debug)]
 pub(crate) struct Interval {
@@ -479,6 +536,9 @@ impl Interval {
 pub(crate) struct Plane {
     sections: Sections,
     marginal: LogConcave,
+    /// For [`Plane::new_oriented`]: the axes `(u, v)` the polygon was rotated into (`w = (d +
+    /// t) u + w_2 v`, `d = sections.centre`).
+    axes: Option<([f64; 2], [f64; 2])>,
 }
 
 /// The sections of a polygon across its first axis.
@@ -487,9 +547,21 @@ struct Sections {
     /// `w_2 >= a + b t` and `w_2 <= a + b t`.
     lower: Vec<(f64, f64)>,
     upper: Vec<(f64, f64)>,
+    /// `t` is counted from this along the first axis: the marginal's log density is
+    /// `-t (centre + t / 2)` up to a constant, exact however far out the polygon is.
+    centre: f64,
 }
 
 impl Sections {
+    /// The log density along the first axis, up to a constant.
+    fn log_density(&self, t: f64) -> f64 {
+        if self.centre == 0.0 {
+            log_pdf(t)
+        } else {
+            -t * (self.centre + 0.5 * t)
+        }
+    }
+
     fn at(&self, t: f64) -> (f64, f64) {
         let l = self.lower.iter().fold(f64::NEG_INFINITY, |m, &(a, b)| m.max(a + b * t));
         let u = self.upper.iter().fold(f64::INFINITY, |m, &(a, b)| m.min(a + b * t));
@@ -501,13 +573,35 @@ impl Sections {
         if !(l < u) {
             return f64::NEG_INFINITY;
         }
-        log_pdf(t) + log_diff_ndtr(l, u)
+        self.log_density(t) + log_diff_ndtr(l, u)
     }
 }
 
 impl Plane {
     /// `None` if the polygon is empty or has no interior.
     pub(crate) fn new(g: &[[f64; 2]], c: &[f64]) -> Option<Plane> {
+        Self::build(g, c, 0.0)
+    }
+
+    /// As [`Plane::new`], in axes turned to `u` and counted from `p . u` along it, `p` the
+    /// polygon's point nearest the mean. Far from the mean the marginal `log phi(t) + log M(t)`
+    /// is `-|p|^2 / 2` in size, and its rounding (and the envelope's margin for it) would swamp
+    /// the density's shape; counted from `p . u` it is `-t (p . u + t / 2) + log M`, of order
+    /// one where the mass is when `u` points at `p`. A thin wedge is sliced along an edge
+    /// instead (see [`slicing_axis`]): across nearly parallel edges the sections' bounds sweep
+    /// across the Gaussian within a rounding error of `t`.
+    pub(crate) fn new_oriented(g: &[[f64; 2]], c: &[f64], p: [f64; 2]) -> Option<Plane> {
+        let u = slicing_axis(g, p);
+        let v = [-u[1], u[0]];
+        let centre = p[0] * u[0] + p[1] * u[1];
+        let rows: Vec<[f64; 2]> = g.iter().map(|r| [r[0] * u[0] + r[1] * u[1], r[0] * v[0] + r[1] * v[1]]).collect();
+        let offsets: Vec<f64> = rows.iter().zip(c).map(|(r, &ci)| ci - r[0] * centre).collect();
+        let mut plane = Self::build(&rows, &offsets, centre)?;
+        plane.axes = Some((u, v));
+        Some(plane)
+    }
+
+    fn build(g: &[[f64; 2]], c: &[f64], centre: f64) -> Option<Plane> {
         let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
         let (mut lower, mut upper) = (Vec::new(), Vec::new());
         for (gi, &ci) in g.iter().zip(c) {
@@ -546,7 +640,10 @@ impl Plane {
         if !(lo < hi) {
             return None;
         }
-        let start = if lo.is_finite() && hi.is_finite() {
+        let start = if centre > 0.0 && lo.is_finite() {
+            // Where the density has fallen by about one from the polygon's start.
+            lo + (0.5 * (hi - lo)).min(1.0 / (1.0 + centre))
+        } else if lo.is_finite() && hi.is_finite() {
             0.5 * (lo + hi)
         } else if lo.is_finite() {
             lo.max(0.0) + if 0.0 > lo { 0.0 } else { 1.0 }
@@ -555,9 +652,9 @@ impl Plane {
         } else {
             0.0
         };
-        let sections = Sections { lower, upper };
-        let marginal = LogConcave::new(&|t| sections.log_marginal(t), lo, hi, start)?;
-        Some(Plane { sections, marginal })
+        let sections = Sections { lower, upper, centre };
+        let marginal = LogConcave::new(&|t| sections.log_marginal(t), lo, hi, start, centre)?;
+        Some(Plane { sections, marginal, axes: None })
     }
 
     #[cfg(test)]
@@ -575,13 +672,42 @@ impl Plane {
             }
             // One call gives the section's log mass (for h) and the draw on it.
             let (log_mass, w2) = truncated_draw(l, u, rng.random());
-            let h = log_pdf(t) + log_mass;
+            let h = self.sections.log_density(t) + log_mass;
             if rng.random::<f64>() < (h - envelope).exp() {
-                return Some([t, w2]);
+                return Some(match self.axes {
+                    None => [t, w2],
+                    Some((a, b)) => {
+                        let along = self.sections.centre + t;
+                        [along * a[0] + w2 * b[0], along * a[1] + w2 * b[1]]
+                    }
+                });
             }
         }
         None
     }
+}
+
+/// The first axis for sampling a polygon (unit rows `g`): towards `p`, its point nearest the
+/// mean (or the first coordinate axis when the mean is inside), unless some row nearly bounds
+/// the sections' other end (`|g . v| < 0.01`, a thin wedge seen from its tip), and then the
+/// edge direction whose least steep bound is the steepest.
+fn slicing_axis(g: &[[f64; 2]], p: [f64; 2]) -> [f64; 2] {
+    let conditioning = |u: [f64; 2]| {
+        let v = [-u[1], u[0]];
+        g.iter().map(|r| (r[0] * v[0] + r[1] * v[1]).abs()).filter(|&a| a > 1e-14).fold(f64::INFINITY, f64::min)
+    };
+    let d = p[0].hypot(p[1]);
+    let u = if d > 0.0 && d.is_finite() { [p[0] / d, p[1] / d] } else { [1.0, 0.0] };
+    let here = conditioning(u);
+    if here >= 0.01 {
+        return u;
+    }
+    g.iter()
+        .map(|r| [-r[1], r[0]])
+        .map(|along| (conditioning(along), along))
+        .filter(|(c, _)| *c >= 10.0 * here)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map_or(u, |(_, along)| along)
 }
 
 /// A row of a polyhedron in the frame of its slices: in the slice at `w_1 = t` it reads
@@ -630,7 +756,7 @@ impl Space {
         let (lo, hi) = (bound(-1.0), bound(1.0));
         let slices = Slices { rows };
         let start = inside[0].clamp(lo, hi);
-        let marginal = LogConcave::new(&|t| slices.log_marginal(t), lo, hi, start)?;
+        let marginal = LogConcave::new(&|t| slices.log_marginal(t), lo, hi, start, 0.0)?;
         Some(Space { slices, marginal })
     }
 
@@ -750,7 +876,7 @@ impl Hyper {
         };
         let (lo, hi) = (bound(-1.0), bound(1.0));
         let start = inside[0].clamp(lo, hi);
-        let marginal = LogConcave::new(&|t| slices.log_marginal(t), lo, hi, start)?;
+        let marginal = LogConcave::new(&|t| slices.log_marginal(t), lo, hi, start, 0.0)?;
         Some(Hyper { slices, marginal })
     }
 
@@ -778,6 +904,7 @@ impl Hyper {
 #[derive(Clone, Debug)]
 pub(crate) enum Exact {
     Interval(Interval),
+    Lineal(Lineal),
     Plane(Plane),
     Space(Space),
     Hyper(Hyper),
@@ -787,11 +914,18 @@ impl Exact {
     /// `None` for S >= 5, or a region without interior.
     pub(crate) fn new(f: &[f64], e: &[f64], s: usize, inside: &[f64]) -> Option<Exact> {
         let (f, e) = unit_rows(f, e, s);
+        if s >= 2 {
+            if let Some(lineal) = Lineal::new(&f, &e, s) {
+                return Some(Exact::Lineal(lineal));
+            }
+        }
         match s {
             1 => Some(Exact::Interval(Interval::new(&f, &e))),
             2 => {
+                // From the region's point nearest the mean (see Plane::new_oriented).
                 let g: Vec<[f64; 2]> = f.chunks(2).map(|r| [r[0], r[1]]).collect();
-                Plane::new(&g, &e).map(Exact::Plane)
+                let p = crate::gauss::nearest::nearest_point(&f, &e, 2, &[0.0, 0.0], inside);
+                Plane::new_oriented(&g, &e, [p[0], p[1]]).map(Exact::Plane)
             }
             3 => Space::new(&f, &e, inside).map(Exact::Space),
             4 => Hyper::new(&f, &e, inside).map(Exact::Hyper),
@@ -802,7 +936,7 @@ impl Exact {
     #[cfg(test)]
     pub(crate) fn acceptance_bound(&self) -> f64 {
         match self {
-            Exact::Interval(_) => 1.0,
+            Exact::Interval(_) | Exact::Lineal(_) => 1.0,
             Exact::Plane(p) => p.acceptance_bound(),
             Exact::Space(p) => p.acceptance_bound(),
             Exact::Hyper(p) => p.acceptance_bound(),
@@ -812,6 +946,7 @@ impl Exact {
     pub(crate) fn draw(&self, rng: &mut Pcg64) -> Option<Vec<f64>> {
         match self {
             Exact::Interval(i) => Some(vec![i.draw(rng)]),
+            Exact::Lineal(l) => Some(l.draw(rng)),
             Exact::Plane(p) => p.draw(rng).map(|w| w.to_vec()),
             Exact::Space(p) => p.draw(rng).map(|w| w.to_vec()),
             Exact::Hyper(p) => p.draw(rng).map(|w| w.to_vec()),

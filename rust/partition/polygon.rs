@@ -309,7 +309,7 @@ impl Cell for Polygon {
                     vec![p[0] + 0.5 * width * l.n[0], p[1] + 0.5 * width * l.n[1]]
                 }
             },
-            Polygon::Cone { rays, .. } => {
+            Polygon::Cone { rays, edges } => {
                 // A strictly positive combination of all extreme rays is interior.
                 let finite: Vec<&Ray> = rays.iter().filter(|r| !is_ideal(r)).collect();
                 let nf = finite.len() as f64;
@@ -321,11 +321,48 @@ impl Cell for Polygon {
                 let spread = finite.iter().map(|r| length(r[0] - centre[0], r[1] - centre[1])).fold(1.0f64, f64::max);
                 let ideal: Vec<&Ray> = rays.iter().filter(|r| is_ideal(r)).collect();
                 let ni = ideal.len().max(1) as f64;
+                let mut step = [0.0, 0.0];
                 for r in ideal {
-                    centre[0] += spread * r[0] / ni;
-                    centre[1] += spread * r[1] / ni;
+                    step[0] += spread * r[0] / ni;
+                    step[1] += spread * r[1] / ni;
                 }
-                centre.to_vec()
+                let at = |p: [f64; 2]| [p[0] + step[0], p[1] + step[1]];
+                // The least distance to an edge relative to the point's size. A thin wedge far out
+                // (two lines 1e-13 from parallel meet ~1e13 away) has its vertex known only to
+                // ~eps / 1e-13 relative, and clipping may keep an ideal ray beside it: the
+                // centroid, pulled out there, fell outside. Then means of vertices decide.
+                let margin = |p: [f64; 2]| {
+                    let least =
+                        edges.iter().flatten().map(|l| l.eval(&[p[0], p[1], 1.0])).fold(f64::INFINITY, f64::min);
+                    least / (1.0 + p[0].abs().max(p[1].abs()))
+                };
+                let mut best = (margin(at(centre)), at(centre));
+                if best.0 <= 1e-9 && finite.len() >= 2 {
+                    // Means of two and of three vertices: one of them lies in the wide part.
+                    let k = finite.len();
+                    for i in 0..k {
+                        for j in i + 1..k {
+                            let (a, b) = (finite[i], finite[j]);
+                            let mut candidates = vec![[0.5 * (a[0] + b[0]), 0.5 * (a[1] + b[1])]];
+                            for c in &finite[j + 1..] {
+                                candidates.push([(a[0] + b[0] + c[0]) / 3.0, (a[1] + b[1] + c[1]) / 3.0]);
+                            }
+                            // Also without the step along the ideal rays: one that clipping kept
+                            // beside the far vertex of nearly parallel lines is no direction of
+                            // the region, and conv(finite vertices) lies in the region anyway.
+                            candidates.push(centre);
+                            for p in candidates {
+                                for q in [at(p), p] {
+                                    let value = margin(q);
+                                    if value > best.0 {
+                                        best = (value, q);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                best.1.to_vec()
             }
         }
     }
