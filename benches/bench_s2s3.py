@@ -17,7 +17,7 @@ build within a round.
 iteration: `ExactEM(latent_dim=2, hidden=(32, 32), max_iter=4, random_state=0)` on digits, and
 `ExactEM(latent_dim=3, hidden=(16, 16), max_iter=1, random_state=0)` on `--s3-rows` rows drawn
 from `DGN(Decoder.random([3, 16, 16, 5], seed=1), 0.05)` (synthetic: the issue's S = 3 shape):
-time per iteration and, within it, the time in `DGN.e_step` (every E-step, proposals included),
+time per iteration and, within it, the time in the estimator's `_e_step` (the per-region sums of every E-step, proposals included),
 the M-step and the rest (medians over the iterations, each taken within one iteration).
 """
 
@@ -77,7 +77,7 @@ def timed(owner, name, key):
         finally:
             spent[key] += time.perf_counter() - t0
     setattr(owner, name, g)
-timed(exactem.DGN, "e_step", "e_step")
+timed(estimator.ExactEM, "_e_step", "e_step")
 timed(estimator.ExactEM, "_m_step", "m_step")
 stamps = []
 est = exactem.ExactEM(latent_dim=spec["latent_dim"], hidden=tuple(spec["hidden"]), max_iter=spec["iterations"],
