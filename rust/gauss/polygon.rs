@@ -824,24 +824,30 @@ impl Placed<'_> {
             .fold(f64::INFINITY, f64::min)
     }
 
-    fn log_mass_quadrature(&self, p: [f64; 2], d: f64) -> f64 {
-        let m = self.m();
-        // Along the nearest point's direction the integrand peaks where the polygon begins;
-        // but two nearly antiparallel edges (a thin wedge) facing that way make steep bounds,
-        // and then slicing along an edge, which makes its bound flat, does better.
-        let mut u = if d > 0.0 { [p[0] / d, p[1] / d] } else { [1.0, 0.0] };
+    /// The direction to slice along, given the nearest point `p` at distance `d`: along `p`,
+    /// where the integrand peaks as the polygon begins; but two nearly antiparallel edges (a
+    /// thin wedge) facing that way make steep bounds, and then slicing along an edge, which
+    /// makes its bound flat, does better.
+    fn slicing_direction(&self, p: [f64; 2], d: f64) -> [f64; 2] {
+        let u = if d > 0.0 { [p[0] / d, p[1] / d] } else { [1.0, 0.0] };
         let conditioning = self.slicing_conditioning(u);
         if conditioning < 0.01 {
-            let best = (0..m)
+            let best = (0..self.m())
                 .map(|k| rot90(self.poly.f[self.poly.order[k]]))
                 .map(|along| (self.slicing_conditioning(along), along))
                 .max_by(|a, b| a.0.total_cmp(&b.0));
             if let Some((better, along)) = best {
                 if better >= 10.0 * conditioning {
-                    u = along;
+                    return along;
                 }
             }
         }
+        u
+    }
+
+    fn log_mass_quadrature(&self, p: [f64; 2], d: f64) -> f64 {
+        let m = self.m();
+        let u = self.slicing_direction(p, d);
         let v = rot90(u);
         let d = dot(p, u);
         // Edges bounding y from above (f.v > 0) and below (f.v < 0), as y = (e - f.u x) / f.v.
@@ -1023,19 +1029,7 @@ impl Placed<'_> {
             return None;
         }
         // The slicing direction as for the mass (a thin wedge is sliced along an edge).
-        let mut u = if d > 0.0 { [p[0] / d, p[1] / d] } else { [1.0, 0.0] };
-        let conditioning = self.slicing_conditioning(u);
-        if conditioning < 0.01 {
-            let best = (0..m)
-                .map(|k| rot90(self.poly.f[self.poly.order[k]]))
-                .map(|along| (self.slicing_conditioning(along), along))
-                .max_by(|a, b| a.0.total_cmp(&b.0));
-            if let Some((better, along)) = best {
-                if better >= 10.0 * conditioning {
-                    u = along;
-                }
-            }
-        }
+        let u = self.slicing_direction(p, d);
         let v = rot90(u);
         let c = dot(p, u);
         // Edges bounding y from above and below, y = (e - f.u (c + s)) / f.v.
