@@ -845,6 +845,35 @@ impl Placed<'_> {
         u
     }
 
+    /// The vertices' coordinates along `u`, less `shift`, sorted without repeats: the
+    /// breakpoints of a slicing quadrature along `u`.
+    fn breakpoints(&self, u: [f64; 2], shift: f64) -> Vec<f64> {
+        let mut xs: Vec<f64> = self.vertex.iter().flatten().map(|w| dot(*w, u) - shift).collect();
+        xs.sort_by(f64::total_cmp);
+        xs.dedup();
+        xs
+    }
+
+    /// The range `[lo, hi]` of the polygon along `u`, extended to infinity where a recession
+    /// direction (an unbounded edge) points that way.
+    fn recession_range(&self, u: [f64; 2], mut lo: f64, mut hi: f64) -> (f64, f64) {
+        let m = self.m();
+        for k in 0..m {
+            if self.vertex[k].is_none() {
+                let (a, b) = (self.poly.order[k], self.poly.order[(k + 1) % m]);
+                for dir in [rot90(self.poly.f[a]), [-rot90(self.poly.f[b])[0], -rot90(self.poly.f[b])[1]]] {
+                    let along = dot(dir, u);
+                    if along > 1e-12 {
+                        hi = f64::INFINITY;
+                    } else if along < -1e-12 {
+                        lo = f64::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        (lo, hi)
+    }
+
     fn log_mass_quadrature(&self, p: [f64; 2], d: f64) -> f64 {
         let m = self.m();
         let u = self.slicing_direction(p, d);
@@ -875,23 +904,8 @@ impl Placed<'_> {
             }
         };
         // Breakpoints: the vertices' x; the range extends to infinity along recession directions.
-        let mut xs: Vec<f64> = self.vertex.iter().flatten().map(|w| dot(*w, u)).collect();
-        xs.sort_by(f64::total_cmp);
-        xs.dedup();
-        let (mut x_lo, mut x_hi) = (xs[0], xs[xs.len() - 1]);
-        for k in 0..m {
-            if self.vertex[k].is_none() {
-                let (a, b) = (self.poly.order[k], self.poly.order[(k + 1) % m]);
-                for dir in [rot90(self.poly.f[a]), [-rot90(self.poly.f[b])[0], -rot90(self.poly.f[b])[1]]] {
-                    let along = dot(dir, u);
-                    if along > 1e-12 {
-                        x_hi = f64::INFINITY;
-                    } else if along < -1e-12 {
-                        x_lo = f64::NEG_INFINITY;
-                    }
-                }
-            }
-        }
+        let xs = self.breakpoints(u, 0.0);
+        let (x_lo, x_hi) = self.recession_range(u, xs[0], xs[xs.len() - 1]);
         // Infinite ends are cut where phi(x) alone, an upper bound of the integrand, is
         // negligible against the integrand's value at some interior probe point.
         let (first, last) = (xs[0], xs[xs.len() - 1]);
@@ -1057,26 +1071,11 @@ impl Placed<'_> {
         };
         let log_integrand = |s: f64| slice(s).0;
         // The breakpoints (vertices) and the range, infinite along recession directions.
-        let mut xs: Vec<f64> = self.vertex.iter().flatten().map(|w| dot(*w, u) - c).collect();
+        let xs = self.breakpoints(u, c);
         if xs.is_empty() {
             return None;
         }
-        xs.sort_by(f64::total_cmp);
-        xs.dedup();
-        let (mut s_lo, mut s_hi) = (xs[0], xs[xs.len() - 1]);
-        for k in 0..m {
-            if self.vertex[k].is_none() {
-                let (a, b) = (self.poly.order[k], self.poly.order[(k + 1) % m]);
-                for dir in [rot90(self.poly.f[a]), [-rot90(self.poly.f[b])[0], -rot90(self.poly.f[b])[1]]] {
-                    let along = dot(dir, u);
-                    if along > 1e-12 {
-                        s_hi = f64::INFINITY;
-                    } else if along < -1e-12 {
-                        s_lo = f64::NEG_INFINITY;
-                    }
-                }
-            }
-        }
+        let (s_lo, s_hi) = self.recession_range(u, xs[0], xs[xs.len() - 1]);
         let (first, last) = (xs[0], xs[xs.len() - 1]);
         let mut probes: Vec<f64> = xs.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
         probes.extend([0.0f64.clamp(s_lo, s_hi), first, last]);
