@@ -52,17 +52,26 @@ def test_exact_log_likelihood_never_decreases(data, S, hidden, noise, seed):
     assert est.n_regions_[-1] == len(est.model_.regions)
 
 
-def frozen_problem(X, hidden, max_iter):
+def frozen_problem(X, hidden, max_iter, latent_dim=1):
     """A fitted decoder and what a layer update needs: E-step sums, activation slopes, noise."""
-    est = exactem.ExactEM(latent_dim=1, hidden=hidden, max_iter=max_iter, random_state=0).fit(X)
+    est = exactem.ExactEM(latent_dim=latent_dim, hidden=hidden, max_iter=max_iter, random_state=0).fit(X)
     dec, model = est.decoder_, est.model_
     stats = RegionStats(model.e_step(X), X, len(model.regions))
     return dec, stats, layer_factors(dec, model.regions.patterns), np.full(X.shape[1], est.noise_var_)
 
 
-def test_each_layer_update_maximises_the_frozen_objective():
-    X = exactem.datasets.wave(200, 0.1, seed=0)
-    dec, stats, factors, psi = frozen_problem(X, (3, 3), max_iter=0)
+def _four_dimensional_wave(n, seed):
+    """wave's points and a fixed linear image of them: data wider than the hidden layers."""
+    X = exactem.datasets.wave(n, 0.1, seed=seed)
+    return np.hstack([X, X @ np.array([[0.7, -0.2], [0.3, 0.9]])])
+
+
+@pytest.mark.parametrize("X, S", [(exactem.datasets.wave(200, 0.1, seed=0), 1), (_four_dimensional_wave(200, 0), 2)],
+                         ids=["D < width, S = 1", "D > width, S = 2"])
+def test_each_layer_update_maximises_the_frozen_objective(X, S):
+    # D < D_l applies the curvature through the output map, D >= D_l forms it: both against a
+    # general-purpose optimiser of the frozen objective written out over regions.
+    dec, stats, factors, psi = frozen_problem(X, (3, 3), max_iter=0, latent_dim=S)
     for layer in range(3):
         for decay in [0.0, 0.5]:
             W, b = update_layer(dec.weights, dec.biases, factors, psi, stats, layer, decay)
@@ -293,7 +302,8 @@ def test_output_layer_rows_solve_the_full_system(noise):
     layer = 2
     frame = em._in_frame(dec.biases, stats)  # the sums are about the data's mean
     maps = em.frozen_maps(dec.weights, frame, factors, layer)
-    T, Y, _, _, _, _ = em._layer_system(maps, True, noise, stats)
+    layer_system = em._LayerSystem(maps, True, noise, stats)
+    T = layer_system.T
     R, A1 = T.shape[0], T.shape[1]
     D = len(noise)
     decay, damping = 0.3, 0.05
@@ -303,7 +313,7 @@ def test_output_layer_rows_solve_the_full_system(noise):
     diag = np.diag(system) + penalty.ravel()
     system = system + np.diag(penalty.ravel() + damping * diag + em._ridge(diag.reshape(D, A1)))
     theta_old = np.hstack([dec.weights[layer], frame[layer][:, None]])
-    rhs = (Y.sum(axis=0) / noise[:, None]).ravel()
+    rhs = layer_system.rhs.ravel()
     residual = rhs - (system - np.diag(damping * diag + em._ridge(diag.reshape(D, A1)))) @ theta_old.ravel()
     expected = theta_old + np.linalg.solve(system, residual).reshape(D, A1)
     expected[:, -1] += stats.centre

@@ -163,6 +163,14 @@ class RegionStats:
         total.dim = parts[0].dim
         return total
 
+    def restricted(self, keep):
+        """These sums for the regions where ``keep`` (a boolean mask over regions) is true."""
+        part = self.__class__.__new__(self.__class__)
+        part.__dict__.update(self.__dict__)
+        for name in ("s0", "s1", "s2", "sx0", "sx1"):
+            setattr(part, name, getattr(self, name)[keep])
+        return part
+
     def moment_matrix(self):
         """(R, S+1, S+1): E[[z; 1][z; 1]^T 1_q] summed over points."""
         R, S = self.s1.shape
@@ -257,38 +265,81 @@ def _expected_residuals(weights, biases, factors, stats):
     return res
 
 
-def _layer_system(maps, output_layer, psi, stats):
-    """The frozen-mask normal equations of one layer, per region (docs/design.md, the M-step):
-    ``T_q = M_q K_q M_q^T``, ``Y_q`` and ``F_q``, with ``M_q`` (R, D_{l-1}+1, S+1) the map from
-    ``[z; 1]`` to the layer's input ``[a; 1]`` and ``K_q`` the region's moment matrix; ``maps``
-    is the layer's ``(E, f, F, r)`` as :func:`frozen_maps` gives them.
-    Returns (T, Y, F, FtP, M, K); ``FtP`` is ``F_q^T Psi^-1`` (None for the output layer)."""
-    K = stats.moment_matrix()
-    E, f, F, r = maps
-    R, D_prev, S = E.shape
-    # M maps [z; 1] to [a; 1]; T = M K M^T, Y = (sum x [z;1]^T - r [s1; s0]^T) M^T.
-    M = np.zeros((R, D_prev + 1, S + 1))
-    M[:, :D_prev, :S] = E
-    M[:, :D_prev, S] = f
-    M[:, D_prev, S] = 1.0
-    T = M @ K @ np.swapaxes(M, 1, 2)
-    Y = (stats.cross_matrix() - r[:, :, None] * K[:, S, :][:, None, :]) @ np.swapaxes(M, 1, 2)
-    # The output layer's F_q is the identity in every region: no (R, D, D) array for it (737 MB
-    # of identities at D = 784 and 150 regions); its callers use Psi^-1 directly.
-    FtP = None if output_layer else np.swapaxes(F, 1, 2) / psi  # (R, D_l, D)
-    return T, Y, F, FtP, M, K
+class _LayerSystem:
+    """The frozen-mask normal equations of one layer in the factors they are applied from
+    (docs/design.md, the M-step): ``sum_q C_q Theta T_q = rhs`` with ``T_q = M_q K_q M_q^T`` and
+    ``C_q = F_q^T Psi^-1 F_q``, where ``M_q`` (R, D_{l-1}+1, S+1) maps ``[z; 1]`` to the layer's
+    input ``[a; 1]``, ``K_q`` is the region's moment matrix and ``F_q`` (R, D, D_l) the output's
+    map of the layer's pre-activation (the identity for the output layer, which is never formed).
+
+    Nothing of size (R, D, D_l + D_{l-1}) is formed: the right-hand side
+    ``sum_q F_q^T Psi^-1 (X_q - r_q k_q^T) M_q^T`` (``X_q`` the region's data cross moments, (D, S+1))
+    is taken through the (D_l, S+1) products first, and ``C_q`` only where the solve needs it."""
+
+    def __init__(self, maps, output_layer, psi, stats):
+        E, f, F, r = maps
+        self.K = K = stats.moment_matrix()
+        R, D_prev, S = E.shape
+        # M maps [z; 1] to [a; 1].
+        M = np.zeros((R, D_prev + 1, S + 1))
+        M[:, :D_prev, :S] = E
+        M[:, :D_prev, S] = f
+        M[:, D_prev, S] = 1.0
+        self.M, self.psi, self.output_layer = M, psi, output_layer
+        self.T = M @ K @ np.swapaxes(M, 1, 2)
+        # X_q - r_q k_q^T, (R, D, S+1): the data's cross moments less the output map's offset.
+        cross = stats.cross_matrix() - r[:, :, None] * K[:, S, :][:, None, :]
+        if output_layer:
+            self.F = None
+            projected = cross / psi[None, :, None]  # Psi^-1 (...), F_q = I
+        else:
+            self.F = F
+            projected = np.swapaxes(F, 1, 2) @ (cross / psi[None, :, None])  # (R, D_l, S+1)
+        self.rhs = _sum_times_maps(projected, M)
+        self._C = None
+
+    @property
+    def units(self):
+        return self.rhs.shape[0]
+
+    @property
+    def C(self):
+        """``C_q = F_q^T Psi^-1 F_q``, (R, D_l, D_l), formed at the first ask (hidden layers)."""
+        if self._C is None:
+            scaled = self.F / np.sqrt(self.psi)[None, :, None]
+            self._C = np.swapaxes(scaled, 1, 2) @ scaled
+        return self._C
+
+    def curvature_diagonal(self):
+        """``C_q[i, i]`` per region, (R, D_l), without forming ``C_q`` where the output is narrower."""
+        if self._C is not None or self.F.shape[1] >= self.F.shape[2]:
+            return np.einsum("rii->ri", self.C)
+        return np.einsum("rdi,rdi,d->ri", self.F, self.F, 1.0 / self.psi)
+
+    def apply(self, theta):
+        """``sum_q C_q Theta T_q`` (the hidden layers' through the engine's operator)."""
+        if self.output_layer:
+            return (theta @ self.T.sum(axis=0)) / self.psi[:, None]
+        return self.operator()(theta)
+
+    def operator(self):
+        """The hidden layer's :class:`_KroneckerOperator`."""
+        through_F = self.F.shape[1] < self.F.shape[2]
+        return _KroneckerOperator(None if through_F else self.C, self.F, self.M, self.K, self.psi)
+
+
+def _sum_times_maps(P, M):
+    """``sum_q P_q M_q^T`` for P (R, n, S+1) and M (R, A1, S+1): one matrix product."""
+    return np.tensordot(P, M, axes=([0, 2], [0, 2]))
 
 
 def layer_gradient(weights, biases, factors, psi, stats, layer, weight_decay=0.0):
     """d Q / d [W_l, b_l] = sum_q F_q^T Psi^-1 (Y_q - F_q Theta T_q) - weight_decay [W_l, 0]."""
     biases = _in_frame(biases, stats)
     maps = frozen_maps(weights, biases, factors, layer)
-    T, Y, F, FtP, _, _ = _layer_system(maps, layer == len(weights) - 1, psi, stats)
+    system = _LayerSystem(maps, layer == len(weights) - 1, psi, stats)
     theta = np.hstack([weights[layer], biases[layer][:, None]])
-    if FtP is None:  # the output layer: F_q = I
-        grad = (Y.sum(axis=0) - theta @ T.sum(axis=0)) / psi[:, None]
-    else:
-        grad = np.einsum("rid,rda->ia", FtP, Y - F @ theta[None] @ T)
+    grad = system.rhs - system.apply(theta)
     grad[:, :-1] -= weight_decay * weights[layer]
     return grad
 
@@ -334,46 +385,47 @@ def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, 
 
 
 def _update_layer(weights, biases, maps, psi, stats, layer, weight_decay, damping):
-    T, Y, F, FtP, M, K = _layer_system(maps, layer == len(weights) - 1, psi, stats)
+    system = _LayerSystem(maps, layer == len(weights) - 1, psi, stats)
+    T, rhs = system.T, system.rhs
     R, A1 = T.shape[0], T.shape[1]
     D_prev = A1 - 1
     D_l = weights[layer].shape[0]
     penalty = np.zeros((D_l, A1))
     penalty[:, :D_prev] = weight_decay
     theta_old = np.hstack([weights[layer], biases[layer][:, None]])
-    if FtP is None:
+    if system.output_layer:
         # The output layer: C_q = Psi^-1 in every region, so the system is (sum_q T_q) (x) Psi^-1
         # and the rows of Theta decouple: one (D_prev+1)-square system per output unit, with the
         # damping of the full system (its diagonal is psi_i^-1 sum_q T_q[a, a]) row by row.
         T_sum, inverse_psi = T.sum(axis=0), 1.0 / psi
-        rhs = inverse_psi[:, None] * Y.sum(axis=0)
         diagonal = inverse_psi[:, None] * np.diag(T_sum)[None, :] + penalty
         extra = damping * diagonal + _ridge(diagonal)
         residual = rhs - (inverse_psi[:, None] * (theta_old @ T_sum) + penalty * theta_old)
         blocks = inverse_psi[:, None, None] * T_sum[None, :, :]
         delta = _RowBlocks(blocks, penalty + extra).solve(residual)
     else:
-        rhs = (FtP @ Y).sum(axis=0)  # (D_l, D_prev+1)
-        C = FtP @ F  # (R, D_l, D_l)
+        curvature_diagonal = system.curvature_diagonal()  # (R, D_l)
         # The system's diagonal: sum_q C_q[i, i] T_q[a, a] (+ decay).
-        diagonal = np.einsum("rii->ri", C).T @ np.einsum("raa->ra", T) + penalty
+        diagonal = curvature_diagonal.T @ np.einsum("raa->ra", T) + penalty
         extra = damping * diagonal + _ridge(diagonal)
         if D_l * A1 <= CG_THRESHOLD:
+            C = system.C
+
             def system_of(diagonal):
                 # sum_q T_q (x) C_q as one matrix product; unknowns ordered theta[i, a] -> i * A1 + a.
-                system = (T.reshape(R, A1 * A1).T @ C.reshape(R, D_l * D_l)).reshape(A1, A1, D_l, D_l)
-                system = system.transpose(2, 0, 3, 1).reshape(D_l * A1, D_l * A1)
-                system[np.diag_indices_from(system)] += diagonal.ravel()
-                return system
+                dense = (T.reshape(R, A1 * A1).T @ C.reshape(R, D_l * D_l)).reshape(A1, A1, D_l, D_l)
+                dense = dense.transpose(2, 0, 3, 1).reshape(D_l * A1, D_l * A1)
+                dense[np.diag_indices_from(dense)] += diagonal.ravel()
+                return dense
 
-            system = system_of(penalty)
-            residual = rhs.ravel() - system @ theta_old.ravel()
-            system[np.diag_indices_from(system)] += extra.ravel()
-            delta = _solve_spd(system, lambda: system_of(penalty + extra), residual).reshape(D_l, A1)
+            dense = system_of(penalty)
+            residual = rhs.ravel() - dense @ theta_old.ravel()
+            dense[np.diag_indices_from(dense)] += extra.ravel()
+            delta = _solve_spd(dense, lambda: system_of(penalty + extra), residual).reshape(D_l, A1)
         else:
-            operator = _KroneckerOperator(C, F, FtP, M, K, psi)
+            operator = system.operator()
             residual = rhs - (operator(theta_old) + penalty * theta_old)
-            diagonal_blocks = (np.einsum("rii->ri", C).T @ T.reshape(R, A1 * A1)).reshape(D_l, A1, A1)
+            diagonal_blocks = (curvature_diagonal.T @ T.reshape(R, A1 * A1)).reshape(D_l, A1, A1)
             preconditioner = _RowBlocks(diagonal_blocks, penalty + extra)
             delta = _conjugate_gradients(lambda X: operator(X) + (penalty + extra) * X, preconditioner.solve,
                                          residual, max_iter=CG_MAX_ITER)
@@ -422,6 +474,11 @@ def m_step(decoder, patterns, noise_var, stats, weight_decay=0.0, min_noise_var=
 
 
 def _m_step(decoder, patterns, noise_var, stats, weight_decay, min_noise_var, diagonal, damping):
+    # A region no point's posterior reaches has every sum exactly zero and adds nothing to any
+    # layer's system: it is left out (digits, S = 2: 40% of the regions).
+    reached = stats.s0 > 0
+    if not reached.all():
+        patterns, stats = np.asarray(patterns)[reached], stats.restricted(reached)
     weights = [w.copy() for w in decoder.weights]
     biases = [b.copy() for b in decoder.biases]
     factors = layer_factors(decoder, patterns)
@@ -472,20 +529,19 @@ CG_GAIN_RTOL = 1e-3
 class _KroneckerOperator:
     """``X -> sum_q C_q X T_q`` without forming the system, in the low-rank form of its factors:
     ``T_q = M_q K_q M_q^T`` has rank at most S + 1, and ``C_q = F_q^T Psi^-1 F_q`` is applied
-    through ``F_q`` where the output has fewer coordinates than the layer has units. Per
-    application O(R D_l (D_l or D) (S + 1) + R D_l A1 (S + 1)) instead of the dense system's
-    (D_l A1)^2. Applied by the engine (``learning::kronecker``: one pass over the regions, in
-    parallel, the same bits whatever the number of threads); :class:`_KroneckerOperatorNumpy`
-    is the same operator in numpy, its reference."""
+    through ``F_q`` where the output has fewer coordinates than the layer has units (``C`` is
+    then None). Per application O(R D_l (D_l or D) (S + 1) + R D_l A1 (S + 1)) instead of the
+    dense system's (D_l A1)^2. Applied by the engine (``learning::kronecker``: one pass over the
+    regions, in parallel, the same bits whatever the number of threads);
+    :class:`_KroneckerOperatorNumpy` is the same operator in numpy, its reference."""
 
-    def __init__(self, C, F, FtP, M, K, psi):
+    def __init__(self, C, F, M, K, psi):
         from . import _core
 
-        D, D_l = F.shape[1], F.shape[2]
         M, K = np.ascontiguousarray(M, dtype=np.float64), np.ascontiguousarray(K, dtype=np.float64)
         if M.shape[2] > _core.KRONECKER_MAX_LATENT1:  # the engine's kernels stop at S = 4
-            self._core = _KroneckerOperatorNumpy(C, F, FtP, M, K)
-        elif D < D_l:
+            self._core = _KroneckerOperatorNumpy(C, F, M, K, psi)
+        elif C is None:
             self._core = _core.KroneckerCore(M, K, output_map=np.ascontiguousarray(F, dtype=np.float64),
                                              inverse_noise=np.ascontiguousarray(1.0 / psi, dtype=np.float64))
         else:
@@ -499,20 +555,21 @@ class _KroneckerOperatorNumpy:
     """:class:`_KroneckerOperator` as numpy batches of per-region products (the reference the
     engine's operator is tested against)."""
 
-    def __init__(self, C, F, FtP, M, K, psi=None):
+    def __init__(self, C, F, M, K, psi):
         R, A1, S1 = M.shape
         self._R, self._S1 = R, S1
         self._M_columns = M.transpose(1, 0, 2).reshape(A1, R * S1)  # [a, (q, k)]
         self._M_rows = self._M_columns.T.copy()
         self._K = K
-        D, D_l = F.shape[1], F.shape[2]
-        self._through_F = D < D_l
-        self._C, self._F, self._FtP = C, F, FtP
+        self._C, self._F, self._inverse_psi = C, F, 1.0 / np.asarray(psi, dtype=float)
 
     def __call__(self, X):
         D_l = X.shape[0]
         P = (X @ self._M_columns).reshape(D_l, self._R, self._S1).transpose(1, 0, 2)  # X M_q
-        P = self._FtP @ (self._F @ P) if self._through_F else self._C @ P
+        if self._C is None:
+            P = np.swapaxes(self._F, 1, 2) @ (self._inverse_psi[None, :, None] * (self._F @ P))
+        else:
+            P = self._C @ P
         P = P @ self._K
         return P.transpose(1, 0, 2).reshape(D_l, self._R * self._S1) @ self._M_rows
 
