@@ -302,7 +302,7 @@ def test_output_layer_rows_solve_the_full_system(noise):
     layer = 2
     frame = em._in_frame(dec.biases, stats)  # the sums are about the data's mean
     maps = em.frozen_maps(dec.weights, frame, factors, layer)
-    layer_system = em._LayerSystem(maps, True, noise, stats)
+    layer_system = em._LayerSystem(maps[:2], None, noise, stats)  # the output layer: F_q = I
     T = layer_system.T
     R, A1 = T.shape[0], T.shape[1]
     D = len(noise)

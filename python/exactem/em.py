@@ -232,16 +232,6 @@ def _layer_inputs(weights, biases, factors, upto=None):
     return inputs
 
 
-def _output_map_below(weights, biases, factors, k, F, r):
-    """The output as an affine map ``F u + r`` of layer k-1's pre-activation, from the same map of
-    layer k's pre-activation (u_k = W_k s(u_{k-1}) + b_k with s frozen): :func:`frozen_maps`'
-    composition, from the top down."""
-    step = weights[k] * factors[k - 1][:, None, :]
-    if F is None:  # the output layer's own map, the identity: no (R, D, D) product
-        return step, np.broadcast_to(biases[k], (step.shape[0], len(biases[k])))
-    return F @ step, np.einsum("rij,j->ri", F, biases[k]) + r
-
-
 def frozen_objective(weights, biases, factors, noise_var, stats):
     """The frozen-mask expected complete-data log-likelihood, up to the prior's constant."""
     psi = np.broadcast_to(noise_var, (stats.dim,))
@@ -265,19 +255,114 @@ def _expected_residuals(weights, biases, factors, stats):
     return res
 
 
+class _FormedOutputMap:
+    """The output as ``F_q u + r_q`` in a hidden layer's pre-activation ``u``, with ``F_q``
+    (R, D, D_l) and ``r_q`` (R, D) formed: the form to carry where the output is narrower than
+    the layers (the operator then applies ``C_q`` through ``F_q``)."""
+
+    def __init__(self, F, r, psi):
+        self.F, self.r, self.psi = F, r, psi
+        self._C = None
+
+    @classmethod
+    def of_output_layer(cls, weight, bias, slopes, psi):
+        """The map of the last hidden layer's pre-activation: ``W_L diag(s) u + b_L``."""
+        step = weight * slopes[:, None, :]
+        return cls(step, np.broadcast_to(bias, (step.shape[0], len(bias))), psi)
+
+    def below(self, weight, bias, slopes):
+        """The map one layer down, through ``u_k = W_k s(u_{k-1}) + b_k`` with ``s`` frozen."""
+        step = weight * slopes[:, None, :]
+        return _FormedOutputMap(self.F @ step, self.F @ bias + self.r, self.psi)
+
+    def projected(self, cross, k):
+        """``F_q^T Psi^-1 (X_q - r_q k_q^T)``, (R, D_l, S+1), for cross moments X (R, D, S+1)."""
+        residual = cross - self.r[:, :, None] * k[:, None, :]
+        return np.swapaxes(self.F, 1, 2) @ (residual / self.psi[None, :, None])
+
+    @property
+    def C(self):
+        """``C_q = F_q^T Psi^-1 F_q``, (R, D_l, D_l), formed at the first ask."""
+        if self._C is None:
+            scaled = self.F / np.sqrt(self.psi)[None, :, None]
+            self._C = np.swapaxes(scaled, 1, 2) @ scaled
+        return self._C
+
+    def curvature_diagonal(self):
+        if self._C is not None:
+            return np.einsum("rii->ri", self._C)
+        return np.einsum("rdi,rdi,d->ri", self.F, self.F, 1.0 / self.psi)
+
+    def operator(self, M, K):
+        narrow = self.F.shape[1] < self.F.shape[2]
+        return _KroneckerOperator(None if narrow else self.C, self.F, M, K, self.psi)
+
+
+class _CurvatureOutputMap:
+    """The same output map carried only through what a layer's system needs of it, never
+    forming ``F_q`` (R, D, D_l): ``C_q = F_q^T Psi^-1 F_q`` as ``diag(s_q) B_g diag(s_q)`` with
+    ``B_g`` shared by the regions of one activation pattern above the layer, ``v_q = F_q^T
+    Psi^-1 r_q`` and ``Y_q = F_q^T Psi^-1 X_q`` (X_q the region's data cross moments). One layer
+    down costs O(G D_l^3 + R D_l^2) (G distinct patterns above) instead of F's O(R D D_l^2):
+    the form to carry where the output is as wide as the layers or wider (digits, images)."""
+
+    def __init__(self, base, group, slopes, v, Y, psi):
+        self.base, self.group, self.slopes, self.v, self.Y, self.psi = base, group, slopes, v, Y, psi
+        self._C = None
+
+    @classmethod
+    def of_output_layer(cls, weight, bias, slopes, psi, cross):
+        inverse_psi = 1.0 / psi
+        base = (weight.T * inverse_psi) @ weight
+        group = np.zeros(len(slopes), dtype=np.intp)
+        v = slopes * (weight.T @ (inverse_psi * bias))[None, :]
+        Y = slopes[:, :, None] * _times_each(weight * inverse_psi[:, None], cross)
+        return cls(base[None], group, slopes, v, Y, psi)
+
+    def below(self, weight, bias, slopes):
+        # The distinct C_q of this layer, one per (pattern above, slopes here) ...
+        keys = np.concatenate([self.group[:, None].astype(float), self.slopes], axis=1)
+        distinct, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        group = group.ravel()
+        s_first = self.slopes[first]
+        C_distinct = s_first[:, :, None] * self.base[self.group[first]] * s_first[:, None, :]
+        # ... carried one layer down: W^T C W, shared again by the regions of that pattern.
+        base = np.swapaxes(weight, 0, 1)[None] @ C_distinct @ weight[None]
+        Cb = np.einsum("gij,j->gi", C_distinct, bias)[group]
+        v = slopes * ((Cb + self.v) @ weight)
+        Y = slopes[:, :, None] * _times_each(weight, self.Y)
+        return _CurvatureOutputMap(base, group, slopes, v, Y, self.psi)
+
+    def projected(self, cross, k):
+        return self.Y - self.v[:, :, None] * k[:, None, :]
+
+    @property
+    def C(self):
+        if self._C is None:
+            self._C = self.slopes[:, :, None] * self.base[self.group] * self.slopes[:, None, :]
+        return self._C
+
+    def curvature_diagonal(self):
+        return self.slopes**2 * np.einsum("gii->gi", self.base)[self.group]
+
+    def operator(self, M, K):
+        return _KroneckerOperator(self.C, None, M, K, self.psi)
+
+
 class _LayerSystem:
     """The frozen-mask normal equations of one layer in the factors they are applied from
     (docs/design.md, the M-step): ``sum_q C_q Theta T_q = rhs`` with ``T_q = M_q K_q M_q^T`` and
     ``C_q = F_q^T Psi^-1 F_q``, where ``M_q`` (R, D_{l-1}+1, S+1) maps ``[z; 1]`` to the layer's
-    input ``[a; 1]``, ``K_q`` is the region's moment matrix and ``F_q`` (R, D, D_l) the output's
-    map of the layer's pre-activation (the identity for the output layer, which is never formed).
+    input ``[a; 1]``, ``K_q`` is the region's moment matrix and ``F_q`` the output's map of the
+    layer's pre-activation: ``output`` (a :class:`_FormedOutputMap` or
+    :class:`_CurvatureOutputMap`), or None for the output layer (the identity, never formed).
 
     Nothing of size (R, D, D_l + D_{l-1}) is formed: the right-hand side
     ``sum_q F_q^T Psi^-1 (X_q - r_q k_q^T) M_q^T`` (``X_q`` the region's data cross moments, (D, S+1))
     is taken through the (D_l, S+1) products first, and ``C_q`` only where the solve needs it."""
 
-    def __init__(self, maps, output_layer, psi, stats):
-        E, f, F, r = maps
+    def __init__(self, inputs, output, psi, stats):
+        E, f = inputs
         self.K = K = stats.moment_matrix()
         R, D_prev, S = E.shape
         # M maps [z; 1] to [a; 1].
@@ -285,36 +370,26 @@ class _LayerSystem:
         M[:, :D_prev, :S] = E
         M[:, :D_prev, S] = f
         M[:, D_prev, S] = 1.0
-        self.M, self.psi, self.output_layer = M, psi, output_layer
-        self.T = M @ K @ np.swapaxes(M, 1, 2)
-        # X_q - r_q k_q^T, (R, D, S+1): the data's cross moments less the output map's offset.
-        cross = stats.cross_matrix() - r[:, :, None] * K[:, S, :][:, None, :]
-        if output_layer:
-            self.F = None
-            projected = cross / psi[None, :, None]  # Psi^-1 (...), F_q = I
+        self.M, self.psi, self.output = M, psi, output
+        self.output_layer = output is None
+        # T_q = (M_q K_q) M_q^T, a sum of S+1 outer products: numpy's stacked products of
+        # such thin matrices are slow.
+        MK = M @ K
+        self.T = np.einsum("rak,rbk->rab", MK, M, optimize=True)
+        if output is None:
+            projected = stats.cross_matrix() / psi[None, :, None]  # Psi^-1 X_q, F_q = I, r_q = 0
         else:
-            self.F = F
-            projected = np.swapaxes(F, 1, 2) @ (cross / psi[None, :, None])  # (R, D_l, S+1)
+            projected = output.projected(stats.cross_matrix(), K[:, S, :])
         self.rhs = _sum_times_maps(projected, M)
-        self._C = None
-
-    @property
-    def units(self):
-        return self.rhs.shape[0]
 
     @property
     def C(self):
-        """``C_q = F_q^T Psi^-1 F_q``, (R, D_l, D_l), formed at the first ask (hidden layers)."""
-        if self._C is None:
-            scaled = self.F / np.sqrt(self.psi)[None, :, None]
-            self._C = np.swapaxes(scaled, 1, 2) @ scaled
-        return self._C
+        """``C_q``, (R, D_l, D_l), for the hidden layers."""
+        return self.output.C
 
     def curvature_diagonal(self):
-        """``C_q[i, i]`` per region, (R, D_l), without forming ``C_q`` where the output is narrower."""
-        if self._C is not None or self.F.shape[1] >= self.F.shape[2]:
-            return np.einsum("rii->ri", self.C)
-        return np.einsum("rdi,rdi,d->ri", self.F, self.F, 1.0 / self.psi)
+        """``C_q[i, i]`` per region, (R, D_l)."""
+        return self.output.curvature_diagonal()
 
     def apply(self, theta):
         """``sum_q C_q Theta T_q`` (the hidden layers' through the engine's operator)."""
@@ -324,8 +399,19 @@ class _LayerSystem:
 
     def operator(self):
         """The hidden layer's :class:`_KroneckerOperator`."""
-        through_F = self.F.shape[1] < self.F.shape[2]
-        return _KroneckerOperator(None if through_F else self.C, self.F, self.M, self.K, self.psi)
+        return self.output.operator(self.M, self.K)
+
+
+def _output_map(maps, psi):
+    """The layer's (E, f) and output map from :func:`frozen_maps`' (E, f, F, r); None for the
+    output layer's identity."""
+    E, f, F, r = maps
+    return (E, f), _FormedOutputMap(F, r, psi)
+
+
+def _times_each(weight, P):
+    """``weight^T P_q`` for every q, P (R, n, k): one matrix product (an einsum does not use BLAS)."""
+    return np.swapaxes(np.tensordot(P, weight, axes=([1], [0])), 1, 2)
 
 
 def _sum_times_maps(P, M):
@@ -336,8 +422,8 @@ def _sum_times_maps(P, M):
 def layer_gradient(weights, biases, factors, psi, stats, layer, weight_decay=0.0):
     """d Q / d [W_l, b_l] = sum_q F_q^T Psi^-1 (Y_q - F_q Theta T_q) - weight_decay [W_l, 0]."""
     biases = _in_frame(biases, stats)
-    maps = frozen_maps(weights, biases, factors, layer)
-    system = _LayerSystem(maps, layer == len(weights) - 1, psi, stats)
+    inputs, output = _output_map(frozen_maps(weights, biases, factors, layer), psi)
+    system = _LayerSystem(inputs, None if layer == len(weights) - 1 else output, psi, stats)
     theta = np.hstack([weights[layer], biases[layer][:, None]])
     grad = system.rhs - system.apply(theta)
     grad[:, :-1] -= weight_decay * weights[layer]
@@ -372,11 +458,12 @@ def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, 
     ``damping / 2 * sum_i H_ii (theta_i - theta_old_i)^2`` (H the system's diagonal): the
     update then moves less, most of all in directions the frozen objective constrains weakly,
     which are the directions in which the frozen masks stop being true. ``biases`` are in the
-    data's frame; ``maps`` are the layer's :func:`frozen_maps` in the frame of ``stats``
-    (:func:`_in_frame`), if the caller has them."""
+    data's frame; ``maps`` are the layer's input maps ``(E, f)`` and output map (None for the
+    output layer) in the frame of ``stats`` (:func:`_in_frame`), if the caller has them."""
     frame = _in_frame(biases, stats)
     if maps is None:
-        maps = frozen_maps(weights, frame, factors, layer)
+        inputs, output = _output_map(frozen_maps(weights, frame, factors, layer), psi)
+        maps = (inputs, None if layer == len(weights) - 1 else output)
     with one_blas_thread():
         weight, bias = _update_layer(weights, frame, maps, psi, stats, layer, weight_decay, damping)
     if layer == len(weights) - 1:
@@ -385,7 +472,7 @@ def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, 
 
 
 def _update_layer(weights, biases, maps, psi, stats, layer, weight_decay, damping):
-    system = _LayerSystem(maps, layer == len(weights) - 1, psi, stats)
+    system = _LayerSystem(*maps, psi, stats)
     T, rhs = system.T, system.rhs
     R, A1 = T.shape[0], T.shape[1]
     D_prev = A1 - 1
@@ -485,18 +572,21 @@ def _m_step(decoder, patterns, noise_var, stats, weight_decay, min_noise_var, di
     psi = np.broadcast_to(np.asarray(noise_var, dtype=float), (stats.dim,))
     # From the last layer down, each layer's input maps come from the layers below, not yet
     # updated, so they are composed once for all; its output map from the layers above, already
-    # updated, one step down from the previous layer's.
+    # updated, one step down from the previous layer's: formed where the output is narrower than
+    # every hidden layer, else carried as the curvature and projections the systems need.
     inputs = _layer_inputs(weights, biases, factors)
-    R, D = inputs[0][0].shape[0], stats.dim
-    F, r = None, None
-    for layer in reversed(range(len(weights))):
-        if layer < len(weights) - 1:
-            F, r = _output_map_below(weights, _in_frame(biases, stats), factors, layer + 1, F, r)
-            maps = (*inputs[layer], F, r)
-        else:
-            maps = (*inputs[layer], np.broadcast_to(np.eye(D), (R, D, D)), np.zeros((R, D)))
+    L = len(weights)
+    narrow = stats.dim < min((w.shape[0] for w in weights[:-1]), default=0)
+    output = None
+    for layer in reversed(range(L)):
+        if layer == L - 2:
+            weight, bias = weights[L - 1], _in_frame(biases, stats)[L - 1]
+            output = (_FormedOutputMap.of_output_layer(weight, bias, factors[layer], psi) if narrow else
+                      _CurvatureOutputMap.of_output_layer(weight, bias, factors[layer], psi, stats.cross_matrix()))
+        elif layer < L - 2:
+            output = output.below(weights[layer + 1], biases[layer + 1], factors[layer])
         weights[layer], biases[layer] = update_layer(weights, biases, factors, psi, stats, layer, weight_decay,
-                                                    damping, maps=maps)
+                                                    damping, maps=(inputs[layer], output))
     res = _expected_residuals(weights, biases, factors, stats) / stats.n_points
     new_noise = np.maximum(res if diagonal else np.full(stats.dim, res.mean()), min_noise_var)
     return weights, biases, new_noise
