@@ -188,6 +188,25 @@ def test_deterministic_given_random_state():
     assert a.history_ == b.history_
 
 
+@pytest.mark.parametrize("hidden", [(3, 3), (4, 3, 3)])
+def test_m_step_carries_the_curvature_the_formed_maps_give(hidden):
+    # Where the output is as wide as the layers, the M-step carries each hidden layer's output
+    # map as its curvature and projections (shared by regions of one pattern above) instead
+    # of forming F_q: the same updates as update_layer on maps formed layer by layer, top down.
+    from exactem import em
+
+    X = _four_dimensional_wave(300, 1)
+    dec, stats, factors, psi = frozen_problem(X, hidden, max_iter=2, latent_dim=2)
+    patterns = exactem.DGN(dec, psi).regions.patterns
+    decay, damping = 0.2, 0.05
+    weights, biases, _ = em.m_step(dec, patterns, psi, stats, weight_decay=decay, damping=damping)
+    ws, bs = [w.copy() for w in dec.weights], [b.copy() for b in dec.biases]
+    for layer in reversed(range(len(ws))):
+        ws[layer], bs[layer] = update_layer(ws, bs, factors, psi, stats, layer, decay, damping)
+    for got, want in zip(weights + biases, ws + bs):
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9 * (1 + np.abs(want).max()))
+
+
 def test_conjugate_gradient_layer_solve_agrees_with_the_dense_one(monkeypatch):
     from exactem import em
 
