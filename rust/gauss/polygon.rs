@@ -639,17 +639,19 @@ pub(crate) fn level_interval(c: f64, level: f64) -> (f64, f64) {
 }
 
 /// The largest value of a log-concave `f` on `[lo, hi]` (to within its change over a
-/// millionth of the interval, or 1e-9 of the position) by golden-section search; `-inf` for
-/// an empty interval. `f` may be `-inf` outside its support, an interval.
-fn log_concave_maximum(f: &impl Fn(f64) -> f64, lo: f64, hi: f64) -> f64 {
+/// millionth of the interval, or 1e-9 of the position) by golden-section search, and where it
+/// was found; `-inf` for an empty interval. `f` may be `-inf` outside its support, an interval.
+fn log_concave_maximum(f: &impl Fn(f64) -> f64, lo: f64, hi: f64) -> (f64, f64) {
     if !(lo <= hi) {
-        return f64::NEG_INFINITY;
+        return (f64::NEG_INFINITY, lo);
     }
     const SHRINK: f64 = 0.618_033_988_749_895;
     let (mut a, mut b) = (lo, hi);
     let (mut c, mut e) = (b - SHRINK * (b - a), a + SHRINK * (b - a));
     let (mut fc, mut fe) = (f(c), f(e));
-    let mut best = f(lo).max(f(hi)).max(fc).max(fe);
+    let mut best = [(f(lo), lo), (f(hi), hi), (fc, c), (fe, e)]
+        .into_iter()
+        .fold((f64::NEG_INFINITY, lo), |best, probe| if probe.0 > best.0 { probe } else { best });
     for _ in 0..100 {
         if b - a <= 1e-6 * (hi - lo) + crate::linalg::Tolerance::DEFAULT.at(a.abs()) {
             break;
@@ -658,15 +660,48 @@ fn log_concave_maximum(f: &impl Fn(f64) -> f64, lo: f64, hi: f64) -> f64 {
             (b, e, fe) = (e, c, fc);
             c = b - SHRINK * (b - a);
             fc = f(c);
-            best = best.max(fc);
+            if fc > best.0 {
+                best = (fc, c);
+            }
         } else {
             (a, c, fc) = (c, e, fe);
             e = a + SHRINK * (b - a);
             fe = f(e);
-            best = best.max(fe);
+            if fe > best.0 {
+                best = (fe, e);
+            }
         }
     }
     best
+}
+
+/// An interval `[a, b]` within `[lo, hi]` outside which the log-concave `f` stays below
+/// `level`, given a point `at` where it is at least `level`: each end is bisected between `at`
+/// and the outer end until it is known to within a quarter of its distance from `at` (the
+/// end returned is the outer side of the bracket, so nothing above `level` is cut). Slicing
+/// quadratures are cut to it: the Gaussian along the slicing direction bounds the integrand
+/// only loosely when the slices' own masses decay faster (a thin wedge sliced along an edge,
+/// far out), and pieces spread over that loose range leave the bulk with a few nodes.
+fn superlevel_interval(f: &impl Fn(f64) -> f64, at: f64, level: f64, lo: f64, hi: f64) -> (f64, f64) {
+    let end = |outer: f64| {
+        if !outer.is_finite() || f(outer) >= level {
+            return outer;
+        }
+        let (mut inside, mut outside) = (at, outer);
+        for _ in 0..64 {
+            if (outside - inside).abs() <= 0.25 * (outside - at).abs() {
+                break;
+            }
+            let mid = 0.5 * (inside + outside);
+            if f(mid) >= level {
+                inside = mid;
+            } else {
+                outside = mid;
+            }
+        }
+        outside
+    };
+    (end(lo), end(hi))
 }
 
 impl Placed<'_> {
@@ -929,11 +964,17 @@ impl Placed<'_> {
         } else {
             40.0 + first.abs().max(last.abs())
         };
-        let reference = probed.max(log_concave_maximum(&log_integrand, x_lo.max(-bound), x_hi.min(bound)));
+        let (searched, at) = log_concave_maximum(&log_integrand, x_lo.max(-bound), x_hi.min(bound));
+        let reference = probed.max(searched);
         let reach = if reference.is_finite() {
             (2.0 * (NEGLIGIBLE - reference - LN_SQRT_2PI).max(0.0)).sqrt()
         } else {
             40.0 + first.abs().max(last.abs())
+        };
+        let (cut_lo, cut_hi) = if searched.is_finite() && searched >= reference - NEGLIGIBLE {
+            superlevel_interval(&log_integrand, at, reference - NEGLIGIBLE, (-reach).max(x_lo), reach.min(x_hi))
+        } else {
+            (-reach, reach)
         };
         let mut breaks = Vec::with_capacity(xs.len() + 2);
         if x_lo == f64::NEG_INFINITY {
@@ -948,7 +989,7 @@ impl Placed<'_> {
         // the whole Gaussian.
         if reference.is_finite() {
             for x in &mut breaks {
-                *x = x.clamp(-reach, reach);
+                *x = x.clamp(cut_lo.max(-reach), cut_hi.min(reach));
             }
         }
         // The edge bounding y on a piece: the one active at its midpoint.
@@ -1093,11 +1134,16 @@ impl Placed<'_> {
         } else {
             clamp((first.min(-c) - 40.0, last.max(-c) + 40.0))
         };
-        let reference = probed.max(log_concave_maximum(&log_integrand, search.0, search.1));
+        let (searched, at) = log_concave_maximum(&log_integrand, search.0, search.1);
+        let reference = probed.max(searched);
         if !reference.is_finite() {
             return None;
         }
-        let (reach_lo, reach_hi) = level_interval(c, reference - NEGLIGIBLE);
+        let (mut reach_lo, mut reach_hi) = level_interval(c, reference - NEGLIGIBLE);
+        if searched.is_finite() && searched >= reference - NEGLIGIBLE {
+            (reach_lo, reach_hi) =
+                superlevel_interval(&log_integrand, at, reference - NEGLIGIBLE, reach_lo.max(s_lo), reach_hi.min(s_hi));
+        }
         let mut breaks = Vec::with_capacity(xs.len() + 2);
         if s_lo == f64::NEG_INFINITY {
             breaks.push(reach_lo.min(first - 1.0));
