@@ -192,37 +192,29 @@ impl PointRegions {
         mu: &[f64],
         q: usize,
     ) -> f64 {
-        if self.cheap[q].is_nan() {
-            self.cheap[q] = self.cheap_bound_of(integrator, forms, s, mu, q);
+        if !self.cheap[q].is_nan() {
+            return self.cheap[q];
         }
-        self.cheap[q]
-    }
-
-    fn cheap_bound_of<I: RegionIntegrator>(
-        &self,
-        integrator: &I,
-        forms: &UpperForms,
-        s: usize,
-        mu: &[f64],
-        q: usize,
-    ) -> f64 {
         let m = &mu[q * s..(q + 1) * s];
         let mass_bound = integrator.log_mass_bound(q, m);
-        if !(mass_bound < 0.0) {
-            return self.upper[q];
-        }
-        let distance = (2.0 * (-mass_bound - std::f64::consts::LN_2)).max(0.0).sqrt();
-        let shift = MEAN_ERROR * s as f64 * (self.xpx.sqrt() + forms.root_b_psi_b[q]);
-        let mean_norm = m.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let reach = forms.growth[q] * (shift + 1e-9 * (1.0 + mean_norm)) + 1e-9 * (1.0 + distance);
-        let near = distance - reach;
-        let loosened = if near > 0.0 { crate::linalg::log_tail_bound(near) } else { 0.0 };
-        // NaN bounds nothing.
-        if loosened.is_nan() {
-            f64::INFINITY
+        let bound = if !(mass_bound < 0.0) {
+            self.upper[q]
         } else {
-            self.upper[q] + loosened
-        }
+            let distance = (2.0 * (-mass_bound - std::f64::consts::LN_2)).max(0.0).sqrt();
+            let shift = MEAN_ERROR * s as f64 * (self.xpx.sqrt() + forms.root_b_psi_b[q]);
+            let mean_norm = m.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let reach = forms.growth[q] * (shift + 1e-9 * (1.0 + mean_norm)) + 1e-9 * (1.0 + distance);
+            let near = distance - reach;
+            let loosened = if near > 0.0 { crate::linalg::log_tail_bound(near) } else { 0.0 };
+            // NaN bounds nothing.
+            if loosened.is_nan() {
+                f64::INFINITY
+            } else {
+                self.upper[q] + loosened
+            }
+        };
+        self.cheap[q] = bound;
+        bound
     }
 
     /// How many regions got the residual form (for tests and benchmarks).
