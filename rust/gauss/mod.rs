@@ -30,6 +30,15 @@ use crate::partition::lp::{chebyshev_ball, Lp, LpOutcome};
 /// relative accuracy than the mass, and there are many facets.
 const FACET_BUDGET: usize = 1 << 15;
 
+/// S >= 4: the largest relative error that rounding alone may cause in the divergence
+/// theorem's moments (the mean against the smallest conditional standard deviation, the
+/// covariance against its smallest eigenvalue); beyond it, far in a tail, the moments raise
+/// `Error::Numerical`. The bound is a worst case (errors taken independent), measured ~100x
+/// above the actual error on boxes: at 1 the moments refused are ones rounding may make wrong
+/// by their own size (a box at N(0, I) from d ~ 300), and polytopes at moderate distance,
+/// however thin, keep the moments they always had.
+pub const S4_MOMENT_LIMIT: f64 = 1.0;
+
 /// Radius cap of the emptiness test's Chebyshev LP (whitened units).
 const BALL_CAP: f64 = 1.0;
 
@@ -307,7 +316,14 @@ impl PolytopeShape {
             return GaussMoments { error: w.error, ..GaussMoments::empty(s) };
         }
         let l = &self.l;
-        let z_mean: Vec<f64> = (0..s).map(|i| mean[i] + dot(&l[i * s..i * s + i + 1], &w.mean[..i + 1])).collect();
+        // mean + L anchor, then + L offset: the small part last.
+        let z_mean: Vec<f64> = (0..s)
+            .map(|i| {
+                let row = &l[i * s..i * s + i + 1];
+                let at = w.anchor.as_ref().map_or(0.0, |a| dot(row, &a[..i + 1]));
+                mean[i] + at + dot(row, &w.mean[..i + 1])
+            })
+            .collect();
         // Cov[z] = L Cov[w] L^T.
         let cw = &w.cov;
         let mut lc = vec![0.0; s * s];
@@ -329,9 +345,13 @@ impl PolytopeShape {
 }
 
 /// Moments under `N(0, I)`: log mass, `E[w]`, `Cov[w]` (row-major), relative error.
+#[derive(Clone)]
 struct WhitenedMoments {
     log_mass: f64,
+    /// `E[w]`, less `anchor` where there is one: far in a tail the mean is a point of size
+    /// `d` plus an offset known to its own (much smaller) scale, added last.
     mean: Vec<f64>,
+    anchor: Option<Vec<f64>>,
     /// `Cov[w]`, carried as such: forming it as `E[w w^T] - E[w] E[w]^T` at the end loses its
     /// digits for a polyhedron narrow against its distance from the mean.
     cov: Vec<f64>,
@@ -342,7 +362,15 @@ impl WhitenedMoments {
     fn whole_space(s: usize) -> Self {
         let mut cov = vec![0.0; s * s];
         (0..s).for_each(|i| cov[i * s + i] = 1.0);
-        WhitenedMoments { log_mass: 0.0, mean: vec![0.0; s], cov, error: 0.0 }
+        WhitenedMoments { log_mass: 0.0, mean: vec![0.0; s], anchor: None, cov, error: 0.0 }
+    }
+
+    /// `E[w]`, anchor and offset added.
+    fn full_mean(&self) -> Vec<f64> {
+        match &self.anchor {
+            Some(anchor) => anchor.iter().zip(&self.mean).map(|(a, m)| a + m).collect(),
+            None => self.mean.clone(),
+        }
     }
 }
 
@@ -483,7 +511,7 @@ fn integrate_whitened(
                 }
             }
             let (log_mass, mean, variance) = normal::truncated_normal_central(0.0, 1.0, lo, hi);
-            Ok(WhitenedMoments { log_mass, mean: vec![mean], cov: vec![variance], error: 0.0 })
+            Ok(WhitenedMoments { log_mass, mean: vec![mean], anchor: None, cov: vec![variance], error: 0.0 })
         }
         _ if s >= 2 && lineal_normal(f, s).is_some() => {
             // A half-space or slab: the truncated normal along its normal, standard across it,
@@ -508,20 +536,26 @@ fn integrate_whitened(
                     cov[j * s + k] = variance * n[j] * n[k] + across.iter().map(|b| b[j] * b[k]).sum::<f64>();
                 }
             }
-            Ok(WhitenedMoments { log_mass, mean: n.iter().map(|v| mean * v).collect(), cov, error: 0.0 })
+            Ok(WhitenedMoments { log_mass, mean: n.iter().map(|v| mean * v).collect(), anchor: None, cov, error: 0.0 })
         }
         2 => {
             let rows = (0..e.len()).map(|i| [f[2 * i], f[2 * i + 1]]).collect();
             let poly = polygon::Polygon2::new(rows, e.to_vec(), [1.0, 0.0, 0.0, 1.0]);
             if want == Want::Mass {
                 let log_mass = poly.log_mass(&[0.0, 0.0], 0.0);
-                return Ok(WhitenedMoments { log_mass, mean: vec![f64::NAN; 2], cov: vec![f64::NAN; 4], error: 0.0 });
+                return Ok(WhitenedMoments {
+                    log_mass,
+                    mean: vec![f64::NAN; 2],
+                    anchor: None,
+                    cov: vec![f64::NAN; 4],
+                    error: 0.0,
+                });
             }
             // Central moments: `E[w w^T] - E[w] E[w]^T` would lose the covariance of a polygon
             // far out or tiny against the Gaussian.
             let (mut mean, mut cov) = (vec![0.0; 2], vec![0.0; 4]);
             let log_mass = poly.central_moments(&[0.0, 0.0], &mut mean, &mut cov);
-            Ok(WhitenedMoments { log_mass, mean, cov, error: 0.0 })
+            Ok(WhitenedMoments { log_mass, mean, anchor: None, cov, error: 0.0 })
         }
         _ => {
             let tilt = nearest::nearest_point(f, e, s, &vec![0.0; s], centre);
@@ -531,13 +565,75 @@ fn integrate_whitened(
                 let mass = sov::integrate(f, e, s, &tilt, centre, budget, settings)?;
                 (mass.log_mass, mass.error)
             };
-            let mut out = WhitenedMoments { log_mass, mean: vec![f64::NAN; s], cov: vec![f64::NAN; s * s], error };
+            let mut out =
+                WhitenedMoments { log_mass, mean: vec![f64::NAN; s], anchor: None, cov: vec![f64::NAN; s * s], error };
             if want > Want::Mass && log_mass > f64::NEG_INFINITY {
-                facet_moments(f, e, s, &tilt, want, &mut out, settings)?;
+                let sums = facet_moments(f, e, s, &tilt, want, out.log_mass, settings)?;
+                let mut bound = sums.finish(s, &tilt, want, 0.0, false, &mut out);
+                if !(bound <= settings.rtol) && s == 3 {
+                    // The mass's error enters every facet ratio alike, times the size of the
+                    // terms against the spread: where the rest of the bound leaves room, a
+                    // tighter mass (a few more panels) saves the slices' moments.
+                    let rest =
+                        sums.finish(s, &tilt, want, 0.0, false, &mut WhitenedMoments { error: 0.0, ..out.clone() });
+                    if rest <= 0.5 * settings.rtol && out.error > 0.0 {
+                        let sensitivity = (bound - rest) / out.error;
+                        let rtol = (0.25 * settings.rtol / sensitivity).min(1e-3 * settings.rtol);
+                        let (log_mass, error) = slices::log_mass(f, e, &tilt, rtol, settings.cancel)?;
+                        // The moments from the tighter mass; the mass returned stays the one
+                        // asked for, the same bits as where only the mass is wanted.
+                        let shift = out.log_mass - log_mass;
+                        let asked = out.error;
+                        out.error = error;
+                        bound = sums.finish(s, &tilt, want, shift, false, &mut out);
+                        out.error = asked;
+                    }
+                }
+                if !(bound <= settings.rtol) {
+                    if s == 3 {
+                        // Moments from the slices' own central moments, accurate however far
+                        // out the polyhedron is.
+                        return slice_moments(f, e, &tilt, settings, &out);
+                    }
+                    // S >= 4 moments carry the quasi-Monte Carlo masses' errors (as asked) amplified
+                    // by the polyhedron's shape; what is refused is rounding alone past the limit:
+                    // far in a tail, where no accuracy asked could make them right.
+                    let rounding = sums.finish(s, &tilt, want, 0.0, true, &mut out.clone());
+                    if !(rounding <= S4_MOMENT_LIMIT) {
+                        return Err(Error::Numerical(format!(
+                            "the S = {s} conditional moments over a polyhedron at distance {:.3} from the mean are \
+                             known only to a relative error of {rounding:.1e} from rounding alone (the divergence \
+                             theorem's terms cancel far in a tail; S <= 3 have exact-slice moments there)",
+                            dot(&tilt, &tilt).sqrt()
+                        )));
+                    }
+                }
             }
             Ok(out)
         }
     }
+}
+
+/// S = 3 moments by slicing (`slices::moments`), the mean carried as anchor and offset, with
+/// the mass (and its error) of `mass`: the same bits as where only the mass is wanted.
+fn slice_moments(
+    f: &[f64],
+    e: &[f64],
+    tilt: &[f64],
+    settings: &IntegrationSettings,
+    mass: &WhitenedMoments,
+) -> Result<WhitenedMoments> {
+    let found = slices::moments(f, e, tilt, settings.rtol, settings.cancel)?;
+    if found.log_mass == f64::NEG_INFINITY {
+        return Ok(WhitenedMoments { mean: vec![f64::NAN; 3], anchor: None, cov: vec![f64::NAN; 9], ..mass.clone() });
+    }
+    Ok(WhitenedMoments {
+        log_mass: mass.log_mass,
+        mean: found.offset.to_vec(),
+        anchor: Some(found.anchor.to_vec()),
+        cov: found.cov.to_vec(),
+        error: mass.error,
+    })
 }
 
 /// The common normal of unit rows that are all parallel or antiparallel to the first (a
@@ -553,19 +649,33 @@ fn lineal_normal(f: &[f64], s: usize) -> Option<&[f64]> {
 /// the covariance small far out in a tail),
 /// `E[w_j (w_k - t_k) 1_P] = delta_jk P - sum_i f_ij phi(e_i) int_{F_i} (w_k - t_k)`.
 /// Facets are integrated by the same engine one dimension down, exactly once that is 2.
+///
+/// Returns the sums, whose [`FacetSums::finish`] gives the moments and a bound on their relative
+/// error: the mean's against the smallest conditional standard deviation, the covariance's
+/// against its smallest eigenvalue (infinite where the covariance is not positive definite),
+/// for the mass `exp(log_mass)`. Each ratio `r_i = phi(e_i) P_i / P` carries the
+/// masses' relative errors and the rounding of its logarithms (`eps` times their size, `~d^2`
+/// at a distance `d`); far in a tail the terms, of size `d` (mean) and `d^2` (second moments),
+/// cancel down to `1/d` and `1/d^2`, which the bound measures.
 fn facet_moments(
     f: &[f64],
     e: &[f64],
     s: usize,
     tilt: &[f64],
     want: Want,
-    out: &mut WhitenedMoments,
+    log_mass: f64,
     settings: &IntegrationSettings,
-) -> Result<()> {
+) -> Result<FacetSums> {
     let m = e.len();
     let mut mean = vec![0.0; s];
     // sum_i f_ij r_i (int_{F_i} (w_k - t_k)) / P_i, with r_i = phi(e_i) P_i / P.
     let mut cross = vec![0.0; s * s];
+    // Absolute error bounds on the mean and on `cross` (a norm), the mass's error apart: it is
+    // common to every ratio.
+    let (mut mean_error, mut cross_error) = (0.0, 0.0);
+    // The same from rounding alone (the masses taken as exact).
+    let (mut mean_rounding, mut cross_rounding) = (0.0, 0.0);
+    let rounding = 8.0 * f64::EPSILON;
     for i in 0..m {
         let fi = &f[i * s..(i + 1) * s];
         let basis = complement_basis(fi);
@@ -594,27 +704,83 @@ fn facet_moments(
         } else {
             integrate_whitened(&rf, &re, s - 1, &centre, inner, FACET_BUDGET, settings)?
         };
-        let r = (normal::log_pdf(e[i]) + facet.log_mass - out.log_mass).exp();
+        let log_r = normal::log_pdf(e[i]) + facet.log_mass - log_mass;
+        let r = log_r.exp();
         if r == 0.0 {
             continue;
         }
+        // The ratio's relative error: the facet's mass, and the rounding of the logarithms
+        // (the exponential turns their absolute error into a relative one).
+        let log_size = 0.5 * e[i] * e[i] + facet.log_mass.abs() + log_mass.abs() + 1.0;
+        let delta = facet.error + rounding * log_size;
         for k in 0..s {
             mean[k] -= fi[k] * r;
         }
+        mean_error += r * delta;
+        mean_rounding += r * rounding * log_size;
         if want == Want::MeanAndSecond {
             // E over the facet of w - t = e_i f_i + B u - t.
+            let facet_mean = facet.full_mean();
             let centred: Vec<f64> = (0..s)
-                .map(|k| e[i] * fi[k] + basis.iter().zip(&facet.mean).map(|(b, u)| b[k] * u).sum::<f64>() - tilt[k])
+                .map(|k| e[i] * fi[k] + basis.iter().zip(&facet_mean).map(|(b, u)| b[k] * u).sum::<f64>() - tilt[k])
                 .collect();
             for j in 0..s {
                 for k in 0..s {
                     cross[j * s + k] += fi[j] * r * centred[k];
                 }
             }
+            // The facet's mean is known to its own error (relative to its size, plus rounding
+            // of the terms of `centred`).
+            let size = e[i].abs() + dot(&facet_mean, &facet_mean).sqrt() + dot(tilt, tilt).sqrt();
+            cross_error += r * (delta * dot(&centred, &centred).sqrt() + (facet.error + rounding) * size);
+            cross_rounding += r * rounding * (log_size * dot(&centred, &centred).sqrt() + size);
         }
     }
-    out.mean = mean;
-    if want == Want::MeanAndSecond {
+    Ok(FacetSums { mean, cross, mean_error, cross_error, mean_rounding, cross_rounding })
+}
+
+/// The divergence theorem's sums for a mass `P` (see [`facet_moments`]), with absolute error
+/// bounds apart from the mass's own error.
+struct FacetSums {
+    mean: Vec<f64>,
+    cross: Vec<f64>,
+    mean_error: f64,
+    cross_error: f64,
+    mean_rounding: f64,
+    cross_rounding: f64,
+}
+
+impl FacetSums {
+    /// The moments into `out` for its mass `out.log_mass = log P - shift` (every ratio scales
+    /// by `exp(shift)`) and its error `out.error`, and the bound on their relative error; with
+    /// `rounding_only`, the part of that bound that rounding alone causes (masses taken as
+    /// exact), which far in a tail grows like `eps d^6` whatever accuracy was asked.
+    fn finish(
+        &self,
+        s: usize,
+        tilt: &[f64],
+        want: Want,
+        shift: f64,
+        rounding_only: bool,
+        out: &mut WhitenedMoments,
+    ) -> f64 {
+        let rounding = 8.0 * f64::EPSILON;
+        let scale = shift.exp();
+        let norm = |v: &[f64]| dot(v, v).sqrt();
+        let mean: Vec<f64> = self.mean.iter().map(|v| v * scale).collect();
+        let cross: Vec<f64> = self.cross.iter().map(|v| v * scale).collect();
+        // The mass's error scales every ratio alike.
+        let mass_error = if rounding_only { 0.0 } else { out.error };
+        let (mean_error, cross_error) =
+            if rounding_only { (self.mean_rounding, self.cross_rounding) } else { (self.mean_error, self.cross_error) };
+        let mean_error = mean_error * scale + mass_error * norm(&mean);
+        let cross_error = cross_error * scale;
+        out.mean = mean;
+        if want != Want::MeanAndSecond {
+            // The mean alone (a facet's, one dimension up): against a unit standard deviation,
+            // the scale of the facet's extent at which its error counts.
+            return mean_error;
+        }
         // Cov_jk = E[w_j (w_k - t_k) | P] - m_j (m_k - t_k), symmetrised.
         let m_ = &out.mean;
         let mut cov = vec![0.0; s * s];
@@ -627,9 +793,32 @@ fn facet_moments(
                 cov[k * s + j] = v;
             }
         }
+        let offset: Vec<f64> = (0..s).map(|k| m_[k] - tilt[k]).collect();
+        let cov_error = cross_error
+            + mass_error * norm(&cross)
+            + mean_error * (norm(&offset) + norm(m_))
+            + rounding * (1.0 + norm(&cross) + norm(m_) * norm(&offset));
+        let mut smallest = smallest_eigenvalue(&cov, s);
         out.cov = cov;
+        if !(smallest > 0.0) {
+            if !rounding_only {
+                return f64::INFINITY;
+            }
+            // Not positive definite from the masses' errors: rounding measured against the
+            // variance a tail at this distance has.
+            smallest = 1.0 / (1.0 + dot(tilt, tilt));
+        }
+        (mean_error / smallest.sqrt()).max(cov_error / smallest)
     }
-    Ok(())
+}
+
+/// The smallest eigenvalue of a symmetric matrix (row-major), NaN if not finite.
+fn smallest_eigenvalue(a: &[f64], s: usize) -> f64 {
+    if a.iter().any(|v| !v.is_finite()) {
+        return f64::NAN;
+    }
+    let eigen = nalgebra::SymmetricEigen::new(nalgebra::DMatrix::from_row_slice(s, s, a));
+    eigen.eigenvalues.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
 /// The relative accuracy every integrating entry point asks for: positive (and not NaN).
