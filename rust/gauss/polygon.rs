@@ -619,6 +619,19 @@ impl Polygon2 {
                 }
             }
         };
+        let (mut log_mass, mut wm, mut ws) = (log_mass, wm, ws);
+        if log_mass > f64::NEG_INFINITY && !wm.iter().chain(&ws).all(|v| v.is_finite()) {
+            // The divergence theorem's moments far out (fluxes over a mass that the fan kept
+            // but the closed-form fluxes lose): the latent frame's fan, or the central
+            // quadrature, as for the posterior's central moments.
+            if let Some(moments) = self.latent_moments(mu) {
+                return Self::write_moments(moments, cond_mean, cond_second);
+            }
+            if let Some((central_log_mass, m, c)) = self.place(mu).central_moments_quadrature() {
+                (log_mass, wm) = (central_log_mass, m);
+                ws = [c[0] + m[0] * m[0], c[1] + m[0] * m[1], c[2] + m[1] * m[0], c[3] + m[1] * m[1]];
+            }
+        }
         if log_mass == f64::NEG_INFINITY || log_mass.is_nan() {
             if let Some(moments) = self.latent_moments(mu) {
                 return Self::write_moments(moments, cond_mean, cond_second);
