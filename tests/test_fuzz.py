@@ -1035,3 +1035,22 @@ def test_map_at_small_noise_is_at_least_the_means_density():
     except exactem.NumericalError:  # documented: a far thin region it cannot sample
         Z = post.mean[None]
     check_map_beats(model, x, post, post.map(), Z)
+
+
+def test_e_step_moments_far_out_are_finite_and_match_mpmath():
+    # x = 2.5e5 against g(z) ~ 1 at noise 1e-4: every region's posterior Gaussian lies 1e7..1e9
+    # standard deviations out. Polygon2::integrate's divergence moments came back NaN there
+    # (the E-step raised NumericalError); now the latent frame's fan.
+    W = [[[0.1604059726961005, 0.3813613600368639], [0.1604059726961005, 0.3813613600368639], [0.42022896811957633, 0.20718872306934744], [0.0, 0.0], [0.16921951631807433, 0.13652421120789376]],
+         [[138.37414295235538, 9.178504369016489, -67.57737030244103, -180.67395445286942, -59.428873588528255]], [[-0.05386956209141665]]]
+    b = [[0.013192435791765015, 0.013192435791765015, -0.34183170666954316, -0.5397749829101771, -0.22377996182044552], [1.881396637765092], [0.25293873779834547]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation="abs")
+    model = exactem.DGN(dec, 9.579331181579836e-05)
+    x = np.array([248336.44818252174])
+    es = model.e_step(x[None])
+    assert np.all(np.isfinite(es.m1)) and np.all(np.isfinite(es.m2))
+    post = model.posterior(x)
+    np.testing.assert_allclose(es.posterior_mean()[0], post.mean, rtol=1e-9)
+    # The posterior mean is a mixture of region means ~4 apart whose weights carry log kappa's
+    # rounding (the budget, ~7 here in log units), so only log p(x) has a sharp reference.
+    assert abs(es.log_likelihood[0] - float(_mp_log_p_one_output(model, x[0]))) <= 2 * _budget(model, x)

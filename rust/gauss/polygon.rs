@@ -682,13 +682,20 @@ impl Polygon2 {
             // the latent frame's fan before the whitened quadrature; near the mean the
             // quadrature, which keeps slivers' means to ~1e-12 of their spread (the latent
             // fan, ~1e-10).
-            let far = || norm2(placed.nearest_point()) > LATENT_FIRST_DISTANCE;
-            placed
-                .central_moments_by_divergence()
-                .or_else(|| if far() { self.latent_moments(mu) } else { None })
-                .or_else(|| placed.central_moments_quadrature())
-                .filter(|m| m.0 > f64::NEG_INFINITY)
-                .or_else(|| self.latent_moments(mu))
+            // (The latent frame's moments are in the latent frame, written directly.)
+            match placed.central_moments_by_divergence() {
+                Some(moments) => Some(moments),
+                None => {
+                    if norm2(placed.nearest_point()) > LATENT_FIRST_DISTANCE {
+                        if let Some((log_mass, mean, cov)) = self.latent_moments(mu) {
+                            cond_mean.copy_from_slice(&mean);
+                            cond_cov.copy_from_slice(&cov);
+                            return log_mass;
+                        }
+                    }
+                    placed.central_moments_quadrature()
+                }
+            }
         };
         let Some((log_mass, wm, wc)) = moments.filter(|m| m.0 > f64::NEG_INFINITY) else {
             if let Some((log_mass, mean, cov)) = self.latent_moments(mu) {

@@ -202,13 +202,17 @@ impl PointPosterior {
         &self.mu[q * s..(q + 1) * s]
     }
 
-    /// `log p(z | x)` at a latent point.
+    /// `log p(z | x)` at a latent point, from the residual form `J_q(z)` of the region it lies
+    /// in (`residual_objective`): `log N(z; 0, I) + log N(x; A_q z + b_q, Psi) - log p(x)`,
+    /// computed from `x` with a relative error of a few `eps` of `J`. The completed-square form
+    /// `log kappa_q + log N(z; mu_q, Sigma_q)` subtracts two numbers of the size of `J` with
+    /// errors beyond that far out in whitened units (1e8 where the budget was 1e6).
     pub fn log_density(&self, partition: &Partition, algebra: &RegionAlgebra, z: &[f64]) -> f64 {
-        let s = algebra.latent_dim();
+        let (s, d) = (algebra.latent_dim(), self.x.len());
         let q = partition.locate(z);
-        let w = whiten(algebra.chol(q), s, z, self.mu(algebra, q));
-        let log_normal = -0.5 * (s as f64 * LOG_2PI + algebra.log_det_sigma(q) + w.iter().map(|v| v * v).sum::<f64>());
-        self.log_kappa[q] + log_normal - self.log_likelihood
+        let log_det_psi: f64 = -algebra.inv_psi.iter().map(|v| v.ln()).sum::<f64>();
+        let constant = -0.5 * ((s + d) as f64 * LOG_2PI + log_det_psi);
+        constant - 0.5 * residual_objective(algebra, q, &self.x, z) - self.log_likelihood
     }
 
     /// The most probable latent point: each region's constrained maximum, visiting regions in
