@@ -12,6 +12,7 @@ pub mod nearest;
 pub mod normal;
 pub mod normal_batch;
 pub mod polygon;
+mod polygon_latent;
 mod polygon_series;
 pub mod rectangle;
 pub mod slices;

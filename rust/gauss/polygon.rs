@@ -42,6 +42,10 @@ fn norm2(p: [f64; 2]) -> f64 {
 /// treating the end as open changes no mass.
 const OPEN_GAP: f64 = std::f64::consts::PI - 1e-7;
 
+/// Where the closed forms cannot decide, polygons at least this far from the mean (whitened
+/// units) go to the latent frame's fan (`polygon_latent.rs`) before the whitened quadrature.
+const LATENT_FIRST_DISTANCE: f64 = 100.0;
+
 /// The fan formula is kept when its estimated relative error (its terms' errors over the
 /// mass they cancel down to) is at most this, or the accuracy asked if looser; otherwise the
 /// quadrature decides. Ordinary polygons estimate 1e-15 to 1e-12; small polygons far from the
@@ -522,7 +526,36 @@ impl Polygon2 {
         // of the order of the mean's distance does not matter to it).
         let m = self.whitened_mean(mu);
         let p = self.nearest_point_with(e, |k| self.vertices_at_zero[k].map(|v| [v[0] - m[0], v[1] - m[1]]));
-        crate::linalg::log_tail_bound(norm2(p))
+        let bound = crate::linalg::log_tail_bound(norm2(p));
+        if bound == f64::NEG_INFINITY {
+            // Crossed edges in whitened units; the polygon itself is not empty (see
+            // `Self::latent_moments`): its distance from the latent frame.
+            if let Some(d) = super::polygon_latent::distance(&self.g_scaled, &self.h_scaled, self.l, [mu[0], mu[1]]) {
+                return crate::linalg::log_tail_bound(d);
+            }
+        }
+        bound
+    }
+
+    /// `(log mass, mean, central covariance)` written as [`Self::integrate`]'s mean and second
+    /// moments.
+    fn write_moments(moments: (f64, [f64; 2], [f64; 4]), cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
+        let (log_mass, mean, cov) = moments;
+        cond_mean.copy_from_slice(&mean);
+        for a in 0..2 {
+            for b in 0..2 {
+                cond_second[2 * a + b] = cov[2 * a + b] + mean[a] * mean[b];
+            }
+        }
+        log_mass
+    }
+
+    /// The latent frame's fan from the nearest point (`polygon_latent.rs`): where the whitened
+    /// frame finds no mass (edges nearly antiparallel in whitened units taken as open or
+    /// crossed, a vertex's mass below the rounding of the whitened offsets), which a polygon
+    /// with an interior never has.
+    fn latent_moments(&self, mu: &[f64]) -> Option<(f64, [f64; 2], [f64; 4])> {
+        super::polygon_latent::moments(&self.g_scaled, &self.h_scaled, self.l, [mu[0], mu[1]])
     }
 
     /// The log mass for `z ~ N(mu, Sigma)`, to relative error `rtol` (0 asks for all the
@@ -531,7 +564,15 @@ impl Polygon2 {
         if let Some((log_mass, ..)) = self.series().and_then(|series| series.moments::<false>(self.whitened_mean(mu))) {
             return log_mass;
         }
-        self.place(mu).log_mass(rtol)
+        let placed = self.place(mu);
+        match placed.log_mass_and_fluxes_by_fan(rtol, None) {
+            Some((log_mass, ..)) if log_mass > f64::NEG_INFINITY => log_mass,
+            found => match (self.latent_moments(mu), found) {
+                (Some((log_mass, ..)), _) => log_mass,
+                (None, Some((log_mass, ..))) => log_mass,
+                (None, None) => placed.log_mass_by_quadrature().0,
+            },
+        }
     }
 
     /// The log mass under `N(0, I)` of `{w : f_i . w <= e_i}`: offsets in whitened units, for
@@ -552,17 +593,53 @@ impl Polygon2 {
                     moments
                 } else {
                     let mut fluxes = vec![f64::NAN; placed.m()];
-                    let (log_mass, d, scaled) = placed.log_mass_and_fluxes(rtol, Some(&mut fluxes));
-                    if log_mass == f64::NEG_INFINITY {
-                        cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
-                        cond_second.iter_mut().for_each(|v| *v = f64::NAN);
-                        return log_mass;
+                    let found = match placed.log_mass_and_fluxes_by_fan(rtol, Some(&mut fluxes)) {
+                        Some(found) if found.0 > f64::NEG_INFINITY => Some(found),
+                        found => {
+                            // Where the fan cannot decide (or finds nothing), the latent
+                            // frame's fan when the mean is outside, else the quadrature.
+                            if let Some(moments) = self.latent_moments(mu) {
+                                return Self::write_moments(moments, cond_mean, cond_second);
+                            }
+                            fluxes.fill(f64::NAN);
+                            if found.is_some() {
+                                None
+                            } else {
+                                Some(placed.log_mass_by_quadrature())
+                            }
+                        }
+                    };
+                    match found {
+                        Some((log_mass, d, scaled)) if log_mass > f64::NEG_INFINITY => {
+                            let (wm, ws) = placed.whitened_moments(log_mass, d, scaled, &fluxes);
+                            (log_mass, wm, ws)
+                        }
+                        _ => (f64::NEG_INFINITY, [f64::NAN; 2], [f64::NAN; 4]),
                     }
-                    let (wm, ws) = placed.whitened_moments(log_mass, d, scaled, &fluxes);
-                    (log_mass, wm, ws)
                 }
             }
         };
+        let (mut log_mass, mut wm, mut ws) = (log_mass, wm, ws);
+        if log_mass > f64::NEG_INFINITY && !wm.iter().chain(&ws).all(|v| v.is_finite()) {
+            // The divergence theorem's moments far out (fluxes over a mass that the fan kept
+            // but the closed-form fluxes lose): the latent frame's fan, or the central
+            // quadrature, as for the posterior's central moments.
+            if let Some(moments) = self.latent_moments(mu) {
+                return Self::write_moments(moments, cond_mean, cond_second);
+            }
+            if let Some((central_log_mass, m, c)) = self.place(mu).central_moments_quadrature() {
+                (log_mass, wm) = (central_log_mass, m);
+                ws = [c[0] + m[0] * m[0], c[1] + m[0] * m[1], c[2] + m[1] * m[0], c[3] + m[1] * m[1]];
+            }
+        }
+        if log_mass == f64::NEG_INFINITY || log_mass.is_nan() {
+            if let Some(moments) = self.latent_moments(mu) {
+                return Self::write_moments(moments, cond_mean, cond_second);
+            }
+            cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
+            cond_second.iter_mut().for_each(|v| *v = f64::NAN);
+            return log_mass;
+        }
         // z = mu + L w.
         let l = self.l;
         let lm = [l[0] * wm[0], l[2] * wm[0] + l[3] * wm[1]];
@@ -601,9 +678,31 @@ impl Polygon2 {
             let cov = [entry(0, 0), entry(0, 1), entry(1, 0), entry(1, 1)];
             (log_mass > f64::NEG_INFINITY).then_some((log_mass, [along * n[0], along * n[1]], cov))
         } else {
-            placed.central_moments_by_divergence().or_else(|| placed.central_moments_quadrature())
+            // Far out (where thin wedges' sections fall below the whitened offsets' rounding)
+            // the latent frame's fan before the whitened quadrature; near the mean the
+            // quadrature, which keeps slivers' means to ~1e-12 of their spread (the latent
+            // fan, ~1e-10).
+            // (The latent frame's moments are in the latent frame, written directly.)
+            match placed.central_moments_by_divergence() {
+                Some(moments) => Some(moments),
+                None => {
+                    if norm2(placed.nearest_point()) > LATENT_FIRST_DISTANCE {
+                        if let Some((log_mass, mean, cov)) = self.latent_moments(mu) {
+                            cond_mean.copy_from_slice(&mean);
+                            cond_cov.copy_from_slice(&cov);
+                            return log_mass;
+                        }
+                    }
+                    placed.central_moments_quadrature()
+                }
+            }
         };
-        let Some((log_mass, wm, wc)) = moments else {
+        let Some((log_mass, wm, wc)) = moments.filter(|m| m.0 > f64::NEG_INFINITY) else {
+            if let Some((log_mass, mean, cov)) = self.latent_moments(mu) {
+                cond_mean.copy_from_slice(&mean);
+                cond_cov.copy_from_slice(&cov);
+                return log_mass;
+            }
             cond_mean.iter_mut().for_each(|v| *v = f64::NAN);
             cond_cov.iter_mut().for_each(|v| *v = f64::NAN);
             return f64::NEG_INFINITY;
@@ -735,6 +834,17 @@ impl Placed<'_> {
         self.log_mass_and_fluxes(rtol, None).0
     }
 
+    /// `(log mass, d, scaled log mass)` by the slicing quadrature alone.
+    fn log_mass_by_quadrature(&self) -> (f64, f64, f64) {
+        let p = self.nearest_point();
+        let d = norm2(p);
+        if d == f64::INFINITY {
+            return (f64::NEG_INFINITY, d, f64::NEG_INFINITY);
+        }
+        let log_mass = self.log_mass_quadrature(p, d);
+        (log_mass, d, log_mass + 0.5 * d * d)
+    }
+
     /// The log mass, and the distance `d` from the mean to the polygon. Where the fan decides
     /// and `fluxes` is given, `fluxes[k]` is edge `order[k]`'s Gaussian flux scaled by
     /// `e^{d^2/2}` (see [`scaled_edge_integrals`]); NaN where it was not computed.
@@ -742,15 +852,28 @@ impl Placed<'_> {
     /// `log mass` itself keeps only `eps d^2 / 2` absolute accuracy, which ratios of the mass
     /// to the edges' fluxes (the moments) would inherit.
     fn log_mass_and_fluxes(&self, rtol: f64, mut fluxes: Option<&mut [f64]>) -> (f64, f64, f64) {
+        if let Some(found) = self.log_mass_and_fluxes_by_fan(rtol, fluxes.as_deref_mut()) {
+            return found;
+        }
+        if let Some(fluxes) = fluxes {
+            fluxes.fill(f64::NAN);
+        }
+        self.log_mass_by_quadrature()
+    }
+
+    /// [`Self::log_mass_and_fluxes`] where the closed forms (half-planes and strips, the
+    /// fan) decide, or the polygon is empty in whitened units; `None` where the quadrature
+    /// would (`Polygon2` tries the latent frame's fan first there).
+    fn log_mass_and_fluxes_by_fan(&self, rtol: f64, mut fluxes: Option<&mut [f64]>) -> Option<(f64, f64, f64)> {
         let m = self.m();
         if let Some(fluxes) = fluxes.as_deref_mut() {
             fluxes.fill(f64::NAN);
         }
         if m == 0 {
-            return (0.0, 0.0, 0.0);
+            return Some((0.0, 0.0, 0.0));
         }
         if self.vertex.iter().all(Option::is_none) {
-            return (self.log_mass_lineal(), f64::NAN, f64::NAN);
+            return Some((self.log_mass_lineal(), f64::NAN, f64::NAN));
         }
         let p = self.nearest_point();
         let d = norm2(p);
@@ -758,7 +881,7 @@ impl Placed<'_> {
             // Empty: the edges cross. A slice of a polyhedron taken within rounding of a vertex
             // (`slices.rs` fixes a panel's edges at its centre) can be, and its mass is zero;
             // integrating it would slice along `p / d`, NaN.
-            return (f64::NEG_INFINITY, d, f64::NEG_INFINITY);
+            return Some((f64::NEG_INFINITY, d, f64::NEG_INFINITY));
         }
         // The fan estimates its own error (its terms' errors over what they cancel down to): a
         // loose level is kept when that meets `rtol`, else the tightest level decides, or the
@@ -770,17 +893,13 @@ impl Placed<'_> {
             // The tightest level settles for FAN_MAX_ERROR; a looser one must meet `rtol`.
             let enough = if level == 0 { rtol.max(FAN_MAX_ERROR) } else { rtol };
             match self.log_mass_fan(d, accuracy, fluxes.as_deref_mut()) {
-                Some((scaled, error)) if error <= enough => return (scaled - 0.5 * d * d, d, scaled),
+                Some((scaled, error)) if error <= enough => return Some((scaled - 0.5 * d * d, d, scaled)),
                 // A tighter level helps only if the edge integrals' error is what failed.
                 Some((_, error)) if level != 0 && error <= 1e4 * rtol.max(FAN_MAX_ERROR) => {}
                 _ => break,
             }
         }
-        if let Some(fluxes) = fluxes {
-            fluxes.fill(f64::NAN);
-        }
-        let log_mass = self.log_mass_quadrature(p, d);
-        (log_mass, d, log_mass + 0.5 * d * d)
+        None
     }
 
     /// The mass as a fan of triangles from the mean (the origin): each edge at distance `h`
@@ -1053,7 +1172,7 @@ impl Placed<'_> {
     /// size the second moments share), lose at most three digits. `None` otherwise.
     fn central_moments_by_divergence(&self) -> Option<(f64, [f64; 2], [f64; 4])> {
         let mut fluxes = vec![f64::NAN; self.m()];
-        let (log_mass, d, scaled) = self.log_mass_and_fluxes(0.0, Some(&mut fluxes));
+        let (log_mass, d, scaled) = self.log_mass_and_fluxes_by_fan(0.0, Some(&mut fluxes))?;
         if !(log_mass > f64::NEG_INFINITY && log_mass.is_finite()) {
             return None;
         }

@@ -27,6 +27,8 @@ pub struct PointPosterior {
     /// `E[z | x]` and `Cov[z | x]` (S x S).
     pub mean: Vec<f64>,
     pub cov: Vec<f64>,
+    /// The point `x` itself, for the residual form of the joint density (`Self::map`).
+    pub x: Vec<f64>,
 }
 
 /// The region's constraints in whitened coordinates `w = L^{-1}(z - mu)`: `F w <= e` with
@@ -61,6 +63,84 @@ fn whiten(l: &[f64], s: usize, z: &[f64], mu: &[f64]) -> Vec<f64> {
 
 fn unwhiten(l: &[f64], s: usize, w: &[f64], mu: &[f64]) -> Vec<f64> {
     (0..s).map(|i| mu[i] + (0..=i).map(|k| l[i * s + k] * w[k]).sum::<f64>()).collect()
+}
+
+/// `J_q(z) = |z|^2 + sum_i (x_i - (A_q z)_i - b_qi)^2 / psi_i`: `-2 log p(z, x)` on region `q`
+/// up to the constant `S log 2pi + D log 2pi + log det Psi`.
+fn residual_objective(algebra: &RegionAlgebra, q: usize, x: &[f64], z: &[f64]) -> f64 {
+    let (s, d) = (algebra.s, algebra.d);
+    let a = &algebra.a[q * d * s..(q + 1) * d * s];
+    let b = &algebra.b[q * d..(q + 1) * d];
+    let mut total: f64 = z.iter().map(|v| v * v).sum();
+    for i in 0..d {
+        let g: f64 = a[i * s..(i + 1) * s].iter().zip(z).map(|(u, v)| u * v).sum::<f64>() + b[i];
+        total += (x[i] - g) * (x[i] - g) * algebra.inv_psi[i];
+    }
+    total
+}
+
+/// The point of the S = 2 region `q` minimising `J_q` (`residual_objective`), and that minimum,
+/// all in the latent frame: the best over the facets of the one-dimensional minimiser along
+/// the facet's line clamped to the facet's segment, or an interior stationary point (`mu_q`,
+/// tried by the caller's active-set search). The minimiser of a convex quadratic over a convex
+/// polygon lies inside or on an edge, where it is that clamped point. Each facet's line is
+/// parametrised from the facet's relative-interior point `p`, so the segment's ends come from
+/// slacks that are non-negative up to rounding, and along it `J_q(p + t u) = J_q(p) - 2 t g + t^2 c`
+/// with `g = -p . u + (x - A p - b)^T Psi^-1 A u`, `c = |u|^2 + |A u|^2_Psi`: residuals, no
+/// `Sigma_q` and no whitening. A candidate that violates another facet by more than rounding
+/// is dropped.
+fn latent_nearest_s2(partition: &Partition, algebra: &RegionAlgebra, q: usize, x: &[f64]) -> Option<(Vec<f64>, f64)> {
+    let (s, d) = (2, algebra.d);
+    let a = &algebra.a[q * d * s..(q + 1) * d * s];
+    let b = &algebra.b[q * d..(q + 1) * d];
+    let facets = partition.facets(q);
+    let dot = |u: &[f64], v: &[f64]| u[0] * v[0] + u[1] * v[1];
+    let mut best: Option<(Vec<f64>, f64)> = None;
+    for (i, facet) in facets.iter().enumerate() {
+        let n = &facet.normal;
+        let norm = n[0].hypot(n[1]);
+        if !(norm > 0.0) || facet.point.len() != 2 {
+            continue;
+        }
+        let u = [-n[1] / norm, n[0] / norm];
+        let p = &facet.point;
+        let (mut g, mut c) = (-dot(p, &u), 1.0);
+        for k in 0..d {
+            let row = &a[k * s..(k + 1) * s];
+            let au = dot(row, &u);
+            let residual = x[k] - dot(row, p) - b[k];
+            g += residual * au * algebra.inv_psi[k];
+            c += au * au * algebra.inv_psi[k];
+        }
+        let mut t = g / c;
+        if !t.is_finite() {
+            continue;
+        }
+        let (mut lo, mut hi) = (f64::NEG_INFINITY, f64::INFINITY);
+        for (j, other) in facets.iter().enumerate() {
+            let rate = dot(&other.normal, &u);
+            if j == i || rate == 0.0 {
+                continue;
+            }
+            let room = (other.offset - dot(&other.normal, p)).max(0.0);
+            if rate > 0.0 {
+                hi = hi.min(room / rate);
+            } else {
+                lo = lo.max(room / rate);
+            }
+        }
+        t = t.max(lo).min(hi);
+        let z = vec![p[0] + t * u[0], p[1] + t * u[1]];
+        let inside = facets.iter().all(|f| {
+            let scale = f.normal[0].hypot(f.normal[1]) * (1.0 + z[0].hypot(z[1])) + f.offset.abs();
+            dot(&f.normal, &z) - f.offset <= 1e-9 * scale
+        });
+        let value = residual_objective(algebra, q, x, &z);
+        if inside && value.is_finite() && best.as_ref().is_none_or(|b| value < b.1) {
+            best = Some((z, value));
+        }
+    }
+    best
 }
 
 impl PointPosterior {
@@ -114,7 +194,7 @@ impl PointPosterior {
             }
         }
         let log_likelihood = terms.log_likelihood;
-        PointPosterior { log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, cov }
+        PointPosterior { log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, cov, x: x.to_vec() }
     }
 
     fn mu(&self, algebra: &RegionAlgebra, q: usize) -> &[f64] {
@@ -122,36 +202,70 @@ impl PointPosterior {
         &self.mu[q * s..(q + 1) * s]
     }
 
-    /// `log p(z | x)` at a latent point.
+    /// `log p(z | x)` at a latent point, from the residual form `J_q(z)` of the region it lies
+    /// in (`residual_objective`): `log N(z; 0, I) + log N(x; A_q z + b_q, Psi) - log p(x)`,
+    /// computed from `x` with a relative error of a few `eps` of `J`. The completed-square form
+    /// `log kappa_q + log N(z; mu_q, Sigma_q)` subtracts two numbers of the size of `J` with
+    /// errors beyond that far out in whitened units (1e8 where the budget was 1e6).
     pub fn log_density(&self, partition: &Partition, algebra: &RegionAlgebra, z: &[f64]) -> f64 {
-        let s = algebra.latent_dim();
+        let (s, d) = (algebra.latent_dim(), self.x.len());
         let q = partition.locate(z);
-        let w = whiten(algebra.chol(q), s, z, self.mu(algebra, q));
-        let log_normal = -0.5 * (s as f64 * LOG_2PI + algebra.log_det_sigma(q) + w.iter().map(|v| v * v).sum::<f64>());
-        self.log_kappa[q] + log_normal - self.log_likelihood
+        let log_det_psi: f64 = -algebra.inv_psi.iter().map(|v| v.ln()).sum::<f64>();
+        let constant = -0.5 * ((s + d) as f64 * LOG_2PI + log_det_psi);
+        constant - 0.5 * residual_objective(algebra, q, &self.x, z) - self.log_likelihood
     }
 
     /// The most probable latent point: each region's constrained maximum, visiting regions in
     /// decreasing order of their unconstrained peak and stopping when no peak can win.
+    ///
+    /// Every candidate is judged by the residual form `J_q(z) = |z|^2 + |x - A_q z - b_q|^2_Psi`
+    /// (`-2 log p(z, x)` up to a constant shared by all regions), computed from `x`, `A_q` and
+    /// `b_q` with a relative error of a few `eps`: the completed-square form `log kappa_q -
+    /// |w|^2 / 2` differs from it by two numbers of the size of `J` each carrying `eps J` and
+    /// more (the posterior far out in whitened units, a near rank-deficient `A_q`), enough to
+    /// pick the wrong region. Each region's candidates: the whitened active-set search
+    /// (`nearest_point`) and, at S = 2, the exact minimiser of `J_q` in the latent frame
+    /// (`latent_nearest_s2`); the better kept. Last, the posterior mean, which a failed search
+    /// cannot be allowed to lose to.
     pub fn map(&self, partition: &Partition, algebra: &RegionAlgebra) -> Vec<f64> {
         let s = algebra.latent_dim();
         let r = algebra.n_regions();
-        let peak = |q: usize| self.log_kappa[q] - 0.5 * (s as f64 * LOG_2PI + algebra.log_det_sigma(q));
-        let mut order: Vec<usize> = (0..r).collect();
-        order.sort_unstable_by(|&a, &b| peak(b).total_cmp(&peak(a)).then(a.cmp(&b)));
-        let mut best = (f64::NEG_INFINITY, vec![0.0; s]);
+        // Each region's unconstrained minimum J_q(mu_q): J_q is stationary there, so mu_q's
+        // rounding enters only quadratically.
+        let floor: Vec<f64> = (0..r).map(|q| residual_objective(algebra, q, &self.x, self.mu(algebra, q))).collect();
+        let mut order: Vec<usize> = (0..r).filter(|&q| !floor[q].is_nan()).collect();
+        order.sort_unstable_by(|&a, &b| floor[a].total_cmp(&floor[b]).then(a.cmp(&b)));
+        let mut best = (f64::INFINITY, vec![0.0; s]);
         for q in order {
-            if peak(q) <= best.0 {
+            if floor[q] >= best.0 {
                 break;
             }
-            let (f, e) = whitened_constraints(partition, algebra, q, self.mu(algebra, q));
+            let mu = self.mu(algebra, q);
+            let (f, e) = whitened_constraints(partition, algebra, q, mu);
             let l = algebra.chol(q);
-            let start = whiten(l, s, partition.interior_point(q), self.mu(algebra, q));
+            let start = whiten(l, s, partition.interior_point(q), mu);
             let w = nearest_point(&f, &e, s, &vec![0.0; s], &start);
-            let value = peak(q) - 0.5 * w.iter().map(|v| v * v).sum::<f64>();
-            if value > best.0 {
-                best = (value, unwhiten(l, s, &w, self.mu(algebra, q)));
+            // Each candidate judged where it lies: the whitened search's point can land outside
+            // region q (by its whitening's rounding, far out), where q's affine extension would
+            // flatter it.
+            let judge = |z: &[f64]| residual_objective(algebra, partition.locate(z), &self.x, z);
+            let mut z = unwhiten(l, s, &w, mu);
+            let mut value = judge(&z);
+            if s == 2 {
+                if let Some((y, _)) = latent_nearest_s2(partition, algebra, q, &self.x) {
+                    let v = judge(&y);
+                    if v < value || value.is_nan() {
+                        (z, value) = (y, v);
+                    }
+                }
             }
+            if value < best.0 {
+                best = (value, z);
+            }
+        }
+        let at_mean = residual_objective(algebra, partition.locate(&self.mean), &self.x, &self.mean);
+        if at_mean < best.0 || best.0.is_nan() {
+            best = (at_mean, self.mean.clone());
         }
         best.1
     }
