@@ -1054,3 +1054,40 @@ def test_e_step_moments_far_out_are_finite_and_match_mpmath():
     # The posterior mean is a mixture of region means ~4 apart whose weights carry log kappa's
     # rounding (the budget, ~7 here in log units), so only log p(x) has a sharp reference.
     assert abs(es.log_likelihood[0] - float(_mp_log_p_one_output(model, x[0]))) <= 2 * _budget(model, x)
+
+
+def test_e_step_moments_far_out_agree_with_the_posterior_and_a_grid():
+    # A point whose regions lie thousands of whitened deviations from their local Gaussians'
+    # means (noise 1e8 on two outputs, 2.6e-5 on the third): the divergence theorem's region
+    # means carry ~eps d^3 against a spread of ~1/d, and the E-step's posterior mean came out
+    # [2.35, -0.67] where the posterior and a grid give [-0.916, -1.744] (spread 0.0065).
+    W = [[[-0.031173394983170285, -0.11384665993224179], [0.6685726935300979, -0.2730012311009659]],
+         [[-0.4463595406707963, 0.7249958105384308], [-0.22317977033539815, 0.3624979052692154], [-2.411750105832581, 0.26816587367191086], [0.2002403962745568, 0.3401199574096233], [0.07081697336764822, 0.7659540059109609]],
+         [[0.38302181575671845, 0.23492767821163357, -1.6554616203656474, -0.3325782416905557, -1.5913738500092405], [1.055111145340963, 1.1760028522187789, 1.215865835828098, 0.7343126781350465, 0.684488908109739], [-2.8972399169326413, -0.09667349669610258, -0.895618132115229, -0.31516824969372126, 0.5436434301048375]]]
+    b = [[-0.4252279144878532, 0.13623290254563508], [0.4989230287000801, 0.24946151435004005, 0.47794102481694817, -0.771345814550135, 0.12578686503601827],
+         [-0.4562720737913267, -0.05953889547965511, -1.0415042407956985]]
+    dec = exactem.Decoder([np.array(w) for w in W], [np.array(v) for v in b], activation="abs")
+    psi = np.array([97157229.09758595, 530502067.34691316, 2.6219829448659646e-05])
+    model = exactem.DGN(dec, psi)
+    x = np.array([-4356.3476772775875, -10921.918883660837, 1100.137796872593])
+    post = model.posterior(x)
+    e_mean = model.e_step(x[None]).posterior_mean()[0]
+    spread = np.sqrt(np.max(np.linalg.eigvalsh(post.cov)))
+
+    def log_joint(Z):  # the forward pass, independent of the engine's region algebra
+        return -0.5 * np.sum((x - dec(Z)) ** 2 / psi, axis=1) - 0.5 * np.sum(Z**2, axis=1)
+
+    # A grid refined twice around the coarse grid's mode: 801^2 nodes over +-0.002 at the end,
+    # ~0.3 spreads across, node spacing 1e-3 spreads.
+    u = np.linspace(-8, 8, 1601)
+    Z = np.stack(np.meshgrid(u, u, indexing="ij"), -1).reshape(-1, 2)
+    centre = Z[np.argmax(log_joint(Z))]
+    for half in [0.2, 0.02, 0.002]:
+        u1 = np.linspace(centre[0] - half, centre[0] + half, 801)
+        u2 = np.linspace(centre[1] - half, centre[1] + half, 801)
+        Zf = np.stack(np.meshgrid(u1, u2, indexing="ij"), -1).reshape(-1, 2)
+        lj = log_joint(Zf)
+        w = np.exp(lj - lj.max())
+        centre = (w[:, None] * Zf).sum(0) / w.sum()
+    np.testing.assert_allclose(e_mean, post.mean, rtol=0, atol=1e-6 * spread)
+    np.testing.assert_allclose(post.mean, centre, rtol=0, atol=0.05 * spread)
