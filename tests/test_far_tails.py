@@ -20,7 +20,13 @@ from hypothesis import given, settings, strategies as st
 import exactem
 from exactem import gauss
 
-mp.mp.dps = 60
+
+
+@pytest.fixture(autouse=True)
+def _sixty_digits():
+    """The references at 60 digits, whatever precision another test left set."""
+    with mp.workdps(60):
+        yield
 EPS = np.finfo(float).eps
 DISTANCES = [0.0, 3.0, 10.0, 100.0, 1e3, 1e4, 1e6]
 RTOL = 1e-6
