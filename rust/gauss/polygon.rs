@@ -542,11 +542,7 @@ impl Polygon2 {
     fn write_moments(moments: (f64, [f64; 2], [f64; 4]), cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
         let (log_mass, mean, cov) = moments;
         cond_mean.copy_from_slice(&mean);
-        for a in 0..2 {
-            for b in 0..2 {
-                cond_second[2 * a + b] = cov[2 * a + b] + mean[a] * mean[b];
-            }
-        }
+        cond_second.copy_from_slice(&Self::second_from_central(mean, cov));
         log_mass
     }
 
@@ -582,13 +578,13 @@ impl Polygon2 {
         self.place_whitened(e).log_mass(rtol)
     }
 
-    /// `(log mass, E[z | region], E[z z^T | region])` for `z ~ N(mu, Sigma)`; the mass to
-    /// relative error `rtol` as in [`Self::log_mass`], the moments in closed form given it.
     /// `E[w w^T]` from the mean and central covariance.
     fn second_from_central(m: [f64; 2], c: [f64; 4]) -> [f64; 4] {
         [c[0] + m[0] * m[0], c[1] + m[0] * m[1], c[2] + m[1] * m[0], c[3] + m[1] * m[1]]
     }
 
+    /// `(log mass, E[z | region], E[z z^T | region])` for `z ~ N(mu, Sigma)`; the mass to
+    /// relative error `rtol` as in [`Self::log_mass`], the moments in closed form given it.
     pub fn integrate(&self, mu: &[f64], rtol: f64, cond_mean: &mut [f64], cond_second: &mut [f64]) -> f64 {
         let (log_mass, wm, ws) = match self.series().and_then(|series| series.moments::<true>(self.whitened_mean(mu))) {
             Some(moments) => moments,
@@ -624,10 +620,7 @@ impl Polygon2 {
                             // fan's (the E-step's likelihood is log_likelihood's, to the bit).
                             let (mut mean, mut cov) = ([0.0; 2], [0.0; 4]);
                             if self.central_moments(mu, &mut mean, &mut cov) > f64::NEG_INFINITY {
-                                let second = Self::second_from_central(mean, cov);
-                                cond_mean.copy_from_slice(&mean);
-                                cond_second.copy_from_slice(&second);
-                                return log_mass;
+                                return Self::write_moments((log_mass, mean, cov), cond_mean, cond_second);
                             }
                             (log_mass, [f64::NAN; 2], [f64::NAN; 4])
                         }

@@ -8,8 +8,8 @@
 //! batch, then O(S^2) per pair) plus a margin that covers its rounding; only regions whose
 //! upper bound is within [`PRUNE_GAP`] of the best term so far get the region's tail bound,
 //! first at the mean from the products (a certain bound once loosened by that mean's rounding),
-//! and only those still within the gap get the residual form. The decisions are those of [`super::visit_regions`] on the residual
-//! form's values: the same regions are visited in the same order with the same `log kappa`,
+//! and only those still within the gap get the residual form. The decisions are those of
+//! [`super::visit_regions`] on the residual form's values: the same regions are visited in the same order with the same `log kappa`,
 //! `mu` and looseness, so the results are the same to the last bit; only the work on regions
 //! that cannot matter is left out.
 
@@ -100,7 +100,7 @@ pub(crate) struct PointRegions {
     formed: Vec<bool>,
     /// [`Self::cheap_bound`] where computed, else NaN (it is never NaN itself).
     cheap: Vec<f64>,
-    /// The regions of a band and their cheap bounds (scratch).
+    /// The regions of a band and their upper bounds (scratch).
     candidates: Vec<(f64, usize)>,
 }
 
