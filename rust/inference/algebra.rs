@@ -305,9 +305,11 @@ pub struct RegionAlgebra {
     /// `V_q` and `1 / (1 + s^2)` of [`RegionFactor`], for `Sigma_q m` in the refinement of `mu`.
     pub(super) basis: Vec<f64>,
     pub(super) shrink: Vec<f64>,
-    /// `A_q` (D x S row-major) and `b_q`, for the residual form.
+    /// `A_q` (D x S row-major) and `b_q - centre`, for the residual form.
     pub(super) a: Vec<f64>,
     pub(super) b: Vec<f64>,
+    /// `g(0)`: the engine works with `x - g(0)` and `b_q - g(0)` (see [`Self::centred`]).
+    pub(super) centre: Vec<f64>,
     /// `b_q^T Psi^-1 b_q`, and the largest.
     pub(super) b_psi_b: Vec<f64>,
     pub(super) largest_b_psi_b: f64,
@@ -345,8 +347,11 @@ impl RegionAlgebra {
         let (mut a_all, mut b_all) = (Vec::with_capacity(r * d * s), Vec::with_capacity(r * d));
         let (mut log_det_sigma, mut b_psi_b, mut base, mut constant, mut precision) =
             (vec![0.0; r], vec![0.0; r], vec![0.0; r], vec![0.0; r], Vec::new());
+        let centre: Vec<f64> = dec.forward_batch(DMatrix::zeros(s, 1).as_view()).as_slice().to_vec();
         for q in 0..r {
-            let (a, b) = (partition.a(q), partition.b(q));
+            let a = partition.a(q);
+            let b: Vec<f64> = partition.b(q).iter().zip(&centre).map(|(b, c)| b - c).collect();
+            let b = b.as_slice();
             let factor = factor_region(a, &inv_sd, s);
             for j in 0..s {
                 let row = &factor.gain[j * d..(j + 1) * d];
@@ -388,6 +393,7 @@ impl RegionAlgebra {
             shrink,
             a: a_all,
             b: b_all,
+            centre,
             b_psi_b,
             largest_b_psi_b,
             base,
@@ -395,6 +401,19 @@ impl RegionAlgebra {
             inv_psi,
             error_factor,
         })
+    }
+
+    /// The columns of `x` (`D x N`) less `g(0)`. Data and decoder far from the origin (an
+    /// offset of 1e8 and spreads of 1) would otherwise carry `|x|^2 / psi` into every quadratic
+    /// form and lose their digits to cancellation; in this frame the forms are as small as the
+    /// data's spread, and the one rounding left is that of `x - g(0)` itself (`eps |x|`, the
+    /// data's own). Every entry point taking points moves them here first.
+    pub fn centred(&self, x: DMatrixView<f64>) -> DMatrix<f64> {
+        let mut moved = x.clone_owned();
+        for mut column in moved.column_iter_mut() {
+            column.iter_mut().zip(&self.centre).for_each(|(v, c)| *v -= c);
+        }
+        moved
     }
 
     pub fn sigma(&self, q: usize) -> &[f64] {

@@ -22,7 +22,8 @@ fn batch_size(n: usize, r: usize, s: usize) -> usize {
 }
 
 /// Runs `per_batch(points)` for the columns of `x` (`D x N`) in parallel batches, and returns
-/// the batches' results in point order.
+/// the batches' results in point order. Each batch is copied into the engine's frame
+/// ([`RegionAlgebra::centred`]) first.
 pub(super) fn over_batches<T: Send + 'static>(
     x: DMatrixView<f64>,
     algebra: &RegionAlgebra,
@@ -37,7 +38,8 @@ pub(super) fn over_batches<T: Send + 'static>(
         cancel.check()?;
         // The region integrals check the token as the call's current one, and record their
         // failures in it; a batch they cut short is discarded here.
-        let out = cancel.enter(|| per_batch(x.columns(first, end - first)));
+        let points = algebra.centred(x.columns(first, end - first));
+        let out = cancel.enter(|| per_batch(points.as_view()));
         cancel.check()?;
         Ok(out)
     })

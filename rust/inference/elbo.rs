@@ -329,10 +329,10 @@ impl<'a> VariationalEngine<'a> {
         }
     }
 
-    /// `u = x - b_q - A_q m` (D), into `u`.
+    /// `u = x - b_q - A_q m` (D), into `u`, in the engine's frame (`x` centred).
     fn residual(&self, q: usize, x: &[f64], mean: &[f64], u: &mut [f64]) {
-        let s = self.algebra.s;
-        let (a, b) = (self.partition.a(q), self.partition.b(q));
+        let (s, d) = (self.algebra.s, self.algebra.d);
+        let (a, b) = (self.partition.a(q), &self.algebra.b[q * d..(q + 1) * d]);
         for (i, (ui, (xi, bi))) in u.iter_mut().zip(x.iter().zip(b)).enumerate() {
             *ui = xi - bi - dot(&a[i * s..(i + 1) * s], mean);
         }
@@ -366,8 +366,11 @@ impl<'a> VariationalEngine<'a> {
         (order, tail)
     }
 
-    /// The exact ELBO of one point and its error estimate.
+    /// The exact ELBO of one point (as given: moved into the engine's frame here) and its error
+    /// estimate.
     fn elbo_point(&self, x: &[f64], point: &PointQ, cancel: &Cancel) -> Result<(f64, f64, usize)> {
+        let x = self.algebra.centred(DMatrixView::from_slice(x, x.len(), 1));
+        let x = x.as_slice();
         let (s, r) = (self.algebra.s, self.partition.len());
         let m = &point.mean;
         let trace_v: f64 = (0..s).map(|i| point.cov[i * s + i]).sum();
@@ -578,7 +581,7 @@ pub fn posterior_gap(
     let results = crate::parallel::map(parts.len(), |i| -> Result<Vec<(f64, f64, usize)>> {
         let (first, end) = parts[i];
         cancel.check()?;
-        let local = engine.algebra.local_gaussians(x.columns(first, end - first));
+        let local = engine.algebra.local_gaussians(engine.algebra.centred(x.columns(first, end - first)).as_view());
         (first..end)
             .map(|p| {
                 let (log_kappa, mu) = local.point(p - first);

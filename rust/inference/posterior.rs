@@ -27,7 +27,8 @@ pub struct PointPosterior {
     /// `E[z | x]` and `Cov[z | x]` (S x S).
     pub mean: Vec<f64>,
     pub cov: Vec<f64>,
-    /// The point `x` itself, for the residual form of the joint density (`Self::map`).
+    /// The point `x - g(0)` ([`RegionAlgebra::centred`]), for the residual form of the joint
+    /// density (`Self::map`).
     pub x: Vec<f64>,
 }
 
@@ -147,7 +148,9 @@ impl PointPosterior {
     pub fn new<I: RegionIntegrator>(algebra: &RegionAlgebra, integrator: &I, x: &[f64]) -> Self {
         let s = algebra.latent_dim();
         let r = algebra.n_regions();
-        let local = algebra.local_gaussians(DMatrixView::from_slice(x, x.len(), 1));
+        // In the engine's frame from here on: `self.x` is the centred point.
+        let x = algebra.centred(DMatrixView::from_slice(x, x.len(), 1)).as_slice().to_vec();
+        let local = algebra.local_gaussians(DMatrixView::from_slice(&x, x.len(), 1));
         let (lk, mu) = local.point(0);
         let terms = moment_terms(integrator, lk, mu, s);
         // At S >= 2 each region's mean and central covariance come from the integrator's
@@ -194,7 +197,7 @@ impl PointPosterior {
             }
         }
         let log_likelihood = terms.log_likelihood;
-        PointPosterior { log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, cov, x: x.to_vec() }
+        PointPosterior { log_likelihood, log_kappa: lk.to_vec(), mu: mu.to_vec(), weights, mean, cov, x }
     }
 
     fn mu(&self, algebra: &RegionAlgebra, q: usize) -> &[f64] {

@@ -494,8 +494,10 @@ fn residual_form_agrees_with_the_completed_square_at_moderate_scale_and_fixes_it
         let dec = Arc::new(Decoder::new(weights, biases, base.slopes().to_vec()).unwrap());
         let part = Partition::enumerate(dec.clone(), 100, &Cancel::new()).unwrap();
         let algebra = RegionAlgebra::new(&part, &[0.1, 0.1]).unwrap();
-        let x = dec.forward_batch(DMatrix::from_element(1, 1, 0.7).as_view()).column(0).into_owned();
-        let local = algebra.local_gaussians(DMatrixView::from_slice(x.as_slice(), 2, 1));
+        let x = dec.forward_batch(DMatrix::from_element(1, 1, 0.7).as_view());
+        // In the engine's frame, as every entry point passes points on.
+        let x = algebra.centred(x.as_view());
+        let local = algebra.local_gaussians(x.as_view());
         let xpx: f64 = x.iter().map(|v| v * v / 0.1).sum();
         let mut flagged = false;
         for q in 0..algebra.n_regions() {

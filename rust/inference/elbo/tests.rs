@@ -126,7 +126,7 @@ fn linear_decoder_gives_closed_form_elbo_and_kl() {
     let mu = &sigma * w.transpose() * &inv_psi * (&x - &b);
     let log_p =
         log_likelihood(&algebra, &integrator, DMatrixView::from_slice(x.as_slice(), 3, 1), &Cancel::new()).unwrap();
-    let local = algebra.local_gaussians(DMatrixView::from_slice(x.as_slice(), 3, 1));
+    let local = algebra.local_gaussians(algebra.centred(DMatrixView::from_slice(x.as_slice(), 3, 1)).as_view());
     let (log_kappa, local_mu) = local.point(0);
     // q = the exact posterior: gap 0 (to rounding), ELBO = log p(x).
     let exact = PointQ::new(mu.as_slice(), sigma.transpose().as_slice(), 2).unwrap();
