@@ -8,6 +8,7 @@
 //! form, S = 2 a polygon (`polygon.rs`, exact), S = 3 an adaptive quadrature over exact polygon
 //! slices (`slices.rs`), S >= 4 separation of variables with tilted randomised QMC (`sov.rs`).
 
+mod far_slices;
 pub mod nearest;
 pub mod normal;
 pub mod normal_batch;
@@ -30,15 +31,6 @@ use crate::partition::lp::{chebyshev_ball, Lp, LpOutcome};
 /// Point budget of each facet integral in the moment formulas: the moments need less
 /// relative accuracy than the mass, and there are many facets.
 const FACET_BUDGET: usize = 1 << 15;
-
-/// S >= 4: the largest relative error that rounding alone may cause in the divergence
-/// theorem's moments (the mean against the smallest conditional standard deviation, the
-/// covariance against its smallest eigenvalue); beyond it, far in a tail, the moments raise
-/// `Error::Numerical`. The bound is a worst case (errors taken independent), measured ~100x
-/// above the actual error on boxes: at 1 the moments refused are ones rounding may make wrong
-/// by their own size (a box at N(0, I) from d ~ 300), and polytopes at moderate distance,
-/// however thin, keep the moments they always had.
-pub const S4_MOMENT_LIMIT: f64 = 1.0;
 
 /// Radius cap of the emptiness test's Chebyshev LP (whitened units).
 const BALL_CAP: f64 = 1.0;
@@ -597,16 +589,12 @@ fn integrate_whitened(
                         return slice_moments(f, e, &tilt, settings, &out);
                     }
                     // S >= 4 moments carry the quasi-Monte Carlo masses' errors (as asked) amplified
-                    // by the polyhedron's shape; what is refused is rounding alone past the limit:
-                    // far in a tail, where no accuracy asked could make them right.
+                    // by the polyhedron's shape; where rounding alone exceeds the accuracy asked
+                    // (far in a tail: no accuracy of the masses could make them right), the
+                    // moments come from slices one dimension down instead.
                     let rounding = sums.finish(s, &tilt, want, 0.0, true, &mut out.clone());
-                    if !(rounding <= S4_MOMENT_LIMIT) {
-                        return Err(Error::Numerical(format!(
-                            "the S = {s} conditional moments over a polyhedron at distance {:.3} from the mean are \
-                             known only to a relative error of {rounding:.1e} from rounding alone (the divergence \
-                             theorem's terms cancel far in a tail; S <= 3 have exact-slice moments there)",
-                            dot(&tilt, &tilt).sqrt()
-                        )));
+                    if !(rounding <= settings.rtol) && dot(&tilt, &tilt) > 0.0 {
+                        return far_slices::moments(f, e, s, &tilt, settings, &out);
                     }
                 }
             }

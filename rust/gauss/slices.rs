@@ -18,7 +18,7 @@ use crate::partition::complement_basis;
 
 /// Gauss-Kronrod 7-15 on [-1, 1] (QUADPACK's qk15): the non-negative Kronrod nodes, largest
 /// first, and their weights; nodes 1, 3, 5 and 7 (zero) are the 7-point Gauss nodes.
-const KRONROD_NODES: [f64; 8] = [
+pub(super) const KRONROD_NODES: [f64; 8] = [
     0.991_455_371_120_812_6,
     0.949_107_912_342_758_5,
     0.864_864_423_359_769_1,
@@ -43,7 +43,7 @@ const GAUSS_WEIGHTS: [f64; 4] =
 
 /// The Kronrod and Gauss weights of the 15 nodes from left to right (Gauss's zero where a
 /// node is Kronrod's only).
-const KRONROD_ORDERED: [f64; 15] = [
+pub(super) const KRONROD_ORDERED: [f64; 15] = [
     KRONROD_WEIGHTS[0],
     KRONROD_WEIGHTS[1],
     KRONROD_WEIGHTS[2],
@@ -60,7 +60,7 @@ const KRONROD_ORDERED: [f64; 15] = [
     KRONROD_WEIGHTS[1],
     KRONROD_WEIGHTS[0],
 ];
-const GAUSS_ORDERED: [f64; 15] = [
+pub(super) const GAUSS_ORDERED: [f64; 15] = [
     0.0,
     GAUSS_WEIGHTS[0],
     0.0,
