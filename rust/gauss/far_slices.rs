@@ -246,8 +246,10 @@ fn breakpoints(f: &[f64], e: &[f64], s: usize, u: &[f64], d: f64) -> Option<Vec<
             let w = w.as_slice();
             let size = dot(w, w).sqrt();
             let inside = (0..m).all(|j| dot(&f[j * s..(j + 1) * s], w) <= e[j] + 1e-9 * (1.0 + e[j].abs() + size));
+            // A vertex within the rows' rounding of the anchor is the anchor (a panel that
+            // thin would cost fifteen slices for nothing).
             let t = dot(u, w) - d;
-            if inside && t > 0.0 {
+            if inside && t > 64.0 * f64::EPSILON * (d + size) {
                 found.push(t);
             }
         }
