@@ -379,3 +379,37 @@ fn finish(found: &Estimate, u: &[f64], basis: &[Vec<f64>], d: f64, mass: &Whiten
         error: mass.error,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[d, d + 1] x [-1, 1]^3`: nearest point `d e_1`, vertices at slicing coordinates 0 (the
+    /// anchor's face, not a breakpoint) and 1; with more row sets than tried, none.
+    #[test]
+    fn breakpoints_of_a_box_are_its_far_face() {
+        let (s, d) = (4, 50.0);
+        let mut f = Vec::new();
+        let mut e = Vec::new();
+        for k in 0..s {
+            for sign in [1.0, -1.0] {
+                let mut row = vec![0.0; s];
+                row[k] = sign;
+                f.extend(row);
+                e.push(match (k, sign > 0.0) {
+                    (0, true) => d + 1.0,
+                    (0, false) => -d,
+                    _ => 1.0,
+                });
+            }
+        }
+        let u = [1.0, 0.0, 0.0, 0.0];
+        assert_eq!(breakpoints(&f, &e, s, &u, d), Some(vec![1.0]));
+        // C(40, 4) = 91,390 sets are tried; C(64, 4) = 635,376 are not.
+        let many = |m: usize| (f.repeat(m / 8), e.repeat(m / 8));
+        let (f40, e40) = many(40);
+        assert!(breakpoints(&f40, &e40, s, &u, d).is_some());
+        let (f64_, e64) = many(64);
+        assert_eq!(breakpoints(&f64_, &e64, s, &u, d), None);
+    }
+}
