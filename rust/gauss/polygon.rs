@@ -755,6 +755,53 @@ pub(crate) fn level_interval(c: f64, level: f64) -> (f64, f64) {
 /// ~eps d^3 against a spread of ~1/d, eps d^4 / 2 = 1.2e-10 of the spread at d = 32.
 const FAR_MOMENTS: f64 = 32.0;
 
+/// The nodes of the polygons' slicing quadratures: `visit(s, log weight)` for 20-point
+/// Gauss-Legendre on sub-intervals of the pieces between consecutive `breaks` over which the log
+/// integrand changes by at most ~6 (there the rule is exact to ~1e-17 relative: the error of
+/// `e^{kt}` is ~`k^40 / 40!`). The rate of change on a piece is bounded from the Gaussian along
+/// the slicing coordinate (`centre + s` its distance from the mean) and from the edges active at
+/// the piece's midpoint (`(y0, slope)`: `y = y0 + slope s` bounds the slice from above in
+/// `upper`, from below in `lower`), through the lower tail of the normal across.
+fn for_each_slice_node(
+    breaks: &[f64],
+    upper: &[(f64, f64)],
+    lower: &[(f64, f64)],
+    centre: f64,
+    mut visit: impl FnMut(f64, f64),
+) {
+    // The edge bounding y on a piece: the one active at its midpoint.
+    let active = |edges: &[(f64, f64)], s: f64, upper: bool| {
+        edges.iter().copied().fold(None, |best: Option<(f64, f64)>, edge| match best {
+            Some(b) if (edge.0 + edge.1 * s < b.0 + b.1 * s) != upper => Some(b),
+            _ => Some(edge),
+        })
+    };
+    // How fast log Phi(t) changes per unit of t: ~|t| in the lower tail, at most ~1 elsewhere.
+    let tail_rate = |t: f64| if t < 0.0 { 1.0 - t } else { 1.0 };
+    for pair in breaks.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        if b <= a {
+            continue;
+        }
+        let mid = 0.5 * (a + b);
+        let mut rate = 1.0 + (centre + a).abs().max((centre + b).abs());
+        if let Some((y0, slope)) = active(upper, mid, true) {
+            rate += slope.abs() * tail_rate((y0 + slope * a).min(y0 + slope * b));
+        }
+        if let Some((y0, slope)) = active(lower, mid, false) {
+            rate += slope.abs() * tail_rate(-(y0 + slope * a).max(y0 + slope * b));
+        }
+        let pieces = ((b - a) * rate / 6.0).ceil().clamp(1.0, 400.0) as usize;
+        let width = (b - a) / pieces as f64;
+        for piece in 0..pieces {
+            let middle = a + (piece as f64 + 0.5) * width;
+            for (node, weight) in GL_NODES.iter().zip(GL_WEIGHTS) {
+                visit(middle + 0.5 * width * node, (0.5 * width * weight).ln());
+            }
+        }
+    }
+}
+
 /// The largest value of a log-concave `f` on `[lo, hi]` (to within its change over a
 /// millionth of the interval, or 1e-9 of the position) by golden-section search, and where it
 /// was found; `-inf` for an empty interval. `f` may be `-inf` outside its support, an interval.
@@ -1129,57 +1176,13 @@ impl Placed<'_> {
                 *x = x.clamp(cut_lo.max(-reach), cut_hi.min(reach));
             }
         }
-        // The edge bounding y on a piece: the one active at its midpoint.
-        let active = |edges: &[(f64, f64)], x: f64, upper: bool| {
-            edges.iter().copied().fold(None, |best: Option<(f64, f64)>, edge| {
-                let better = match best {
-                    None => true,
-                    Some(b) => {
-                        let (v, w) = (edge.0 + edge.1 * x, b.0 + b.1 * x);
-                        if upper {
-                            v < w
-                        } else {
-                            v > w
-                        }
-                    }
-                };
-                if better {
-                    Some(edge)
-                } else {
-                    best
-                }
-            })
-        };
-        // How fast log Phi(t) changes per unit of t: ~|t| in the lower tail, at most ~1 elsewhere.
-        let tail_rate = |t: f64| if t < 0.0 { 1.0 - t } else { 1.0 };
         let mut terms: Vec<f64> = Vec::new();
-        for pair in breaks.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            if b <= a {
-                continue;
+        for_each_slice_node(&breaks, &upper, &lower, 0.0, |x, log_weight| {
+            let value = log_integrand(x);
+            if value > f64::NEG_INFINITY {
+                terms.push(value + log_weight);
             }
-            // Sub-intervals over which the log integrand changes by at most ~6: there 20-point
-            // Gauss-Legendre is exact to ~1e-17 relative (the error of e^{ct} is ~c^40 / 40!).
-            let mid = 0.5 * (a + b);
-            let mut rate = 1.0 + a.abs().max(b.abs());
-            if let Some((c, slope)) = active(&upper, mid, true) {
-                rate += slope.abs() * tail_rate((c + slope * a).min(c + slope * b));
-            }
-            if let Some((c, slope)) = active(&lower, mid, false) {
-                rate += slope.abs() * tail_rate(-(c + slope * a).max(c + slope * b));
-            }
-            let pieces = ((b - a) * rate / 6.0).ceil().clamp(1.0, 400.0) as usize;
-            let width = (b - a) / pieces as f64;
-            for p in 0..pieces {
-                let centre = a + (p as f64 + 0.5) * width;
-                for (node, weight) in GL_NODES.iter().zip(GL_WEIGHTS) {
-                    let value = log_integrand(centre + 0.5 * width * node);
-                    if value > f64::NEG_INFINITY {
-                        terms.push(value + (0.5 * width * weight).ln());
-                    }
-                }
-            }
-        }
+        });
         super::normal::log_sum_exp(terms.iter().copied())
     }
 
@@ -1292,41 +1295,14 @@ impl Placed<'_> {
         for s in &mut breaks {
             *s = s.clamp(reach_lo, reach_hi);
         }
-        let active = |edges: &[(f64, f64)], s: f64, upper: bool| {
-            edges.iter().copied().fold(None, |best: Option<(f64, f64)>, edge| match best {
-                Some(b) if (edge.0 + edge.1 * s < b.0 + b.1 * s) != upper => Some(b),
-                _ => Some(edge),
-            })
-        };
-        let tail_rate = |t: f64| if t < 0.0 { 1.0 - t } else { 1.0 };
         // (log weight, s, mean across, variance across) per node.
         let mut nodes: Vec<(f64, f64, f64, f64)> = Vec::new();
-        for pair in breaks.windows(2) {
-            let (a, b) = (pair[0], pair[1]);
-            if b <= a {
-                continue;
+        for_each_slice_node(&breaks, &upper, &lower, c, |s, log_weight| {
+            let (value, mean, variance) = slice(s);
+            if value > f64::NEG_INFINITY {
+                nodes.push((value + log_weight, s, mean, variance));
             }
-            let mid = 0.5 * (a + b);
-            let mut rate = 1.0 + (c + a).abs().max((c + b).abs());
-            if let Some((y0, slope)) = active(&upper, mid, true) {
-                rate += slope.abs() * tail_rate((y0 + slope * a).min(y0 + slope * b));
-            }
-            if let Some((y0, slope)) = active(&lower, mid, false) {
-                rate += slope.abs() * tail_rate(-(y0 + slope * a).max(y0 + slope * b));
-            }
-            let pieces = ((b - a) * rate / 6.0).ceil().clamp(1.0, 400.0) as usize;
-            let width = (b - a) / pieces as f64;
-            for piece in 0..pieces {
-                let centre = a + (piece as f64 + 0.5) * width;
-                for (node, weight) in GL_NODES.iter().zip(GL_WEIGHTS) {
-                    let s = centre + 0.5 * width * node;
-                    let (value, mean, variance) = slice(s);
-                    if value > f64::NEG_INFINITY {
-                        nodes.push((value + (0.5 * width * weight).ln(), s, mean, variance));
-                    }
-                }
-            }
-        }
+        });
         let (top, s_ref, y_ref, _) =
             nodes.iter().copied().max_by(|a, b| a.0.total_cmp(&b.0)).filter(|node| node.0.is_finite())?;
         let (mut total, mut ds, mut dy) = (0.0, 0.0, 0.0);
