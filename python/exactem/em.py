@@ -402,11 +402,11 @@ class _LayerSystem:
         return self.output.operator(self.M, self.K)
 
 
-def _output_map(maps, psi):
-    """The layer's (E, f) and output map from :func:`frozen_maps`' (E, f, F, r); None for the
-    output layer's identity."""
-    E, f, F, r = maps
-    return (E, f), _FormedOutputMap(F, r, psi)
+def _layer_maps(weights, frame, factors, layer, psi):
+    """The layer's input maps ``(E, f)`` and its output map from :func:`frozen_maps` (biases in
+    the frame of the statistics); None for the output layer, whose output map is the identity."""
+    E, f, F, r = frozen_maps(weights, frame, factors, layer)
+    return (E, f), (None if layer == len(weights) - 1 else _FormedOutputMap(F, r, psi))
 
 
 def _times_each(weight, P):
@@ -422,8 +422,7 @@ def _sum_times_maps(P, M):
 def layer_gradient(weights, biases, factors, psi, stats, layer, weight_decay=0.0):
     """d Q / d [W_l, b_l] = sum_q F_q^T Psi^-1 (Y_q - F_q Theta T_q) - weight_decay [W_l, 0]."""
     biases = _in_frame(biases, stats)
-    inputs, output = _output_map(frozen_maps(weights, biases, factors, layer), psi)
-    system = _LayerSystem(inputs, None if layer == len(weights) - 1 else output, psi, stats)
+    system = _LayerSystem(*_layer_maps(weights, biases, factors, layer, psi), psi, stats)
     theta = np.hstack([weights[layer], biases[layer][:, None]])
     grad = system.rhs - system.apply(theta)
     grad[:, :-1] -= weight_decay * weights[layer]
@@ -462,8 +461,7 @@ def update_layer(weights, biases, factors, psi, stats, layer, weight_decay=0.0, 
     output layer) in the frame of ``stats`` (:func:`_in_frame`), if the caller has them."""
     frame = _in_frame(biases, stats)
     if maps is None:
-        inputs, output = _output_map(frozen_maps(weights, frame, factors, layer), psi)
-        maps = (inputs, None if layer == len(weights) - 1 else output)
+        maps = _layer_maps(weights, frame, factors, layer, psi)
     with one_blas_thread():
         weight, bias = _update_layer(weights, frame, maps, psi, stats, layer, weight_decay, damping)
     if layer == len(weights) - 1:

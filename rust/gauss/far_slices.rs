@@ -13,7 +13,7 @@
 //! where Gauss and Kronrod disagree. The vertices are found by trying every set of S rows (where
 //! there are too many sets, bisection alone isolates the kinks, asked a thousand times more).
 
-use super::slices::{GAUSS_ORDERED, KRONROD_NODES, KRONROD_ORDERED};
+use super::slices::{kronrod_node, GAUSS_ORDERED, KRONROD_ORDERED};
 use super::{integrate_whitened, reduce, sov, IntegrationSettings, Want, WhitenedMoments};
 use nalgebra::{DMatrix, DVector};
 
@@ -118,10 +118,7 @@ impl Slicer<'_> {
     fn panel(&self, a: f64, b: f64) -> Result<Panel> {
         let (mid, half) = (0.5 * (a + b), 0.5 * (b - a));
         let nodes = (0..15)
-            .map(|j| {
-                let x = if j < 7 { -KRONROD_NODES[j] } else { KRONROD_NODES[14 - j] };
-                self.node(mid + half * x, half * KRONROD_ORDERED[j], half * GAUSS_ORDERED[j])
-            })
+            .map(|j| self.node(mid + half * kronrod_node(j), half * KRONROD_ORDERED[j], half * GAUSS_ORDERED[j]))
             .collect::<Result<Vec<_>>>()?;
         self.settings.cancel.check()?;
         Ok(Panel { a, b, nodes })

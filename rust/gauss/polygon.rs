@@ -546,6 +546,15 @@ impl Polygon2 {
         log_mass
     }
 
+    /// [`Self::latent_moments`] written into `cond_mean` and `cond_cov` (they are in the latent
+    /// frame already), and their log mass.
+    fn latent_central_moments_into(&self, mu: &[f64], cond_mean: &mut [f64], cond_cov: &mut [f64]) -> Option<f64> {
+        let (log_mass, mean, cov) = self.latent_moments(mu)?;
+        cond_mean.copy_from_slice(&mean);
+        cond_cov.copy_from_slice(&cov);
+        Some(log_mass)
+    }
+
     /// The latent frame's fan from the nearest point (`polygon_latent.rs`): where the whitened
     /// frame finds no mass (edges nearly antiparallel in whitened units taken as open or
     /// crossed, a vertex's mass below the rounding of the whitened offsets), which a polygon
@@ -695,14 +704,11 @@ impl Polygon2 {
             // the latent frame's fan before the whitened quadrature; near the mean the
             // quadrature, which keeps slivers' means to ~1e-12 of their spread (the latent
             // fan, ~1e-10).
-            // (The latent frame's moments are in the latent frame, written directly.)
             match placed.central_moments_by_divergence() {
                 Some(moments) => Some(moments),
                 None => {
                     if norm2(placed.nearest_point()) > LATENT_FIRST_DISTANCE {
-                        if let Some((log_mass, mean, cov)) = self.latent_moments(mu) {
-                            cond_mean.copy_from_slice(&mean);
-                            cond_cov.copy_from_slice(&cov);
+                        if let Some(log_mass) = self.latent_central_moments_into(mu, cond_mean, cond_cov) {
                             return log_mass;
                         }
                     }
@@ -711,9 +717,7 @@ impl Polygon2 {
             }
         };
         let Some((log_mass, wm, wc)) = moments.filter(|m| m.0 > f64::NEG_INFINITY) else {
-            if let Some((log_mass, mean, cov)) = self.latent_moments(mu) {
-                cond_mean.copy_from_slice(&mean);
-                cond_cov.copy_from_slice(&cov);
+            if let Some(log_mass) = self.latent_central_moments_into(mu, cond_mean, cond_cov) {
                 return log_mass;
             }
             cond_mean.iter_mut().for_each(|v| *v = f64::NAN);

@@ -16,6 +16,7 @@
 //! than the whitened fan (tens of thousands of exponentials per triangle).
 
 use super::normal::{gauss_legendre, GL20_HALF};
+use crate::linalg::dot2;
 
 /// The box's half-width is `sqrt(2 * BOX_EXPONENT * lambda_max(Sigma))`: beyond, the
 /// Gaussian is below `e^-BOX_EXPONENT` of its largest value on the polygon.
@@ -24,11 +25,6 @@ const BOX_EXPONENT: f64 = 800.0;
 #[inline]
 fn cross(a: [f64; 2], b: [f64; 2]) -> f64 {
     a[0] * b[1] - a[1] * b[0]
-}
-
-#[inline]
-fn dot(a: [f64; 2], b: [f64; 2]) -> f64 {
-    a[0] * b[0] + a[1] * b[1]
 }
 
 /// `L^{-1} v` for the lower Cholesky factor `l` (row-major).
@@ -43,12 +39,12 @@ fn whiten(l: [f64; 4], v: [f64; 2]) -> [f64; 2] {
 /// segment, the best over the rows; a clamped end is the exact intersection with the row
 /// that clamped it. `None` when `mu` is inside or no row has a segment.
 fn nearest(n: &[[f64; 2]], o: &[f64], l: [f64; 4], mu: [f64; 2]) -> Option<([f64; 2], Vec<usize>)> {
-    if n.iter().zip(o).all(|(ni, oi)| dot(*ni, mu) <= *oi) {
+    if n.iter().zip(o).all(|(ni, oi)| dot2(*ni, mu) <= *oi) {
         return None;
     }
     let mut best: Option<(f64, [f64; 2], Vec<usize>)> = None;
     for (i, (&ni, &oi)) in n.iter().zip(o).enumerate() {
-        let nn = dot(ni, ni);
+        let nn = dot2(ni, ni);
         if !(nn > 0.0) {
             continue;
         }
@@ -60,8 +56,8 @@ fn nearest(n: &[[f64; 2]], o: &[f64], l: [f64; 4], mu: [f64; 2]) -> Option<([f64
             if j == i {
                 continue;
             }
-            let rate = dot(nj, u);
-            let room = oj - dot(nj, p);
+            let rate = dot2(nj, u);
+            let room = oj - dot2(nj, p);
             if rate > 0.0 {
                 if room / rate < hi.0 {
                     hi = (room / rate, Some(j));
@@ -78,7 +74,7 @@ fn nearest(n: &[[f64; 2]], o: &[f64], l: [f64; 4], mu: [f64; 2]) -> Option<([f64
             continue;
         }
         let (wu, wp) = (whiten(l, u), whiten(l, [p[0] - mu[0], p[1] - mu[1]]));
-        let t = -dot(wu, wp) / dot(wu, wu);
+        let t = -dot2(wu, wp) / dot2(wu, wu);
         if !t.is_finite() {
             continue;
         }
@@ -90,7 +86,7 @@ fn nearest(n: &[[f64; 2]], o: &[f64], l: [f64; 4], mu: [f64; 2]) -> Option<([f64
             ([p[0] + t * u[0], p[1] + t * u[1]], vec![i])
         };
         let w = whiten(l, [z[0] - mu[0], z[1] - mu[1]]);
-        let d2 = dot(w, w);
+        let d2 = dot2(w, w);
         if d2.is_finite() && best.as_ref().is_none_or(|b| d2 < b.0) {
             best = Some((d2, z, active));
         }
@@ -102,14 +98,14 @@ fn nearest(n: &[[f64; 2]], o: &[f64], l: [f64; 4], mu: [f64; 2]) -> Option<([f64
 pub(crate) fn distance(n: &[[f64; 2]], o: &[f64], l: [f64; 4], mu: [f64; 2]) -> Option<f64> {
     let (z, _) = nearest(n, o, l, mu)?;
     let w = whiten(l, [z[0] - mu[0], z[1] - mu[1]]);
-    Some(dot(w, w).sqrt())
+    Some(dot2(w, w).sqrt())
 }
 
 /// The intersection of rows `i` and `j` (by Cramer's rule), or the foot of row `i` if `j` is
 /// absent (an unbounded end: never the clamped side of a finite minimiser).
 fn vertex(n: &[[f64; 2]], o: &[f64], i: usize, j: Option<usize>) -> ([f64; 2], Vec<usize>) {
     let Some(j) = j else {
-        let nn = dot(n[i], n[i]);
+        let nn = dot2(n[i], n[i]);
         return ([n[i][0] * o[i] / nn, n[i][1] * o[i] / nn], vec![i]);
     };
     (intersect((n[i], o[i]), (n[j], o[j])), vec![i, j])
@@ -141,7 +137,7 @@ impl Clipped {
     /// Cuts by `{y : n . y <= s}`; false if nothing is left.
     fn clip(&mut self, n: [f64; 2], s: f64) -> bool {
         let m = self.lines.len();
-        let outside: Vec<bool> = (0..m).map(|k| dot(n, self.vertex(k)) > s).collect();
+        let outside: Vec<bool> = (0..m).map(|k| dot2(n, self.vertex(k)) > s).collect();
         if !outside.iter().any(|&v| v) {
             return true;
         }
@@ -178,12 +174,12 @@ impl Clipped {
 pub(crate) fn moments(n: &[[f64; 2]], o: &[f64], l: [f64; 4], mu: [f64; 2]) -> Option<(f64, [f64; 2], [f64; 4])> {
     let (z, active) = nearest(n, o, l, mu)?;
     let w_star = whiten(l, [z[0] - mu[0], z[1] - mu[1]]);
-    let d2 = dot(w_star, w_star);
+    let d2 = dot2(w_star, w_star);
     let half = (2.0 * BOX_EXPONENT * (l[0] * l[0] + l[2] * l[2] + l[3] * l[3])).sqrt();
     let mut poly = Clipped::square(half);
     let rows = active.iter().copied().chain((0..n.len()).filter(|i| !active.contains(i)));
     for i in rows {
-        let slack = if active.contains(&i) { 0.0 } else { (o[i] - dot(n[i], z)).max(0.0) };
+        let slack = if active.contains(&i) { 0.0 } else { (o[i] - dot2(n[i], z)).max(0.0) };
         if !poly.clip(n[i], slack) {
             return None;
         }
@@ -193,7 +189,7 @@ pub(crate) fn moments(n: &[[f64; 2]], o: &[f64], l: [f64; 4], mu: [f64; 2]) -> O
     let mut sums = [0.0; 6];
     for k in 0..m {
         let (line, slack) = poly.lines[k];
-        if slack == 0.0 || dot(line, line) == 0.0 {
+        if slack == 0.0 || dot2(line, line) == 0.0 {
             continue;
         }
         let (a, b) = (poly.vertex(k + m - 1), poly.vertex(k));
@@ -202,12 +198,12 @@ pub(crate) fn moments(n: &[[f64; 2]], o: &[f64], l: [f64; 4], mu: [f64; 2]) -> O
             continue;
         }
         let (wa, wb) = (whiten(l, a), whiten(l, b));
-        let (ca, cb) = (dot(wa, w_star).max(0.0), dot(wb, w_star).max(0.0));
+        let (ca, cb) = (dot2(wa, w_star).max(0.0), dot2(wb, w_star).max(0.0));
         let q = |s: f64| {
             let w = [wa[0] + s * (wb[0] - wa[0]), wa[1] + s * (wb[1] - wa[1])];
-            dot(w, w)
+            dot2(w, w)
         };
-        let triangle = fan_triangle(a, b, ca, cb, q, [dot(wa, wa), dot(wa, wb), dot(wb, wb)]);
+        let triangle = fan_triangle(a, b, ca, cb, q, [dot2(wa, wa), dot2(wa, wb), dot2(wb, wb)]);
         for (total, v) in sums.iter_mut().zip(triangle) {
             *total += jacobian * v;
         }

@@ -18,7 +18,7 @@ use crate::partition::complement_basis;
 
 /// Gauss-Kronrod 7-15 on [-1, 1] (QUADPACK's qk15): the non-negative Kronrod nodes, largest
 /// first, and their weights; nodes 1, 3, 5 and 7 (zero) are the 7-point Gauss nodes.
-pub(super) const KRONROD_NODES: [f64; 8] = [
+const KRONROD_NODES: [f64; 8] = [
     0.991_455_371_120_812_6,
     0.949_107_912_342_758_5,
     0.864_864_423_359_769_1,
@@ -40,6 +40,15 @@ const KRONROD_WEIGHTS: [f64; 8] = [
 ];
 const GAUSS_WEIGHTS: [f64; 4] =
     [0.129_484_966_168_869_7, 0.279_705_391_489_276_7, 0.381_830_050_505_118_9, 0.417_959_183_673_469_4];
+
+/// The `k`-th of the 15 Kronrod nodes on [-1, 1], from left to right.
+pub(super) fn kronrod_node(k: usize) -> f64 {
+    if k < 8 {
+        -KRONROD_NODES[k]
+    } else {
+        KRONROD_NODES[14 - k]
+    }
+}
 
 /// The Kronrod and Gauss weights of the 15 nodes from left to right (Gauss's zero where a
 /// node is Kronrod's only).
@@ -611,10 +620,7 @@ impl Slicer {
             }
             Node { s, log_integrand: density + log_mass, mean, cov: [cov[0], 0.5 * (cov[1] + cov[2]), cov[3]] }
         };
-        let nodes: [Node; 15] = std::array::from_fn(|k| {
-            let x = if k < 8 { -KRONROD_NODES[k] } else { KRONROD_NODES[14 - k] };
-            node(centre + half * x)
-        });
+        let nodes: [Node; 15] = std::array::from_fn(|k| node(centre + half * kronrod_node(k)));
         let log_half = half.ln();
         let kronrod = log_half + log_sum_exp(nodes.iter().zip(KRONROD_ORDERED).map(|(n, w)| w.ln() + n.log_integrand));
         let gauss = log_half

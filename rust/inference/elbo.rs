@@ -332,7 +332,7 @@ impl<'a> VariationalEngine<'a> {
     /// `u = x - b_q - A_q m` (D), into `u`, in the engine's frame (`x` centred).
     fn residual(&self, q: usize, x: &[f64], mean: &[f64], u: &mut [f64]) {
         let (s, d) = (self.algebra.s, self.algebra.d);
-        let (a, b) = (self.partition.a(q), &self.algebra.b[q * d..(q + 1) * d]);
+        let (a, b) = (&self.algebra.a[q * d * s..(q + 1) * d * s], &self.algebra.b[q * d..(q + 1) * d]);
         for (i, (ui, (xi, bi))) in u.iter_mut().zip(x.iter().zip(b)).enumerate() {
             *ui = xi - bi - dot(&a[i * s..(i + 1) * s], mean);
         }

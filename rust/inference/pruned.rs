@@ -9,9 +9,9 @@
 //! upper bound is within [`PRUNE_GAP`] of the best term so far get the region's tail bound,
 //! first at the mean from the products (a certain bound once loosened by that mean's rounding),
 //! and only those still within the gap get the residual form. The decisions are those of
-//! [`super::visit_regions`] on the residual form's values: the same regions are visited in the same order with the same `log kappa`,
-//! `mu` and looseness, so the results are the same to the last bit; only the work on regions
-//! that cannot matter is left out.
+//! [`super::visit_regions`] on the residual form's values: the same regions are visited in the
+//! same order with the same `log kappa`, `mu` and looseness, so the results are the same to the
+//! last bit; only the work on regions that cannot matter is left out.
 
 use nalgebra::{DMatrix, DMatrixView};
 
