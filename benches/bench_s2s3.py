@@ -2,6 +2,7 @@
 S = 2 digits E-step, and the time of an EM iteration split into E-step and M-step.
 
     python benches/bench_s2s3.py estep ROUNDS DIR [DIR ...]   # builds alternated, one sitting
+    python benches/bench_s2s3.py estep ROUNDS DIR [DIR ...] --s3-rows 4   # the same at S = 3
     python benches/bench_s2s3.py iteration DIR [--s3-rows 1000]
 
 Each DIR holds an `exactem` package (the Python sources with the built `_core` extension), as
@@ -12,7 +13,9 @@ estep: digits (1797 x 64, `load_digits().data / 16`) with the model that
 first DIR's build and saved, so every build gets the same model): `e_step` and
 `log_likelihood` of all rows, each build once per round (the order reversed every other
 round: this machine's speed drifts), medians over rounds and the median ratio to the first
-build within a round.
+build within a round. With `--s3-rows N`: instead, the first N rows drawn from
+`DGN(Decoder.random([3, 16, 16, 5], seed=1), 0.05)` (the issue's S = 3 shape) with the model
+that `ExactEM(latent_dim=3, hidden=(16, 16), random_state=0, max_iter=1)` reaches on 30 of them.
 
 iteration: `ExactEM(latent_dim=2, hidden=(32, 32), max_iter=4, random_state=0)` on digits, and
 `ExactEM(latent_dim=3, hidden=(16, 16), max_iter=1, random_state=0)` on `--s3-rows` rows drawn
@@ -39,12 +42,23 @@ est = exactem.ExactEM(latent_dim=2, hidden=(32, 32), max_iter=2, random_state=0)
 est.model_.save(sys.argv[1])
 """
 
+SAVE_S3 = r"""
+import sys, warnings, exactem
+warnings.simplefilter("ignore")
+X = exactem.DGN(exactem.Decoder.random([3, 16, 16, 5], seed=1), 0.05).sample(30, seed=0)[0]
+est = exactem.ExactEM(latent_dim=3, hidden=(16, 16), max_iter=1, random_state=0).fit(X)
+est.model_.save(sys.argv[1])
+"""
+
 ESTEP = r"""
 import json, sys, time, exactem
-from sklearn.datasets import load_digits
-X = load_digits().data / 16.0
+if len(sys.argv) > 2:
+    X = exactem.DGN(exactem.Decoder.random([3, 16, 16, 5], seed=1), 0.05).sample(int(sys.argv[2]), seed=0)[0]
+else:
+    from sklearn.datasets import load_digits
+    X = load_digits().data / 16.0
 model = exactem.DGN.load(sys.argv[1])
-model.log_likelihood(X[:10])
+model.log_likelihood(X[:1])
 out = {}
 for name in ["e_step", "log_likelihood"]:
     f = getattr(model, name)
@@ -102,15 +116,18 @@ def child(code, directory, *args):
 
 def estep(args):
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "digits_s2.npz")
+        path = os.path.join(tmp, "model.npz")
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=args.dirs[0])
-        subprocess.run([sys.executable, "-c", SAVE, path], env=env, check=True)
+        subprocess.run([sys.executable, "-c", SAVE_S3 if args.s3_rows else SAVE, path], env=env, check=True)
+        rows = [str(args.s3_rows)] if args.s3_rows else []
         results = {d: [] for d in args.dirs}
         for r in range(args.rounds):
             for d in args.dirs if r % 2 == 0 else args.dirs[::-1]:
-                results[d].append(child(ESTEP, d, path))
+                results[d].append(child(ESTEP, d, path, *rows))
     regions = results[args.dirs[0]][0]["regions"]
-    print(f"digits S = 2, [2, 32, 32, 64], {regions} regions, 1797 rows; wall s (CPU s), medians of {args.rounds}")
+    what = (f"synthetic S = 3, [3, 16, 16, 5], {regions} regions, {args.s3_rows} rows" if args.s3_rows
+            else f"digits S = 2, [2, 32, 32, 64], {regions} regions, 1797 rows")
+    print(f"{what}; wall s (CPU s), medians of {args.rounds}")
     print("| call | " + " | ".join(os.path.basename(os.path.normpath(d)) for d in args.dirs) + " |")
     print("|---" * (len(args.dirs) + 1) + "|")
     base = results[args.dirs[0]]
@@ -140,6 +157,7 @@ def main():
     p = sub.add_parser("estep")
     p.add_argument("rounds", type=int)
     p.add_argument("dirs", nargs="+")
+    p.add_argument("--s3-rows", type=int, default=0)
     p = sub.add_parser("iteration")
     p.add_argument("dirs", nargs=1)
     p.add_argument("--s3-rows", type=int, default=1000)

@@ -550,8 +550,9 @@ fn integrate_whitened(
             let log_mass = poly.central_moments(&[0.0, 0.0], &mut mean, &mut cov);
             Ok(WhitenedMoments { log_mass, mean, anchor: None, cov, error: 0.0 })
         }
+        3 if want > Want::Mass => slice_mass_and_facet_moments(f, e, &tilt_of(f, e, centre), want, settings),
         _ => {
-            let tilt = nearest::nearest_point(f, e, s, &vec![0.0; s], centre);
+            let tilt = tilt_of(f, e, centre);
             let (log_mass, error) = if s == 3 {
                 slices::log_mass(f, e, &tilt, settings.rtol, settings.cancel)?
             } else {
@@ -562,32 +563,7 @@ fn integrate_whitened(
                 WhitenedMoments { log_mass, mean: vec![f64::NAN; s], anchor: None, cov: vec![f64::NAN; s * s], error };
             if want > Want::Mass && log_mass > f64::NEG_INFINITY {
                 let sums = facet_moments(f, e, s, &tilt, want, out.log_mass, settings)?;
-                let mut bound = sums.finish(s, &tilt, want, 0.0, false, &mut out);
-                if !(bound <= settings.rtol) && s == 3 {
-                    // The mass's error enters every facet ratio alike, times the size of the
-                    // terms against the spread: where the rest of the bound leaves room, a
-                    // tighter mass (a few more panels) saves the slices' moments.
-                    let rest =
-                        sums.finish(s, &tilt, want, 0.0, false, &mut WhitenedMoments { error: 0.0, ..out.clone() });
-                    if rest <= 0.5 * settings.rtol && out.error > 0.0 {
-                        let sensitivity = (bound - rest) / out.error;
-                        let rtol = (0.25 * settings.rtol / sensitivity).min(1e-3 * settings.rtol);
-                        let (log_mass, error) = slices::log_mass(f, e, &tilt, rtol, settings.cancel)?;
-                        // The moments from the tighter mass; the mass returned stays the one
-                        // asked for, the same bits as where only the mass is wanted.
-                        let shift = out.log_mass - log_mass;
-                        let asked = out.error;
-                        out.error = error;
-                        bound = sums.finish(s, &tilt, want, shift, false, &mut out);
-                        out.error = asked;
-                    }
-                }
-                if !(bound <= settings.rtol) {
-                    if s == 3 {
-                        // Moments from the slices' own central moments, accurate however far
-                        // out the polyhedron is.
-                        return slice_moments(f, e, &tilt, settings, &out);
-                    }
+                if !(sums.finish(s, &tilt, want, 0.0, false, &mut out) <= settings.rtol) {
                     // S >= 4 moments carry the quasi-Monte Carlo masses' errors (as asked) amplified
                     // by the polyhedron's shape; where rounding alone exceeds the accuracy asked
                     // (far in a tail: no accuracy of the masses could make them right), the
@@ -603,8 +579,65 @@ fn integrate_whitened(
     }
 }
 
+/// The point of the polyhedron nearest the mean (the origin), from `centre`, a point inside.
+fn tilt_of(f: &[f64], e: &[f64], centre: &[f64]) -> Vec<f64> {
+    let s = centre.len();
+    nearest::nearest_point(f, e, s, &vec![0.0; s], centre)
+}
+
+/// How much more accurately than the moments asked the S = 3 mass is sliced for the facets'
+/// moments: their ratios to the mass carry its relative error times the terms' size against
+/// the spread, which grows with the distance to the mean; a thousandth leaves room for
+/// distances of ~10, and the slices converge geometrically, so it costs a few more panels.
+const MOMENTS_MASS_RTOL: f64 = 1e-3;
+
+/// S = 3 mass and moments: the mass sliced once, to [`MOMENTS_MASS_RTOL`] of the accuracy
+/// asked, and the moments from the facets (the divergence theorem); where their bound asks a
+/// still tighter mass, sliced again to what it asks; where the facets cannot give the moments
+/// however accurate the mass (far in a tail, where their terms cancel), the moments from the
+/// slices' own central moments. The mass is the most accurate one computed, so it may differ
+/// from the mass alone (sliced to the accuracy asked) by about that accuracy.
+fn slice_mass_and_facet_moments(
+    f: &[f64],
+    e: &[f64],
+    tilt: &[f64],
+    want: Want,
+    settings: &IntegrationSettings,
+) -> Result<WhitenedMoments> {
+    let s = 3;
+    let rtol = settings.rtol;
+    let (log_mass, error) = slices::log_mass(f, e, tilt, MOMENTS_MASS_RTOL * rtol, settings.cancel)?;
+    let mut out =
+        WhitenedMoments { log_mass, mean: vec![f64::NAN; s], anchor: None, cov: vec![f64::NAN; s * s], error };
+    if log_mass == f64::NEG_INFINITY {
+        return Ok(out);
+    }
+    let sums = facet_moments(f, e, s, tilt, want, log_mass, settings)?;
+    let mut bound = sums.finish(s, tilt, want, 0.0, false, &mut out);
+    if !(bound <= rtol) {
+        // The mass's error enters every facet ratio alike, times the size of the terms against
+        // the spread: where the rest of the bound leaves room, a tighter mass saves the slices'
+        // moments.
+        let rest = sums.finish(s, tilt, want, 0.0, false, &mut WhitenedMoments { error: 0.0, ..out.clone() });
+        if rest <= 0.5 * rtol && out.error > 0.0 {
+            let sensitivity = (bound - rest) / out.error;
+            let (log_mass, error) = slices::log_mass(f, e, tilt, 0.25 * rtol / sensitivity, settings.cancel)?;
+            let shift = out.log_mass - log_mass;
+            out.log_mass = log_mass;
+            out.error = error;
+            bound = sums.finish(s, tilt, want, shift, false, &mut out);
+        }
+    }
+    if !(bound <= rtol) {
+        // Moments from the slices' own central moments, accurate however far out the
+        // polyhedron is.
+        return slice_moments(f, e, tilt, settings, &out);
+    }
+    Ok(out)
+}
+
 /// S = 3 moments by slicing (`slices::moments`), the mean carried as anchor and offset, with
-/// the mass (and its error) of `mass`: the same bits as where only the mass is wanted.
+/// the mass (and its error) of `mass`.
 fn slice_moments(
     f: &[f64],
     e: &[f64],

@@ -17,10 +17,6 @@ use crate::gauss::polygon::Polygon2;
 use crate::gauss::{GaussMoments, IntegrationSettings, PolytopeShape};
 use crate::partition::Partition;
 
-/// The loosest relative accuracy asked of a minor region's QMC integral, as a multiple of
-/// `rtol`.
-const MAX_LOOSENESS: f64 = 1e3;
-
 /// The relative accuracy asked of a polygon's mass: ~1e-15 for the largest terms, looser in
 /// proportion for terms known to be smaller (their absolute error stays ~1e-15 of `p(x)`),
 /// but never looser than 1e-6, so that every weight keeps some digits.
@@ -223,9 +219,13 @@ impl PolyhedronIntegrator {
 
     fn integrate(&self, region: usize, mean: &[f64], want_moments: bool, looseness: f64) -> GaussMoments {
         let Facets { shape, h, inside } = &self.regions[region];
-        // Never looser than 10% relative, nor than a thousand times `rtol`: the moments and
-        // the weights still need some digits.
-        let rtol = (self.rtol * looseness.min(MAX_LOOSENESS)).min(0.1).max(self.rtol);
+        // A term `t` at most `b` while the terms before it sum to `T` (`looseness = T / b`)
+        // is asked `rtol * T / (b R)` of itself: an absolute error of at most `rtol T / R`, so
+        // that the R regions' errors together stay within `rtol` of the sum (plus `rtol` of
+        // each term, the accuracy asked of all). Never looser than 10% relative: the moments
+        // and the weights keep a digit.
+        let share = looseness / self.regions.len() as f64;
+        let rtol = (self.rtol * share).min(0.1).max(self.rtol);
         // The trait has no error channel: the call's token (`Cancel::current`, set by
         // inference's batches) interrupts the integral and carries its failure, which stops
         // the call and becomes its error; the value returned meanwhile is never used.
