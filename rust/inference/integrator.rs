@@ -17,6 +17,10 @@ use crate::gauss::polygon::Polygon2;
 use crate::gauss::{GaussMoments, IntegrationSettings, PolytopeShape};
 use crate::partition::Partition;
 
+/// The loosest relative accuracy asked of a minor region's integral as a multiple of `rtol`,
+/// unless a share `rtol / R` of the sum so far is looser still.
+const MAX_LOOSENESS: f64 = 1e3;
+
 /// The relative accuracy asked of a polygon's mass: ~1e-15 for the largest terms, looser in
 /// proportion for terms known to be smaller (their absolute error stays ~1e-15 of `p(x)`),
 /// but never looser than 1e-6, so that every weight keeps some digits.
@@ -220,11 +224,11 @@ impl PolyhedronIntegrator {
     fn integrate(&self, region: usize, mean: &[f64], want_moments: bool, looseness: f64) -> GaussMoments {
         let Facets { shape, h, inside } = &self.regions[region];
         // A term `t` at most `b` while the terms before it sum to `T` (`looseness = T / b`)
-        // is asked `rtol * T / (b R)` of itself: an absolute error of at most `rtol T / R`, so
-        // that the R regions' errors together stay within `rtol` of the sum (plus `rtol` of
-        // each term, the accuracy asked of all). Never looser than 10% relative: the moments
-        // and the weights keep a digit.
-        let share = looseness / self.regions.len() as f64;
+        // is asked `rtol` times the looseness of itself, up to a thousand times `rtol`, or
+        // `rtol T / (b R)` where that is looser: an absolute error of at most `rtol T / R`, so
+        // that the tiny terms of the R regions together stay within `rtol` of the sum. Never
+        // looser than 10% relative: the moments and the weights keep a digit.
+        let share = looseness.min(MAX_LOOSENESS).max(looseness / self.regions.len() as f64);
         let rtol = (self.rtol * share).min(0.1).max(self.rtol);
         // The trait has no error channel: the call's token (`Cancel::current`, set by
         // inference's batches) interrupts the integral and carries its failure, which stops
