@@ -5,6 +5,13 @@ measured times.
     python benches/bench_scale.py targets            # the issue's targets, one table
     python benches/bench_scale.py scaling --out scaling.png
     python benches/bench_scale.py cost               # predicted against measured, held-out shapes
+    python benches/bench_scale.py compare SPEC DIR [DIR ...] [--rounds 3]   # builds alternated
+
+`compare` runs one fit (SPEC as JSON, as in TARGETS: e.g. '{"data": "wave", "n": 20, "widths":
+[3, 16, 16, 2], "iterations": 3}') with each DIR first on the path (a copy of the built
+package, as benches/compare_builds.py makes), the builds alternated round by round (the order
+reversed every other round: this machine's speed drifts), and prints each build's time per
+iteration in every round.
 
 Time per iteration is the median over the iterations of one fit (each counts the exact E-step,
 the M-step, and the enumeration, set-up and exact likelihood of every proposal, rejected ones
@@ -13,6 +20,7 @@ too). Peak memory is the process's maximum resident set size, each fit in a chil
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -48,9 +56,10 @@ print(json.dumps(dict(rows=len(X), dim=X.shape[1], regions=est.n_regions_[-1], i
 """
 
 
-def run_fit(spec, timeout=3600):
+def run_fit(spec, timeout=3600, path=None):
+    env = None if path is None else dict(os.environ, PYTHONPATH=path)
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True,
-                         timeout=timeout)
+                         timeout=timeout, env=env)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -208,6 +217,17 @@ def cost(args):
               f"{predicted.memory_bytes / 2**20:.0f} MiB | {r.get('peak_mib', float('nan')):.0f} MiB |", flush=True)
 
 
+def compare(args):
+    spec = json.loads(args.spec)
+    times = {d: [] for d in args.dirs}
+    for r in range(args.rounds):
+        for d in args.dirs if r % 2 == 0 else args.dirs[::-1]:
+            times[d].append(run_fit(spec, path=d).get("per_iter", float("nan")))
+    print(f"{spec}: seconds per iteration, round by round")
+    for d in args.dirs:
+        print(f"| {d} | " + " | ".join(f"{t:.3g}" for t in times[d]) + " |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -221,6 +241,11 @@ def main():
     p.add_argument("--regions-only", action="store_true", help="count the regions, skip the timings")
     p.set_defaults(run=scaling)
     sub.add_parser("cost").set_defaults(run=cost)
+    p = sub.add_parser("compare")
+    p.add_argument("spec")
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--rounds", type=int, default=3)
+    p.set_defaults(run=compare)
     args = parser.parse_args()
     start = time.perf_counter()
     args.run(args)
