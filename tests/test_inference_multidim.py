@@ -40,8 +40,10 @@ def test_three_dimensional_posterior_and_e_step_are_consistent():
     assert np.allclose(es.m0.toarray().sum(axis=1), 1.0, atol=1e-12)
     # Where moments are wanted the masses are sliced more accurately than asked (the facets'
     # moments need it), so the E-step's log p(x) and log_likelihood's agree to the accuracy
-    # asked, not to the last bit: each within 2 rtol of p(x) (rtol of every term, and rtol / R
-    # of the sum from each loosely integrated minor region), in log space 2 rtol absolute.
+    # asked, not to the last bit. Each is asked rtol of the largest terms and at most rtol of
+    # the sum so far from each term below it (by the quadratures' error estimates, which
+    # overstate the error of analytic integrands many times): 2 rtol of p(x), 2 rtol in log
+    # space, leaves room for the minor terms' share.
     tight = exactem.DGN(model.decoder, 0.5, rtol=1e-10).log_likelihood(X)
     assert np.allclose(model.log_likelihood(X), tight, rtol=0, atol=2 * model.rtol)
     assert np.allclose(es.log_likelihood, tight, rtol=0, atol=2 * model.rtol)
