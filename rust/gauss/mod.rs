@@ -544,6 +544,14 @@ fn integrate_whitened(
                     error: 0.0,
                 });
             }
+            if want == Want::Mean {
+                // A facet's mean (the facet sums one dimension up need no covariance): from
+                // the edges' fluxes where they do not cancel, its error absolute.
+                let mut mean = vec![0.0; 2];
+                if let Some((log_mass, error)) = poly.mean_by_fluxes(&[0.0, 0.0], &mut mean) {
+                    return Ok(WhitenedMoments { log_mass, mean, anchor: None, cov: vec![f64::NAN; 4], error });
+                }
+            }
             // Central moments: `E[w w^T] - E[w] E[w]^T` would lose the covariance of a polygon
             // far out or tiny against the Gaussian.
             let (mut mean, mut cov) = (vec![0.0; 2], vec![0.0; 4]);
@@ -751,10 +759,11 @@ fn facet_moments(
                     cross[j * s + k] += fi[j] * r * centred[k];
                 }
             }
-            // The facet's mean is known to its own error (relative to its size, plus rounding
-            // of the terms of `centred`).
+            // The facet's mean is known to its own error (relative to its size, or absolute
+            // for a polygon's mean from its fluxes: at least 1 counts as a size), plus
+            // rounding of the terms of `centred`.
             let size = e[i].abs() + dot(&facet_mean, &facet_mean).sqrt() + dot(tilt, tilt).sqrt();
-            cross_error += r * (delta * dot(&centred, &centred).sqrt() + (facet.error + rounding) * size);
+            cross_error += r * (delta * dot(&centred, &centred).sqrt() + facet.error * size.max(1.0) + rounding * size);
             cross_rounding += r * rounding * (log_size * dot(&centred, &centred).sqrt() + size);
         }
     }
