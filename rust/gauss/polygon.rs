@@ -690,23 +690,27 @@ impl Polygon2 {
         log_mass
     }
 
+    /// The log mass and `E[z | P]` for `z ~ N(mu, Sigma)` from the edges' fluxes, and a bound
+    /// on that mean's absolute error in whitened units, where the fluxes do not cancel (see
+    /// `Placed::mean_by_fluxes`); `None` where they do: [`Self::central_moments`] then.
+    pub fn mean_by_fluxes(&self, mu: &[f64], cond_mean: &mut [f64]) -> Option<(f64, f64)> {
+        let (log_mass, wm, error) = self.place(mu).mean_by_fluxes()?;
+        cond_mean.copy_from_slice(&self.unwhitened_mean(mu, wm));
+        Some((log_mass, error))
+    }
+
+    /// `mu + L w`: a whitened mean in the latent frame.
+    fn unwhitened_mean(&self, mu: &[f64], wm: [f64; 2]) -> [f64; 2] {
+        let l = self.l;
+        [mu[0] + l[0] * wm[0], mu[1] + l[2] * wm[0] + l[3] * wm[1]]
+    }
+
     /// `(log mass, E[z | region], Cov[z | region])` for `z ~ N(mu, Sigma)`, the covariance
     /// central (row-major) and accurate relative to itself: for the posterior's covariance,
     /// which the second moments of [`Self::integrate`] lose to cancellation far from the mean
     /// and on tiny polygons. Those moments are kept where the subtraction loses at most three
     /// digits; otherwise a quadrature in a frame centred on the polygon decides (see
     /// [`Placed::central_moments_quadrature`]).
-    /// The log mass and `E[z | P]` for `z ~ N(mu, Sigma)` from the edges' fluxes, and a bound
-    /// on that mean's absolute error in whitened units, where the fluxes do not cancel (see
-    /// `Placed::mean_by_fluxes`); `None` where they do: [`Self::central_moments`] then.
-    pub fn mean_by_fluxes(&self, mu: &[f64], cond_mean: &mut [f64]) -> Option<(f64, f64)> {
-        let (log_mass, wm, error) = self.place(mu).mean_by_fluxes()?;
-        let l = self.l;
-        cond_mean[0] = mu[0] + l[0] * wm[0];
-        cond_mean[1] = mu[1] + l[2] * wm[0] + l[3] * wm[1];
-        Some((log_mass, error))
-    }
-
     pub fn central_moments(&self, mu: &[f64], cond_mean: &mut [f64], cond_cov: &mut [f64]) -> f64 {
         let placed = self.place(mu);
         let moments = if placed.m() > 0 && placed.vertex.iter().all(Option::is_none) {
@@ -743,9 +747,8 @@ impl Polygon2 {
             cond_cov.iter_mut().for_each(|v| *v = f64::NAN);
             return f64::NEG_INFINITY;
         };
+        cond_mean.copy_from_slice(&self.unwhitened_mean(mu, wm));
         let l = self.l;
-        cond_mean[0] = mu[0] + l[0] * wm[0];
-        cond_mean[1] = mu[1] + l[2] * wm[0] + l[3] * wm[1];
         // L C L^T
         let lc = [l[0] * wc[0], l[0] * wc[1], l[2] * wc[0] + l[3] * wc[2], l[2] * wc[1] + l[3] * wc[3]];
         cond_cov[0] = lc[0] * l[0];
@@ -1209,6 +1212,19 @@ impl Placed<'_> {
         super::normal::log_sum_exp(terms.iter().copied())
     }
 
+    /// The fan's log mass (all the digits it has) and the divergence theorem's `E[w | P]`,
+    /// `E[w w^T | P]` and flux size (see [`Self::whitened_moments_and_flux_size`]); `None` where
+    /// the fan cannot decide or finds no finite mass.
+    fn moments_by_fan(&self) -> Option<(f64, [f64; 2], [f64; 4], f64)> {
+        let mut fluxes = vec![f64::NAN; self.m()];
+        let (log_mass, d, scaled) = self.log_mass_and_fluxes_by_fan(0.0, Some(&mut fluxes))?;
+        if !log_mass.is_finite() {
+            return None;
+        }
+        let (wm, ws, flux_size) = self.whitened_moments_and_flux_size(log_mass, d, scaled, &fluxes);
+        Some((log_mass, wm, ws, flux_size))
+    }
+
     /// `(log mass, E[w | P])` and a bound on the mean's absolute error, from the divergence
     /// theorem's edge fluxes (as [`Polygon2::integrate`]) where they do not cancel: `None` where
     /// their sum of sizes exceeds the mean's scale `|E[w | P]| + 1` more than
@@ -1218,12 +1234,7 @@ impl Placed<'_> {
         if self.m() == 0 || self.vertex.iter().all(Option::is_none) {
             return None;
         }
-        let mut fluxes = vec![f64::NAN; self.m()];
-        let (log_mass, d, scaled) = self.log_mass_and_fluxes_by_fan(0.0, Some(&mut fluxes))?;
-        if !log_mass.is_finite() {
-            return None;
-        }
-        let (wm, _, flux_size) = self.whitened_moments_and_flux_size(log_mass, d, scaled, &fluxes);
+        let (log_mass, wm, _, flux_size) = self.moments_by_fan()?;
         let scale = norm2(wm) + 1.0;
         (wm.iter().all(|v| v.is_finite()) && flux_size <= MAX_FLUX_CANCELLATION * scale).then_some((
             log_mass,
@@ -1238,12 +1249,7 @@ impl Placed<'_> {
     /// second moment, so that the subtraction, and the divergence theorem's own terms (whose
     /// size the second moments share), lose at most three digits. `None` otherwise.
     fn central_moments_by_divergence(&self) -> Option<(f64, [f64; 2], [f64; 4])> {
-        let mut fluxes = vec![f64::NAN; self.m()];
-        let (log_mass, d, scaled) = self.log_mass_and_fluxes_by_fan(0.0, Some(&mut fluxes))?;
-        if !(log_mass > f64::NEG_INFINITY && log_mass.is_finite()) {
-            return None;
-        }
-        let (wm, ws) = self.whitened_moments(log_mass, d, scaled, &fluxes);
+        let (log_mass, wm, ws, _) = self.moments_by_fan()?;
         let off = 0.5 * (ws[1] + ws[2]) - wm[0] * wm[1];
         let wc = [ws[0] - wm[0] * wm[0], off, off, ws[3] - wm[1] * wm[1]];
         let (det, trace) = (wc[0] * wc[3] - off * off, wc[0] + wc[3]);
@@ -1646,8 +1652,6 @@ mod tests {
         eprintln!("worst relative error by level {worst:?}");
     }
 
-    /// A convex polygon through 3-7 points on a circle, minus up to two of its edges (the rest
-    /// stay non-redundant), possibly unbounded, under the standard normal.
     /// `poly` under a random mean up to ~50 deviations from it, if that leaves it any mass.
     fn random_placement<'a>(poly: &'a Polygon2, rng: &mut rand_pcg::Pcg64) -> Option<Placed<'a>> {
         use rand::Rng;
@@ -1656,6 +1660,8 @@ mod tests {
         exists(&placed).then_some(placed)
     }
 
+    /// A convex polygon through 3-7 points on a circle, minus up to two of its edges (the rest
+    /// stay non-redundant), possibly unbounded, under the standard normal.
     fn random_polygon(rng: &mut rand_pcg::Pcg64) -> Option<Polygon2> {
         use rand::Rng;
         let k = rng.random_range(3..8);
