@@ -12,6 +12,7 @@ mod far_slices;
 pub mod nearest;
 pub mod normal;
 pub mod normal_batch;
+pub mod orthant;
 pub mod polygon;
 mod polygon_latent;
 mod polygon_series;
@@ -19,6 +20,7 @@ pub mod rectangle;
 pub mod slices;
 pub mod sobol;
 pub mod sov;
+pub mod vertex_cones;
 
 use rayon::prelude::*;
 
@@ -38,21 +40,33 @@ const BALL_CAP: f64 = 1.0;
 /// How an integral is computed: the relative accuracy asked of its mass (`rtol`, positive), the
 /// seed of its quasi-Monte Carlo scramblings (for reproducible results), and the token that
 /// interrupts it. The exact paths (S <= 2, intervals, slabs) use only the token.
+///
+/// `negligible` (zero unless set) is an absolute error also allowed on the mass, as a fraction of
+/// a bound on it (the Gaussian tail beyond the polyhedron's point nearest the mean): inference
+/// sets it for a term so small against the sum so far that this much error is its share of the
+/// accuracy asked of the sum. Where the whole mass is within it, the mass may be reported as
+/// zero (the S = 3 vertex cones do; the other paths keep to `rtol`).
 #[derive(Clone, Copy, Debug)]
 pub struct IntegrationSettings<'a> {
     pub rtol: f64,
     pub seed: u64,
     pub cancel: &'a Cancel,
+    pub negligible: f64,
 }
 
 impl<'a> IntegrationSettings<'a> {
     pub fn new(rtol: f64, seed: u64, cancel: &'a Cancel) -> Self {
-        IntegrationSettings { rtol, seed, cancel }
+        IntegrationSettings { rtol, seed, cancel, negligible: 0.0 }
     }
 
     /// The same settings asking relative accuracy `rtol`.
     pub fn with_rtol(self, rtol: f64) -> Self {
         IntegrationSettings { rtol, ..self }
+    }
+
+    /// The same settings allowing an absolute error of `negligible` times a bound on the mass.
+    pub fn with_negligible(self, negligible: f64) -> Self {
+        IntegrationSettings { negligible, ..self }
     }
 }
 
@@ -562,7 +576,7 @@ fn integrate_whitened(
         _ => {
             let tilt = tilt_of(f, e, centre);
             let (log_mass, error) = if s == 3 {
-                slices::log_mass(f, e, &tilt, settings.rtol, settings.cancel)?
+                log_mass_3d(f, e, &tilt, settings.rtol, settings)?
             } else {
                 let mass = sov::integrate(f, e, s, &tilt, centre, budget, settings)?;
                 (mass.log_mass, mass.error)
@@ -593,6 +607,19 @@ fn tilt_of(f: &[f64], e: &[f64], centre: &[f64]) -> Vec<f64> {
     nearest::nearest_point(f, e, s, &vec![0.0; s], centre)
 }
 
+/// S = 3 mass `(log mass, relative error)` to `rtol` (or within `settings.negligible` of its
+/// tail bound): the vertex cones' signed sum of orthant probabilities where it reaches that
+/// accuracy (a simple pointed polyhedron whose cones do not cancel too far), else the slices'
+/// quadrature. `tilt` is the point nearest the mean.
+fn log_mass_3d(f: &[f64], e: &[f64], tilt: &[f64], rtol: f64, settings: &IntegrationSettings) -> Result<(f64, f64)> {
+    // Phi(-d) bounds the mass: the polyhedron lies beyond its point nearest the mean.
+    let allowed = settings.negligible * normal::ndtr(-dot(tilt, tilt).sqrt());
+    match vertex_cones::log_mass(f, e, tilt, rtol, allowed) {
+        Some(found) => Ok(found),
+        None => slices::log_mass(f, e, tilt, rtol, settings.cancel),
+    }
+}
+
 /// How much more accurately than the moments asked the S = 3 mass is sliced for the facets'
 /// moments: their ratios to the mass carry its relative error times the terms' size against
 /// the spread, which grows with the distance to the mean; a thousandth leaves room for
@@ -614,7 +641,7 @@ fn slice_mass_and_facet_moments(
 ) -> Result<WhitenedMoments> {
     let s = 3;
     let rtol = settings.rtol;
-    let (log_mass, error) = slices::log_mass(f, e, tilt, MOMENTS_MASS_RTOL * rtol, settings.cancel)?;
+    let (log_mass, error) = log_mass_3d(f, e, tilt, MOMENTS_MASS_RTOL * rtol, settings)?;
     let mut out =
         WhitenedMoments { log_mass, mean: vec![f64::NAN; s], anchor: None, cov: vec![f64::NAN; s * s], error };
     if log_mass == f64::NEG_INFINITY {
@@ -629,7 +656,7 @@ fn slice_mass_and_facet_moments(
         let rest = sums.finish(s, tilt, want, 0.0, false, &mut WhitenedMoments { error: 0.0, ..out.clone() });
         if rest <= 0.5 * rtol && out.error > 0.0 {
             let sensitivity = (bound - rest) / out.error;
-            let (log_mass, error) = slices::log_mass(f, e, tilt, 0.25 * rtol / sensitivity, settings.cancel)?;
+            let (log_mass, error) = log_mass_3d(f, e, tilt, 0.25 * rtol / sensitivity, settings)?;
             let shift = out.log_mass - log_mass;
             out.log_mass = log_mass;
             out.error = error;

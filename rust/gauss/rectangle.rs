@@ -230,7 +230,7 @@ pub fn probability(
     max_points: usize,
     settings: &IntegrationSettings,
 ) -> Result<Option<SovResult>> {
-    let IntegrationSettings { rtol, seed, cancel } = *settings;
+    let IntegrationSettings { rtol, seed, cancel, .. } = *settings;
     let s = lower.len();
     if lower.iter().zip(upper).any(|(a, b)| !(a < b)) {
         return Ok(Some(SovResult { log_mass: f64::NEG_INFINITY, error: 0.0 }));

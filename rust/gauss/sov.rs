@@ -306,7 +306,7 @@ pub fn integrate(
     max_points: usize,
     settings: &IntegrationSettings,
 ) -> Result<SovResult> {
-    let IntegrationSettings { rtol, seed, cancel } = *settings;
+    let IntegrationSettings { rtol, seed, cancel, .. } = *settings;
     if s > sobol::MAX_DIM {
         return Err(Error::InvalidInput(format!(
             "quasi-Monte Carlo integration supports up to {} dimensions; got {s}",

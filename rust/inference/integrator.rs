@@ -205,7 +205,7 @@ impl PolyhedronIntegrator {
     /// preparation (the integrals check the token current at their call).
     pub fn new(partition: &Partition, algebra: &RegionAlgebra, settings: &IntegrationSettings) -> Result<Self> {
         let s = algebra.latent_dim();
-        let IntegrationSettings { rtol, seed, cancel } = *settings;
+        let IntegrationSettings { rtol, seed, cancel, .. } = *settings;
         crate::gauss::check_rtol(rtol)?;
         let mut regions = Vec::with_capacity(partition.len());
         for q in 0..partition.len() {
@@ -230,6 +230,11 @@ impl PolyhedronIntegrator {
         // looser than 10% relative: the moments and the weights keep a digit.
         let share = looseness.min(MAX_LOOSENESS).max(looseness / self.regions.len() as f64);
         let rtol = (self.rtol * share).min(0.1).max(self.rtol);
+        // That absolute error, `rtol T / R`, is also `rtol looseness / R` times the bound `b`'s
+        // mass part (the tail beyond the nearest point): where the integral shows the whole
+        // mass within it (a sliver near the mean, whose bound is far above its mass), the term
+        // is dropped rather than computed to 10%.
+        let negligible = self.rtol * looseness / self.regions.len() as f64;
         // The trait has no error channel: the call's token (`Cancel::current`, set by
         // inference's batches) interrupts the integral and carries its failure, which stops
         // the call and becomes its error; the value returned meanwhile is never used.
@@ -239,7 +244,7 @@ impl PolyhedronIntegrator {
             mean,
             inside,
             want_moments,
-            &IntegrationSettings::new(rtol, self.seed, &cancel),
+            &IntegrationSettings::new(rtol, self.seed, &cancel).with_negligible(negligible),
         ) {
             Ok(moments) => moments,
             Err(err) => {
