@@ -2,8 +2,9 @@
 
 For ``Z ~ N(mean, cov)`` and ``P = {z : G z <= h}``: ``log P(Z in P)``, ``E[Z | Z in P]`` and
 ``Cov[Z | Z in P]``. Exact to near machine precision for dimensions 1 and 2, in either tail;
-dimension 3 by adaptive Gauss-Kronrod quadrature over exact two-dimensional slices (to
-``rtol``, down to ~1e-13); from dimension 4 up, randomised quasi-Monte Carlo (separation of
+dimension 3 as a signed sum of trivariate normal orthant probabilities over the polyhedron's
+vertices (Lawrence's decomposition), or where those cancel too far, adaptive Gauss-Kronrod
+quadrature over exact two-dimensional slices (to ``rtol``, down to ~1e-13); from dimension 4 up, randomised quasi-Monte Carlo (separation of
 variables on Owen-scrambled Sobol points with Botev's minimax exponential tilting), whose
 relative error stays bounded when the mass is tiny. ``error`` reports the estimated relative
 error in every case.

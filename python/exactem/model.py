@@ -263,8 +263,9 @@ class DGN:
 
     ``Psi`` is ``noise_var * I`` or ``diag(noise_var)``. The log-likelihood, the posterior and
     the E-step are finite sums over the decoder's regions of Gaussian integrals over polyhedra:
-    exact to machine precision for S = 1 and 2; for S = 3 adaptive quadrature over exact
-    slices, and for S >= 4 randomised quasi-Monte Carlo, both to the relative accuracy ``rtol``.
+    exact to machine precision for S = 1 and 2; for S = 3 signed sums of vertex cones or
+    adaptive quadrature over exact slices, and for S >= 4 randomised quasi-Monte Carlo, both to
+    the relative accuracy ``rtol``.
     For Gaussian encoders ``q(z | x)``, :meth:`elbo` and :meth:`posterior_gap` are exact too (no
     sampling), and :meth:`iwae_bound` is a Monte Carlo estimate with exact log-weights.
 

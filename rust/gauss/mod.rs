@@ -612,12 +612,16 @@ fn tilt_of(f: &[f64], e: &[f64], centre: &[f64]) -> Vec<f64> {
 /// accuracy (a simple pointed polyhedron whose cones do not cancel too far), else the slices'
 /// quadrature. `tilt` is the point nearest the mean.
 fn log_mass_3d(f: &[f64], e: &[f64], tilt: &[f64], rtol: f64, settings: &IntegrationSettings) -> Result<(f64, f64)> {
-    // Phi(-d) bounds the mass: the polyhedron lies beyond its point nearest the mean.
-    let allowed = settings.negligible * normal::ndtr(-dot(tilt, tilt).sqrt());
-    match vertex_cones::log_mass(f, e, tilt, rtol, allowed) {
+    match vertex_cones::log_mass(f, e, tilt, rtol, negligible_mass(tilt, settings)) {
         Some(found) => Ok(found),
         None => slices::log_mass(f, e, tilt, rtol, settings.cancel),
     }
+}
+
+/// The mass `settings.negligible` allows as error: that fraction of `Phi(-d)`, which bounds the
+/// mass (the polyhedron lies beyond its point nearest the mean, at distance `d`).
+fn negligible_mass(tilt: &[f64], settings: &IntegrationSettings) -> f64 {
+    settings.negligible * normal::ndtr(-dot(tilt, tilt).sqrt())
 }
 
 /// How much more accurately than the moments asked the S = 3 mass is sliced for the facets'
@@ -626,9 +630,10 @@ fn log_mass_3d(f: &[f64], e: &[f64], tilt: &[f64], rtol: f64, settings: &Integra
 /// distances of ~10, and the slices converge geometrically, so it costs a few more panels.
 const MOMENTS_MASS_RTOL: f64 = 1e-3;
 
-/// S = 3 mass and moments: the mass sliced once, to [`MOMENTS_MASS_RTOL`] of the accuracy
-/// asked, and the moments from the facets (the divergence theorem); where their bound asks a
-/// still tighter mass, sliced again to what it asks; where the facets cannot give the moments
+/// S = 3 mass and moments: the mass from the vertex cones or sliced, to [`MOMENTS_MASS_RTOL`]
+/// of the accuracy asked, and the moments from the facets (the divergence theorem); where their
+/// bound fails with the cones' mass, sliced (as it would have been without them); where it
+/// asks a still tighter mass, sliced again to what it asks; where the facets cannot give the moments
 /// however accurate the mass (far in a tail, where their terms cancel), the moments from the
 /// slices' own central moments. The mass is the most accurate one computed, so it may differ
 /// from the mass alone (sliced to the accuracy asked) by about that accuracy.
@@ -641,7 +646,12 @@ fn slice_mass_and_facet_moments(
 ) -> Result<WhitenedMoments> {
     let s = 3;
     let rtol = settings.rtol;
-    let (log_mass, error) = log_mass_3d(f, e, tilt, MOMENTS_MASS_RTOL * rtol, settings)?;
+    let mass_rtol = MOMENTS_MASS_RTOL * rtol;
+    let cones = vertex_cones::log_mass(f, e, tilt, mass_rtol, negligible_mass(tilt, settings));
+    let (log_mass, error) = match cones {
+        Some(found) => found,
+        None => slices::log_mass(f, e, tilt, mass_rtol, settings.cancel)?,
+    };
     let mut out =
         WhitenedMoments { log_mass, mean: vec![f64::NAN; s], anchor: None, cov: vec![f64::NAN; s * s], error };
     if log_mass == f64::NEG_INFINITY {
@@ -649,6 +659,15 @@ fn slice_mass_and_facet_moments(
     }
     let sums = facet_moments(f, e, s, tilt, want, log_mass, settings)?;
     let mut bound = sums.finish(s, tilt, want, 0.0, false, &mut out);
+    if !(bound <= rtol) && cones.is_some() {
+        // The cones' error (their terms' rounding, near the accuracy asked where they cancel)
+        // may be what fails the bound; the slices' converges geometrically, mostly far below.
+        let (log_mass, error) = slices::log_mass(f, e, tilt, mass_rtol, settings.cancel)?;
+        let shift = out.log_mass - log_mass;
+        out.log_mass = log_mass;
+        out.error = error;
+        bound = sums.finish(s, tilt, want, shift, false, &mut out);
+    }
     if !(bound <= rtol) {
         // The mass's error enters every facet ratio alike, times the size of the terms against
         // the spread: where the rest of the bound leaves room, a tighter mass saves the slices'
@@ -656,7 +675,7 @@ fn slice_mass_and_facet_moments(
         let rest = sums.finish(s, tilt, want, 0.0, false, &mut WhitenedMoments { error: 0.0, ..out.clone() });
         if rest <= 0.5 * rtol && out.error > 0.0 {
             let sensitivity = (bound - rest) / out.error;
-            let (log_mass, error) = log_mass_3d(f, e, tilt, 0.25 * rtol / sensitivity, settings)?;
+            let (log_mass, error) = slices::log_mass(f, e, tilt, 0.25 * rtol / sensitivity, settings.cancel)?;
             let shift = out.log_mass - log_mass;
             out.log_mass = log_mass;
             out.error = error;
