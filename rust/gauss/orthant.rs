@@ -189,9 +189,19 @@ pub fn trivariate(h: [f64; 3], r12: f64, r13: f64, r23: f64, rtol: f64) -> Estim
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gauss::normal::{GL_NODES, GL_WEIGHTS};
+
+    /// Uniform draws on [0, 1) from a 64-bit linear congruential generator: reproducible test
+    /// cases without a dependency.
+    pub(crate) fn uniforms(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
 
     /// `int_lo^hi g` by composite 20-point Gauss-Legendre on `pieces` equal panels.
     fn legendre(g: impl Fn(f64) -> f64, lo: f64, hi: f64, pieces: usize) -> f64 {
@@ -244,11 +254,7 @@ mod tests {
 
     #[test]
     fn bivariate_matches_conditioning_quadrature() {
-        let mut seed = 7u64;
-        let mut uniform = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut uniform = uniforms(7);
         // Limits far into both tails, where a probability can be far smaller than its terms
         // (one limit far above, the other far below, negative correlation): relative agreement.
         let cases = (0..400).map(|_| (16.0 * uniform() - 8.0, 16.0 * uniform() - 8.0, (2.0 * uniform() - 1.0) * 0.995));
@@ -293,11 +299,7 @@ mod tests {
 
     #[test]
     fn trivariate_matches_conditioning_quadrature() {
-        let mut seed = 11u64;
-        let mut uniform = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut uniform = uniforms(11);
         let mut compared = 0;
         while compared < 40 {
             // Correlations of three random unit vectors (a positive definite matrix).

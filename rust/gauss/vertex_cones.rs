@@ -225,13 +225,26 @@ fn cone_sum(f: &[f64], e: &[f64], vertices: &[Vertex], xi: [f64; 3], rtol: f64, 
 mod tests {
     use super::*;
     use crate::gauss::normal::log_diff_ndtr;
+    use crate::gauss::orthant::tests::uniforms;
+
+    /// The box `lo_k <= u_k . w <= hi_k` along orthonormal `axes`: its rows and offsets, its
+    /// point nearest the origin (each coordinate clamped to its side) and its closed-form log
+    /// mass `sum log(Phi(hi) - Phi(lo))`.
+    fn rotated_box(axes: &[[f64; 3]; 3], lo: [f64; 3], hi: [f64; 3]) -> (Vec<f64>, Vec<f64>, [f64; 3], f64) {
+        let (mut f, mut e) = (Vec::new(), Vec::new());
+        for k in 0..3 {
+            f.extend(axes[k]);
+            e.push(hi[k]);
+            f.extend(axes[k].map(|v| -v));
+            e.push(-lo[k]);
+        }
+        let near: [f64; 3] = std::array::from_fn(|k| 0.0f64.clamp(lo[k], hi[k]));
+        let tilt = std::array::from_fn(|c| (0..3).map(|k| near[k] * axes[k][c]).sum());
+        (f, e, tilt, (0..3).map(|k| log_diff_ndtr(lo[k], hi[k])).sum())
+    }
 
     fn rotation(seed: u64) -> [[f64; 3]; 3] {
-        let mut state = seed;
-        let mut uniform = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut uniform = uniforms(seed);
         let a = unit([uniform() - 0.5, uniform() - 0.5, uniform() - 0.5]);
         let mut b = [uniform() - 0.5, uniform() - 0.5, uniform() - 0.5];
         let along = dot(&a, &b);
@@ -246,17 +259,7 @@ mod tests {
             let axes = rotation(seed);
             let lo = [-2.0 + 0.1 * seed as f64, -0.5, 0.3 - 0.05 * seed as f64];
             let hi = [lo[0] + 0.7, 1.9, lo[2] + 3.0];
-            let (mut f, mut e) = (Vec::new(), Vec::new());
-            for k in 0..3 {
-                f.extend(axes[k]);
-                e.push(hi[k]);
-                f.extend(axes[k].map(|v| -v));
-                e.push(-lo[k]);
-            }
-            let want: f64 = (0..3).map(|k| log_diff_ndtr(lo[k], hi[k])).sum();
-            // The box's point nearest the origin: each coordinate clamped to its side.
-            let near: [f64; 3] = std::array::from_fn(|k| 0.0f64.clamp(lo[k], hi[k]));
-            let tilt: [f64; 3] = std::array::from_fn(|c| (0..3).map(|k| near[k] * axes[k][c]).sum());
+            let (f, e, tilt, want) = rotated_box(&axes, lo, hi);
             let (got, error) = log_mass(&f, &e, &tilt, 1e-10, 0.0).expect("a box is simple and bounded");
             assert!((got - want).abs() <= 2.0 * error + 1e-13, "seed {seed}: {got} vs {want} (error {error})");
         }
@@ -272,16 +275,8 @@ mod tests {
         for (seed, width) in [1e-8, 3e-8, 1e-7, 1e-6, 1e-4, 1e-1].into_iter().enumerate() {
             let axes = rotation(seed as u64 + 77);
             let (lo, hi) = ([-0.3, -1.0, -2.0], [-0.3 + width, 1.5, 0.7]);
-            let (mut f, mut e) = (Vec::new(), Vec::new());
-            for k in 0..3 {
-                f.extend(axes[k]);
-                e.push(hi[k]);
-                f.extend(axes[k].map(|v| -v));
-                e.push(-lo[k]);
-            }
-            let mass: f64 = (0..3).map(|k| log_diff_ndtr(lo[k], hi[k])).sum::<f64>().exp();
-            let near: [f64; 3] = std::array::from_fn(|k| 0.0f64.clamp(lo[k], hi[k]));
-            let tilt: [f64; 3] = std::array::from_fn(|c| (0..3).map(|k| near[k] * axes[k][c]).sum());
+            let (f, e, tilt, log_mass_want) = rotated_box(&axes, lo, hi);
+            let mass = log_mass_want.exp();
             for negligible in [1e-16, 1e-11, 1e-8, 1e-7, 1e-5] {
                 match log_mass(&f, &e, &tilt, 1e-6, negligible) {
                     Some((got, _)) if got == f64::NEG_INFINITY => {
@@ -377,11 +372,7 @@ mod tests {
     /// two error estimates, some also against fixed slices, and most of them not declined.
     #[test]
     fn random_polyhedra_match_the_slices() {
-        let mut state = 5u64;
-        let mut uniform = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut uniform = uniforms(5);
         let cancel = crate::cancel::Cancel::new();
         let (mut compared, mut declined) = (0, 0);
         for trial in 0..400 {
