@@ -7,6 +7,24 @@ pub fn dot(u: &[f64], v: &[f64]) -> f64 {
     u.iter().zip(v).map(|(a, b)| a * b).sum()
 }
 
+/// `a x b` in space.
+#[inline]
+pub fn cross(a: &[f64], b: &[f64]) -> [f64; 3] {
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+}
+
+/// The point on three planes `a . v = e_0`, `b . v = e_1`, `c . v = e_2` (Cramer's rule), if
+/// their normals' determinant `a . (b x c)` exceeds `min_det` in size.
+pub fn solve3(a: &[f64], b: &[f64], c: &[f64], e: [f64; 3], min_det: f64) -> Option<[f64; 3]> {
+    let bc = cross(b, c);
+    let det = dot(a, &bc);
+    if det.abs() <= min_det {
+        return None;
+    }
+    let (ca, ab) = (cross(c, a), cross(a, b));
+    Some(std::array::from_fn(|k| (e[0] * bc[k] + e[1] * ca[k] + e[2] * ab[k]) / det))
+}
+
 /// `a . b` in the plane.
 #[inline]
 pub fn dot2(a: [f64; 2], b: [f64; 2]) -> f64 {

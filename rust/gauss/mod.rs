@@ -612,16 +612,10 @@ fn tilt_of(f: &[f64], e: &[f64], centre: &[f64]) -> Vec<f64> {
 /// accuracy (a simple pointed polyhedron whose cones do not cancel too far), else the slices'
 /// quadrature. `tilt` is the point nearest the mean.
 fn log_mass_3d(f: &[f64], e: &[f64], tilt: &[f64], rtol: f64, settings: &IntegrationSettings) -> Result<(f64, f64)> {
-    match vertex_cones::log_mass(f, e, tilt, rtol, negligible_mass(tilt, settings)) {
+    match vertex_cones::log_mass(f, e, tilt, rtol, settings.negligible) {
         Some(found) => Ok(found),
         None => slices::log_mass(f, e, tilt, rtol, settings.cancel),
     }
-}
-
-/// The mass `settings.negligible` allows as error: that fraction of `Phi(-d)`, which bounds the
-/// mass (the polyhedron lies beyond its point nearest the mean, at distance `d`).
-fn negligible_mass(tilt: &[f64], settings: &IntegrationSettings) -> f64 {
-    settings.negligible * normal::ndtr(-dot(tilt, tilt).sqrt())
 }
 
 /// How much more accurately than the moments asked the S = 3 mass is sliced for the facets'
@@ -647,7 +641,7 @@ fn slice_mass_and_facet_moments(
     let s = 3;
     let rtol = settings.rtol;
     let mass_rtol = MOMENTS_MASS_RTOL * rtol;
-    let cones = vertex_cones::log_mass(f, e, tilt, mass_rtol, negligible_mass(tilt, settings));
+    let cones = vertex_cones::log_mass(f, e, tilt, mass_rtol, settings.negligible);
     let (log_mass, error) = match cones {
         Some(found) => found,
         None => slices::log_mass(f, e, tilt, mass_rtol, settings.cancel)?,

@@ -7,10 +7,10 @@
 //! change is a one-dimensional integral of smooth terms (Genz 2004, "Numerical computation of
 //! rectangular bivariate and trivariate normal and t probabilities", whose paths are used here:
 //! `rho = sin(theta)`, which cancels the `1 / sqrt(1 - rho^2)` of the density). The integrals are
-//! adaptive Gauss-Kronrod 7-15; the error reported is the Kronrod-Gauss difference of the panels
-//! plus the rounding of the terms summed (machine precision times their magnitudes), so where
-//! a probability is far smaller than its terms (a tail with negative correlations) the error
-//! says so and the caller can decline.
+//! adaptive Gauss-Kronrod 7-15; the error reported is QUADPACK's estimate of the panels plus the
+//! rounding of the terms summed (machine precision times their magnitudes and the exponents
+//! taken), so where a probability is far smaller than its terms (a tail with negative
+//! correlations) the error says so and the caller can decline.
 
 use std::f64::consts::{FRAC_PI_2, FRAC_PI_4, PI};
 
@@ -33,9 +33,10 @@ pub struct Estimate {
 
 /// `int_a^b g`, adaptive Gauss-Kronrod 7-15 until the estimated error is at most `rtol` times
 /// `|base| + int |g|` (the magnitude of what it is added to), or with an infinite error after
-/// [`MAX_PANELS`] panels: `(value, error, magnitude)`. `g` returns its value and the condition of its rounding: the
-/// size of the exponent it took `exp` of (whose rounding, relative to 1, grows by that factor
-/// in the value), so that `magnitude = int |g| (1 + condition)` scales its rounding.
+/// [`MAX_PANELS`] panels: `(value, error, magnitude)`. `g` returns its value and the condition
+/// of its rounding: the size of the exponent it took `exp` of (whose rounding, relative to 1,
+/// grows by that factor in the value), so that `magnitude = int |g| (1 + condition)` scales
+/// its rounding.
 fn integrate(g: impl Fn(f64) -> (f64, f64), a: f64, b: f64, rtol: f64, base: f64) -> (f64, f64, f64) {
     // (a, b, Kronrod, error estimate, Kronrod of |g| (1 + condition))
     let panel = |a: f64, b: f64| {

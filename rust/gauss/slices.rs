@@ -13,7 +13,7 @@ use super::normal::{log_sum_exp, LN_SQRT_2PI};
 use super::polygon::{non_redundant, Polygon2};
 use crate::cancel::Cancel;
 use crate::error::Result;
-use crate::linalg::dot;
+use crate::linalg::{cross, dot, solve3};
 use crate::partition::complement_basis;
 
 /// Gauss-Kronrod 7-15 on [-1, 1] (QUADPACK's qk15): the non-negative Kronrod nodes, largest
@@ -524,7 +524,8 @@ impl Slicer {
         for i in 0..m {
             for j in i + 1..m {
                 for k in j + 1..m {
-                    if let Some(v) = solve3(&rows[i], &rows[j], &rows[k], [e[i], e[j], e[k]]) {
+                    // Planes meeting in one point (their unit normals' determinant above 1e-12).
+                    if let Some(v) = solve3(&rows[i], &rows[j], &rows[k], [e[i], e[j], e[k]], 1e-12) {
                         if rows
                             .iter()
                             .zip(e)
@@ -694,25 +695,6 @@ fn polygon_rows(rows: &[[f64; 3]], basis: &[[f64; 3]; 3]) -> Vec<[f64; 2]> {
 
 fn norm(a: &[f64]) -> f64 {
     dot(a, a).sqrt()
-}
-
-fn cross(a: &[f64; 3], b: &[f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
-}
-
-/// The point on three planes `r_k . v = e_k`, if they meet in one point.
-fn solve3(a: &[f64; 3], b: &[f64; 3], c: &[f64; 3], e: [f64; 3]) -> Option<[f64; 3]> {
-    let bc = cross(b, c);
-    let det = dot(a, &bc);
-    if det.abs() <= 1e-12 {
-        return None;
-    }
-    let (ca, ab) = (cross(c, a), cross(a, b));
-    Some([
-        (e[0] * bc[0] + e[1] * ca[0] + e[2] * ab[0]) / det,
-        (e[0] * bc[1] + e[1] * ca[1] + e[2] * ab[1]) / det,
-        (e[0] * bc[2] + e[1] * ca[2] + e[2] * ab[2]) / det,
-    ])
 }
 
 #[cfg(test)]

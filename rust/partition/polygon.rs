@@ -7,6 +7,7 @@
 //! box. Cells without vertices (the plane, a half-plane, a strip) are kept as their lines.
 
 use super::{Cell, Cut, Facet, Shape, Tolerance};
+use crate::linalg::cross;
 
 type Ray = [f64; 3];
 
@@ -168,9 +169,9 @@ impl Polygon {
         for a in 0..planes.len() {
             for b in a + 1..planes.len() {
                 let (p, q) = (planes[a].0, planes[b].0);
-                let cross = [p[1] * q[2] - p[2] * q[1], p[2] * q[0] - p[0] * q[2], p[0] * q[1] - p[1] * q[0]];
+                let along = cross(&p, &q);
                 for sign in [1.0, -1.0] {
-                    let Some(r) = normalise(cross.map(|v| sign * v)) else { continue };
+                    let Some(r) = normalise(along.map(|v| sign * v)) else { continue };
                     let t = ray_tolerance(&r, tol);
                     let feasible = planes.iter().all(|(p, _)| eval(p, &r) >= -t);
                     let duplicate = rays
@@ -195,8 +196,8 @@ impl Polygon {
         } else {
             [0.0, 1.0, 0.0]
         };
-        let e1 = cross3(axis, helper);
-        let e2 = cross3(axis, e1);
+        let e1 = cross(&axis, &helper);
+        let e2 = cross(&axis, &e1);
         rays.sort_by(|r, s| {
             let angle = |r: &Ray| (eval(&e2, r)).atan2(eval(&e1, r));
             angle(r).total_cmp(&angle(s))
@@ -263,10 +264,6 @@ enum Pieces {
     AllOff,
     /// The line does not split the cell; its side is read at the interior point.
     Undecided,
-}
-
-fn cross3(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
 impl Cell for Polygon {
